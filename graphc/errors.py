@@ -1,0 +1,55 @@
+"""The one error type users see: a message positioned at file:line:col with the source line and a caret."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Loc:
+    """A position in a source file (1-based line and column)."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class GraphcError(Exception):
+    """An error a user can cause. Printed without a traceback by the CLI.
+
+    `loc` points at the offending source; `source` is the file text (for the caret line);
+    `hint` is an optional suggestion.
+    """
+
+    def __init__(self, message: str, loc: Loc | None = None, source: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.loc = loc
+        self.source = source
+        self.hint = hint
+
+    def with_source(self, source: str) -> "GraphcError":
+        if self.source is None:
+            self.source = source
+        return self
+
+    def __str__(self) -> str:
+        head = f"{self.loc}: error: {self.message}" if self.loc else f"error: {self.message}"
+        lines = [head]
+        if self.loc and self.source is not None:
+            src_lines = self.source.splitlines()
+            if 1 <= self.loc.line <= len(src_lines):
+                text = src_lines[self.loc.line - 1]
+                lines.append("    " + text)
+                lines.append("    " + " " * (max(self.loc.col, 1) - 1) + "^")
+        if self.hint:
+            lines.append(f"hint: {self.hint}")
+        return "\n".join(lines)
+
+
+class DataError(GraphcError):
+    """Bad or missing data files (names the file and what is wrong)."""
