@@ -1,0 +1,91 @@
+"""GFLOP/s of the generated f32 GEMM vs numpy.matmul, both single-threaded, on MLP training shapes.
+
+Run from the repository root: python bench/gemm_bench.py
+"""
+
+import os
+
+# Before numpy loads OpenBLAS: one thread, and its own kernel choice (these two variables, set on
+# some machines for old OpenBLAS builds, make a current one pick a slower kernel).
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+os.environ.pop("OPENBLAS_CORETYPE", None)
+os.environ.pop("OPENBLAS_L2_SIZE", None)
+
+import ctypes  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import llvmlite.binding as llvm  # noqa: E402
+import numpy as np  # noqa: E402
+from llvmlite import ir  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from graphc.codegen.gemm import blocking, define_gemm  # noqa: E402
+from graphc.codegen.target import host_target  # noqa: E402
+
+# (label, M, N, K, trans_a, trans_b)
+SHAPES = [
+    ("X·W     128x784 · 784x256", 128, 256, 784, False, False),
+    ("H·W     128x256 · 256x256", 128, 256, 256, False, False),
+    ("Xᵀ·dY   (128x784)ᵀ · 128x256", 784, 256, 128, True, False),
+    ("dY·Wᵀ   128x256 · (784x256)ᵀ", 128, 784, 256, False, True),
+    ("512³", 512, 512, 512, False, False),
+]
+_I64 = ctypes.c_int64
+_GEMM = ctypes.CFUNCTYPE(None, _I64, _I64, _I64, ctypes.c_void_p, _I64, ctypes.c_void_p, _I64,
+                         ctypes.c_void_p, _I64, ctypes.c_int32)
+
+
+def compile_kernels():
+    target = host_target()
+    module = ir.Module()
+    module.triple = target.triple
+    variants = [(ta, tb) for ta in (False, True) for tb in (False, True)]
+    names = {v: define_gemm(module, target, "f32", *v).name for v in variants}
+    tm = target.target_machine()
+    mod = llvm.parse_assembly(str(module))
+    mod.verify()
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
+    pb.getModulePassManager().run(mod, pb)
+    engine = llvm.create_mcjit_compiler(mod, tm)
+    engine.finalize_object()
+    return engine, {v: _GEMM(engine.get_function_address(n)) for v, n in names.items()}
+
+
+def median_seconds(fn, reps: int = 30) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def main() -> None:
+    engine, kernels = compile_kernels()
+    rng = np.random.default_rng(0)
+    target = host_target()
+    blk = blocking(target, "f32")
+    print(f"target {target.cpu}, {target.vector_bits}-bit; tile {blk.mr}x{blk.nr}, "
+          f"MC {blk.mc} KC {blk.kc} NC {blk.nc}")
+    print(f"{'shape':32} {'generated':>10} {'numpy':>8}  GFLOP/s, 1 thread, median")
+    for label, M, N, K, ta, tb in SHAPES:
+        a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
+        b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
+        c = np.empty((M, N), np.float32)
+        op_a, op_b = (a.T if ta else a), (b.T if tb else b)
+        gemm = kernels[(ta, tb)]
+        args = (M, N, K, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], c.ctypes.data, N, 0)
+        gemm(*args)
+        ref = op_a.astype(np.float64) @ op_b.astype(np.float64)
+        assert np.abs(c - ref).max() <= 1e-4 * np.abs(ref).max(), label
+        flops = 2.0 * M * N * K
+        ours = flops / median_seconds(lambda: gemm(*args)) / 1e9
+        theirs = flops / median_seconds(lambda: np.matmul(op_a, op_b, out=c)) / 1e9
+        print(f"{label:32} {ours:10.1f} {theirs:8.1f}")
+    del engine
+
+
+if __name__ == "__main__":
+    main()

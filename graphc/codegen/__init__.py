@@ -1,0 +1,1 @@
+"""Code generation: LLVM IR for kernels and the compilation target."""

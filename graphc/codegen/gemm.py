@@ -1,0 +1,455 @@
+"""Generates BLIS-style packed, register-blocked GEMM kernels (C (+)= op(A)·op(B)) as LLVM IR.
+
+Structure of the generated code, per dtype and transpose variant:
+
+- `graphc_gemm_{dtype}_{ta}{tb}`: the public entry point (see `define_gemm`).
+- `..._range`: the whole GEMM restricted to output columns [n0, n1), using pack-buffer slot `tid`.
+  Ranges are independent (each packs its own A and B), so a thread pool can split N across
+  threads by calling it with disjoint column ranges and distinct `tid` < MAX_THREADS; the
+  single-threaded entry point calls it once with (0, N, 0).
+- Shared per dtype: the micro-kernel and the packing routines (internal functions), and the
+  pack buffers (64-byte aligned module globals, MAX_THREADS slots each).
+
+Loop nest (BLIS): column blocks of NC; K blocks of at most KC (the first overwrites C unless
+accumulating); pack the KC×NC slice of op(B) into NR-wide zero-padded strips; row blocks of MC;
+pack the MC×KC slice of op(A) into MR-tall strips; then one MR×NR micro-tile per strip pair.
+Transposed operands are handled in packing with in-register shufflevector transposes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from .target import Target
+
+# Pack-buffer slots: how many `_range` calls may run concurrently (one per thread).
+MAX_THREADS = 2
+
+_I1, _I32, _I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+_FLOAT = {"f32": ir.FloatType(), "f64": ir.DoubleType()}
+_SIZE = {"f32": 4, "f64": 8}
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """Register tile (MR×NR) and cache blocks (MC, KC, NC) for one target and dtype."""
+
+    lanes: int
+    mr: int
+    nr: int
+    mc: int
+    kc: int
+    nc: int
+
+
+def blocking(target: Target, dtype: str) -> Blocking:
+    lanes = target.lanes(dtype)
+    if target.vector_bits == 512:
+        # 16 zmm accumulators: 8 rows × 2 vectors (8 broadcasts + 2 B loads per 16 FMAs) keeps
+        # Intel's two FMA ports fed (measured ~170 GFLOP/s f32 vs ~135 for 16×16 on a
+        # Sapphire-Rapids-class core). On Zen 4 (one 512-bit FMA per cycle) 16×16 measured best.
+        mr, nv = (16, 1) if dtype == "f32" and target.cpu.startswith("znver") else (8, 2)
+    else:
+        # 16 vector registers: 8 accumulators leave room for B vectors and broadcasts.
+        mr, nv = 4, 2
+    # KC×NR of B stays in L1 across the A strips, MC×KC of A in L2 (KC multiple of 16 keeps
+    # every pack strip 64-byte aligned and transposing packs on whole vectors).
+    return Blocking(lanes=lanes, mr=mr, nr=nv * lanes, mc=128, kc=256, nc=1024)
+
+
+def _pack_lanes(width: int, lanes: int) -> int:
+    """Vector width for packing `width`-element strips: the largest power of two dividing it."""
+    p = 1
+    while p * 2 <= lanes and width % (p * 2) == 0:
+        p *= 2
+    return p
+
+
+class _Gen:
+    """IR emission helpers bound to one module, dtype and blocking."""
+
+    def __init__(self, module: ir.Module, target: Target, dtype: str) -> None:
+        self.module, self.dtype = module, dtype
+        self.t = _FLOAT[dtype]
+        self.size = _SIZE[dtype]
+        self.blk = blocking(target, dtype)
+        self.ptr = self.t.as_pointer()
+
+    # -- types, constants, intrinsics -----------------------------------------------------
+
+    def vec(self, n: int) -> ir.VectorType:
+        return ir.VectorType(self.t, n)
+
+    def suffix(self, n: int) -> str:
+        return f"v{n}{'f32' if self.dtype == 'f32' else 'f64'}"
+
+    def intrinsic(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+        # Vector intrinsics are declared by mangled name: Module.declare_intrinsic rejects them.
+        fn = self.module.globals.get(name)
+        return fn if fn is not None else ir.Function(self.module, ir.FunctionType(ret, args), name)
+
+    def fmuladd(self, b: ir.IRBuilder, x: ir.Value, y: ir.Value, z: ir.Value) -> ir.Value:
+        # fmuladd is a single FMA where the target has one and mul+add elsewhere (no libcall).
+        v = x.type
+        fn = self.intrinsic(f"llvm.fmuladd.{self.suffix(v.count)}", v, [v, v, v])
+        return b.call(fn, [x, y, z])
+
+    def masked_load(self, b: ir.IRBuilder, p: ir.Value, mask: ir.Value, n: int) -> ir.Value:
+        # The 4-operand form (explicit alignment) is auto-upgraded by LLVM 22's parser.
+        v = self.vec(n)
+        fn = self.intrinsic(f"llvm.masked.load.{self.suffix(n)}.p0", v,
+                            [v.as_pointer(), _I32, mask.type, v])
+        return b.call(fn, [b.bitcast(p, v.as_pointer()), _I32(self.size), mask, v(None)])
+
+    def masked_store(self, b: ir.IRBuilder, x: ir.Value, p: ir.Value, mask: ir.Value) -> None:
+        v = x.type
+        fn = self.intrinsic(f"llvm.masked.store.{self.suffix(v.count)}.p0", ir.VoidType(),
+                            [v, v.as_pointer(), _I32, mask.type])
+        b.call(fn, [x, b.bitcast(p, v.as_pointer()), _I32(self.size), mask])
+
+    def load(self, b: ir.IRBuilder, p: ir.Value, n: int, align: int) -> ir.Value:
+        return b.load(b.bitcast(p, self.vec(n).as_pointer()), align=align)
+
+    def store(self, b: ir.IRBuilder, x: ir.Value, p: ir.Value, align: int) -> None:
+        b.store(x, b.bitcast(p, x.type.as_pointer()), align=align)
+
+    def splat(self, b: ir.IRBuilder, x: ir.Value, n: int) -> ir.Value:
+        one = b.insert_element(ir.VectorType(x.type, n)(ir.Undefined), x, _I32(0))
+        return b.shuffle_vector(one, one.type(ir.Undefined), ir.VectorType(_I32, n)([0] * n))
+
+    def lane_mask(self, b: ir.IRBuilder, first: int, limit: ir.Value, n: int) -> ir.Value:
+        """<n x i1>: lane j is on when first + j < limit (signed)."""
+        idx = ir.VectorType(_I64, n)([first + j for j in range(n)])
+        return b.icmp_signed("<", idx, self.splat(b, limit, n))
+
+    @staticmethod
+    def gep(b: ir.IRBuilder, p: ir.Value, off: ir.Value | int) -> ir.Value:
+        return b.gep(p, [off if isinstance(off, ir.Value) else _I64(off)])
+
+    @staticmethod
+    def min(b: ir.IRBuilder, x: ir.Value, y: ir.Value | int) -> ir.Value:
+        y = y if isinstance(y, ir.Value) else _I64(y)
+        return b.select(b.icmp_signed("<", x, y), x, y)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def loop(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value, step: ir.Value | int,
+             name: str) -> Iterator[ir.Value]:
+        """for (i = start; i < stop; i += step): the body is emitted inside the with-block."""
+        start = start if isinstance(start, ir.Value) else _I64(start)
+        step = step if isinstance(step, ir.Value) else _I64(step)
+        pre = b.block
+        head = b.append_basic_block(f"{name}.head")
+        body = b.append_basic_block(f"{name}.body")
+        done = b.append_basic_block(f"{name}.done")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(_I64, name)
+        i.add_incoming(start, pre)
+        b.cbranch(b.icmp_signed("<", i, stop), body, done)
+        b.position_at_end(body)
+        yield i
+        i.add_incoming(b.add(i, step), b.block)
+        b.branch(head)
+        b.position_at_end(done)
+
+    def function(self, name: str, args: list[ir.Type], names: list[str],
+                 linkage: str = "internal") -> tuple[ir.Function, ir.IRBuilder, list[ir.Value]]:
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), args), name)
+        fn.linkage = linkage
+        for a, n in zip(fn.args, names):
+            a.name = n
+            if isinstance(a.type, ir.PointerType):
+                a.add_attribute("noalias")
+        return fn, ir.IRBuilder(fn.append_basic_block("entry")), list(fn.args)
+
+    def pack_buffer(self, which: str, elems: int) -> ir.GlobalVariable:
+        name = f"graphc_gemm_pack_{which}_{self.dtype}"
+        g = self.module.globals.get(name)
+        if g is None:
+            g = ir.GlobalVariable(self.module, ir.ArrayType(self.t, elems * MAX_THREADS), name)
+            g.linkage = "internal"
+            g.initializer = g.value_type(None)
+            g.align = 64
+        return g
+
+    # -- micro-kernel ----------------------------------------------------------------------
+
+    def micro(self, a_kmajor: bool) -> ir.Function:
+        """micro(kc, pa, pb, c, ldc, mr, nr, load_c): C[0:mr, 0:nr] (+)= Apack·Bpack over kc.
+
+        The MR×NR accumulator tile lives in vector registers as loop phis; A values are
+        broadcast from the packed strip (folded into the FMA's memory operand by the backend),
+        which is k-major (A[i, k] at pa[k·MR + i]) or row-major (at pa[i·KC + k]).
+        """
+        name = f"graphc_gemm_{self.dtype}_micro_{'k' if a_kmajor else 'r'}"
+        if name in self.module.globals:
+            return self.module.globals[name]
+        blk, L = self.blk, self.blk.lanes
+        nv = blk.nr // L
+        fn, b, (kc, pa, pb, c, ldc, mr, nr, load_c) = self.function(
+            name, [_I64, self.ptr, self.ptr, self.ptr, _I64, _I64, _I64, _I1],
+            ["kc", "pa", "pb", "c", "ldc", "mr", "nr", "load_c"])
+        entry = b.block
+        head, body, tail = (fn.append_basic_block(n) for n in ("k.head", "k.body", "tail"))
+        b.branch(head)
+        b.position_at_end(head)
+        k = b.phi(_I64, "k")
+        k.add_incoming(_I64(0), entry)
+        acc = [[b.phi(self.vec(L), f"c{i}_{v}") for v in range(nv)] for i in range(blk.mr)]
+        for row in acc:
+            for a in row:
+                a.add_incoming(self.vec(L)(None), entry)
+        b.cbranch(b.icmp_signed("<", k, kc), body, tail)
+
+        b.position_at_end(body)
+        pbk = self.gep(b, pb, b.mul(k, _I64(blk.nr)))
+        bv = [self.load(b, self.gep(b, pbk, v * L), L, L * self.size) for v in range(nv)]
+        pak = self.gep(b, pa, b.mul(k, _I64(blk.mr)) if a_kmajor else k)
+        for i in range(blk.mr):
+            ai = self.gep(b, pak, i if a_kmajor else i * blk.kc)
+            ai = self.splat(b, b.load(ai, align=self.size), L)
+            for v in range(nv):
+                acc[i][v].add_incoming(self.fmuladd(b, ai, bv[v], acc[i][v]), body)
+        k.add_incoming(b.add(k, _I64(1)), body)
+        b.branch(head)
+
+        # Write-back: full tiles use plain unaligned vector access, edge tiles masked access
+        # (never touching memory outside C) and skip rows past mr.
+        b.position_at_end(tail)
+        full = b.and_(b.icmp_signed("==", mr, _I64(blk.mr)), b.icmp_signed("==", nr, _I64(blk.nr)))
+        full_bb, edge_bb = fn.append_basic_block("full"), fn.append_basic_block("edge")
+        rows = [self.gep(b, c, b.mul(_I64(i), ldc)) for i in range(blk.mr)]
+        b.cbranch(full, full_bb, edge_bb)
+        add_bb, set_bb = fn.append_basic_block("full.add"), fn.append_basic_block("full.set")
+        b.position_at_end(full_bb)
+        b.cbranch(load_c, add_bb, set_bb)
+        for accumulate, bb in ((True, add_bb), (False, set_bb)):
+            b.position_at_end(bb)
+            for i in range(blk.mr):
+                for v in range(nv):
+                    p = self.gep(b, rows[i], v * L)
+                    x = acc[i][v]
+                    if accumulate:
+                        x = b.fadd(x, self.load(b, p, L, self.size))
+                    self.store(b, x, p, self.size)
+            b.ret_void()
+
+        b.position_at_end(edge_bb)
+        masks = [self.lane_mask(b, v * L, nr, L) for v in range(nv)]
+        on = b.select(load_c, ir.VectorType(_I1, L)([1] * L), ir.VectorType(_I1, L)([0] * L))
+        load_masks = [b.and_(m, on) for m in masks]
+        for i in range(blk.mr):
+            row_bb, next_bb = fn.append_basic_block(f"edge.{i}"), fn.append_basic_block()
+            b.cbranch(b.icmp_signed("<", _I64(i), mr), row_bb, next_bb)
+            b.position_at_end(row_bb)
+            for v in range(nv):
+                p = self.gep(b, rows[i], v * L)
+                # With load_c off the load mask is empty: the add sees zeros, C is not read.
+                x = b.fadd(acc[i][v], self.masked_load(b, p, load_masks[v], L))
+                self.masked_store(b, x, p, masks[v])
+            b.branch(next_bb)
+            b.position_at_end(next_bb)
+        b.ret_void()
+        return fn
+
+    # -- packing ---------------------------------------------------------------------------
+
+    def pack(self, width: int, kind: str) -> ir.Function:
+        """pack(src, ld, extent, kc, dst): pack a kc×extent panel P into width-wide strips.
+
+        Strip s holds columns [s·width, s·width + width) of P, zero past `extent`, at
+        dst + s·width·KC, either k-major (for each k, `width` contiguous values) or row-major
+        (for each column j, KC slots holding P[0:kc, j]). Kinds:
+        "copy": P[k, j] = src[k·ld + j], k-major;  "transpose": P[k, j] = src[j·ld + k], k-major;
+        "rows": P[k, j] = src[j·ld + k], row-major (a transpose for free: contiguous copies).
+        """
+        name = f"graphc_gemm_{self.dtype}_pack_{kind}{width}"
+        if name in self.module.globals:
+            return self.module.globals[name]
+        blk = self.blk
+        fn, b, (src, ld, extent, kc, dst) = self.function(
+            name, [self.ptr, _I64, _I64, _I64, self.ptr], ["src", "ld", "extent", "kc", "dst"])
+        if kind == "copy":
+            self._pack_copy(b, src, ld, extent, kc, dst, width, _pack_lanes(width, blk.lanes))
+            b.ret_void()
+            return fn
+        with self.loop(b, 0, extent, width, "s") as s0:
+            w = self.min(b, b.sub(extent, s0), width)
+            dst_s = self.gep(b, dst, b.mul(s0, _I64(blk.kc)))
+            src_s = self.gep(b, src, b.mul(s0, ld))
+            self._pack_kblocks(b, src_s, ld, w, kc, dst_s, width, transpose=kind == "transpose")
+        b.ret_void()
+        return fn
+
+    def _pack_copy(self, b: ir.IRBuilder, src: ir.Value, ld: ir.Value, extent: ir.Value,
+                   kc: ir.Value, dst: ir.Value, width: int, P: int) -> None:
+        # Row by row (k outer) so the source streams contiguously; the partial last strip after.
+        fn = b.function
+        whole = b.sub(extent, b.srem(extent, _I64(width)))
+        with self.loop(b, 0, kc, 1, "copy.k") as k:
+            row = self.gep(b, src, b.mul(k, ld))
+            with self.loop(b, 0, whole, width, "copy.s") as s0:
+                out = self.gep(b, dst, b.add(b.mul(s0, _I64(self.blk.kc)), b.mul(k, _I64(width))))
+                for g in range(width // P):
+                    x = self.load(b, self.gep(b, b.gep(row, [s0]), g * P), P, self.size)
+                    self.store(b, x, self.gep(b, out, g * P), P * self.size)
+        tail_bb, done = fn.append_basic_block("copy.tail"), fn.append_basic_block("copy.done")
+        b.cbranch(b.icmp_signed("<", whole, extent), tail_bb, done)
+        b.position_at_end(tail_bb)
+        w = b.sub(extent, whole)
+        masks = [self.lane_mask(b, g * P, w, P) for g in range(width // P)]
+        with self.loop(b, 0, kc, 1, "tail.k") as k:
+            row = self.gep(b, src, b.add(b.mul(k, ld), whole))
+            out = self.gep(b, dst, b.add(b.mul(whole, _I64(self.blk.kc)), b.mul(k, _I64(width))))
+            for g in range(width // P):
+                x = self.masked_load(b, self.gep(b, row, g * P), masks[g], P)
+                self.store(b, x, self.gep(b, out, g * P), P * self.size)
+        b.branch(done)
+        b.position_at_end(done)
+
+    def _pack_kblocks(self, b: ir.IRBuilder, src: ir.Value, ld: ir.Value, w: ir.Value,
+                      kc: ir.Value, dst: ir.Value, width: int, transpose: bool) -> None:
+        # Source rows j (k contiguous) are read L values of k at a time; "transpose" turns
+        # each L×L block in registers into L k-major rows. Writes run up to kc rounded up to L,
+        # which stays inside the strip (KC % L == 0), and are zero past kc.
+        fn, L = b.function, self.blk.lanes
+        with self.loop(b, 0, kc, L, "kb") as kb:
+            kr = b.sub(kc, kb)
+            full_bb, part_bb, done = (fn.append_basic_block(n) for n in ("kb.full", "kb.part", "kb.done"))
+            full = b.and_(b.icmp_signed("==", w, _I64(width)), b.icmp_signed(">=", kr, _I64(L)))
+            b.cbranch(full, full_bb, part_bb)
+            for masked, bb in ((False, full_bb), (True, part_bb)):
+                b.position_at_end(bb)
+                if masked:
+                    kmask = self.lane_mask(b, 0, kr, L)
+                    off = ir.VectorType(_I1, L)([0] * L)
+                rows = []
+                for j in range(width):
+                    p = self.gep(b, src, b.add(b.mul(_I64(j), ld), kb))
+                    if masked:
+                        m = b.select(b.icmp_signed("<", _I64(j), w), kmask, off)
+                        rows.append(self.masked_load(b, p, m, L))
+                    else:
+                        rows.append(self.load(b, p, L, self.size))
+                if transpose:
+                    for g in range(width // L):
+                        block = _transpose(b, rows[g * L:(g + 1) * L])
+                        for t, x in enumerate(block):
+                            out = b.add(b.mul(b.add(kb, _I64(t)), _I64(width)), _I64(g * L))
+                            self.store(b, x, self.gep(b, dst, out), L * self.size)
+                else:
+                    for j, x in enumerate(rows):
+                        out = self.gep(b, dst, b.add(_I64(j * self.blk.kc), kb))
+                        self.store(b, x, out, L * self.size)
+                b.branch(done)
+            b.position_at_end(done)
+
+    # -- driver ----------------------------------------------------------------------------
+
+    def range_fn(self, name: str, trans_a: bool, trans_b: bool) -> ir.Function:
+        """The GEMM over output columns [n0, n1) with pack-buffer slot tid (see module doc)."""
+        blk = self.blk
+        # Plain A (M×K) is packed row-major by contiguous copies, Aᵀ (K×M) k-major: neither needs
+        # a transpose since the micro-kernel reads A by scalar broadcasts at either layout.
+        micro = self.micro(a_kmajor=trans_a)
+        pack_a = self.pack(blk.mr, "copy" if trans_a else "rows")
+        pack_b = self.pack(blk.nr, "transpose" if trans_b else "copy")
+        a_elems, b_elems = blk.mc * blk.kc, blk.nc * blk.kc
+        fn, b, (M, N, K, A, lda, B, ldb, C, ldc, accumulate, n0, n1, tid) = self.function(
+            f"{name}_range",
+            [_I64, _I64, _I64, self.ptr, _I64, self.ptr, _I64, self.ptr, _I64, _I32, _I64, _I64, _I64],
+            ["M", "N", "K", "A", "lda", "B", "ldb", "C", "ldc", "accumulate", "n0", "n1", "tid"],
+            linkage="external")
+        pa = b.gep(self.pack_buffer("a", a_elems), [_I64(0), b.mul(tid, _I64(a_elems))])
+        pb = b.gep(self.pack_buffer("b", b_elems), [_I64(0), b.mul(tid, _I64(b_elems))])
+        # Balanced K blocks (784 -> 4×~196, not 3×256 + 16), each rounded up to a multiple of 16
+        # so transposing packs read whole vectors; K = 0 gives one empty block, which zeroes C.
+        nkb = b.sdiv(b.add(K, _I64(blk.kc - 1)), _I64(blk.kc))
+        nkb = b.select(b.icmp_signed(">", nkb, _I64(0)), nkb, _I64(1))
+        kstep = b.sdiv(b.add(K, b.sub(nkb, _I64(1))), nkb)
+        kstep = b.and_(b.add(kstep, _I64(15)), _I64(-16))
+        kstep = self.min(b, kstep, blk.kc)
+        accumulating = b.icmp_signed("!=", accumulate, _I32(0))
+        with self.loop(b, n0, n1, blk.nc, "jc") as jc:
+            nc = self.min(b, b.sub(n1, jc), blk.nc)
+            # do { ... } while (pc += kstep) < K: runs once when K == 0.
+            pre, kblock, kdone = b.block, fn.append_basic_block("pc.body"), fn.append_basic_block("pc.done")
+            b.branch(kblock)
+            b.position_at_end(kblock)
+            pc = b.phi(_I64, "pc")
+            pc.add_incoming(_I64(0), pre)
+            kc = self.min(b, b.sub(K, pc), kstep)
+            b_src = self.gep(b, B, b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc))
+            b.call(pack_b, [b_src, ldb, nc, kc, pb])
+            load_c = b.or_(accumulating, b.icmp_signed("!=", pc, _I64(0)))
+            with self.loop(b, 0, M, blk.mc, "ic") as ic:
+                mc = self.min(b, b.sub(M, ic), blk.mc)
+                a_src = self.gep(b, A, b.add(b.mul(pc, lda), ic) if trans_a else b.add(b.mul(ic, lda), pc))
+                b.call(pack_a, [a_src, lda, mc, kc, pa])
+                with self.loop(b, 0, nc, blk.nr, "jr") as jr:
+                    nr = self.min(b, b.sub(nc, jr), blk.nr)
+                    pbj = self.gep(b, pb, b.mul(jr, _I64(blk.kc)))
+                    cj = self.gep(b, C, b.add(b.mul(ic, ldc), b.add(jc, jr)))
+                    with self.loop(b, 0, mc, blk.mr, "ir") as ir_:
+                        mr = self.min(b, b.sub(mc, ir_), blk.mr)
+                        b.call(micro, [kc, self.gep(b, pa, b.mul(ir_, _I64(blk.kc))), pbj,
+                                       self.gep(b, cj, b.mul(ir_, ldc)), ldc, mr, nr, load_c])
+            pc_next = b.add(pc, kstep)
+            pc.add_incoming(pc_next, b.block)
+            b.cbranch(b.icmp_signed("<", pc_next, K), kblock, kdone)
+            b.position_at_end(kdone)
+        b.ret_void()
+        return fn
+
+
+def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """Transpose n vectors of n lanes (n a power of two) with log2(n) shufflevector stages.
+
+    Stage d swaps, for each row pair (i, i+d) with bit d clear in i, the elements whose column
+    has bit d set in row i with those whose column has it clear in row i+d; after all stages
+    element (i, j) has moved to (j, i).
+    """
+    rows, n, d = list(rows), len(rows), 1
+    lo_t = ir.VectorType(_I32, n)
+    while d < n:
+        lo = lo_t([j if not j & d else n + j - d for j in range(n)])
+        hi = lo_t([j + d if not j & d else n + j for j in range(n)])
+        for i in range(n):
+            if not i & d:
+                x, y = rows[i], rows[i | d]
+                rows[i], rows[i | d] = b.shuffle_vector(x, y, lo), b.shuffle_vector(x, y, hi)
+        d *= 2
+    return rows
+
+
+def define_gemm(module: ir.Module, target: Target, dtype: str, trans_a: bool, trans_b: bool) -> ir.Function:
+    """Define (once per module) `graphc_gemm_{dtype}_{ta}{tb}`:
+
+    void(i64 M, i64 N, i64 K, T* A, i64 lda, T* B, i64 ldb, T* C, i64 ldc, i32 accumulate)
+    computes C[M,N] = op(A)·op(B), or C += op(A)·op(B) when accumulate != 0. All matrices are
+    row-major with the given row strides; op(A) = A (stored M×K) or Aᵀ (stored K×M), op(B) = B
+    (stored K×N) or Bᵀ (stored N×K). K = 0 zeroes C (unless accumulating); M or N = 0 is a no-op.
+    Not reentrant: concurrent calls would share the pack buffers.
+    """
+    name = f"graphc_gemm_{dtype}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
+    if name in module.globals:
+        return module.globals[name]
+    g = _Gen(module, target, dtype)
+    rng = g.range_fn(name, trans_a, trans_b)
+    fn, b, args = g.function(
+        name, [_I64, _I64, _I64, g.ptr, _I64, g.ptr, _I64, g.ptr, _I64, _I32],
+        ["M", "N", "K", "A", "lda", "B", "ldb", "C", "ldc", "accumulate"], linkage="external")
+    M, N = args[0], args[1]
+    work, done = fn.append_basic_block("work"), fn.append_basic_block("done")
+    b.cbranch(b.and_(b.icmp_signed(">", M, _I64(0)), b.icmp_signed(">", N, _I64(0))), work, done)
+    b.position_at_end(work)
+    b.call(rng, [*args, _I64(0), N, _I64(0)])
+    b.branch(done)
+    b.position_at_end(done)
+    b.ret_void()
+    return fn

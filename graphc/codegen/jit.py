@@ -1,0 +1,85 @@
+"""Native code from LLVM modules: optimize, emit an object, cache it on disk, load it in-process.
+
+The cache is keyed by a content hash the caller computes before any LLVM IR exists, so a warm
+compile skips IR generation, optimization and code generation. Entries carry a checksum: a corrupted
+entry is rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+from graphc.codegen.target import Target
+
+_MAGIC = b"graphc-obj1"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GRAPHC_CACHE_DIR") or Path.home() / ".cache" / "graphc")
+
+
+def optimize(module: ir.Module, target: Target) -> llvm.ModuleRef:
+    mod = llvm.parse_assembly(str(module))
+    mod.verify()
+    tm = target.target_machine()
+    mod.triple = target.triple
+    mod.data_layout = str(tm.target_data)
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+    return mod
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    head, digest, body = data[:len(_MAGIC)], data[len(_MAGIC):len(_MAGIC) + 32], data[len(_MAGIC) + 32:]
+    return body if head == _MAGIC and hashlib.sha256(body).digest() == digest else None
+
+
+def _write(path: Path, body: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_MAGIC + hashlib.sha256(body).digest() + body)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)  # the cache is an optimization: failing to write is fine
+
+
+class Native:
+    """A loaded object: keeps its execution engine alive and resolves entry points."""
+
+    def __init__(self, obj: bytes, target: Target) -> None:
+        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target.target_machine())
+        self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        self.engine.finalize_object()
+
+    def address(self, name: str) -> int:
+        addr = self.engine.get_function_address(name)
+        if not addr:
+            raise RuntimeError(f"entry point {name} not found in compiled object")
+        return addr
+
+
+def compile_cached(key: str, build: Callable[[], ir.Module], target: Target,
+                   use_cache: bool = True) -> tuple[Native, bool]:
+    """Load the object for `key` from the cache, or build, optimize and emit it. Returns (native, hit)."""
+    path = cache_dir() / f"{key}.o"
+    obj = _read(path) if use_cache else None
+    hit = obj is not None
+    if obj is None:
+        obj = target.target_machine().emit_object(optimize(build(), target))
+        if use_cache:
+            _write(path, obj)
+    return Native(obj, target), hit

@@ -1,0 +1,152 @@
+"""Loop nests for fused kernels: elementwise chains and reductions with their elementwise prologue.
+
+Per iteration every external operand is loaded first, the members' scalar expressions are computed
+in order, and stored values are written last, so an in-place update (W <- W - lr*dW) reads the old
+element before writing the new one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from llvmlite import ir
+
+from graphc.codegen.scalar import FTYPES, LLVMScalar
+from graphc.ir.graph import Value
+from graphc.ops import REGISTRY
+from graphc.ops.registry import norm_axes
+from graphc.passes.fuse import Kernel, identity_access, input_maps
+
+I64 = ir.IntType(64)
+
+
+def for_range(b: ir.IRBuilder, n: int, body: Callable[[ir.Value], None]) -> None:
+    pre = b.block
+    cond = b.append_basic_block("for.cond")
+    blk = b.append_basic_block("for.body")
+    end = b.append_basic_block("for.end")
+    b.branch(cond)
+    b.position_at_end(cond)
+    i = b.phi(I64)
+    i.add_incoming(ir.Constant(I64, 0), pre)
+    b.cbranch(b.icmp_signed("<", i, ir.Constant(I64, n)), blk, end)
+    b.position_at_end(blk)
+    body(i)
+    i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
+    b.branch(cond)
+    b.position_at_end(end)
+
+
+def nest(b: ir.IRBuilder, dims: tuple[int, ...], body: Callable[[list[ir.Value]], None],
+         idx: tuple = ()) -> None:
+    if not dims:
+        body(list(idx))
+        return
+    for_range(b, dims[0], lambda i: nest(b, dims[1:], body, idx + (i,)))
+
+
+def strides(shape: tuple[int, ...]) -> list[int]:
+    out, s = [], 1
+    for d in reversed(shape):
+        out.append(s)
+        s *= d
+    return out[::-1]
+
+
+def offset(b: ir.IRBuilder, idx: list[ir.Value], coef: list[int]) -> ir.Value:
+    total = ir.Constant(I64, 0)
+    for i, c in zip(idx, coef):
+        if c:
+            total = b.add(total, b.mul(i, ir.Constant(I64, c)))
+    return total
+
+
+def access(v: Value, m: tuple, rank: int) -> list[int]:
+    """Per iteration axis: the element stride of `v` along it (0 where v is broadcast)."""
+    coef = [0] * rank
+    for axis, s in zip(m, strides(tuple(v.shape))):
+        if axis is not None:
+            coef[axis] += s
+    return coef
+
+
+def compute_dtype(k: Kernel) -> str:
+    return next((n.out.dtype for n in k.nodes if n.out.type.is_float), "f32")
+
+
+def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value]) -> None:
+    """The body of an elementwise or reduce kernel; `arg_of` maps stored/loaded values to pointers."""
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    dtype = compute_dtype(k)
+    members = set(k.nodes)
+    maps = {n: input_maps(n) for n in k.nodes}
+    rank = len(k.space)
+    red = k.nodes[-1] if k.kind == "reduce" else None
+    flat = red is None and all(m == tuple(range(rank)) or m == () for ms in maps.values() for m in ms)
+
+    def body(idx: list[ir.Value], store_reduce: Callable | None) -> None:
+        s = LLVMScalar(b, dtype, idx)
+        coefs = (lambda v, m: [1] if v.shape else [0]) if flat else (lambda v, m: access(v, m, rank))
+        loads, vals = {}, {}
+        for n in k.nodes:  # loads first
+            for v, m in zip(n.inputs, maps[n]):
+                if v.const is None and not (v.producer in members and identity_access(v, m, k.space)):
+                    key = (v, m)
+                    if key not in loads:
+                        loads[key] = b.load(b.gep(arg_of[v], [offset(b, idx, coefs(v, m))]))
+        for n in k.nodes:
+            ops = [s.const(v.const) if v.const is not None else loads.get((v, m)) or vals[v]
+                   for v, m in zip(n.inputs, maps[n])]
+            if n is red:
+                store_reduce(ops[0])
+            else:
+                vals[n.out] = REGISTRY[n.op].lower.expr(s, *ops, **n.attrs)
+        for v in k.outputs:
+            if v is not (red.out if red else None):
+                b.store(vals[v], b.gep(arg_of[v], [offset(b, idx, [1] if flat else strides(k.space))]))
+
+    if red is None:
+        nest(b, (math.prod(k.space),) if flat else k.space, lambda idx: body(idx, None))
+    else:
+        _reduce(b, k, red, dtype, body, arg_of)
+    b.ret_void()
+
+
+def _reduce(b, k, red, dtype, body, arg_of) -> None:
+    rank = len(k.space)
+    axes = norm_axes(red.attrs["axes"], rank)
+    kept = [a for a in range(rank) if a not in axes]
+    out = arg_of[red.out]
+    t = FTYPES[dtype]
+    identity = ir.Constant(t, 0.0 if REGISTRY[red.op].lower.kind == "sum" else -math.inf)
+
+    def combine(acc, x):
+        if REGISTRY[red.op].lower.kind == "sum":
+            return b.fadd(acc, x)
+        return b.select(b.fcmp_unordered(">", x, acc), x, acc)  # NaN propagates
+
+    out_coef = [0] * rank
+    for a, s in zip(kept, strides(tuple(k.space[a] for a in kept))):
+        out_coef[a] = s
+    if list(axes) == list(range(rank - len(axes), rank)):
+        # reduced axes innermost: accumulate in a register, store once per output element
+        with b.goto_entry_block():
+            acc = b.alloca(t)
+
+        def outer(oidx):
+            b.store(identity, acc)
+            nest(b, tuple(k.space[a] for a in axes),
+                 lambda iidx: body(oidx + iidx, lambda x: b.store(combine(b.load(acc), x), acc)))
+            b.store(b.load(acc), b.gep(out, [offset(b, oidx, out_coef[:len(oidx)])]))
+        nest(b, tuple(k.space[a] for a in kept), outer)
+    else:
+        size = math.prod(k.space[a] for a in kept)
+        for_range(b, size, lambda i: b.store(identity, b.gep(out, [i])))
+
+        def rmw(idx):
+            def acc(x):
+                p = b.gep(out, [offset(b, idx, out_coef)])
+                b.store(combine(b.load(p), x), p)
+            body(idx, acc)
+        nest(b, k.space, rmw)

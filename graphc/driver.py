@@ -1,0 +1,71 @@
+"""The one small driver that chains the stages: .net file -> bound graph -> schedule -> native step.
+
+The CLI, the trainer and the tests go through these functions instead of wiring stages themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import graphc
+from graphc.autodiff.step import gradient_graph, training_graph
+from graphc.codegen.jit import compile_cached
+from graphc.codegen.module import build_module
+from graphc.codegen.target import Target, host_target
+from graphc.frontend import Program, load
+from graphc.ir.bind import bind
+from graphc.ir.graph import Graph
+from graphc.ir.serialize import dumps
+from graphc.passes.pipeline import Schedule, print_schedule, schedule
+from graphc.runtime.step import Step
+
+ENTRY = "graphc_step"
+
+__all__ = ["load", "batch_dim", "forward", "train_graph", "compile_graph", "Compiled"]
+
+
+def batch_dim(g: Graph) -> str | None:
+    """The symbolic dim that leads the inputs (the batch), if any."""
+    for i in g.inputs:
+        if i.value.shape and isinstance(i.value.shape[0], str):
+            return i.value.shape[0]
+    return None
+
+
+def forward(prog: Program, batch: int | None = None, dtype: str | None = None) -> Graph:
+    """The forward graph with its batch dim bound (and floats switched to `dtype` if given)."""
+    dim = batch_dim(prog.graph)
+    dims = {dim: batch if batch is not None else prog.train.batch} if dim else {}
+    return bind(prog.graph, dims, dtype)
+
+
+def train_graph(prog: Program, batch: int | None = None, optimizer: str | None = None,
+                opt_args: dict[str, float] | None = None) -> Graph:
+    args = dict(prog.train.opt_args if opt_args is None else opt_args)
+    return training_graph(forward(prog, batch), optimizer or prog.train.optimizer, args)
+
+
+@dataclass
+class Compiled:
+    step: Step
+    schedule: Schedule
+    seconds: float    # wall time of passes + codegen (or cache load)
+    cache_hit: bool
+
+
+def compile_graph(g: Graph, params: dict[str, np.ndarray] | None = None,
+                  target: Target | None = None, use_cache: bool = True) -> Compiled:
+    """Schedule `g`, generate and load its native code (cached), and wrap it in a runnable Step."""
+    t0 = time.perf_counter()
+    target = target or host_target()
+    sched = schedule(g)
+    key = hashlib.sha256("\n".join([graphc.__version__, target.key(), dumps(sched.graph),
+                                    print_schedule(sched)]).encode()).hexdigest()
+    native, hit = compile_cached(key, lambda: build_module(sched, target, ENTRY), target, use_cache)
+    step = Step(sched, native, ENTRY, params)
+    return Compiled(step, sched, time.perf_counter() - t0, hit)
+

@@ -1,0 +1,1 @@
+"""The front end: .net source -> AST -> forward graph."""

@@ -1,0 +1,1 @@
+"""The graph IR: types, values, nodes, graphs; printing, JSON and verification."""

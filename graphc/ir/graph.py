@@ -1,0 +1,179 @@
+"""The typed graph IR: tensor types, SSA values, nodes and graphs, and the builder that adds nodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from graphc.errors import GraphcError, Loc
+
+Dim = int | str  # a symbolic dim (e.g. "B") until bound
+DTYPES = ("f32", "f64", "i32")
+NP_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32}
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in ("f32", "f64")
+
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            if not isinstance(d, int):
+                raise ValueError(f"size of unbound type {self}")
+            n *= d
+        return n
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+
+
+class Value:
+    """An SSA value. Produced by a node, or a graph input/param/state, or a literal constant."""
+
+    __slots__ = ("name", "type", "producer", "const")
+
+    def __init__(self, name: str, type: TensorType, producer: "Node | None" = None,
+                 const: float | None = None) -> None:
+        self.name = name
+        self.type = type
+        self.producer = producer
+        self.const = const
+
+    @property
+    def shape(self) -> tuple[Dim, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    def ref(self) -> str:
+        """How the value is written where it is used."""
+        return repr(self.const) if self.const is not None else self.name
+
+    def __repr__(self) -> str:
+        return f"{self.ref()}: {self.type}"
+
+
+@dataclass(eq=False)
+class Node:
+    op: str
+    inputs: list[Value]
+    attrs: dict[str, Any]
+    out: Value
+    loc: Loc | None = None
+    scope: str = ""  # the layer instance (e.g. "fc1") the node came from
+    grad_of: tuple["Node", int] | None = None  # backward nodes: (forward node, input index)
+
+
+@dataclass
+class Param:
+    value: Value
+    init: str  # initializer name: zeros, ones, normal, uniform, he_normal, xavier_uniform, constant
+    init_args: dict[str, float] = field(default_factory=dict)
+    loc: Loc | None = None
+
+
+@dataclass
+class Input:
+    value: Value
+    nograd: bool = False
+    default: float | None = None  # scalar graphs (apples.net) give inputs a value
+    loc: Loc | None = None
+
+
+@dataclass
+class Graph:
+    """Inputs, params, optimizer state, nodes in topological order, named outputs and in-place updates."""
+
+    name: str
+    inputs: list[Input] = field(default_factory=list)
+    params: list[Param] = field(default_factory=list)
+    state: list[Param] = field(default_factory=list)  # optimizer state: zero-initialized buffers
+    nodes: list[Node] = field(default_factory=list)
+    outputs: dict[str, Value] = field(default_factory=dict)
+    metrics: tuple[str, ...] = ()  # names of outputs that are metrics (no gradient)
+    loss: str | None = None        # name of the output that is differentiated
+    updates: list[tuple[Value, Value]] = field(default_factory=list)  # (param or state, its new value)
+    dims: dict[str, int] = field(default_factory=dict)  # bound symbolic dims
+    _count: int = 0
+
+    def fresh(self, prefix: str = "%") -> str:
+        name = f"{prefix}{self._count}"
+        self._count += 1
+        return name
+
+    def leaves(self) -> Iterator[Value]:
+        yield from (i.value for i in self.inputs)
+        yield from (p.value for p in self.params)
+        yield from (s.value for s in self.state)
+
+    def value(self, name: str) -> Value:
+        for v in self.leaves():
+            if v.name == name:
+                return v
+        if name in self.outputs:
+            return self.outputs[name]
+        for n in self.nodes:
+            if n.out.name == name:
+                return n.out
+        raise KeyError(name)
+
+    def consumers(self) -> dict[Value, list[Node]]:
+        users: dict[Value, list[Node]] = {}
+        for n in self.nodes:
+            for v in n.inputs:
+                users.setdefault(v, []).append(n)
+        return users
+
+
+class Builder:
+    """Adds nodes to a graph, checking each against its op's shape rule.
+
+    `b.add(x, y)`, `b.matmul(x, w, tb=True)`: any registered op is a method. Plain Python numbers
+    become literal constants of the dtype of the op's first tensor operand.
+    """
+
+    def __init__(self, graph: Graph, loc: Loc | None = None, scope: str = "",
+                 grad_of: tuple[Node, int] | None = None) -> None:
+        self.graph = graph
+        self.loc = loc
+        self.scope = scope
+        self.grad_of = grad_of
+
+    def const(self, x: float, dtype: str) -> Value:
+        return Value(repr(float(x)), TensorType(dtype, ()), const=float(x))
+
+    def op(self, name: str, *args: Value | float, name_out: str | None = None, **attrs: Any) -> Value:
+        from graphc.ops.registry import REGISTRY, ShapeError
+        opdef = REGISTRY[name]
+        dtype = next((a.dtype for a in args if isinstance(a, Value) and a.type.is_float), "f32")
+        inputs = [a if isinstance(a, Value) else self.const(a, dtype) for a in args]
+        attrs = {**opdef.defaults, **attrs}
+        try:
+            t = opdef.shape([v.type for v in inputs], attrs)
+        except ShapeError as e:
+            raise GraphcError(f"{name}: {e}", self.loc) from None
+        out = Value(name_out or self.graph.fresh(), t)
+        node = Node(name, inputs, attrs, out, self.loc, self.scope, self.grad_of)
+        out.producer = node
+        self.graph.nodes.append(node)
+        return out
+
+    def __getattr__(self, name: str):
+        from graphc.ops.registry import REGISTRY
+        if name not in REGISTRY:
+            raise AttributeError(name)
+        return lambda *args, **attrs: self.op(name, *args, **attrs)

@@ -1,0 +1,44 @@
+"""Rebuilds a graph node by node through the Builder, letting a rule replace nodes on the way.
+
+Binding dims, decomposing composite ops and simplifying are all this one walk with a different rule;
+every rebuilt node runs its shape rule again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from graphc.ir.graph import Builder, Graph, Input, Node, Param, TensorType, Value
+
+# rule(builder, node, new_inputs, attrs) -> replacement value, or None to copy the node as it is
+Rule = Callable[[Builder, Node, list[Value], dict], "Value | None"]
+
+
+def rewrite(g: Graph, rule: Rule | None = None,
+            leaf_type: Callable[[TensorType], TensorType] = lambda t: t,
+            attr_map: Callable[[Any], Any] = lambda a: a, name: str | None = None) -> Graph:
+    out = Graph(name or g.name, metrics=g.metrics, loss=g.loss, dims=dict(g.dims))
+    out._count = g._count
+    env: dict[Value, Value] = {}
+
+    def leaf(v: Value) -> Value:
+        env[v] = Value(v.name, leaf_type(v.type))
+        return env[v]
+
+    out.inputs = [Input(leaf(i.value), i.nograd, i.default, i.loc) for i in g.inputs]
+    out.params = [Param(leaf(p.value), p.init, dict(p.init_args), p.loc) for p in g.params]
+    out.state = [Param(leaf(s.value), s.init, dict(s.init_args), s.loc) for s in g.state]
+    nodes: dict[Node, Node] = {}
+    for n in g.nodes:
+        args = [env.get(v) or Builder(out).const(v.const, leaf_type(v.type).dtype) for v in n.inputs]
+        grad_of = (nodes[n.grad_of[0]], n.grad_of[1]) if n.grad_of and n.grad_of[0] in nodes else None
+        b = Builder(out, n.loc, n.scope, grad_of)
+        attrs = attr_map(n.attrs)
+        new = rule(b, n, args, attrs) if rule else None
+        if new is None:
+            new = b.op(n.op, *args, name_out=n.out.name, **attrs)
+            nodes[n] = new.producer
+        env[n.out] = new
+    out.outputs = {k: env[v] for k, v in g.outputs.items()}
+    out.updates = [(env[t], env[v]) for t, v in g.updates]
+    return out

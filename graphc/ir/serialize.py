@@ -1,0 +1,91 @@
+"""The versioned JSON form of a graph, for other languages and tools, and reading it back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from graphc.errors import GraphcError, Loc
+from graphc.ir.graph import Builder, Graph, Input, Node, Param, TensorType, Value
+
+FORMAT = "graphc-ir"
+VERSION = 1
+
+
+def _type(t: TensorType) -> dict:
+    return {"dtype": t.dtype, "shape": list(t.shape)}
+
+
+def _attr(v: Any) -> Any:
+    return [_attr(e) for e in v] if isinstance(v, (tuple, list)) else v
+
+
+def to_json(g: Graph) -> dict:
+    def ref(v: Value) -> Any:
+        return {"const": v.const, "dtype": v.dtype} if v.const is not None else v.name
+
+    def leaf(p: Param) -> dict:
+        return {"name": p.value.name, "type": _type(p.value.type), "init": p.init, "init_args": p.init_args}
+
+    return {
+        "format": FORMAT, "version": VERSION, "name": g.name, "dims": g.dims,
+        "inputs": [{"name": i.value.name, "type": _type(i.value.type), "nograd": i.nograd,
+                    "default": i.default} for i in g.inputs],
+        "params": [leaf(p) for p in g.params],
+        "state": [leaf(s) for s in g.state],
+        "nodes": [{"op": n.op, "inputs": [ref(v) for v in n.inputs],
+                   "attrs": {k: _attr(v) for k, v in n.attrs.items()},
+                   "out": {"name": n.out.name, "type": _type(n.out.type)},
+                   "loc": [n.loc.file, n.loc.line, n.loc.col] if n.loc else None,
+                   "scope": n.scope,
+                   "grad_of": [n.grad_of[0].out.name, n.grad_of[1]] if n.grad_of else None}
+                  for n in g.nodes],
+        "outputs": {k: v.name for k, v in g.outputs.items()},
+        "loss": g.loss, "metrics": list(g.metrics),
+        "updates": [[t.name, v.name] for t, v in g.updates],
+    }
+
+
+def dumps(g: Graph) -> str:
+    return json.dumps(to_json(g), indent=1)
+
+
+def from_json(d: dict) -> Graph:
+    """Rebuild a graph from its JSON form; every node's shape rule runs again."""
+    if d.get("format") != FORMAT or d.get("version") != VERSION:
+        raise GraphcError(f"not {FORMAT} version {VERSION} JSON")
+
+    def ttype(t: dict) -> TensorType:
+        return TensorType(t["dtype"], tuple(t["shape"]))
+
+    def attr(v: Any) -> Any:
+        return tuple(attr(e) for e in v) if isinstance(v, list) else v
+
+    g = Graph(d["name"], dims=dict(d["dims"]), loss=d["loss"], metrics=tuple(d["metrics"]))
+    env: dict[str, Value] = {}
+
+    def leaf(e: dict) -> Value:
+        env[e["name"]] = Value(e["name"], ttype(e["type"]))
+        return env[e["name"]]
+
+    g.inputs = [Input(leaf(e), e["nograd"], e["default"]) for e in d["inputs"]]
+    g.params = [Param(leaf(e), e["init"], e["init_args"]) for e in d["params"]]
+    g.state = [Param(leaf(e), e["init"], e["init_args"]) for e in d["state"]]
+    by_out: dict[str, Node] = {}
+    for e in d["nodes"]:
+        b = Builder(g, Loc(*e["loc"]) if e["loc"] else None, e["scope"],
+                    (by_out[e["grad_of"][0]], e["grad_of"][1]) if e["grad_of"] else None)
+        args = [Builder(g).const(a["const"], a["dtype"]) if isinstance(a, dict) else env[a]
+                for a in e["inputs"]]
+        v = b.op(e["op"], *args, name_out=e["out"]["name"], **{k: attr(a) for k, a in e["attrs"].items()})
+        env[v.name] = v
+        by_out[v.name] = v.producer
+    numbered = [int(n[1:]) for n in env if n.startswith("%") and n[1:].isdigit()]
+    g._count = max(numbered, default=-1) + 1
+    g.outputs = {k: env[v] for k, v in d["outputs"].items()}
+    g.updates = [(env[t], env[v]) for t, v in d["updates"]]
+    return g
+
+
+def loads(text: str) -> Graph:
+    return from_json(json.loads(text))

@@ -1,0 +1,72 @@
+"""Elementwise math ops (with NumPy broadcasting): arithmetic, activations, comparisons."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.ir.graph import TensorType
+from graphc.ops.lowering import Elementwise
+from graphc.ops.registry import OpDef, broadcast_shapes, float_type, register, require, sum_to
+
+
+def _unary_shape(ts: list[TensorType], attrs: dict) -> TensorType:
+    float_type(ts[0])
+    return ts[0]
+
+
+def _binary_shape(ts: list[TensorType], attrs: dict) -> TensorType:
+    a, b = ts
+    float_type(a, "left operand")
+    float_type(b, "right operand")
+    require(a.dtype == b.dtype, f"dtypes differ: {a} and {b}")
+    return TensorType(a.dtype, broadcast_shapes(a.shape, b.shape))
+
+
+def unary(name: str, vjp, ref, expr, doc: str = "x: T[s] -> T[s]", **defaults) -> None:
+    register(OpDef(name, 1, _unary_shape, vjp, ref, Elementwise(expr), defaults, doc))
+
+
+def binary(name: str, vjp, ref, expr, doc: str = "a: T[s], b: T[t] -> T[broadcast(s, t)]") -> None:
+    register(OpDef(name, 2, _binary_shape, vjp, ref, Elementwise(expr), {}, doc))
+
+
+def _both(b, n, ga, gb):
+    x, y = n.inputs
+    return [sum_to(b, ga(), x.shape), sum_to(b, gb(), y.shape)]
+
+
+binary("add", lambda b, n, g: _both(b, n, lambda: g, lambda: g),
+       np.add, lambda s, x, y: s.add(x, y))
+binary("sub", lambda b, n, g: _both(b, n, lambda: g, lambda: b.neg(g)),
+       np.subtract, lambda s, x, y: s.sub(x, y))
+binary("mul", lambda b, n, g: _both(b, n, lambda: b.mul(g, n.inputs[1]), lambda: b.mul(g, n.inputs[0])),
+       np.multiply, lambda s, x, y: s.mul(x, y))
+binary("div", lambda b, n, g: _both(b, n, lambda: b.div(g, n.inputs[1]),
+                                    lambda: b.neg(b.div(b.mul(g, n.out), n.inputs[1]))),
+       np.divide, lambda s, x, y: s.div(x, y))
+binary("pow", lambda b, n, g: _both(
+           b, n, lambda: b.mul(g, b.mul(n.inputs[1], b.pow(n.inputs[0], b.sub(n.inputs[1], 1.0)))),
+           lambda: b.mul(g, b.mul(n.out, b.log(n.inputs[0])))),
+       np.power, lambda s, x, y: s.pow(x, y))
+binary("gt", None, lambda x, y: (x > y).astype(x.dtype), lambda s, x, y: s.gt(x, y),
+       "a: T[s], b: T[t] -> T[broadcast(s, t)], 1 where a > b else 0 (no gradient)")
+binary("eq", None, lambda x, y: (x == y).astype(x.dtype), lambda s, x, y: s.eq(x, y),
+       "a: T[s], b: T[t] -> T[broadcast(s, t)], 1 where a == b else 0 (no gradient)")
+
+unary("neg", lambda b, n, g: [b.neg(g)], np.negative, lambda s, x: s.neg(x))
+unary("exp", lambda b, n, g: [b.mul(g, n.out)], np.exp, lambda s, x: s.exp(x))
+unary("log", lambda b, n, g: [b.div(g, n.inputs[0])], np.log, lambda s, x: s.log(x))
+unary("sqrt", lambda b, n, g: [b.div(b.mul(g, 0.5), n.out)], np.sqrt, lambda s, x: s.sqrt(x))
+unary("tanh", lambda b, n, g: [b.mul(g, b.sub(1.0, b.mul(n.out, n.out)))], np.tanh,
+      lambda s, x: s.tanh(x))
+unary("sigmoid", lambda b, n, g: [b.mul(g, b.mul(n.out, b.sub(1.0, n.out)))],
+      lambda x: 1 / (1 + np.exp(-x)),
+      lambda s, x: s.div(s.const(1.0), s.add(s.const(1.0), s.exp(s.neg(x)))))
+unary("relu", lambda b, n, g: [b.mul(g, b.gt(n.inputs[0], 0.0))], lambda x: np.maximum(x, 0),
+      lambda s, x: s.max(x, s.const(0.0)))
+unary("leaky_relu",
+      lambda b, n, g: [b.mul(g, b.add(b.mul(b.gt(n.inputs[0], 0.0), 1.0 - n.attrs["alpha"]),
+                                      n.attrs["alpha"]))],
+      lambda x, alpha: np.where(x > 0, x, alpha * x),
+      lambda s, x, alpha: s.select(s.gt(x, s.const(0.0)), x, s.mul(x, s.const(alpha))),
+      "x: T[s] -> T[s], x where x > 0 else alpha*x (alpha=0.01)", alpha=0.01)

@@ -1,0 +1,81 @@
+"""How codegen sees an op: the small vocabulary the registry speaks (no llvmlite here).
+
+- `Elementwise(expr, maps)`: one scalar expression per output element. `expr(s, *xs, **attrs)` builds
+  it from scalar operands with the methods of a `Scalar` builder `s` (below). `maps` says, per input,
+  which output axis each input axis follows (None: a size-1 axis that is broadcast); the default is
+  NumPy broadcasting. Elementwise chains fuse into one loop nest.
+- `Reduce(kind)`: sum or max over `attrs["axes"]`; fuses its elementwise prologue.
+- `Contract()`: a matmul, run by the generated GEMM with `attrs["ta"]`, `attrs["tb"]`.
+- `View()`: the output aliases the input's buffer (reshape).
+- `Decompose(fn)`: the op is rewritten into other ops before scheduling; `fn(b, *inputs, **attrs)`
+  emits them with a Builder and returns the result value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+
+class Scalar(Protocol):
+    """Scalar operations an elementwise expression may use; codegen implements them in LLVM."""
+
+    def const(self, x: float) -> Any: ...
+    def add(self, a: Any, b: Any) -> Any: ...
+    def sub(self, a: Any, b: Any) -> Any: ...
+    def mul(self, a: Any, b: Any) -> Any: ...
+    def div(self, a: Any, b: Any) -> Any: ...
+    def neg(self, a: Any) -> Any: ...
+    def exp(self, a: Any) -> Any: ...
+    def log(self, a: Any) -> Any: ...
+    def sqrt(self, a: Any) -> Any: ...
+    def pow(self, a: Any, b: Any) -> Any: ...
+    def tanh(self, a: Any) -> Any: ...
+    def max(self, a: Any, b: Any) -> Any: ...
+    def gt(self, a: Any, b: Any) -> Any: ...      # 1.0 where a > b else 0.0
+    def eq(self, a: Any, b: Any) -> Any: ...      # 1.0 where a == b else 0.0
+    def select(self, c: Any, a: Any, b: Any) -> Any: ...  # a where c != 0 else b
+    def to_float(self, a: Any) -> Any: ...        # an integer operand as the kernel's float type
+    def index(self, axis: int) -> Any: ...        # the output index along `axis`, as a float
+
+
+Maps = Callable[[list, Any, dict], list[tuple[int | None, ...]]]
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    expr: Callable[..., Any]
+    maps: Maps | None = None
+
+
+@dataclass(frozen=True)
+class Reduce:
+    kind: str  # "sum" | "max"
+
+
+@dataclass(frozen=True)
+class Contract:
+    pass
+
+
+@dataclass(frozen=True)
+class View:
+    pass
+
+
+@dataclass(frozen=True)
+class Decompose:
+    fn: Callable[..., Any]
+
+
+Lowering = Elementwise | Reduce | Contract | View | Decompose
+
+
+def broadcast_maps(in_types: list, out_type: Any, attrs: dict) -> list[tuple[int | None, ...]]:
+    """NumPy broadcasting: trailing axes align; size-1 input axes under larger output axes broadcast."""
+    maps = []
+    for t in in_types:
+        off = out_type.rank - t.rank
+        maps.append(tuple(None if (d == 1 and out_type.shape[off + i] != 1) else off + i
+                          for i, d in enumerate(t.shape)))
+    return maps

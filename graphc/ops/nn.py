@@ -1,0 +1,99 @@
+"""Network ops built from primitives: softmax, log_softmax, softmax_cross_entropy, mse, accuracy.
+
+Each has its own vjp (the compact closed forms from the blog posts, e.g. SoftmaxWithLoss backward is
+(softmax - onehot) / B) and lowers by decomposing into reductions and elementwise ops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.ir.graph import TensorType
+from graphc.ops.lowering import Decompose
+from graphc.ops.registry import OpDef, float_type, register, require
+
+
+def _same(ts, attrs):
+    float_type(ts[0])
+    return ts[0]
+
+
+def _np_softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _np_log_softmax(x, axis):
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+def _softmax(b, x, axis):
+    e = b.exp(b.sub(x, b.max(x, axes=axis, keepdims=True)))
+    return b.div(e, b.sum(e, axes=axis, keepdims=True))
+
+
+def _log_softmax(b, x, axis):
+    z = b.sub(x, b.max(x, axes=axis, keepdims=True))
+    return b.sub(z, b.log(b.sum(b.exp(z), axes=axis, keepdims=True)))
+
+
+register(OpDef(
+    "softmax", 1, _same,
+    lambda b, n, g: [b.mul(n.out, b.sub(g, b.sum(b.mul(g, n.out), axes=n.attrs["axis"], keepdims=True)))],
+    _np_softmax, Decompose(_softmax), {"axis": -1}, "x: T[s] -> T[s], normalized along axis (-1)"))
+
+register(OpDef(
+    "log_softmax", 1, _same,
+    lambda b, n, g: [b.sub(g, b.mul(b.exp(n.out), b.sum(g, axes=n.attrs["axis"], keepdims=True)))],
+    _np_log_softmax, Decompose(_log_softmax), {"axis": -1}, "x: T[s] -> T[s] (axis=-1)"))
+
+
+def _labels_shape(ts, attrs):
+    x, y = ts
+    float_type(x, "logits")
+    require(x.rank == 2, f"logits must be [batch, classes], got {x}")
+    require(y.dtype == "i32" and y.shape == x.shape[:1], f"labels must be i32[{x.shape[0]}], got {y}")
+    return TensorType(x.dtype, ())
+
+
+def _onehot_like(b, x, y):
+    return b.onehot(y, n=x.shape[1], dtype=x.dtype)
+
+
+register(OpDef(
+    "softmax_cross_entropy", 2, _labels_shape,
+    lambda b, n, g: [b.mul(b.sub(b.softmax(n.inputs[0], axis=-1), _onehot_like(b, *n.inputs)),
+                           b.mul(g, 1.0 / n.inputs[0].shape[0])), None],
+    lambda x, y: -np.mean(_np_log_softmax(x, -1)[np.arange(len(y)), y]),
+    Decompose(lambda b, x, y: b.mul(b.sum(b.mul(_onehot_like(b, x, y), b.log_softmax(x, axis=-1))),
+                                    -1.0 / x.shape[0])),
+    {}, "logits: T[n,c], labels: i32[n] -> T[], mean of -log softmax(logits)[label]"))
+
+register(OpDef(
+    "accuracy", 2, _labels_shape, None,
+    lambda x, y: np.mean(x[np.arange(len(y)), y] == x.max(axis=-1)).astype(x.dtype),
+    Decompose(lambda b, x, y: b.mean(b.eq(b.sum(b.mul(_onehot_like(b, x, y), x), axes=-1),
+                                          b.max(x, axes=-1)))),
+    {}, "logits: T[n,c], labels: i32[n] -> T[], fraction where the label's logit is the max "
+        "(no gradient)"))
+
+
+def _mse_shape(ts, attrs):
+    p, t = ts
+    float_type(p, "prediction")
+    require(p == t, f"prediction and target differ: {p} vs {t}")
+    return TensorType(p.dtype, ())
+
+
+def _mse_vjp(b, n, g):
+    p, t = n.inputs
+    d = b.mul(b.sub(p, t), b.mul(g, 2.0 / n.inputs[0].type.size()))
+    return [d, b.neg(d)]
+
+
+register(OpDef(
+    "mse", 2, _mse_shape, _mse_vjp,
+    lambda p, t: np.mean((p - t) ** 2),
+    Decompose(lambda b, p, t: b.mean(b.mul(b.sub(p, t), b.sub(p, t)))),
+    {}, "prediction: T[s], target: T[s] -> T[], mean squared difference"))

@@ -1,0 +1,66 @@
+"""Reductions over axes: sum, max, and mean (sum scaled by 1/count)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from graphc.ir.graph import TensorType
+from graphc.ops.lowering import Decompose, Reduce
+from graphc.ops.registry import OpDef, float_type, norm_axes, register
+
+
+def _reduce_shape(ts, attrs):
+    t = ts[0]
+    float_type(t)
+    axes = norm_axes(attrs["axes"], t.rank)
+    if attrs["keepdims"]:
+        return TensorType(t.dtype, tuple(1 if i in axes else d for i, d in enumerate(t.shape)))
+    return TensorType(t.dtype, tuple(d for i, d in enumerate(t.shape) if i not in axes))
+
+
+def _expand(b, g, n):
+    """Broadcast a reduction's gradient (or result) back over the reduced axes of its input."""
+    x = n.inputs[0]
+    axes = norm_axes(n.attrs["axes"], x.type.rank)
+    kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    if tuple(g.shape) != kept:
+        g = b.reshape(g, shape=kept)
+    return b.broadcast_to(g, shape=tuple(x.shape))
+
+
+def _count(n) -> int:
+    x = n.inputs[0]
+    return math.prod(x.shape[a] for a in norm_axes(n.attrs["axes"], x.type.rank))
+
+
+_DEFAULTS = {"axes": None, "keepdims": False}
+_DOC = "x: T[s], axes=None (all), keepdims=false -> T[s without (or 1 at) axes]"
+
+
+def _np_axes(x, axes):
+    return None if axes is None else tuple(norm_axes(axes, x.ndim))
+
+
+register(OpDef(
+    "sum", 1, _reduce_shape,
+    lambda b, n, g: [_expand(b, g, n)],
+    lambda x, axes, keepdims: np.sum(x, axis=_np_axes(x, axes), keepdims=keepdims),
+    Reduce("sum"), _DEFAULTS, _DOC))
+
+register(OpDef(
+    "max", 1, _reduce_shape,
+    # the gradient flows to every element equal to the max
+    lambda b, n, g: [b.mul(_expand(b, g, n), b.eq(n.inputs[0], _expand(b, n.out, n)))],
+    lambda x, axes, keepdims: np.max(x, axis=_np_axes(x, axes), keepdims=keepdims),
+    Reduce("max"), _DEFAULTS, _DOC))
+
+register(OpDef(
+    "mean", 1, _reduce_shape,
+    lambda b, n, g: [b.mul(_expand(b, g, n), 1.0 / _count(n))],
+    lambda x, axes, keepdims: np.mean(x, axis=_np_axes(x, axes), keepdims=keepdims),
+    Decompose(lambda b, x, axes, keepdims: b.mul(
+        b.sum(x, axes=axes, keepdims=keepdims),
+        1.0 / math.prod(x.shape[a] for a in norm_axes(axes, x.type.rank)))),
+    _DEFAULTS, _DOC))

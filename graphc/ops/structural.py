@@ -1,0 +1,99 @@
+"""Ops that move or relabel elements: broadcast_to, transpose, reshape, flatten, onehot."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from graphc.ir.graph import TensorType
+from graphc.ops.lowering import Elementwise, View
+from graphc.ops.registry import OpDef, broadcast_shapes, register, require, sum_to
+
+
+def _broadcast_shape(ts, attrs):
+    shape = tuple(attrs["shape"])
+    require(broadcast_shapes(ts[0].shape, shape) == shape,
+            f"cannot broadcast {ts[0]} to [{','.join(map(str, shape))}]")
+    return TensorType(ts[0].dtype, shape)
+
+
+register(OpDef(
+    "broadcast_to", 1, _broadcast_shape,
+    lambda b, n, g: [sum_to(b, g, n.inputs[0].shape)],
+    lambda x, shape: np.broadcast_to(x, shape).copy(),
+    Elementwise(lambda s, x, shape: x), {}, "x: T[s], shape -> T[shape]"))
+
+
+def _perm(attrs, rank):
+    perm = attrs.get("perm")
+    return tuple(reversed(range(rank))) if perm is None else tuple(p % rank for p in perm)
+
+
+def _transpose_shape(ts, attrs):
+    t = ts[0]
+    perm = _perm(attrs, t.rank)
+    require(sorted(perm) == list(range(t.rank)), f"perm {perm} is not a permutation of {t.rank} axes")
+    return TensorType(t.dtype, tuple(t.shape[p] for p in perm))
+
+
+register(OpDef(
+    "transpose", 1, _transpose_shape,
+    lambda b, n, g: [b.transpose(g, perm=tuple(int(i) for i in np.argsort(_perm(n.attrs, g.type.rank))))],
+    lambda x, perm: np.transpose(x, perm).copy(),
+    Elementwise(lambda s, x, perm: x,
+                lambda ts, out, attrs: [tuple(int(i) for i in np.argsort(_perm(attrs, ts[0].rank)))]),
+    {"perm": None}, "x: T[s] -> T[s permuted by perm] (default: reversed axes)"))
+
+
+def _reshape_shape(ts, attrs):
+    t = ts[0]
+    shape = list(attrs["shape"])
+    require(shape.count(-1) <= 1, "reshape: at most one -1")
+    sym_in = sorted(str(d) for d in t.shape if isinstance(d, str))
+    sym_out = sorted(str(d) for d in shape if isinstance(d, str))
+    require(sym_in == sym_out, f"reshape of {t} to {shape} must keep its symbolic dims")
+    known = math.prod(d for d in t.shape if isinstance(d, int))
+    fixed = math.prod(d for d in shape if isinstance(d, int) and d != -1)
+    if -1 in shape:
+        require(fixed > 0 and known % fixed == 0, f"cannot reshape {t} to {shape}")
+        shape[shape.index(-1)] = known // fixed
+    require(math.prod(d for d in shape if isinstance(d, int)) == known,
+            f"cannot reshape {t} ({known} elements per symbolic slice) to {shape}")
+    return TensorType(t.dtype, tuple(shape))
+
+
+register(OpDef(
+    "reshape", 1, _reshape_shape,
+    lambda b, n, g: [b.reshape(g, shape=n.inputs[0].shape)],
+    lambda x, shape: np.reshape(x, shape),
+    View(), {}, "x: T[s], shape -> T[shape] (same element count; one -1 is inferred)"))
+
+
+def _flatten_shape(ts, attrs):
+    t = ts[0]
+    require(t.rank >= 1, "flatten needs at least one axis")
+    rest = t.shape[1:]
+    require(all(isinstance(d, int) for d in rest), f"flatten: trailing dims of {t} must be known")
+    return TensorType(t.dtype, (t.shape[0], math.prod(rest)))
+
+
+register(OpDef(
+    "flatten", 1, _flatten_shape,
+    lambda b, n, g: [b.reshape(g, shape=n.inputs[0].shape)],
+    lambda x: x.reshape(x.shape[0], -1),
+    View(), {}, "x: T[n, d1, ..., dk] -> T[n, d1*...*dk]"))
+
+
+def _onehot_shape(ts, attrs):
+    require(ts[0].dtype == "i32", f"onehot takes i32 labels, got {ts[0]}")
+    require(isinstance(attrs.get("n"), int) and attrs["n"] > 0, "onehot needs n=<number of classes>")
+    return TensorType(attrs["dtype"], tuple(ts[0].shape) + (attrs["n"],))
+
+
+register(OpDef(
+    "onehot", 1, _onehot_shape, None,
+    lambda y, n, dtype: (y[..., None] == np.arange(n)).astype({"f32": np.float32, "f64": np.float64}[dtype]),
+    Elementwise(lambda s, y, n, dtype: s.eq(s.to_float(y), s.index(-1)),
+                lambda ts, out, attrs: [tuple(range(ts[0].rank))]),
+    {"dtype": "f32"}, "y: i32[s], n -> T[s, n], 1 at each label (no gradient)"))

@@ -1,0 +1,1 @@
+"""Graph passes between autodiff and codegen: decompose, simplify, DCE, fuse, plan memory."""

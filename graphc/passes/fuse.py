@@ -1,0 +1,145 @@
+"""Fusion: groups the nodes of a graph into kernels, the units codegen turns into loop nests.
+
+- An elementwise node joins the kernel of a producer it reads element for element (same iteration
+  space, identity index map), so elementwise chains become one loop; values used only inside the
+  kernel never touch memory.
+- A reduction closes the elementwise kernel that computes its input (its prologue).
+- Contractions (GEMM) and views are kernels of their own.
+Joining is refused when it would make the kernel depend on itself through another kernel.
+Kernels are then ordered topologically, with one more rule from the design: the kernel that writes
+a param or state in place runs after every kernel that reads its old value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from graphc.ir.graph import Graph, Node, Value
+from graphc.ops import REGISTRY
+from graphc.ops.lowering import Contract, Elementwise, Reduce, View, broadcast_maps
+
+
+@dataclass(eq=False)
+class Kernel:
+    kind: str                      # "elementwise" | "reduce" | "contract" | "view"
+    space: tuple[int, ...]         # the iteration space (for a reduction: its input's shape)
+    nodes: list[Node] = field(default_factory=list)
+    inputs: list[Value] = field(default_factory=list)   # read from memory
+    outputs: list[Value] = field(default_factory=list)  # written to memory
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}_{self.nodes[-1].out.name.lstrip('%').replace('.', '_')}"
+
+
+def input_maps(n: Node) -> list[tuple[int | None, ...]]:
+    """Per input of an elementwise or reduce node: the iteration axis each input axis follows."""
+    lower = REGISTRY[n.op].lower
+    if isinstance(lower, Reduce):
+        return [tuple(range(n.inputs[0].type.rank))]
+    ts = [v.type for v in n.inputs]
+    return (lower.maps or broadcast_maps)(ts, n.out.type, n.attrs)
+
+
+def identity_access(v: Value, m: tuple, space: tuple) -> bool:
+    return tuple(v.shape) == tuple(space) and m == tuple(range(len(space)))
+
+
+def fuse(g: Graph) -> list[Kernel]:
+    kernel_of: dict[Node, Kernel] = {}
+    kernels: list[Kernel] = []
+
+    def deps(k: Kernel) -> set[Kernel]:
+        """Kernels `k` reads from, transitively."""
+        seen: set[Kernel] = set()
+        stack = [k]
+        while stack:
+            for n in stack.pop().nodes:
+                for v in n.inputs:
+                    p = kernel_of.get(v.producer)
+                    if p is not None and p not in seen and p is not k:
+                        seen.add(p)
+                        stack.append(p)
+        return seen
+
+    def can_join(k: Kernel, n: Node, space: tuple) -> bool:
+        if k.kind != "elementwise" or k.space != space:
+            return False
+        for v, m in zip(n.inputs, input_maps(n)):
+            p = kernel_of.get(v.producer)
+            if p is k and not identity_access(v, m, space):
+                return False  # would read a value of this kernel before the loop has finished it
+            if p is not None and p is not k and k in deps(p):
+                return False  # k -> p -> n: joining n into k makes a cycle
+        return True
+
+    for n in g.nodes:
+        lower = REGISTRY[n.op].lower
+        if isinstance(lower, (Elementwise, Reduce)):
+            space = tuple(n.inputs[0].shape) if isinstance(lower, Reduce) else tuple(n.out.shape)
+            feeders = [kernel_of[v.producer] for v, m in zip(n.inputs, input_maps(n))
+                       if v.producer in kernel_of and identity_access(v, m, space)]
+            k = next((k for k in feeders if can_join(k, n, space)), None)
+            if k is None:
+                k = Kernel("elementwise", space)
+                kernels.append(k)
+            if isinstance(lower, Reduce):
+                k.kind = "reduce"  # closes the kernel: nothing joins after its reduction
+        else:
+            k = Kernel("contract" if isinstance(lower, Contract) else "view", tuple(n.out.shape))
+            assert isinstance(lower, (Contract, View)), n.op
+            kernels.append(k)
+        k.nodes.append(n)
+        kernel_of[n] = k
+
+    _connect(g, kernels, kernel_of)
+    return _order(g, kernels, kernel_of)
+
+
+def _connect(g: Graph, kernels: list[Kernel], kernel_of: dict[Node, Kernel]) -> None:
+    stored = {id(v) for v in g.outputs.values()} | {id(v) for _, v in g.updates}
+    for k in kernels:
+        inside = set(k.nodes)
+        for n in k.nodes:
+            maps = input_maps(n) if k.kind in ("elementwise", "reduce") else [None] * len(n.inputs)
+            for v, m in zip(n.inputs, maps):
+                internal = v.producer in inside and m is not None and identity_access(v, m, k.space)
+                if v.const is None and not internal and v not in k.inputs:
+                    k.inputs.append(v)
+                if v.producer is not None and v.producer not in inside:
+                    out = kernel_of[v.producer]
+                    if v not in out.outputs:
+                        out.outputs.append(v)
+        for n in k.nodes:
+            if id(n.out) in stored and n.out not in k.outputs:
+                k.outputs.append(n.out)
+        if k.kind == "reduce" and k.nodes[-1].out not in k.outputs:
+            k.outputs.append(k.nodes[-1].out)
+    for k in kernels:  # keep outputs in node order (deterministic printing and codegen)
+        order = {n.out: i for i, n in enumerate(k.nodes)}
+        k.outputs.sort(key=lambda v: order[v])
+
+
+def _order(g: Graph, kernels: list[Kernel], kernel_of: dict[Node, Kernel]) -> list[Kernel]:
+    after: dict[Kernel, set[Kernel]] = {k: set() for k in kernels}
+    for k in kernels:
+        for v in k.inputs:
+            if v.producer is not None:
+                after[k].add(kernel_of[v.producer])
+    for target, new in g.updates:
+        writer = kernel_of[new.producer]
+        for k in kernels:
+            if k is not writer and target in k.inputs:
+                after[writer].add(k)
+    first = {k: min(g.nodes.index(n) for n in k.nodes) for k in kernels}
+    done: list[Kernel] = []
+    placed: set[Kernel] = set()
+    pending = sorted(kernels, key=first.get)
+    while pending:
+        ready = next((k for k in pending if after[k] <= placed), None)
+        if ready is None:
+            raise RuntimeError("internal: kernel order has a cycle (update before a reader?)")
+        pending.remove(ready)
+        placed.add(ready)
+        done.append(ready)
+    return done

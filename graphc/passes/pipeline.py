@@ -1,0 +1,43 @@
+"""Runs the passes in order: a bound whole-step graph in, a Schedule (kernels over buffers) out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graphc.ir.graph import Graph
+from graphc.ir.printer import node_line
+from graphc.ir.verify import verify
+from graphc.passes.dce import dce
+from graphc.passes.decompose import decompose
+from graphc.passes.fuse import Kernel, fuse
+from graphc.passes.memory import Plan, plan_memory
+from graphc.passes.simplify import simplify
+
+
+@dataclass
+class Schedule:
+    graph: Graph          # the lowered graph the kernels are made of
+    kernels: list[Kernel]
+    plan: Plan
+
+
+def schedule(g: Graph) -> Schedule:
+    verify(g)
+    g = dce(simplify(decompose(g)))
+    verify(g)
+    kernels = fuse(g)
+    return Schedule(g, kernels, plan_memory(g, kernels))
+
+
+def print_schedule(s: Schedule) -> str:
+    """The fused stage: each kernel with its members, what it reads and what it stores."""
+    place = s.plan.place
+    where = lambda v: f"{v.name}@{s.plan.buffers[place[v][0]].name}+{place[v][1]}"
+    lines = [f"schedule {s.graph.name}: {len(s.kernels)} kernels, arena {s.plan.arena_bytes} bytes"]
+    for i, k in enumerate(s.kernels):
+        lines.append(f"kernel {i} {k.kind} over [{','.join(map(str, k.space))}]"
+                     f" ({len(k.nodes)} ops fused)")
+        lines.append("  reads  " + (", ".join(where(v) for v in k.inputs) or "-"))
+        lines.append("  writes " + (", ".join(where(v) for v in k.outputs) or "-"))
+        lines += ["  " + node_line(n) for n in k.nodes]
+    return "\n".join(lines)

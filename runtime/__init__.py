@@ -1,0 +1,1 @@
+"""The runtime: compiled modules, data, training."""

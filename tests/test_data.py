@@ -1,0 +1,354 @@
+"""Tests for graphc.runtime.data (data set loading) and graphc.runtime.checkpoint."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graphc.errors import DataError
+from graphc.runtime import checkpoint
+from graphc.runtime.checkpoint import load_arrays, save_arrays
+from graphc.runtime.data import Dataset, load_dataset
+
+
+def _check_types(ds: Dataset) -> None:
+    for x in (ds.x_train, ds.x_test):
+        assert x.dtype == np.float32 and x.flags.c_contiguous
+    for y in (ds.y_train, ds.y_test):
+        assert y.dtype == np.int32 and y.ndim == 1
+
+
+# ---- bundled data ----
+
+@pytest.fixture(scope="module")
+def mnist() -> Dataset:
+    return load_dataset("mnist")
+
+
+def test_mnist_shapes_and_ranges(mnist: Dataset) -> None:
+    _check_types(mnist)
+    assert mnist.name == "mnist"
+    assert mnist.x_train.shape == (60000, 28, 28)
+    assert mnist.x_test.shape == (10000, 28, 28)
+    assert mnist.y_train.shape == (60000,) and mnist.y_test.shape == (10000,)
+    assert mnist.x_train.min() == 0.0 and mnist.x_train.max() == 1.0
+    assert 0.0 <= mnist.x_test.min() and mnist.x_test.max() <= 1.0
+    assert set(np.unique(mnist.y_train)) == set(range(10))
+    assert set(np.unique(mnist.y_test)) == set(range(10))
+    assert mnist.num_classes == 10
+    # The canonical first test labels: scaling/reading must not shuffle or shift the data.
+    assert mnist.y_test[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_digits_fixed_split() -> None:
+    a, b = load_dataset("digits"), load_dataset("digits")
+    _check_types(a)
+    assert a.x_train.shape[1:] == (64,)
+    assert len(a.x_train) + len(a.x_test) == 1797
+    assert len(a.x_test) == 359
+    assert a.num_classes == 10
+    # Pixels are integers 0..16 in the file, divided by 16.
+    assert a.x_train.min() == 0.0 and a.x_train.max() == 1.0
+    assert np.array_equal(a.x_train * 16, np.round(a.x_train * 16))
+    for field in ("x_train", "y_train", "x_test", "y_test"):
+        assert np.array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_unknown_bundled_name() -> None:
+    with pytest.raises(DataError, match="no-such-set") as exc:
+        load_dataset("no-such-set")
+    assert "digits" in exc.value.message and "mnist" in exc.value.message
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.csv"
+    with pytest.raises(DataError, match="absent.csv"):
+        load_dataset(missing)
+
+
+# ---- CSV ----
+
+def _write_csv(path: Path, x: np.ndarray, y: np.ndarray, fmt: str = "%d") -> None:
+    table = np.column_stack([x, y])
+    text = "\n".join(",".join(fmt % v for v in row) for row in table) + "\n"
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+
+
+@pytest.mark.parametrize("filename", ["ints.csv", "ints.csv.gz"])
+def test_csv_round_trip_integer_features(tmp_path: Path, filename: str) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 8, size=(50, 7))
+    x[0, 0] = 7  # the scale: max over the file
+    y = rng.integers(0, 3, size=50)
+    _write_csv(tmp_path / filename, x, y)
+    ds = load_dataset(tmp_path / filename)
+    _check_types(ds)
+    assert ds.name == "ints"
+    assert ds.x_train.shape == (40, 7) and ds.x_test.shape == (10, 7)
+    assert ds.num_classes == int(y.max()) + 1
+    # The split is a permutation of the rows: every (sample, label) pair survives.
+    got = np.column_stack([np.concatenate([ds.x_train, ds.x_test]) * 7,
+                           np.concatenate([ds.y_train, ds.y_test])])
+    want = np.column_stack([x, y]).astype(np.float32)
+    assert np.array_equal(np.unique(got, axis=0), np.unique(want, axis=0))
+
+
+def test_csv_float_features_unscaled(tmp_path: Path) -> None:
+    x = np.linspace(-3.5, 9.25, 30).reshape(10, 3)
+    y = np.arange(10) % 2
+    path = tmp_path / "floats.csv"
+    _write_csv(path, x, y, fmt="%.17g")
+    ds = load_dataset(path)
+    assert sorted(np.concatenate([ds.x_train, ds.x_test]).ravel().tolist()) == \
+        pytest.approx(sorted(x.ravel().tolist()))
+
+
+@pytest.mark.parametrize(("text", "expect"), [
+    ("1,2,0\n3,4\n", r"line 2: expected 3"),
+    ("1,2,0\n3,x,1\n", r"line 2: non-numeric"),
+    ("a,b,label\n1,2,0\n", r"line 1: non-numeric.*header"),
+    ("1,2,0\n\n1,nan,1\n", r"line 3:.*NaN"),
+    ("1,2,0\n1,inf,1\n", r"line 2:.*NaN or Inf"),
+    ("1,2,0\n1,2,-1\n", r"line 2: label -1"),
+    ("1,2,0\n1,2,1.5\n", r"line 2: label 1.5"),
+    ("", r"no data rows"),
+    ("1\n2\n", r"line 1: need at least one feature"),
+])
+def test_csv_errors(tmp_path: Path, text: str, expect: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=expect) as exc:
+        load_dataset(path)
+    assert "bad.csv" in exc.value.message
+
+
+def test_truncated_gzip(tmp_path: Path) -> None:
+    data = gzip.compress(("1,2,0\n" * 1000).encode())
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.csv.gz.*gzip"):
+        load_dataset(path)
+
+
+def test_corrupt_gzip(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.csv.gz"
+    path.write_bytes(b"this is not gzip data at all")
+    with pytest.raises(DataError, match="garbage.csv.gz.*gzip"):
+        load_dataset(path)
+
+
+def test_unsupported_extension(tmp_path: Path) -> None:
+    path = tmp_path / "data.txt"
+    path.write_text("1,2,0\n")
+    with pytest.raises(DataError, match="data.txt: unsupported"):
+        load_dataset(path)
+
+
+# ---- NPZ ----
+
+def test_npz_with_splits(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    x_train = rng.integers(0, 256, size=(20, 3, 5), dtype=np.uint8)
+    x_test = rng.integers(0, 256, size=(6, 3, 5), dtype=np.uint8)
+    x_train[0, 0, 0] = 255
+    y_train, y_test = np.arange(20) % 4, np.arange(6) % 5
+    path = tmp_path / "split.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    ds = load_dataset(path)
+    _check_types(ds)
+    assert ds.name == "split"
+    assert ds.x_train.shape == (20, 3, 5) and ds.x_test.shape == (6, 3, 5)
+    np.testing.assert_allclose(ds.x_train, x_train / 255, rtol=1e-6)
+    np.testing.assert_allclose(ds.x_test, x_test / 255, rtol=1e-6)
+    assert ds.y_train.tolist() == y_train.tolist() and ds.y_test.tolist() == y_test.tolist()
+    assert ds.num_classes == 5
+
+
+def test_npz_single_split_float(tmp_path: Path) -> None:
+    x = np.random.default_rng(3).normal(size=(25, 11)).astype(np.float64) * 10
+    y = (np.arange(25) % 3).astype(np.float32)  # integral float labels are accepted
+    path = tmp_path / "xy.npz"
+    np.savez(path, x=x, y=y)
+    ds = load_dataset(path)
+    _check_types(ds)
+    assert ds.x_train.shape == (20, 11) and ds.x_test.shape == (5, 11)
+    all_x = np.concatenate([ds.x_train, ds.x_test])
+    assert np.allclose(np.sort(all_x, axis=None), np.sort(x.astype(np.float32), axis=None))
+    assert ds.num_classes == 3
+    # Same split as the CSV path would give, and identical across loads.
+    again = load_dataset(path)
+    assert np.array_equal(ds.x_test, again.x_test)
+
+
+@pytest.mark.parametrize(("arrays", "expect"), [
+    ({"a": np.zeros((2, 2))}, r"expected arrays x_train.*found a"),
+    ({"x": np.zeros((3, 2)), "y": np.array([0, -2, 1])}, r"y\[1\]: label -2"),
+    ({"x": np.array([[0.0, 1], [np.nan, 2]]), "y": np.array([0, 1])}, r"x\[1\].*NaN"),
+    ({"x": np.zeros((3, 2)), "y": np.array([0, 1])}, r"'y' has shape \(2,\)"),
+    ({"x": np.zeros((0, 2)), "y": np.zeros(0, int)}, r"'x' has shape \(0, 2\)"),
+    ({"x": np.zeros((4, 2)), "y": np.array(["a", "b", "c", "d"])}, r"'y' has dtype"),
+])
+def test_npz_errors(tmp_path: Path, arrays: dict, expect: str) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=expect) as exc:
+        load_dataset(path)
+    assert "bad.npz" in exc.value.message
+
+
+def test_npz_object_array_refused(tmp_path: Path) -> None:
+    path = tmp_path / "pickled.npz"
+    np.savez(path, x=np.array([[1], [2]], dtype=object), y=np.array([0, 1]))
+    with pytest.raises(DataError, match="pickled.npz"):
+        load_dataset(path)
+
+
+def test_npz_not_a_zip(tmp_path: Path) -> None:
+    path = tmp_path / "junk.npz"
+    path.write_bytes(b"\x00\x01junk")
+    with pytest.raises(DataError, match="junk.npz"):
+        load_dataset(path)
+
+
+# ---- MNIST IDX directories ----
+
+def _idx(magic: int, dims: tuple[int, ...], data: bytes) -> bytes:
+    return struct.pack(f">I{len(dims)}I", magic, *dims) + data
+
+
+def _write_mnist(root: Path, n_train: int = 6, n_test: int = 4, gz: bool = True,
+                 **overrides: bytes) -> None:
+    rng = np.random.default_rng(4)
+    files = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        pixels = rng.integers(0, 256, size=(n, 5, 3), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        files[f"{split}-images-idx3-ubyte"] = _idx(0x803, (n, 5, 3), pixels.tobytes())
+        files[f"{split}-labels-idx1-ubyte"] = _idx(0x801, (n,), labels.tobytes())
+    files.update({k.replace("_", "-"): v for k, v in overrides.items()})
+    root.mkdir(exist_ok=True)
+    for name, data in files.items():
+        if gz:
+            (root / f"{name}.gz").write_bytes(gzip.compress(data))
+        else:
+            (root / name).write_bytes(data)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_directory(tmp_path: Path, gz: bool) -> None:
+    _write_mnist(tmp_path / "tiny", gz=gz)
+    ds = load_dataset(tmp_path / "tiny")
+    _check_types(ds)
+    assert ds.name == "tiny"
+    assert ds.x_train.shape == (6, 5, 3) and ds.x_test.shape == (4, 5, 3)
+    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+
+
+def test_idx_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: not an MNIST.*train-images-idx3-ubyte\[.gz\]"):
+        load_dataset(tmp_path / "empty")
+
+
+def test_idx_wrong_magic(tmp_path: Path) -> None:
+    _write_mnist(tmp_path / "m", train_labels_idx1_ubyte=_idx(0x803, (6,), bytes(6)))
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz: wrong IDX magic.*0x00000801"):
+        load_dataset(tmp_path / "m")
+
+
+def test_idx_count_mismatch(tmp_path: Path) -> None:
+    _write_mnist(tmp_path / "m", t10k_labels_idx1_ubyte=_idx(0x801, (3,), bytes(3)))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: header says 4 images.*3 lab"):
+        load_dataset(tmp_path / "m")
+
+
+def test_idx_data_shorter_than_header(tmp_path: Path) -> None:
+    _write_mnist(tmp_path / "m", gz=False,
+                 train_images_idx3_ubyte=_idx(0x803, (6, 5, 3), bytes(6 * 15 - 1)))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: data is shorter"):
+        load_dataset(tmp_path / "m")
+
+
+def test_idx_truncated_gzip(tmp_path: Path) -> None:
+    _write_mnist(tmp_path / "m")
+    target = tmp_path / "m" / "t10k-images-idx3-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:-10])
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: truncated or corrupt gzip"):
+        load_dataset(tmp_path / "m")
+
+
+# ---- checkpoints ----
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    arrays = {
+        "fc1.weight": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "fc1.bias": np.zeros(4, np.float32),
+        "opt.step": np.array(7, np.int64),
+        "file": np.ones(2),  # collides with np.savez's own parameter name
+    }
+    meta = {"epoch": 3, "model": "mlp.net", "lr": 0.01}
+    path = tmp_path / "ckpt.npz"
+    save_arrays(path, arrays, meta)
+    loaded, loaded_meta = load_arrays(path)
+    assert loaded_meta == meta
+    assert set(loaded) == set(arrays)
+    for name, a in arrays.items():
+        assert loaded[name].dtype == a.dtype and np.array_equal(loaded[name], a)
+    # Plain numpy reads it without pickle.
+    with np.load(path, allow_pickle=False) as npz:
+        assert "fc1.weight" in npz.files
+
+
+def test_checkpoint_without_meta(tmp_path: Path) -> None:
+    path = tmp_path / "c.npz"
+    save_arrays(path, {"w": np.ones(3)})
+    arrays, meta = load_arrays(path)
+    assert meta == {} and np.array_equal(arrays["w"], np.ones(3))
+
+
+def test_checkpoint_overwrite_failure_is_atomic(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ckpt.npz"
+    save_arrays(path, {"w": np.ones(3)}, {"epoch": 1})
+    before = path.read_bytes()
+
+    def failing_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(checkpoint.os, "replace", failing_replace)
+    with pytest.raises(DataError, match="ckpt.npz"):
+        save_arrays(path, {"w": np.zeros(3)}, {"epoch": 2})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz"]
+
+
+def test_checkpoint_unserializable_array_leaves_no_temp(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.npz"
+    with pytest.raises(ValueError):
+        save_arrays(path, {"o": np.array([object()])})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", [None, b"", b"PK\x03\x04 broken zip", b"not numpy"])
+def test_checkpoint_load_errors(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "broken.npz"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match="broken.npz"):
+        load_arrays(path)
+
+
+def test_checkpoint_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "cut.npz"
+    save_arrays(path, {"w": np.arange(1000.0)}, {"k": 1})
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(DataError, match="cut.npz"):
+        load_arrays(path)
