@@ -274,42 +274,33 @@ class _Gen:
         blk = self.blk
         fn, b, (src, ld, extent, kc, dst) = self.function(
             name, [self.ptr, _I64, _I64, _I64, self.ptr], ["src", "ld", "extent", "kc", "dst"])
-        if kind == "copy":
-            self._pack_copy(b, src, ld, extent, kc, dst, width, _pack_lanes(width, blk.lanes))
-            b.ret_void()
-            return fn
         with self.loop(b, 0, extent, width, "s") as s0:
             w = self.min(b, b.sub(extent, s0), width)
             dst_s = self.gep(b, dst, b.mul(s0, _I64(blk.kc)))
-            src_s = self.gep(b, src, b.mul(s0, ld))
-            self._pack_kblocks(b, src_s, ld, w, kc, dst_s, width, transpose=kind == "transpose")
+            if kind == "copy":
+                self._pack_copy_strip(b, self.gep(b, src, s0), ld, w, kc, dst_s, width,
+                                      _pack_lanes(width, blk.lanes))
+            else:
+                src_s = self.gep(b, src, b.mul(s0, ld))
+                self._pack_kblocks(b, src_s, ld, w, kc, dst_s, width, transpose=kind == "transpose")
         b.ret_void()
         return fn
 
-    def _pack_copy(self, b: ir.IRBuilder, src: ir.Value, ld: ir.Value, extent: ir.Value,
-                   kc: ir.Value, dst: ir.Value, width: int, P: int) -> None:
-        # Row by row (k outer) so the source streams contiguously; the partial last strip after.
+    def _pack_copy_strip(self, b: ir.IRBuilder, src: ir.Value, ld: ir.Value, w: ir.Value,
+                         kc: ir.Value, dst: ir.Value, width: int, P: int) -> None:
         fn = b.function
-        whole = b.sub(extent, b.srem(extent, _I64(width)))
-        with self.loop(b, 0, kc, 1, "copy.k") as k:
-            row = self.gep(b, src, b.mul(k, ld))
-            with self.loop(b, 0, whole, width, "copy.s") as s0:
-                out = self.gep(b, dst, b.add(b.mul(s0, _I64(self.blk.kc)), b.mul(k, _I64(width))))
+        full_bb, part_bb, done = (fn.append_basic_block(n) for n in ("copy.full", "copy.part", "copy.done"))
+        b.cbranch(b.icmp_signed("==", w, _I64(width)), full_bb, part_bb)
+        for masked, bb in ((False, full_bb), (True, part_bb)):
+            b.position_at_end(bb)
+            masks = [self.lane_mask(b, g * P, w, P) for g in range(width // P)] if masked else []
+            with self.loop(b, 0, kc, 1, "copy.k") as k:
+                row, out = self.gep(b, src, b.mul(k, ld)), self.gep(b, dst, b.mul(k, _I64(width)))
                 for g in range(width // P):
-                    x = self.load(b, self.gep(b, b.gep(row, [s0]), g * P), P, self.size)
+                    p = self.gep(b, row, g * P)
+                    x = self.masked_load(b, p, masks[g], P) if masked else self.load(b, p, P, self.size)
                     self.store(b, x, self.gep(b, out, g * P), P * self.size)
-        tail_bb, done = fn.append_basic_block("copy.tail"), fn.append_basic_block("copy.done")
-        b.cbranch(b.icmp_signed("<", whole, extent), tail_bb, done)
-        b.position_at_end(tail_bb)
-        w = b.sub(extent, whole)
-        masks = [self.lane_mask(b, g * P, w, P) for g in range(width // P)]
-        with self.loop(b, 0, kc, 1, "tail.k") as k:
-            row = self.gep(b, src, b.add(b.mul(k, ld), whole))
-            out = self.gep(b, dst, b.add(b.mul(whole, _I64(self.blk.kc)), b.mul(k, _I64(width))))
-            for g in range(width // P):
-                x = self.masked_load(b, self.gep(b, row, g * P), masks[g], P)
-                self.store(b, x, self.gep(b, out, g * P), P * self.size)
-        b.branch(done)
+            b.branch(done)
         b.position_at_end(done)
 
     def _pack_kblocks(self, b: ir.IRBuilder, src: ir.Value, ld: ir.Value, w: ir.Value,
@@ -328,24 +319,24 @@ class _Gen:
                 if masked:
                     kmask = self.lane_mask(b, 0, kr, L)
                     off = ir.VectorType(_I1, L)([0] * L)
-                rows = []
-                for j in range(width):
-                    p = self.gep(b, src, b.add(b.mul(_I64(j), ld), kb))
-                    if masked:
-                        m = b.select(b.icmp_signed("<", _I64(j), w), kmask, off)
-                        rows.append(self.masked_load(b, p, m, L))
-                    else:
-                        rows.append(self.load(b, p, L, self.size))
-                if transpose:
-                    for g in range(width // L):
-                        block = _transpose(b, rows[g * L:(g + 1) * L])
-                        for t, x in enumerate(block):
-                            out = b.add(b.mul(b.add(kb, _I64(t)), _I64(width)), _I64(g * L))
+                group = L if transpose else width  # L rows per transpose bounds register use
+                for g in range(0, width, group):
+                    rows = []
+                    for j in range(g, g + group):
+                        p = self.gep(b, src, b.add(b.mul(_I64(j), ld), kb))
+                        if masked:
+                            m = b.select(b.icmp_signed("<", _I64(j), w), kmask, off)
+                            rows.append(self.masked_load(b, p, m, L))
+                        else:
+                            rows.append(self.load(b, p, L, self.size))
+                    if transpose:
+                        for t, x in enumerate(_transpose(b, rows)):
+                            out = b.add(b.mul(b.add(kb, _I64(t)), _I64(width)), _I64(g))
                             self.store(b, x, self.gep(b, dst, out), L * self.size)
-                else:
-                    for j, x in enumerate(rows):
-                        out = self.gep(b, dst, b.add(_I64(j * self.blk.kc), kb))
-                        self.store(b, x, out, L * self.size)
+                    else:
+                        for j, x in enumerate(rows, start=g):
+                            out = self.gep(b, dst, b.add(_I64(j * self.blk.kc), kb))
+                            self.store(b, x, out, L * self.size)
                 b.branch(done)
             b.position_at_end(done)
 
