@@ -46,7 +46,10 @@ class Step:
         buffers = []
         for buf in sched.plan.buffers:
             if buf.kind == "output":
-                arr = _array(g.outputs[buf.name])
+                v = g.outputs[buf.name]
+                arr = _array(v)
+                if v.const is not None:  # a constant output (e.g. a zero gradient) never changes
+                    arr[...] = v.const
             elif buf.kind == "arena":
                 arr = aligned((max(sched.plan.arena_bytes, 1),), np.uint8)
             else:

@@ -1,4 +1,4 @@
-"""Generated GEMM kernels against a float64 NumPy reference: shapes, transposes, strides, targets."""
+"""Generated GEMM kernels vs a float64 NumPy reference: shapes, transposes, strides, targets."""
 
 import ctypes
 import functools

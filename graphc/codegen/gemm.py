@@ -13,7 +13,8 @@ Structure of the generated code, per dtype and transpose variant:
 Loop nest (BLIS): column blocks of NC; K blocks of at most KC (the first overwrites C unless
 accumulating); pack the KC×NC slice of op(B) into NR-wide zero-padded strips; row blocks of MC;
 pack the MC×KC slice of op(A) into MR-tall strips; then one MR×NR micro-tile per strip pair.
-Transposed operands are handled in packing with in-register shufflevector transposes.
+Transposes happen only inside packing: Bᵀ by in-register shufflevector transposes of L×L blocks;
+A needs none, as the micro-kernel broadcasts A values from a k-major (Aᵀ) or row-major (A) strip.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ MAX_THREADS = 2
 _I1, _I32, _I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 _FLOAT = {"f32": ir.FloatType(), "f64": ir.DoubleType()}
 _SIZE = {"f32": 4, "f64": 8}
+_GEMM_NAMES = ["M", "N", "K", "A", "lda", "B", "ldb", "C", "ldc", "accumulate"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Blocking:
 
 
 def blocking(target: Target, dtype: str) -> Blocking:
+    """The tile and cache blocking used for `dtype` kernels on `target`."""
     lanes = target.lanes(dtype)
     if target.vector_bits == 512:
         # 16 zmm accumulators: 8 rows × 2 vectors (8 broadcasts + 2 B loads per 16 FMAs) keeps
@@ -78,6 +81,7 @@ class _Gen:
         self.size = _SIZE[dtype]
         self.blk = blocking(target, dtype)
         self.ptr = self.t.as_pointer()
+        self.gemm_args = [_I64, _I64, _I64, self.ptr, _I64, self.ptr, _I64, self.ptr, _I64, _I32]
 
     # -- types, constants, intrinsics -----------------------------------------------------
 
@@ -161,7 +165,7 @@ class _Gen:
                  linkage: str = "internal") -> tuple[ir.Function, ir.IRBuilder, list[ir.Value]]:
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), args), name)
         fn.linkage = linkage
-        for a, n in zip(fn.args, names):
+        for a, n in zip(fn.args, names, strict=True):
             a.name = n
             if isinstance(a.type, ir.PointerType):
                 a.add_attribute("noalias")
@@ -195,7 +199,7 @@ class _Gen:
             name, [_I64, self.ptr, self.ptr, self.ptr, _I64, _I64, _I64, _I1],
             ["kc", "pa", "pb", "c", "ldc", "mr", "nr", "load_c"])
         entry = b.block
-        head, body, tail = (fn.append_basic_block(n) for n in ("k.head", "k.body", "tail"))
+        head, body, tail = _blocks(fn, "k.head", "k.body", "tail")
         b.branch(head)
         b.position_at_end(head)
         k = b.phi(_I64, "k")
@@ -221,11 +225,12 @@ class _Gen:
         # Write-back: full tiles use plain unaligned vector access, edge tiles masked access
         # (never touching memory outside C) and skip rows past mr.
         b.position_at_end(tail)
-        full = b.and_(b.icmp_signed("==", mr, _I64(blk.mr)), b.icmp_signed("==", nr, _I64(blk.nr)))
-        full_bb, edge_bb = fn.append_basic_block("full"), fn.append_basic_block("edge")
+        full = b.and_(b.icmp_signed("==", mr, _I64(blk.mr)),
+                      b.icmp_signed("==", nr, _I64(blk.nr)))
+        full_bb, edge_bb = _blocks(fn, "full", "edge")
         rows = [self.gep(b, c, b.mul(_I64(i), ldc)) for i in range(blk.mr)]
         b.cbranch(full, full_bb, edge_bb)
-        add_bb, set_bb = fn.append_basic_block("full.add"), fn.append_basic_block("full.set")
+        add_bb, set_bb = _blocks(fn, "full.add", "full.set")
         b.position_at_end(full_bb)
         b.cbranch(load_c, add_bb, set_bb)
         for accumulate, bb in ((True, add_bb), (False, set_bb)):
@@ -289,7 +294,7 @@ class _Gen:
     def _pack_copy_strip(self, b: ir.IRBuilder, src: ir.Value, ld: ir.Value, w: ir.Value,
                          kc: ir.Value, dst: ir.Value, width: int, P: int) -> None:
         fn = b.function
-        full_bb, part_bb, done = (fn.append_basic_block(n) for n in ("copy.full", "copy.part", "copy.done"))
+        full_bb, part_bb, done = _blocks(fn, "copy.full", "copy.part", "copy.done")
         b.cbranch(b.icmp_signed("==", w, _I64(width)), full_bb, part_bb)
         for masked, bb in ((False, full_bb), (True, part_bb)):
             b.position_at_end(bb)
@@ -298,7 +303,10 @@ class _Gen:
                 row, out = self.gep(b, src, b.mul(k, ld)), self.gep(b, dst, b.mul(k, _I64(width)))
                 for g in range(width // P):
                     p = self.gep(b, row, g * P)
-                    x = self.masked_load(b, p, masks[g], P) if masked else self.load(b, p, P, self.size)
+                    if masked:
+                        x = self.masked_load(b, p, masks[g], P)
+                    else:
+                        x = self.load(b, p, P, self.size)
                     self.store(b, x, self.gep(b, out, g * P), P * self.size)
             b.branch(done)
         b.position_at_end(done)
@@ -311,7 +319,7 @@ class _Gen:
         fn, L = b.function, self.blk.lanes
         with self.loop(b, 0, kc, L, "kb") as kb:
             kr = b.sub(kc, kb)
-            full_bb, part_bb, done = (fn.append_basic_block(n) for n in ("kb.full", "kb.part", "kb.done"))
+            full_bb, part_bb, done = _blocks(fn, "kb.full", "kb.part", "kb.done")
             full = b.and_(b.icmp_signed("==", w, _I64(width)), b.icmp_signed(">=", kr, _I64(L)))
             b.cbranch(full, full_bb, part_bb)
             for masked, bb in ((False, full_bb), (True, part_bb)):
@@ -352,9 +360,7 @@ class _Gen:
         pack_b = self.pack(blk.nr, "transpose" if trans_b else "copy")
         a_elems, b_elems = blk.mc * blk.kc, blk.nc * blk.kc
         fn, b, (M, N, K, A, lda, B, ldb, C, ldc, accumulate, n0, n1, tid) = self.function(
-            f"{name}_range",
-            [_I64, _I64, _I64, self.ptr, _I64, self.ptr, _I64, self.ptr, _I64, _I32, _I64, _I64, _I64],
-            ["M", "N", "K", "A", "lda", "B", "ldb", "C", "ldc", "accumulate", "n0", "n1", "tid"],
+            f"{name}_range", [*self.gemm_args, _I64, _I64, _I64], [*_GEMM_NAMES, "n0", "n1", "tid"],
             linkage="external")
         pa = b.gep(self.pack_buffer("a", a_elems), [_I64(0), b.mul(tid, _I64(a_elems))])
         pb = b.gep(self.pack_buffer("b", b_elems), [_I64(0), b.mul(tid, _I64(b_elems))])
@@ -369,18 +375,21 @@ class _Gen:
         with self.loop(b, n0, n1, blk.nc, "jc") as jc:
             nc = self.min(b, b.sub(n1, jc), blk.nc)
             # do { ... } while (pc += kstep) < K: runs once when K == 0.
-            pre, kblock, kdone = b.block, fn.append_basic_block("pc.body"), fn.append_basic_block("pc.done")
+            pre = b.block
+            kblock, kdone = _blocks(fn, "pc.body", "pc.done")
             b.branch(kblock)
             b.position_at_end(kblock)
             pc = b.phi(_I64, "pc")
             pc.add_incoming(_I64(0), pre)
             kc = self.min(b, b.sub(K, pc), kstep)
-            b_src = self.gep(b, B, b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc))
+            b_off = b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc)
+            b_src = self.gep(b, B, b_off)
             b.call(pack_b, [b_src, ldb, nc, kc, pb])
             load_c = b.or_(accumulating, b.icmp_signed("!=", pc, _I64(0)))
             with self.loop(b, 0, M, blk.mc, "ic") as ic:
                 mc = self.min(b, b.sub(M, ic), blk.mc)
-                a_src = self.gep(b, A, b.add(b.mul(pc, lda), ic) if trans_a else b.add(b.mul(ic, lda), pc))
+                a_off = b.add(b.mul(pc, lda), ic) if trans_a else b.add(b.mul(ic, lda), pc)
+                a_src = self.gep(b, A, a_off)
                 b.call(pack_a, [a_src, lda, mc, kc, pa])
                 with self.loop(b, 0, nc, blk.nr, "jr") as jr:
                     nr = self.min(b, b.sub(nc, jr), blk.nr)
@@ -396,6 +405,10 @@ class _Gen:
             b.position_at_end(kdone)
         b.ret_void()
         return fn
+
+
+def _blocks(fn: ir.Function, *names: str) -> list[ir.Block]:
+    return [fn.append_basic_block(n) for n in names]
 
 
 def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
@@ -418,25 +431,25 @@ def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
     return rows
 
 
-def define_gemm(module: ir.Module, target: Target, dtype: str, trans_a: bool, trans_b: bool) -> ir.Function:
+def define_gemm(module: ir.Module, target: Target, dtype: str, trans_a: bool,
+                trans_b: bool) -> ir.Function:
     """Define (once per module) `graphc_gemm_{dtype}_{ta}{tb}`:
 
     void(i64 M, i64 N, i64 K, T* A, i64 lda, T* B, i64 ldb, T* C, i64 ldc, i32 accumulate)
     computes C[M,N] = op(A)·op(B), or C += op(A)·op(B) when accumulate != 0. All matrices are
     row-major with the given row strides; op(A) = A (stored M×K) or Aᵀ (stored K×M), op(B) = B
     (stored K×N) or Bᵀ (stored N×K). K = 0 zeroes C (unless accumulating); M or N = 0 is a no-op.
-    Not reentrant: concurrent calls would share the pack buffers.
+    C must not overlap A or B (A and B may overlap each other). Not reentrant: concurrent calls
+    share the pack buffers (a thread pool calls `..._range` with distinct slots instead).
     """
     name = f"graphc_gemm_{dtype}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
     if name in module.globals:
         return module.globals[name]
     g = _Gen(module, target, dtype)
     rng = g.range_fn(name, trans_a, trans_b)
-    fn, b, args = g.function(
-        name, [_I64, _I64, _I64, g.ptr, _I64, g.ptr, _I64, g.ptr, _I64, _I32],
-        ["M", "N", "K", "A", "lda", "B", "ldb", "C", "ldc", "accumulate"], linkage="external")
+    fn, b, args = g.function(name, g.gemm_args, _GEMM_NAMES, linkage="external")
     M, N = args[0], args[1]
-    work, done = fn.append_basic_block("work"), fn.append_basic_block("done")
+    work, done = _blocks(fn, "work", "done")
     b.cbranch(b.and_(b.icmp_signed(">", M, _I64(0)), b.icmp_signed(">", N, _I64(0))), work, done)
     b.position_at_end(work)
     b.call(rng, [*args, _I64(0), N, _I64(0)])

@@ -15,8 +15,9 @@ def bind(g: Graph, dims: dict[str, int], float_dtype: str | None = None) -> Grap
     def sub(x: Any) -> Any:
         if isinstance(x, str) and x in dims:
             return dims[x]
-        if isinstance(x, dict):
-            return {k: sub(v) for k, v in x.items()}
+        if isinstance(x, dict):  # a float `dtype` attribute follows the graph's float dtype
+            return {k: float_dtype if (k == "dtype" and float_dtype and v in ("f32", "f64")) else sub(v)
+                    for k, v in x.items()}
         if isinstance(x, (tuple, list)):
             return type(x)(sub(e) for e in x)
         return x

@@ -40,7 +40,8 @@ class TensorType:
 
 
 class Value:
-    """An SSA value. Produced by a node, or a graph input/param/state, or a literal constant."""
+    """An SSA value. Produced by a node, or a graph input/param/state, or a literal constant
+    (`const`: a number every element equals; codegen emits it inline, never in memory)."""
 
     __slots__ = ("name", "type", "producer", "const")
 
@@ -153,8 +154,9 @@ class Builder:
         self.scope = scope
         self.grad_of = grad_of
 
-    def const(self, x: float, dtype: str) -> Value:
-        return Value(repr(float(x)), TensorType(dtype, ()), const=float(x))
+    def const(self, x: float, dtype: str, shape: tuple[Dim, ...] = ()) -> Value:
+        """A literal: every element of the (possibly non-scalar) value equals `x`."""
+        return Value(repr(float(x)), TensorType(dtype, tuple(shape)), const=float(x))
 
     def op(self, name: str, *args: Value | float, name_out: str | None = None, **attrs: Any) -> Value:
         from graphc.ops.registry import REGISTRY, ShapeError

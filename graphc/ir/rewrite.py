@@ -30,7 +30,7 @@ def rewrite(g: Graph, rule: Rule | None = None,
     out.state = [Param(leaf(s.value), s.init, dict(s.init_args), s.loc) for s in g.state]
     nodes: dict[Node, Node] = {}
     for n in g.nodes:
-        args = [env.get(v) or Builder(out).const(v.const, leaf_type(v.type).dtype) for v in n.inputs]
+        args = [env.get(v) or _const(out, v, leaf_type) for v in n.inputs]
         grad_of = (nodes[n.grad_of[0]], n.grad_of[1]) if n.grad_of and n.grad_of[0] in nodes else None
         b = Builder(out, n.loc, n.scope, grad_of)
         attrs = attr_map(n.attrs)
@@ -39,6 +39,11 @@ def rewrite(g: Graph, rule: Rule | None = None,
             new = b.op(n.op, *args, name_out=n.out.name, **attrs)
             nodes[n] = new.producer
         env[n.out] = new
-    out.outputs = {k: env[v] for k, v in g.outputs.items()}
+    out.outputs = {k: env.get(v) or _const(out, v, leaf_type) for k, v in g.outputs.items()}
     out.updates = [(env[t], env[v]) for t, v in g.updates]
     return out
+
+
+def _const(g: Graph, v: Value, leaf_type: Callable[[TensorType], TensorType]) -> Value:
+    t = leaf_type(v.type)
+    return Builder(g).const(v.const, t.dtype, t.shape)

@@ -22,7 +22,7 @@ def _attr(v: Any) -> Any:
 
 def to_json(g: Graph) -> dict:
     def ref(v: Value) -> Any:
-        return {"const": v.const, "dtype": v.dtype} if v.const is not None else v.name
+        return {"const": v.const, "type": _type(v.type)} if v.const is not None else v.name
 
     def leaf(p: Param) -> dict:
         return {"name": p.value.name, "type": _type(p.value.type), "init": p.init, "init_args": p.init_args}
@@ -40,7 +40,7 @@ def to_json(g: Graph) -> dict:
                    "scope": n.scope,
                    "grad_of": [n.grad_of[0].out.name, n.grad_of[1]] if n.grad_of else None}
                   for n in g.nodes],
-        "outputs": {k: v.name for k, v in g.outputs.items()},
+        "outputs": {k: ref(v) for k, v in g.outputs.items()},
         "loss": g.loss, "metrics": list(g.metrics),
         "updates": [[t.name, v.name] for t, v in g.updates],
     }
@@ -61,6 +61,10 @@ def from_json(d: dict) -> Graph:
     def attr(v: Any) -> Any:
         return tuple(attr(e) for e in v) if isinstance(v, list) else v
 
+    def const(a: dict) -> Value:
+        t = ttype(a["type"])
+        return Builder(g).const(a["const"], t.dtype, t.shape)
+
     g = Graph(d["name"], dims=dict(d["dims"]), loss=d["loss"], metrics=tuple(d["metrics"]))
     env: dict[str, Value] = {}
 
@@ -75,14 +79,13 @@ def from_json(d: dict) -> Graph:
     for e in d["nodes"]:
         b = Builder(g, Loc(*e["loc"]) if e["loc"] else None, e["scope"],
                     (by_out[e["grad_of"][0]], e["grad_of"][1]) if e["grad_of"] else None)
-        args = [Builder(g).const(a["const"], a["dtype"]) if isinstance(a, dict) else env[a]
-                for a in e["inputs"]]
+        args = [const(a) if isinstance(a, dict) else env[a] for a in e["inputs"]]
         v = b.op(e["op"], *args, name_out=e["out"]["name"], **{k: attr(a) for k, a in e["attrs"].items()})
         env[v.name] = v
         by_out[v.name] = v.producer
     numbered = [int(n[1:]) for n in env if n.startswith("%") and n[1:].isdigit()]
     g._count = max(numbered, default=-1) + 1
-    g.outputs = {k: env[v] for k, v in d["outputs"].items()}
+    g.outputs = {k: const(v) if isinstance(v, dict) else env[v] for k, v in d["outputs"].items()}
     g.updates = [(env[t], env[v]) for t, v in d["updates"]]
     return g
 

@@ -1,7 +1,8 @@
 """Algebraic simplification and common-subexpression elimination.
 
-Folds elementwise ops on scalar constants, drops multiplications by one and additions of zero that
-do not broadcast, and reuses an identical earlier node instead of computing it twice.
+Folds ops on constants (elementwise math, reshapes and broadcasts, reductions), drops
+multiplications by one and additions of zero that do not broadcast, and reuses an identical
+earlier node instead of computing it twice.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import numpy as np
 from graphc.ir.graph import Builder, Graph, NP_DTYPES, Value
 from graphc.ir.rewrite import rewrite
 from graphc.ops import REGISTRY
-from graphc.ops.lowering import Elementwise
 
 _IDENTITY = {"mul": 1.0, "add": 0.0}
 
@@ -26,10 +26,10 @@ def simplify(g: Graph) -> Graph:
     def rule(b: Builder, n, args, attrs):
         opdef = REGISTRY[n.op]
         out_type = opdef.shape([a.type for a in args], attrs)
-        if isinstance(opdef.lower, Elementwise) and args and all(a.const is not None for a in args) \
-                and out_type.shape == ():
-            x = opdef.ref(*[np.array(a.const, NP_DTYPES[a.dtype]) for a in args], **attrs)
-            return b.const(float(x), out_type.dtype)
+        if args and all(a.const is not None for a in args):
+            folded = _fold(opdef, args, attrs, out_type)
+            if folded is not None:
+                return b.const(folded, out_type.dtype, out_type.shape)
         unit = _IDENTITY.get(n.op)
         if unit is not None:
             for keep, other in ((args[0], args[1]), (args[1], args[0])):
@@ -43,3 +43,13 @@ def simplify(g: Graph) -> Graph:
 
     return rewrite(g, rule)
 
+
+
+def _fold(opdef, args: list[Value], attrs: dict, out_type) -> float | None:
+    """The value of an op whose operands are all constants, if it is again one constant: the
+    op's NumPy reference decides, so every op folds the same way."""
+    if not all(isinstance(d, int) for a in args for d in a.shape):
+        return None
+    y = np.asarray(opdef.ref(*[np.full(a.shape, a.const, NP_DTYPES[a.dtype]) for a in args], **attrs))
+    flat = y.reshape(-1)
+    return float(flat[0]) if flat.size and np.all(flat == flat[0]) else None
