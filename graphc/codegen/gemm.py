@@ -441,6 +441,7 @@ def define_gemm(module: ir.Module, target: Target, dtype: str, trans_a: bool,
     (stored K×N) or Bᵀ (stored N×K). K = 0 zeroes C (unless accumulating); M or N = 0 is a no-op.
     C must not overlap A or B (A and B may overlap each other). Not reentrant: concurrent calls
     share the pack buffers (a thread pool calls `..._range` with distinct slots instead).
+    One target per module: helpers and buffers are shared by name across variants.
     """
     name = f"graphc_gemm_{dtype}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
     if name in module.globals:
