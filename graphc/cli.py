@@ -16,6 +16,7 @@ from graphc.errors import GraphcError
 
 def _ir(a) -> None:
     from graphc import driver
+    from graphc.codegen.jit import optimize
     from graphc.codegen.module import build_module
     from graphc.codegen.target import host_target
     from graphc.ir.printer import print_graph
@@ -32,8 +33,8 @@ def _ir(a) -> None:
     sched = schedule(g)
     if stage == "fused":
         print(print_schedule(sched))
-    else:
-        print(build_module(sched, host_target(), driver.ENTRY))
+    else:  # the optimized module: what the native code is generated from
+        print(optimize(build_module(sched, host_target(), driver.ENTRY), host_target()))
 
 
 def _values(prog, sets: list[str]) -> dict[str, np.ndarray]:

@@ -1,0 +1,494 @@
+"""AST -> forward Graph: resolves names, inlines layers (unifying their dims) and checks everything.
+
+Expressions are built with the IR Builder, its loc set to each operator or call first, so shape
+errors from the op registry point at the user's `@` or call. Layers are inlined at each call; a
+layer instance's params are named `scope.param` and its nodes carry the scope.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from graphc.errors import GraphcError, Loc
+from graphc.frontend import ast
+from graphc.frontend.config import did_you_mean
+from graphc.ir.graph import DTYPES, Builder, Dim, Graph, Input, Param, TensorType, Value
+from graphc.ops import REGISTRY, OpDef
+from graphc.runtime.init import INITIALIZERS
+
+BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
+KINDS = ("int", "float", "fn")  # layer parameters that are not tensors
+RESERVED = {"lr": "the learning rate input the training step adds"}
+
+Number = int | float
+Const = int | float | bool | str | tuple  # a compile-time attribute value
+
+
+@dataclass
+class _Frame:
+    """The names visible at one level: the top level, or one layer instance."""
+
+    scope: str                                                   # "" or "fc1", "fc1.inner"
+    dims: dict[str, Dim]                                         # dim name -> size or symbol
+    values: dict[str, Value | Number] = field(default_factory=dict)
+    fns: dict[str, str] = field(default_factory=dict)            # fn args -> op, layer or "id"
+    defined: dict[str, Loc] = field(default_factory=dict)
+
+
+def lower(module: ast.Module) -> Graph:
+    """Build the forward graph of a parsed module (its train block is read by config)."""
+    return _Lowerer(module).run()
+
+
+def _join(scope: str, name: str) -> str:
+    return f"{scope}.{name}" if scope else name
+
+
+def _attr_names(op: OpDef) -> tuple[list[str], set[str]]:
+    """An op's attribute names and the required ones (those without a default).
+
+    The registry's `ref(*arrays, **attrs)` takes each attribute as a parameter after the arrays,
+    so required attributes (reshape's shape) are read from it; parameters with a default there
+    (NumPy ufunc options such as `out`) are not attributes.
+    """
+    names = list(op.defaults)
+    try:
+        params = list(inspect.signature(op.ref).parameters.values())[op.nargs:]
+    except (TypeError, ValueError):  # a callable without a signature
+        params = []
+    names += [p.name for p in params if p.default is p.empty and p.name not in names
+              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return names, {n for n in names if n not in op.defaults}
+
+
+class _Lowerer:
+    def __init__(self, module: ast.Module) -> None:
+        self.module = module
+        self.file = module.file
+        nets = [s for s in module.stmts if isinstance(s, ast.Net)]
+        if len(nets) > 1:
+            raise GraphcError(f"a second net name (the first is at line {nets[0].loc.line})", nets[1].loc)
+        stem = Path(self.file).stem
+        self.graph = Graph(nets[0].name if nets else stem if stem.isidentifier() else "net")
+        self.b = Builder(self.graph)
+        self.layers: dict[str, ast.Layer] = {}
+        self.active: list[str] = []  # layers being inlined, outermost first (recursion check)
+        self.scopes: set[str] = set()
+        self.top = _Frame("", {})
+        self.loss: Value | None = None
+        self.outputs: dict[str, Value] = {}
+        self.metrics: dict[str, Value] = {}
+
+    # ---- top level ----
+
+    def run(self) -> Graph:
+        for s in self.module.stmts:
+            if isinstance(s, ast.Layer):
+                self._check_layer(s)
+        for s in self.module.stmts:
+            self._stmt(s)
+        g = self.graph
+        g.outputs = ({"loss": self.loss} if self.loss else {}) | self.outputs | self.metrics
+        g.loss = "loss" if self.loss else next(iter(self.outputs), None)
+        g.metrics = tuple(self.metrics)
+        if g.loss is None:
+            raise GraphcError("no loss or output defined", Loc(self.file, 1, 1),
+                              hint="assign `loss = ...` or declare `output NAME = ...`")
+        return g
+
+    def _stmt(self, s: ast.Stmt) -> None:
+        fr = self.top
+        if isinstance(s, ast.DimDecl):
+            if s.name in fr.dims:
+                raise GraphcError(f"dim {s.name} is already declared", s.loc)
+            fr.dims[s.name] = s.name  # stays symbolic until bound at compile time
+        elif isinstance(s, ast.InputDecl):
+            self._input(s)
+        elif isinstance(s, ast.ParamDecl):
+            self._param(s, fr)
+        elif isinstance(s, ast.Assign):
+            v = self._tensor(s.value, fr)
+            self._define(fr, s.name, v, s.loc)
+            if s.name == "loss":
+                self._set_loss(v, s.loc)
+        elif isinstance(s, ast.OutputDecl):
+            self._output(s)
+
+    def _input(self, s: ast.InputDecl) -> None:
+        if s.name in RESERVED:
+            raise GraphcError(f"'{s.name}' is reserved: {RESERVED[s.name]}", s.loc)
+        t = self._type(s.type, self.top)
+        default = None
+        if s.default is not None:
+            default = ast.literal(s.default)
+            if not isinstance(default, (int, float)) or isinstance(default, bool):
+                raise GraphcError("an input's default must be a number", s.default.loc)
+            if t.rank:
+                raise GraphcError(f"only scalar inputs take a default value; {s.name} is {t}",
+                                  s.default.loc)
+        v = Value(s.name, t)
+        self._define(self.top, s.name, v, s.loc)
+        # integer inputs (labels) have no gradient
+        self.graph.inputs.append(Input(v, s.nograd or not t.is_float,
+                                       None if default is None else float(default), s.loc))
+
+    def _set_loss(self, v: Value | Number, loc: Loc) -> None:
+        if not isinstance(v, Value) or not v.type.is_float or v.type.rank:
+            got = v.type if isinstance(v, Value) else "a number"
+            raise GraphcError(f"loss must be a float scalar, got {got}", loc,
+                              hint="reduce it, e.g. loss = mean(...)")
+        self.loss = v
+
+    def _output(self, s: ast.OutputDecl) -> None:
+        if s.value is not None:
+            v = self._tensor(s.value, self.top)
+            self._define(self.top, s.name, v, s.loc)
+            if s.name == "loss":
+                self._set_loss(v, s.loc)
+                return
+        else:
+            v = self._lookup(ast.Name(s.name, s.loc), self.top)
+        if s.name in self.outputs or s.name in self.metrics or (s.name == "loss" and self.loss):
+            raise GraphcError(f"'{s.name}' is already an output", s.loc)
+        if not isinstance(v, Value):
+            raise GraphcError(f"output {s.name} must be a tensor, got the number {v}", s.loc)
+        (self.metrics if s.metric else self.outputs)[s.name] = v
+
+    # ---- declarations shared by the top level and layers ----
+
+    def _define(self, fr: _Frame, name: str, v: Value | Number, loc: Loc) -> None:
+        if name in fr.defined:
+            raise GraphcError(f"'{name}' is already defined (line {fr.defined[name].line})", loc)
+        fr.values[name] = v
+        fr.defined[name] = loc
+
+    def _dtype(self, t: ast.TypeExpr) -> None:
+        if t.dtype not in DTYPES:
+            raise GraphcError(f"unknown dtype '{t.dtype}'", t.loc,
+                              hint=did_you_mean(t.dtype, DTYPES) or f"dtypes: {', '.join(DTYPES)}")
+
+    def _type(self, t: ast.TypeExpr, fr: _Frame) -> TensorType:
+        self._dtype(t)
+        shape = []
+        for d in t.dims:
+            if isinstance(d.value, int):
+                if d.value <= 0:
+                    raise GraphcError(f"a dim must be positive, got {d.value}", d.loc)
+                shape.append(d.value)
+            elif d.value in fr.dims:
+                shape.append(fr.dims[d.value])
+            else:
+                hint = (f"declare it with `dim {d.value}`" if fr is self.top else
+                        "a layer's dims come from its tensor parameters' types and its int arguments")
+                raise GraphcError(f"undefined dim '{d.value}'", d.loc,
+                                  hint=did_you_mean(d.value, list(fr.dims)) or hint)
+        return TensorType(t.dtype, tuple(shape))
+
+    def _param(self, s: ast.ParamDecl, fr: _Frame) -> None:
+        t = self._type(s.type, fr)
+        if not t.is_float:
+            raise GraphcError(f"param {s.name} must be a float tensor (f32 or f64), got {t}", s.type.loc)
+        init = s.init
+        if init.func not in INITIALIZERS:
+            raise GraphcError(f"unknown initializer '{init.func}'", init.loc,
+                              hint=did_you_mean(init.func, list(INITIALIZERS))
+                              or f"initializers: {', '.join(INITIALIZERS)}")
+        if init.positional or init.scope:
+            raise GraphcError(f"{init.func}() takes keyword arguments only, e.g. normal(std=0.01)",
+                              init.loc)
+        allowed = list(inspect.signature(INITIALIZERS[init.func]).parameters)[2:]  # after rng, shape
+        args: dict[str, float] = {}
+        for kw in init.kwargs:
+            if kw.name not in allowed or kw.name in args:
+                why = "twice" if kw.name in args else "unknown"
+                raise GraphcError(f"{init.func}() argument '{kw.name}' is {why}", kw.loc,
+                                  hint=f"{init.func}() takes " + (", ".join(allowed) or "no arguments"))
+            v = self._const(kw.value, fr)
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise GraphcError(f"{init.func}({kw.name}=...) must be a number", kw.value.loc)
+            args[kw.name] = float(v)
+        v = Value(_join(fr.scope, s.name), t)
+        self._define(fr, s.name, v, s.loc)
+        self.graph.params.append(Param(v, init.func, args, s.loc))
+
+    # ---- expressions ----
+
+    def _lookup(self, e: ast.Name, fr: _Frame) -> Value | Number:
+        if e.id in fr.values:
+            return fr.values[e.id]
+        if self._function(e.id, fr):
+            raise GraphcError(f"'{e.id}' is a function; call it as {e.id}(...)", e.loc)
+        hint = did_you_mean(e.id, list(fr.values))
+        if e.id in fr.dims:
+            hint = f"'{e.id}' is a dim; dims are sizes in types, not values"
+        raise GraphcError(f"unknown name '{e.id}'", e.loc, hint=hint)
+
+    def _function(self, name: str, fr: _Frame) -> str | None:
+        """What a called name means: an op, a layer, or "id" (through fn arguments); None if unknown."""
+        target = fr.fns.get(name, name)
+        return target if target == "id" or target in self.layers or target in REGISTRY else None
+
+    def _tensor(self, e: ast.Expr, fr: _Frame) -> Value | Number:
+        """Evaluate a tensor expression; numbers stay Python numbers until they meet a tensor."""
+        if isinstance(e, ast.Num):
+            return e.value
+        if isinstance(e, ast.Name):
+            return self._lookup(e, fr)
+        if isinstance(e, ast.Call):
+            return self._call(e, fr)
+        if isinstance(e, ast.Neg):
+            x = self._tensor(e.operand, fr)
+            return -x if not isinstance(x, Value) else self._apply("neg", [x], {}, e.loc, fr)
+        if isinstance(e, ast.BinOp):
+            a, b = self._tensor(e.left, fr), self._tensor(e.right, fr)
+            if isinstance(a, Value) or isinstance(b, Value):
+                return self._apply(BINOPS[e.op], [a, b], {}, e.loc, fr)
+            return self._fold(e, a, b)
+        what = {ast.Str: "a string", ast.Bool: "true/false", ast.ListExpr: "a list"}[type(e)]
+        raise GraphcError(f"{what} is not a tensor; it can only be an attribute value", e.loc)
+
+    def _fold(self, e: ast.BinOp, a: Number, b: Number) -> Number:
+        """Arithmetic on plain numbers happens now, not in the graph."""
+        if e.op == "@":
+            raise GraphcError("@ needs tensor operands, got numbers", e.loc)
+        if e.op == "/":
+            if b == 0:
+                raise GraphcError("division by zero", e.loc)
+            return a / b
+        return a + b if e.op == "+" else a - b if e.op == "-" else a * b
+
+    def _apply(self, op: str, args: list[Value | Number], attrs: dict[str, Const], loc: Loc,
+               fr: _Frame) -> Value:
+        self.b.loc, self.b.scope = loc, fr.scope
+        try:
+            return self.b.op(op, *args, **attrs)
+        except (TypeError, ValueError, KeyError, IndexError) as err:  # attribute values of the wrong kind
+            raise GraphcError(f"{op}: bad attribute value ({err})", loc) from None
+
+    def _const(self, e: ast.Expr, fr: _Frame) -> Const:
+        """A compile-time value: numbers, true/false, lists, dims, int/float arguments, dtypes."""
+        v = ast.literal(e)
+        if v is not None:
+            return v
+        if isinstance(e, ast.Str):
+            return e.value
+        if isinstance(e, ast.ListExpr):
+            return tuple(self._const(i, fr) for i in e.items)
+        if isinstance(e, ast.Name):
+            if e.id in fr.dims:
+                return fr.dims[e.id]
+            if isinstance(fr.values.get(e.id), (int, float)):
+                return fr.values[e.id]
+            if e.id in DTYPES:
+                return e.id
+            if e.id in fr.values:
+                raise GraphcError(f"'{e.id}' is a tensor; attribute values must be constants", e.loc)
+            known = list(fr.dims) + [k for k, x in fr.values.items() if not isinstance(x, Value)]
+            raise GraphcError(f"unknown name '{e.id}'", e.loc, hint=did_you_mean(e.id, known))
+        if isinstance(e, (ast.Neg, ast.BinOp)):
+            parts = [self._const(x, fr) for x in ([e.operand] if isinstance(e, ast.Neg) else [e.left, e.right])]
+            if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parts):
+                raise GraphcError("arithmetic on constants needs numbers (dims must be known)", e.loc)
+            if isinstance(e, ast.Neg):
+                return -parts[0]
+            r = self._fold(e, *parts)
+            return int(r) if isinstance(r, float) and r.is_integer() and e.op == "/" else r
+        raise GraphcError("attribute values must be constants (numbers, true/false, lists, dims)", e.loc)
+
+    # ---- calls ----
+
+    def _call(self, c: ast.Call, fr: _Frame) -> Value | Number:
+        seen_kw = False
+        for a in c.args:
+            if isinstance(a, ast.Kwarg):
+                seen_kw = True
+            elif seen_kw:
+                raise GraphcError("a positional argument after keyword arguments", a.loc)
+        names = [k.name for k in c.kwargs]
+        for i, k in enumerate(c.kwargs):
+            if k.name in names[:i]:
+                raise GraphcError(f"argument '{k.name}' is given twice", k.loc)
+        target = self._function(c.func, fr)
+        if target is None:
+            if c.func in fr.values:
+                raise GraphcError(f"'{c.func}' is a value, not a function", c.loc)
+            known = [*fr.fns, *self.layers, *REGISTRY, "id"]
+            raise GraphcError(f"unknown function '{c.func}'", c.loc, hint=did_you_mean(c.func, known))
+        if target in self.layers:
+            return self._inline(self.layers[target], c, fr)
+        if c.scope is not None:
+            raise GraphcError(f"`as` names a layer instance, but {c.func} is not a layer", c.scope.loc)
+        if target == "id":
+            if len(c.args) != 1 or c.kwargs:
+                raise GraphcError(f"{c.func} (id) takes one argument, got {len(c.args)}", c.loc)
+            return self._tensor(c.args[0], fr)
+        return self._op_call(REGISTRY[target], c, fr)
+
+    def _op_call(self, op: OpDef, c: ast.Call, fr: _Frame) -> Value:
+        if len(c.positional) != op.nargs:
+            s = "" if op.nargs == 1 else "s"
+            raise GraphcError(f"{op.name} takes {op.nargs} tensor argument{s}, got {len(c.positional)}",
+                              c.loc, hint=f"{op.name}: {op.doc}" if op.doc else None)
+        names, required = _attr_names(op)
+        for k in c.kwargs:
+            if k.name not in names:
+                hint = did_you_mean(k.name, names) or (
+                    f"{op.name} attributes: {', '.join(names)}" if names else f"{op.name} has no attributes")
+                raise GraphcError(f"{op.name} has no attribute '{k.name}'", k.loc, hint=hint)
+        missing = sorted(required - {k.name for k in c.kwargs})
+        if missing:
+            raise GraphcError(f"{op.name} needs the attribute {missing[0]}=...", c.loc,
+                              hint=f"{op.name}: {op.doc}" if op.doc else None)
+        args = [self._tensor(a, fr) for a in c.positional]
+        attrs = {k.name: self._const(k.value, fr) for k in c.kwargs}
+        return self._apply(op.name, args, attrs, c.loc, fr)
+
+    # ---- layers ----
+
+    def _check_layer(self, layer: ast.Layer) -> None:
+        """What can be checked before any call: names, parameter kinds, dtypes, the return."""
+        if layer.name in self.layers or layer.name in REGISTRY or layer.name == "id":
+            where = (f"line {self.layers[layer.name].loc.line}" if layer.name in self.layers
+                     else "a built-in")
+            raise GraphcError(f"'{layer.name}' is already defined ({where})", layer.loc)
+        seen: set[str] = set()
+        for p in layer.params:
+            if p.name in seen:
+                raise GraphcError(f"parameter '{p.name}' is given twice", p.loc)
+            seen.add(p.name)
+            if isinstance(p.kind, ast.TypeExpr):
+                self._dtype(p.kind)
+                if p.default is not None:
+                    raise GraphcError(f"tensor parameter {p.name} cannot have a default", p.default.loc)
+            elif p.kind.id not in KINDS:
+                raise GraphcError(f"unknown parameter kind '{p.kind.id}'", p.kind.loc,
+                                  hint=f"use a tensor type such as f32[N, D], or one of {', '.join(KINDS)}")
+        if layer.ret is not None:
+            self._dtype(layer.ret)
+        returns = [i for i, s in enumerate(layer.body) if isinstance(s, ast.Return)]
+        if not returns:
+            raise GraphcError(f"layer {layer.name} has no return statement", layer.loc)
+        if returns[0] != len(layer.body) - 1:
+            raise GraphcError("a statement after return", layer.body[returns[0] + 1].loc)
+        self.layers[layer.name] = layer
+
+    def _inline(self, layer: ast.Layer, c: ast.Call, caller: _Frame) -> Value:
+        if layer.name in self.active:
+            chain = self.active[self.active.index(layer.name):] + [layer.name]
+            raise GraphcError(f"recursive layer call: {' -> '.join(chain)}", c.loc,
+                              hint="layers are inlined at each call, so they cannot call themselves")
+        fr = _Frame("", {})
+        bound = self._bind_args(layer, c, caller, fr)
+        # named after its arguments are built, so nested calls in arguments are numbered first
+        fr.scope = self._instance_scope(layer, c, caller)
+        fr.dims = {**self.top.dims, **bound}
+        self.active.append(layer.name)
+        *body, ret = layer.body
+        try:
+            for s in body:
+                if isinstance(s, ast.ParamDecl):
+                    self._param(s, fr)
+                else:
+                    self._define(fr, s.name, self._tensor(s.value, fr), s.loc)
+            out = self._tensor(ret.value, fr)
+        except GraphcError as err:  # an error inside the body: say which call it came from
+            err.hint = err.hint or f"in {layer.name} instance '{fr.scope}', called at line {c.loc.line}"
+            raise
+        self.active.pop()
+        if not isinstance(out, Value):
+            raise GraphcError(f"layer {layer.name} must return a tensor, got the number {out}", ret.value.loc)
+        if layer.ret is not None:
+            want = self._type(layer.ret, fr)
+            if out.type != want:
+                raise GraphcError(f"layer {layer.name} returns {out.type} but declares -> {layer.ret}"
+                                  f" (here {want})", ret.value.loc)
+        return out
+
+    def _instance_scope(self, layer: ast.Layer, c: ast.Call, caller: _Frame) -> str:
+        if c.scope is not None:
+            scope = _join(caller.scope, c.scope.id)
+            if scope in self.scopes:
+                raise GraphcError(f"layer instance name '{scope}' is already used", c.scope.loc)
+        else:
+            n = 0
+            while _join(caller.scope, f"{layer.name}{n}") in self.scopes:
+                n += 1
+            scope = _join(caller.scope, f"{layer.name}{n}")
+        self.scopes.add(scope)
+        return scope
+
+    def _bind_args(self, layer: ast.Layer, c: ast.Call, caller: _Frame, fr: _Frame) -> dict[str, Dim]:
+        """Match call arguments to the layer's parameters; returns the dims they bind."""
+        params = {p.name: p for p in layer.params}
+        if len(c.positional) > len(layer.params):
+            raise GraphcError(f"{layer.name} takes {len(layer.params)} arguments, got {len(c.positional)}",
+                              c.loc, hint=_signature(layer))
+        given: dict[str, ast.Expr] = {p.name: a for p, a in zip(layer.params, c.positional)}
+        for k in c.kwargs:
+            if k.name not in params:
+                raise GraphcError(f"{layer.name} has no parameter '{k.name}'", k.loc,
+                                  hint=did_you_mean(k.name, list(params)) or _signature(layer))
+            if k.name in given:
+                raise GraphcError(f"argument '{k.name}' is given twice", k.loc)
+            given[k.name] = k.value
+        bound: dict[str, Dim] = {}
+        # non-tensor arguments first: int arguments are dims the tensor types may use
+        for p in sorted(layer.params, key=lambda p: isinstance(p.kind, ast.TypeExpr)):
+            e = given.get(p.name)
+            if e is None and p.default is None:
+                raise GraphcError(f"{layer.name} is missing the argument '{p.name}'", c.loc,
+                                  hint=_signature(layer))
+            # a default is evaluated where the layer is defined: the top level
+            ctx = caller if p.name in given else self.top
+            e = e if e is not None else p.default
+            if isinstance(p.kind, ast.TypeExpr):
+                v = self._tensor(e, ctx)
+                if not isinstance(v, Value):
+                    raise GraphcError(f"{layer.name} expects {p.name}: {p.kind}, got the number {v}", e.loc)
+                self._unify(layer, p, v.type, bound, e.loc)
+                self._define(fr, p.name, v, p.loc)
+            elif p.kind.id == "fn":
+                fr.fns[p.name] = self._fn_arg(layer, p, e, ctx)
+            else:
+                v = self._const(e, ctx)
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and \
+                    (p.kind.id == "float" or isinstance(v, int))
+                if not ok:
+                    raise GraphcError(f"{layer.name} expects {p.name}: {p.kind.id}, got {v!r}", e.loc)
+                v = float(v) if p.kind.id == "float" else v
+                self._define(fr, p.name, v, p.loc)
+                if p.kind.id == "int":
+                    bound[p.name] = v
+        return bound
+
+    def _fn_arg(self, layer: ast.Layer, p: ast.LayerParam, e: ast.Expr, ctx: _Frame) -> str:
+        target = self._function(e.id, ctx) if isinstance(e, ast.Name) else None
+        if target is None:
+            raise GraphcError(f"{layer.name} expects {p.name}: fn (an op, a layer or id)", e.loc,
+                              hint=did_you_mean(e.id, [*self.layers, *REGISTRY, "id"])
+                              if isinstance(e, ast.Name) else None)
+        return target
+
+    def _unify(self, layer: ast.Layer, p: ast.LayerParam, actual: TensorType,
+               bound: dict[str, Dim], loc: Loc) -> None:
+        """Match a declared parameter type against an argument's type, binding its dim names."""
+        declared = p.kind
+        mismatch = f"{layer.name} expects {p.name}: {declared}"
+        if actual.dtype != declared.dtype or actual.rank != len(declared.dims):
+            raise GraphcError(f"{mismatch}, got {actual}", loc)
+        for d, size in zip(declared.dims, actual.shape):
+            if isinstance(d.value, int):
+                if d.value != size:
+                    raise GraphcError(f"{mismatch}, got {actual}", loc)
+            elif d.value not in bound:
+                bound[d.value] = size
+            elif bound[d.value] != size:
+                raise GraphcError(f"{mismatch} with {d.value} bound to {bound[d.value]}, got {actual}", loc)
+
+
+def _signature(layer: ast.Layer) -> str:
+    parts = [f"{p.name}: {p.kind if isinstance(p.kind, ast.TypeExpr) else p.kind.id}" for p in layer.params]
+    return f"{layer.name}({', '.join(parts)})"
+
