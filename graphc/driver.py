@@ -13,6 +13,7 @@ import numpy as np
 
 import graphc
 from graphc.autodiff.step import gradient_graph, training_graph
+from graphc.codegen.gemm import MAX_THREADS
 from graphc.codegen.jit import compile_cached
 from graphc.codegen.module import build_module
 from graphc.codegen.target import Target, host_target
@@ -21,6 +22,7 @@ from graphc.ir.bind import bind
 from graphc.ir.graph import Graph
 from graphc.ir.serialize import dumps
 from graphc.passes.pipeline import Schedule, print_schedule, schedule
+from graphc.runtime.pool import default_threads, pool
 from graphc.runtime.step import Step
 
 ENTRY = "graphc_step"
@@ -58,14 +60,18 @@ class Compiled:
 
 
 def compile_graph(g: Graph, params: dict[str, np.ndarray] | None = None,
-                  target: Target | None = None, use_cache: bool = True) -> Compiled:
-    """Schedule `g`, generate and load its native code (cached), and wrap it in a runnable Step."""
+                  target: Target | None = None, use_cache: bool = True,
+                  threads: int | None = None) -> Compiled:
+    """Schedule `g`, generate and load its native code (cached), and wrap it in a runnable Step.
+
+    `threads` (default: all cores, or $GRAPHC_THREADS) splits large GEMMs across a worker pool."""
     t0 = time.perf_counter()
     target = target or host_target()
+    threads = max(1, min(threads or default_threads(), MAX_THREADS))
     sched = schedule(g)
-    key = hashlib.sha256("\n".join([graphc.__version__, target.key(), dumps(sched.graph),
-                                    print_schedule(sched)]).encode()).hexdigest()
-    native, hit = compile_cached(key, lambda: build_module(sched, target, ENTRY), target, use_cache)
-    step = Step(sched, native, ENTRY, params)
+    key = hashlib.sha256("\n".join([graphc.__version__, target.key(), f"threads={threads}",
+                                    dumps(sched.graph), print_schedule(sched)]).encode()).hexdigest()
+    native, hit = compile_cached(key, lambda: build_module(sched, target, ENTRY, threads), target, use_cache)
+    step = Step(sched, native, ENTRY, params, pool(threads) if threads > 1 else None)
     return Compiled(step, sched, time.perf_counter() - t0, hit)
 

@@ -14,6 +14,7 @@ import numpy as np
 from graphc.codegen.jit import Native
 from graphc.ir.graph import NP_DTYPES, Value
 from graphc.passes.pipeline import Schedule
+from graphc.runtime.pool import Pool
 
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p))
 
@@ -32,7 +33,7 @@ def _array(v: Value) -> np.ndarray:
 
 class Step:
     def __init__(self, sched: Schedule, native: Native, entry: str,
-                 params: dict[str, np.ndarray] | None = None) -> None:
+                 params: dict[str, np.ndarray] | None = None, pool: Pool | None = None) -> None:
         g = sched.graph
         self.schedule = sched
         self.native = native  # keeps the code alive
@@ -58,7 +59,9 @@ class Step:
         # an output that is itself a leaf or an update is read from that leaf's array
         self.outputs = {k: buffers[sched.plan.place[v][0]] for k, v in g.outputs.items()}
         self._buffers = buffers
-        self._table = (ctypes.c_void_p * len(buffers))(*[a.ctypes.data for a in buffers])
+        self.pool = pool  # its run function follows the buffers in the table
+        slots = [a.ctypes.data for a in buffers] + ([pool.run_address] if pool else [])
+        self._table = (ctypes.c_void_p * len(slots))(*slots)
         self._fn = _ENTRY(native.address(entry))
 
     def run(self, **feeds: np.ndarray | float) -> dict[str, np.ndarray]:

@@ -28,7 +28,7 @@ from llvmlite import ir
 from .target import Target
 
 # Pack-buffer slots: how many `_range` calls may run concurrently (one per thread).
-MAX_THREADS = 2
+MAX_THREADS = 8
 
 _I1, _I32, _I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 _FLOAT = {"f32": ir.FloatType(), "f64": ir.DoubleType()}

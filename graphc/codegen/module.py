@@ -1,7 +1,9 @@
 """Assembles a Schedule into one LLVM module: a function per kernel and one step entry point.
 
 The entry `void NAME(i8** table)` runs every kernel in order; table[i] is the base pointer of the
-plan's buffer i (inputs, params, state, outputs, arena), so no Python runs between kernels.
+plan's buffer i (inputs, params, state, outputs, arena), so no Python runs between kernels. With
+threads > 1, the slot after the buffers holds the worker pool's `run` function: large GEMMs are
+split across the pool's threads by output columns (or rows, when the matrix is narrow).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import math
 
 from llvmlite import ir
 
-from graphc.codegen.gemm import define_gemm
+from graphc.codegen.gemm import blocking, define_gemm
+from graphc.codegen.pool import RUN, TASK
 from graphc.codegen.kernels import emit_loop_kernel, for_range
 from graphc.codegen.scalar import LLTYPES
 from graphc.codegen.target import Target
@@ -22,13 +25,20 @@ I8P = ir.IntType(8).as_pointer()
 I64, I32 = ir.IntType(64), ir.IntType(32)
 
 
-def build_module(s: Schedule, target: Target, entry: str = "graphc_step") -> ir.Module:
+PARALLEL_MIN = 1 << 22  # multiply-adds below which a GEMM runs on one thread (measured: batch 8 lost)
+
+
+def build_module(s: Schedule, target: Target, entry: str = "graphc_step", threads: int = 1) -> ir.Module:
     m = ir.Module(name=s.graph.name)
     m.triple = target.triple
     step = ir.Function(m, ir.FunctionType(ir.VoidType(), [I8P.as_pointer()]), entry)
     b = ir.IRBuilder(step.append_basic_block("entry"))
     table = step.args[0]
     bases = [b.load(b.gep(table, [ir.Constant(I64, i)])) for i in range(len(s.plan.buffers))]
+    run = None
+    if threads > 1:
+        slot = b.load(b.gep(table, [ir.Constant(I64, len(s.plan.buffers))]))
+        run = b.bitcast(slot, RUN.as_pointer())
 
     def pointer(v: Value) -> ir.Value:
         buf, off = s.plan.place[v]
@@ -39,8 +49,9 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step") -> ir.
         if k.kind == "view" and s.plan.place[k.outputs[0]] == s.plan.place[k.inputs[0]]:
             continue  # the view shares its source's buffer: nothing to run
         args = _distinct(k, s.plan.place)
-        fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [LLTYPES[v.dtype].as_pointer() for v in args]),
-                         f"k{i}_{k.name}")
+        parallel = run is not None and k.kind == "contract" and _macs(k.nodes[0]) >= PARALLEL_MIN
+        types = [LLTYPES[v.dtype].as_pointer() for v in args] + ([RUN.as_pointer()] if parallel else [])
+        fn = ir.Function(m, ir.FunctionType(ir.VoidType(), types), f"k{i}_{k.name}")
         fn.linkage = "internal"
         shared = {p for p in (s.plan.place[v] for v in k.inputs + k.outputs)
                   if sum(s.plan.place[v] == p for v in set(k.inputs + k.outputs)) > 1}
@@ -48,8 +59,12 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step") -> ir.
             if s.plan.place[v] not in shared:
                 a.add_attribute("noalias")
         arg_of = {v: fn.args[args.index(_first(args, v, s.plan.place))] for v in k.inputs + k.outputs}
-        _emit_kernel(m, fn, k, arg_of, target)
-        b.call(fn, [pointer(v) for v in args])
+        if parallel:
+            _emit_parallel_gemm(m, fn, k.nodes[0], arg_of, target, threads)
+            b.call(fn, [pointer(v) for v in args] + [run])
+        else:
+            _emit_kernel(m, fn, k, arg_of, target)
+            b.call(fn, [pointer(v) for v in args])
     b.ret_void()
     return m
 
@@ -74,15 +89,74 @@ def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target:
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     n = k.nodes[0]
     if k.kind == "contract":
-        a, w = n.inputs
-        ta, tb = n.attrs["ta"], n.attrs["tb"]
-        mm, nn = n.out.shape
-        kk = a.shape[0] if ta else a.shape[1]
-        gemm = define_gemm(m, target, n.out.dtype, ta, tb)
-        c = lambda x: ir.Constant(I64, x)
-        b.call(gemm, [c(mm), c(nn), c(kk), arg_of[a], c(a.shape[1]), arg_of[w], c(w.shape[1]),
-                      arg_of[n.out], c(nn), ir.Constant(I32, 0)])
+        args, ta, tb = _gemm_args(n, arg_of)
+        b.call(define_gemm(m, target, n.out.dtype, ta, tb), args + [ir.Constant(I32, 0)])
     else:  # a view whose result lives elsewhere (a graph output): copy it
         src, dst = arg_of[n.inputs[0]], arg_of[n.out]
         for_range(b, math.prod(n.out.shape), lambda i: b.store(b.load(b.gep(src, [i])), b.gep(dst, [i])))
     b.ret_void()
+
+
+def _macs(n) -> int:
+    a = n.inputs[0]
+    return math.prod(n.out.shape) * (a.shape[0] if n.attrs["ta"] else a.shape[1])
+
+
+def _gemm_args(n, arg_of) -> tuple[list, bool, bool]:
+    """The GEMM call's (M, N, K, A, lda, B, ldb, C, ldc) for a matmul node."""
+    a, w = n.inputs
+    ta, tb = n.attrs["ta"], n.attrs["tb"]
+    mm, nn = n.out.shape
+    kk = a.shape[0] if ta else a.shape[1]
+    c = lambda x: ir.Constant(I64, x)
+    return [c(mm), c(nn), c(kk), arg_of[a], c(a.shape[1]), arg_of[w], c(w.shape[1]), arg_of[n.out], c(nn)], ta, tb
+
+
+def _emit_parallel_gemm(m: ir.Module, fn: ir.Function, n, arg_of: dict, target: Target, threads: int) -> None:
+    """Pack the GEMM's arguments, and hand the pool a task that computes one thread's share."""
+    args, ta, tb = _gemm_args(n, arg_of)
+    dtype = n.out.dtype
+    define_gemm(m, target, dtype, ta, tb)
+    rng = m.globals[f"graphc_gemm_{dtype}_{'t' if ta else 'n'}{'t' if tb else 'n'}_range"]
+    struct = ir.LiteralStructType([a.type for a in args])
+    task = _gemm_task(m, rng, struct, ta, blocking(target, dtype).nr, f"{fn.name}_task")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    p = b.alloca(struct)
+    for i, a in enumerate(args):
+        b.store(a, b.gep(p, [ir.Constant(I32, 0), ir.Constant(I32, i)]))
+    b.call(fn.args[-1], [task, b.bitcast(p, I8P), ir.Constant(I64, threads)])
+    b.ret_void()
+
+
+def _gemm_task(m: ir.Module, rng: ir.Function, struct: ir.Type, ta: bool, nr: int, name: str) -> ir.Function:
+    """task(arg, tid, n): columns [n0, n1) of C for thread tid, in whole NR strips; when C is too
+    narrow for every thread to get a strip, rows [m0, m1) instead (A and C offset by m0)."""
+    fn = ir.Function(m, TASK.pointee, name)
+    fn.linkage = "internal"
+    raw, tid, nt = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    p = b.bitcast(raw, struct.as_pointer())
+    M, N, K, A, lda, B, ldb, C, ldc = (b.load(b.gep(p, [ir.Constant(I32, 0), ir.Constant(I32, i)]))
+                                       for i in range(9))
+    zero, one = ir.Constant(I64, 0), ir.Constant(I64, 1)
+    ceil_div = lambda x, y: b.sdiv(b.add(x, b.sub(y, one)), y)
+    lo = lambda x, y: b.select(b.icmp_signed("<", x, y), x, y)
+    acc = ir.Constant(I32, 0)
+    by_cols = b.icmp_signed(">=", N, b.mul(nt, ir.Constant(I64, nr)))
+    with b.if_else(by_cols) as (cols, rows):
+        with cols:
+            chunk = b.mul(ceil_div(ceil_div(N, nt), ir.Constant(I64, nr)), ir.Constant(I64, nr))
+            n0 = lo(b.mul(tid, chunk), N)
+            n1 = lo(b.add(n0, chunk), N)
+            with b.if_then(b.icmp_signed("<", n0, n1)):
+                b.call(rng, [M, N, K, A, lda, B, ldb, C, ldc, acc, n0, n1, tid])
+        with rows:
+            chunk = ceil_div(M, nt)
+            m0 = lo(b.mul(tid, chunk), M)
+            m1 = lo(b.add(m0, chunk), M)
+            a0 = b.gep(A, [m0 if ta else b.mul(m0, lda)])
+            with b.if_then(b.icmp_signed("<", m0, m1)):
+                b.call(rng, [b.sub(m1, m0), N, K, a0, lda, B, ldb, b.gep(C, [b.mul(m0, ldc)]), ldc, acc,
+                             zero, N, tid])
+    b.ret_void()
+    return fn

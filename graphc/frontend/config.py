@@ -78,8 +78,8 @@ def _optimizer(e: ast.Expr, cfg: TrainConfig) -> None:
     if not isinstance(e, ast.Call) or e.scope is not None:
         raise GraphcError("optimizer must be a call such as sgd(lr=0.1)", e.loc)
     if e.func not in OPTIMIZERS:
-        raise GraphcError(f"unknown optimizer '{e.func}'", e.loc,
-                          hint=did_you_mean(e.func, list(OPTIMIZERS)) or f"optimizers: {', '.join(OPTIMIZERS)}")
+        hint = did_you_mean(e.func, list(OPTIMIZERS)) or f"optimizers: {', '.join(OPTIMIZERS)}"
+        raise GraphcError(f"unknown optimizer '{e.func}'", e.loc, hint=hint)
     known = OPTIMIZERS[e.func]
     if e.positional:
         raise GraphcError(f"{e.func} takes keyword arguments, e.g. {e.func}(lr=0.1)", e.positional[0].loc)

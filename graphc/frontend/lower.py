@@ -42,6 +42,12 @@ def lower(module: ast.Module) -> Graph:
     return _Lowerer(module).run()
 
 
+def _not_reserved(name: str, loc: Loc) -> None:
+    """Graph leaves share one namespace with what later stages add (the `lr` input)."""
+    if name in RESERVED:
+        raise GraphcError(f"'{name}' is reserved: {RESERVED[name]}", loc)
+
+
 def _join(scope: str, name: str) -> str:
     return f"{scope}.{name}" if scope else name
 
@@ -99,6 +105,7 @@ class _Lowerer:
         return g
 
     def _stmt(self, s: ast.Stmt) -> None:
+        """One top-level statement (net, layer and train statements are read elsewhere)."""
         fr = self.top
         if isinstance(s, ast.DimDecl):
             if s.name in fr.dims:
@@ -117,8 +124,7 @@ class _Lowerer:
             self._output(s)
 
     def _input(self, s: ast.InputDecl) -> None:
-        if s.name in RESERVED:
-            raise GraphcError(f"'{s.name}' is reserved: {RESERVED[s.name]}", s.loc)
+        _not_reserved(s.name, s.loc)
         t = self._type(s.type, self.top)
         default = None
         if s.default is not None:
@@ -209,6 +215,8 @@ class _Lowerer:
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 raise GraphcError(f"{init.func}({kw.name}=...) must be a number", kw.value.loc)
             args[kw.name] = float(v)
+        if fr is self.top:
+            _not_reserved(s.name, s.loc)
         v = Value(_join(fr.scope, s.name), t)
         self._define(fr, s.name, v, s.loc)
         self.graph.params.append(Param(v, init.func, args, s.loc))
@@ -218,12 +226,14 @@ class _Lowerer:
     def _lookup(self, e: ast.Name, fr: _Frame) -> Value | Number:
         if e.id in fr.values:
             return fr.values[e.id]
+        if isinstance(fr.dims.get(e.id), int):  # a dim bound to a size is a number (x / D)
+            return fr.dims[e.id]
+        if e.id in fr.dims:
+            raise GraphcError(f"'{e.id}' is a symbolic dim; its size is not known until compile time",
+                              e.loc)
         if self._function(e.id, fr):
             raise GraphcError(f"'{e.id}' is a function; call it as {e.id}(...)", e.loc)
-        hint = did_you_mean(e.id, list(fr.values))
-        if e.id in fr.dims:
-            hint = f"'{e.id}' is a dim; dims are sizes in types, not values"
-        raise GraphcError(f"unknown name '{e.id}'", e.loc, hint=hint)
+        raise GraphcError(f"unknown name '{e.id}'", e.loc, hint=did_you_mean(e.id, list(fr.values)))
 
     def _function(self, name: str, fr: _Frame) -> str | None:
         """What a called name means: an op, a layer, or "id" (through fn arguments); None if unknown."""
@@ -288,7 +298,8 @@ class _Lowerer:
             known = list(fr.dims) + [k for k, x in fr.values.items() if not isinstance(x, Value)]
             raise GraphcError(f"unknown name '{e.id}'", e.loc, hint=did_you_mean(e.id, known))
         if isinstance(e, (ast.Neg, ast.BinOp)):
-            parts = [self._const(x, fr) for x in ([e.operand] if isinstance(e, ast.Neg) else [e.left, e.right])]
+            operands = [e.operand] if isinstance(e, ast.Neg) else [e.left, e.right]
+            parts = [self._const(x, fr) for x in operands]
             if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parts):
                 raise GraphcError("arithmetic on constants needs numbers (dims must be known)", e.loc)
             if isinstance(e, ast.Neg):

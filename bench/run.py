@@ -1,0 +1,625 @@
+"""Training benchmark: graphc against hand-written NumPy, PyTorch (eager and torch.compile) and JAX.
+
+Run from the repository root:
+
+    python bench/run.py               # full MNIST epochs, 5 repetitions (a few minutes)
+    python bench/run.py --reps 9      # more repetitions: medians steadier on a noisy machine
+    python bench/run.py --threads 1   # every framework on one thread
+    python bench/run.py --smoke       # 256 samples, 1 repetition: what the tests run
+
+For each network (mlp.net at batch 128, twolayer.net at batch 100, mlp.net at batch 8 for latency)
+every framework trains the same MLP (sizes and activation read from the .net file) from the same
+initial weights (graphc's initializers), with SGD momentum 0.9 at the model's learning rate (scaled
+by batch / the model's batch: batch 8 at lr 0.1 diverges, and the denormal floats that follow slow
+most frameworks ~100x), in float32, on the same shuffled batches. Frameworks alternate epoch by epoch within one process, so
+the machine's load changes hit all of them alike; the table shows the median epoch.
+
+Training FLOPs per step, for layers (in_i, out_i) and batch B:
+    2·B·Σ in·out (forward) + 2·B·Σ in·out (weight gradients) + 2·B·Σ_{i>1} in·out (input gradients)
+  = 6·B·Σ in·out − 2·B·in_1·out_1  (no framework computes the gradient of the data).
+% of peak is against the FP32 FMA peak measured here with a generated kernel on all threads used.
+
+Peak memory: one process's peak RSS cannot be split between frameworks, so each framework is
+measured in a fresh process that loads the data, then builds the framework and trains mlp.net a few
+steps; on Linux the peak is reset after loading the data, so the figure is the framework's own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# OpenBLAS reads these when NumPy loads it. Some environments set OPENBLAS_CORETYPE and
+# OPENBLAS_L2_SIZE for old OpenBLAS builds; with the current one they select a slower kernel.
+UNSET_ENV = {k: os.environ.pop(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+
+
+def _threads_from_argv() -> int | None:
+    """--threads, read before NumPy and PyTorch load: their BLAS/OpenMP pools size themselves then."""
+    for i, arg in enumerate(sys.argv):
+        if arg == "--threads" and i + 1 < len(sys.argv):
+            return int(sys.argv[i + 1])
+        if arg.startswith("--threads="):
+            return int(arg.split("=", 1)[1])
+    return None
+
+
+if (_n := _threads_from_argv()) is not None:
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = str(_n)
+    if _n == 1:  # XLA's CPU client has no thread-count setting, only "one thread or all"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                                   " intra_op_parallelism_threads=1").strip()
+
+import argparse  # noqa: E402
+import concurrent.futures  # noqa: E402
+import ctypes  # noqa: E402
+import importlib.util  # noqa: E402
+import multiprocessing  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Protocol  # noqa: E402
+
+import llvmlite.binding as llvm  # noqa: E402
+import numpy as np  # noqa: E402
+from llvmlite import ir  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # so bench.numpy_baseline imports from any working directory
+
+from bench.numpy_baseline import NumpyMLP  # noqa: E402
+from graphc.codegen.target import Target, host_target  # noqa: E402
+from graphc.driver import compile_graph, load, train_graph  # noqa: E402
+from graphc.runtime.data import load_dataset  # noqa: E402
+from graphc.runtime.init import init_params  # noqa: E402
+from graphc.runtime.trainer import data_inputs, fit_features  # noqa: E402
+
+MOMENTUM = 0.9
+SEED = 0
+WARMUP_STEPS = 3      # first calls JIT-compile (JAX, torch.compile) and fault pages in
+SMOKE_SAMPLES = 256
+MEMORY_STEPS = 20     # peak RSS is reached within a few steps
+ACTIVATIONS = ("relu", "sigmoid")
+
+
+@dataclass(frozen=True)
+class Network:
+    model: str  # path relative to the repository root
+    batch: int
+
+    @property
+    def label(self) -> str:
+        return f"{Path(self.model).name} b{self.batch}"
+
+
+NETWORKS = [Network("models/mlp.net", 128), Network("models/twolayer.net", 100),
+            Network("models/mlp.net", 8)]
+LATENCY = NETWORKS[2]
+
+
+# ---- the machine ----------------------------------------------------------------------------
+
+def cpu_name() -> str:
+    """The CPU's marketing name (from /proc/cpuinfo) and LLVM's name for it."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} (LLVM: {host_target().cpu})"
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+FMA_CHAINS = 12   # independent accumulators: enough to cover FMA latency x FMA ports on x86 and ARM
+FMA_UNROLL = 4
+_FMA_FN = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_float, ctypes.c_float,
+                           ctypes.POINTER(ctypes.c_float))
+
+
+def _fma_module(target: Target) -> tuple[ir.Module, int]:
+    """`fma_peak(n, a, c, out)`: n iterations of FMA_UNROLL x FMA_CHAINS vector FMAs; flops per iteration.
+
+    a and c are run-time arguments so LLVM cannot fold the chains; the sum is stored so it cannot drop them.
+    """
+    lanes = target.lanes("f32")
+    f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+    vec = ir.VectorType(f32, lanes)
+    module = ir.Module()
+    module.triple = target.triple
+    fma = ir.Function(module, ir.FunctionType(vec, [vec] * 3), f"llvm.fma.v{lanes}f32")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [i64, f32, f32, f32.as_pointer()]), "fma_peak")
+    n, a, c, out = fn.args
+    entry, loop, done = (fn.append_basic_block(s) for s in ("entry", "loop", "done"))
+    b = ir.IRBuilder(entry)
+    zeros = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+
+    def splat(x: ir.Value) -> ir.Value:
+        return b.shuffle_vector(b.insert_element(ir.Constant(vec, ir.Undefined), x, ir.Constant(i32, 0)),
+                                ir.Constant(vec, ir.Undefined), zeros)
+
+    va, vc = splat(a), splat(c)
+    b.branch(loop)
+    b.position_at_end(loop)
+    i = b.phi(i64)
+    accs = [b.phi(vec) for _ in range(FMA_CHAINS)]
+    cur = list(accs)
+    for _ in range(FMA_UNROLL):
+        cur = [b.call(fma, [x, va, vc]) for x in cur]
+    i_next = b.add(i, ir.Constant(i64, 1))
+    i.add_incoming(ir.Constant(i64, 0), entry)
+    i.add_incoming(i_next, loop)
+    for phi, x in zip(accs, cur):
+        phi.add_incoming(vc, entry)
+        phi.add_incoming(x, loop)
+    b.cbranch(b.icmp_unsigned("<", i_next, n), loop, done)
+    b.position_at_end(done)
+    total = cur[0]
+    for x in cur[1:]:
+        total = b.fadd(total, x)
+    b.store(b.extract_element(total, ir.Constant(i32, 0)), out)
+    b.ret_void()
+    return module, 2 * lanes * FMA_CHAINS * FMA_UNROLL
+
+
+def fma_peak(threads_list: list[int], seconds: float = 0.2) -> dict[int, float]:
+    """Measured FP32 FMA GFLOP/s on 1..n threads (best of 3 runs of ~`seconds` each).
+
+    Each thread runs the kernel through ctypes, which releases the GIL, so the threads run in parallel.
+    """
+    target = host_target()
+    module, flops_per_iter = _fma_module(target)
+    mod = llvm.parse_assembly(str(module))
+    engine = llvm.create_mcjit_compiler(mod, target.target_machine())
+    engine.finalize_object()
+    kernel = _FMA_FN(engine.get_function_address("fma_peak"))
+    sink = ctypes.c_float()
+
+    def run(threads: int, iters: int) -> float:
+        workers = [threading.Thread(target=kernel, args=(iters, 0.999, 1e-3, ctypes.byref(sink)))
+                   for _ in range(threads)]
+        t0 = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return time.perf_counter() - t0
+
+    probe = 100_000
+    iters = max(probe, int(probe * seconds / run(1, probe)))
+    return {t: max(t * iters * flops_per_iter / run(t, iters) for _ in range(3)) / 1e9 for t in threads_list}
+
+
+def blas_info() -> str:
+    """Which BLAS library and kernel NumPy runs (via threadpoolctl, when installed)."""
+    if importlib.util.find_spec("threadpoolctl") is None:
+        return "NumPy BLAS kernel: unknown (threadpoolctl not installed)"
+    from threadpoolctl import threadpool_info
+    pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    return "; ".join(f"NumPy BLAS: {p['internal_api']} {p.get('version')}, kernel {p.get('architecture')}, "
+                     f"{p['num_threads']} threads" for p in pools) or "NumPy BLAS: none found"
+
+
+# ---- the problem every framework solves -----------------------------------------------------
+
+@dataclass
+class Problem:
+    """One network at one batch size, its data, and the initial weights every framework starts from."""
+
+    net: Network
+    prog: Any                      # graphc Program
+    sizes: list[int]               # [in, hidden..., out]
+    act: str                       # relu | sigmoid
+    init: dict[str, np.ndarray]    # graphc's initial params, declaration order: W1, b1, W2, b2, ...
+    x: np.ndarray                  # [N, in] float32
+    y: np.ndarray                  # [N] int32
+    lr: float
+
+    @property
+    def batch(self) -> int:
+        return self.net.batch
+
+    @property
+    def steps(self) -> int:
+        return len(self.x) // self.batch  # the trainer drops the remainder too
+
+    def flops_per_step(self) -> float:
+        dims = list(zip(self.sizes, self.sizes[1:]))
+        return 6.0 * self.batch * sum(a * b for a, b in dims) - 2.0 * self.batch * dims[0][0] * dims[0][1]
+
+
+def mlp_shape(prog: Any, init: dict[str, np.ndarray]) -> tuple[list[int], str]:
+    """Layer sizes and activation of an MLP model; raises if the model is not a plain MLP."""
+    arrays = list(init.values())
+    ws, bs = arrays[0::2], arrays[1::2]
+    ok = len(ws) == len(bs) and all(w.ndim == 2 and b.shape == (w.shape[1],) for w, b in zip(ws, bs))
+    ok = ok and all(w1.shape[1] == w2.shape[0] for w1, w2 in zip(ws, ws[1:]))
+    acts = {n.op for n in prog.graph.nodes} & set(ACTIVATIONS)
+    if not ok or len(acts) != 1:
+        raise SystemExit(f"{prog.path}: the benchmark's peers implement MLPs with params W1, b1, W2, b2, ... "
+                         f"and one activation of {ACTIVATIONS}")
+    return [ws[0].shape[0]] + [w.shape[1] for w in ws], acts.pop()
+
+
+def make_problem(net: Network, data: Any, samples: int | None) -> Problem:
+    prog = load(ROOT / net.model)
+    init = init_params(prog.graph.params, prog.train.seed)
+    sizes, act = mlp_shape(prog, init)
+    xin, _ = data_inputs(prog.graph)
+    x = fit_features(data.x_train[:samples], xin, data.name).reshape(-1, sizes[0])
+    lr = float(prog.train.opt_args["lr"]) * net.batch / prog.train.batch  # the linear scaling rule
+    return Problem(net, prog, sizes, act, init, x, data.y_train[:samples], lr)
+
+
+# ---- the frameworks -------------------------------------------------------------------------
+
+class Trainer(Protocol):
+    """What the benchmark needs of a framework (built from a Problem and a thread count)."""
+
+    def step(self, idx: np.ndarray) -> Any:
+        """One training step on samples `idx`; returns the loss (possibly a lazy device value)."""
+
+    def mean(self, losses: list[Any]) -> float:
+        """The mean of step losses as a float, waiting for any pending work."""
+
+
+class Graphc:
+    """The compiled step from the driver, fed exactly like graphc's trainer feeds it."""
+
+    def __init__(self, p: Problem, threads: int | None) -> None:
+        g = train_graph(p.prog, p.batch, "sgd", {"lr": p.lr, "momentum": MOMENTUM})
+        params = {k: a.copy() for k, a in p.init.items()}
+        self.cold = compile_graph(g, params, use_cache=False, threads=threads).seconds
+        warm = compile_graph(g, params, threads=threads)
+        if not warm.cache_hit:  # the first cached compile of this graph wrote the cache entry
+            warm = compile_graph(g, params, threads=threads)
+        self.warm = warm.seconds
+        self.run = warm.step.run
+        xin, yin = data_inputs(p.prog.graph)
+        self.xb, self.yb = warm.step.inputs[xin.value.name], warm.step.inputs[yin.value.name]
+        warm.step.inputs["lr"][...] = p.lr
+        self.x, self.y, self.loss = p.x.reshape((-1,) + self.xb.shape[1:]), p.y, p.prog.graph.loss
+
+    def step(self, idx: np.ndarray) -> float:
+        np.take(self.x, idx, axis=0, out=self.xb)
+        np.take(self.y, idx, axis=0, out=self.yb)
+        return float(self.run()[self.loss])
+
+    def mean(self, losses: list[float]) -> float:
+        return float(np.mean(losses))
+
+
+class NumpyBaseline:
+    """bench/numpy_baseline.py, started from graphc's initial weights."""
+
+    def __init__(self, p: Problem) -> None:
+        self.mlp = NumpyMLP(p.sizes, p.act, p.lr, MOMENTUM, SEED)
+        self.mlp.params = [a.copy() for a in p.init.values()]
+        self.x, self.y = p.x, p.y
+        self.xb = np.empty((p.batch, p.sizes[0]), np.float32)
+        self.yb = np.empty(p.batch, np.int32)
+
+    def step(self, idx: np.ndarray) -> float:
+        np.take(self.x, idx, axis=0, out=self.xb)
+        np.take(self.y, idx, axis=0, out=self.yb)
+        return self.mlp.step(self.xb, self.yb)
+
+    def mean(self, losses: list[float]) -> float:
+        return float(np.mean(losses))
+
+
+class TorchMLP:
+    """PyTorch: addmm layers, cross-entropy and torch.optim.SGD, eager or under torch.compile."""
+
+    def __init__(self, p: Problem, compiled: bool, threads: int | None) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch, self.F = torch, F
+        self.act = torch.relu if p.act == "relu" else torch.sigmoid
+        self.params = [torch.tensor(a, requires_grad=True) for a in p.init.values()]
+        self.opt = torch.optim.SGD(self.params, lr=p.lr, momentum=MOMENTUM)
+        self.x, self.y = p.x, p.y.astype(np.int64)  # cross_entropy wants int64 labels
+        self.xb = np.empty((p.batch, p.sizes[0]), np.float32)
+        self.yb = np.empty(p.batch, np.int64)
+        self.txb, self.tyb = torch.from_numpy(self.xb), torch.from_numpy(self.yb)  # views: no copy
+        self.loss_fn = torch.compile(self._loss) if compiled else self._loss
+        self.update = torch.compile(self.opt.step) if compiled else self.opt.step
+
+    def _loss(self, x: Any, y: Any) -> Any:
+        h, n = x, len(self.params) // 2
+        for i in range(n):
+            h = self.torch.addmm(self.params[2 * i + 1], h, self.params[2 * i])
+            if i < n - 1:
+                h = self.act(h)
+        return self.F.cross_entropy(h, y)
+
+    def step(self, idx: np.ndarray) -> Any:
+        np.take(self.x, idx, axis=0, out=self.xb)
+        np.take(self.y, idx, axis=0, out=self.yb)
+        loss = self.loss_fn(self.txb, self.tyb)
+        self.opt.zero_grad()
+        loss.backward()
+        self.update()
+        return loss.detach()
+
+    def mean(self, losses: list[Any]) -> float:
+        return float(self.torch.stack(losses).mean())
+
+
+class JaxMLP:
+    """JAX: one jitted step (forward, grad, momentum update), fed host batches like the others."""
+
+    def __init__(self, p: Problem) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        act = jax.nn.relu if p.act == "relu" else jax.nn.sigmoid
+        lr = p.lr
+
+        def loss_fn(params: list, x: Any, y: Any) -> Any:
+            h, n = x, len(params) // 2
+            for i in range(n):
+                h = h @ params[2 * i] + params[2 * i + 1]
+                if i < n - 1:
+                    h = act(h)
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(h), y[:, None], axis=1))
+
+        def step(params: list, vel: list, x: Any, y: Any) -> tuple[list, list, Any]:
+            loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+            vel = [MOMENTUM * v + g for v, g in zip(vel, grads)]
+            return [w - lr * v for w, v in zip(params, vel)], vel, loss
+
+        self.jnp = jnp
+        self._step = jax.jit(step, donate_argnums=(0, 1))  # params and velocities update in place
+        self.params = [jnp.asarray(a) for a in p.init.values()]
+        self.vel = [jnp.zeros_like(a) for a in self.params]
+        self.x, self.y = p.x, p.y
+
+    def step(self, idx: np.ndarray) -> Any:
+        # Fresh arrays, not reused buffers: on CPU JAX may read a NumPy array in place while the
+        # step runs asynchronously, so refilling one buffer could change a batch still in use.
+        self.params, self.vel, loss = self._step(self.params, self.vel, self.x[idx], self.y[idx])
+        return loss
+
+    def mean(self, losses: list[Any]) -> float:
+        return float(self.jnp.mean(self.jnp.stack(losses)))  # waits for the queued steps
+
+
+Factory = Callable[[Problem, int | None], Trainer]
+
+# name -> (module it needs, how to build it)
+FRAMEWORKS: dict[str, tuple[str | None, Factory]] = {
+    "graphc": (None, Graphc),
+    "numpy": (None, lambda p, t: NumpyBaseline(p)),
+    "pytorch": ("torch", lambda p, t: TorchMLP(p, False, t)),
+    "torch.compile": ("torch", lambda p, t: TorchMLP(p, True, t)),
+    "jax": ("jax", lambda p, t: JaxMLP(p)),
+}
+
+
+def missing(name: str) -> str | None:
+    """Why framework `name` cannot run here, or None."""
+    module = FRAMEWORKS[name][0]
+    if module and importlib.util.find_spec(module) is None:
+        return f"{module} is not installed (pip install {module})"
+    return None
+
+
+# ---- measuring ------------------------------------------------------------------------------
+
+def run_epoch(fw: Trainer, order: np.ndarray, batch: int) -> tuple[float, float]:
+    """(seconds, mean loss) of one epoch over the batches of `order`."""
+    t0 = time.perf_counter()
+    losses = [fw.step(order[i:i + batch]) for i in range(0, len(order) - batch + 1, batch)]
+    loss = fw.mean(losses)
+    return time.perf_counter() - t0, loss
+
+
+def step_latency_us(fw: Trainer, order: np.ndarray, batch: int, steps: int) -> float:
+    """Median wall time of one training step, waiting for its loss as a float each time.
+
+    The batches change from step to step: repeating one batch overfits it, and the denormal floats in
+    its vanishing gradients would slow down the frameworks that do not flush them to zero.
+    """
+    times = []
+    for i in range(min(steps, len(order) // batch)):
+        idx = order[i * batch:(i + 1) * batch]
+        t0 = time.perf_counter()
+        float(fw.step(idx))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+@dataclass
+class Result:
+    framework: str
+    seconds: list[float] = field(default_factory=list)
+    loss: float = float("nan")
+    compile_cold: float | None = None
+    compile_warm: float | None = None
+    latency_us: float | None = None
+
+
+def bench_network(p: Problem, names: list[str], reps: int, threads: int | None, latency_steps: int,
+                  skip: Callable[[str, str], None]) -> dict[str, Result]:
+    """Build every framework on `p`, then time `reps` epochs of each, alternating between them,
+    then (if `latency_steps`) the latency of single steps."""
+    trainers: dict[str, Trainer] = {}
+    results: dict[str, Result] = {}
+    warm_idx = np.arange(p.batch)
+    for name in names:
+        try:
+            fw = FRAMEWORKS[name][1](p, threads)
+            for _ in range(WARMUP_STEPS):
+                fw.mean([fw.step(warm_idx)])
+        except Exception as e:  # a peer that fails (e.g. torch.compile without a compiler) is skipped
+            if name == "graphc":
+                raise
+            skip(name, f"failed on {p.net.label}: {type(e).__name__}: {str(e).strip().splitlines()[0][:160]}")
+            continue
+        trainers[name] = fw
+        results[name] = Result(name, compile_cold=getattr(fw, "cold", None),
+                               compile_warm=getattr(fw, "warm", None))
+    for rep in range(reps):
+        order = np.random.default_rng(SEED + 1 + rep).permutation(len(p.x))  # same batches for all
+        for name, fw in trainers.items():
+            seconds, loss = run_epoch(fw, order, p.batch)
+            results[name].seconds.append(seconds)
+            results[name].loss = loss
+    order = np.random.default_rng(SEED + 1 + reps).permutation(len(p.x))
+    for name, fw in trainers.items() if latency_steps else ():
+        results[name].latency_us = step_latency_us(fw, order, p.batch, latency_steps)
+    return results
+
+
+def _proc_status_mib(key: str) -> float | None:
+    """A memory figure (VmRSS, VmHWM) of this process from /proc, where there is one."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. Linux's VmHWM first: unlike getrusage's ru_maxrss, it
+    does not carry over the size of the parent that spawned this process, and it can be reset."""
+    hwm = _proc_status_mib("VmHWM")
+    if hwm is not None:
+        return hwm
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB elsewhere
+
+
+def reset_peak_rss() -> float:
+    """Restart the peak-memory count from the current RSS where Linux allows it; returns the start."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset VmHWM to VmRSS
+        return _proc_status_mib("VmRSS") or peak_rss_mib()
+    except OSError:
+        return peak_rss_mib()
+
+
+def probe_rss(name: str, net: Network, samples: int | None, threads: int | None) -> tuple[float, float]:
+    """(MiB resident with the data loaded, peak MiB while framework `name` builds and trains a few steps)."""
+    p = make_problem(net, load_dataset("mnist"), samples)
+    start = reset_peak_rss()
+    fw = FRAMEWORKS[name][1](p, threads)
+    fw.mean([fw.step(np.arange(i, i + p.batch) % len(p.x)) for i in range(MEMORY_STEPS)])
+    return start, peak_rss_mib()
+
+
+def measure_rss(names: list[str], net: Network, samples: int | None,
+                threads: int | None) -> dict[str, tuple[float, float]]:
+    """probe_rss for each framework, each in a fresh spawned process."""
+    out = {}
+    ctx = multiprocessing.get_context("spawn")
+    for name in names:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            out[name] = pool.submit(probe_rss, name, net, samples, threads).result()
+    return out
+
+
+# ---- reporting ------------------------------------------------------------------------------
+
+def print_table(rows: list[tuple[Problem, dict[str, Result]]], peak: float) -> None:
+    head = (f"{'network':18} {'framework':14} {'s/epoch':>9} {'x graphc':>9} {'GFLOP/s':>8} {'% peak':>7} "
+            f"{'loss':>7} {'compile cold/warm s':>20}")
+    print(head)
+    print("-" * len(head))
+    for p, results in rows:
+        base = statistics.median(results["graphc"].seconds)
+        for r in results.values():
+            s = statistics.median(r.seconds)
+            gflops = p.steps * p.flops_per_step() / s / 1e9
+            comp = f"{r.compile_cold:.3f} / {r.compile_warm:.3f}" if r.compile_cold is not None else "-"
+            print(f"{p.net.label:18} {r.framework:14} {s:9.4f} {s / base:9.2f} {gflops:8.1f} "
+                  f"{100 * gflops / peak:6.1f}% {r.loss:7.4f} {comp:>20}")
+
+
+def print_latency(results: dict[str, Result]) -> None:
+    base = results["graphc"].latency_us
+    print(f"\nbatch-{LATENCY.batch} step latency (median µs of one step and its loss, {LATENCY.model}):")
+    for name, r in results.items():
+        print(f"  {name:14} {r.latency_us:8.1f} µs  ({r.latency_us / base:.2f}x graphc)")
+
+
+def print_memory(rss: dict[str, tuple[float, float]]) -> None:
+    print(f"\npeak RSS of a fresh process that loads MNIST, then builds the framework and trains "
+          f"{NETWORKS[0].label} for {MEMORY_STEPS} steps:")
+    for name, (start, peak) in rss.items():
+        print(f"  {name:14} {peak:6.0f} MiB  (+{peak - start:.0f} over the {start:.0f} MiB "
+              f"resident with the data loaded)")
+
+
+def machine(threads: int, smoke: bool) -> float:
+    """Print what the machine is and runs; returns its measured FMA peak on `threads` threads."""
+    print(f"CPU: {cpu_name()}, {cores()} cores; Python {platform.python_version()}, NumPy {np.__version__}")
+    if UNSET_ENV:
+        print("unset " + ", ".join(f"{k}={v}" for k, v in UNSET_ENV.items()) + " (they slow NumPy's OpenBLAS)")
+    print(blas_info())
+    peaks = fma_peak(sorted({1, threads}), seconds=0.05 if smoke else 0.2)
+    print("FP32 FMA peak (generated kernel): "
+          + ", ".join(f"{t} thread{'s' * (t > 1)} {g:.1f} GFLOP/s" for t, g in peaks.items()))
+    return peaks[threads]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=5, help="timed epochs per framework and network (default 5)")
+    ap.add_argument("--smoke", action="store_true",
+                    help=f"{SMOKE_SAMPLES} training samples and 1 repetition: checks that everything runs")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for graphc and every peer (default: all cores)")
+    args = ap.parse_args()
+    reps = 1 if args.smoke else args.reps
+    samples = SMOKE_SAMPLES if args.smoke else None
+    threads_used = args.threads or cores()
+    peak = machine(threads_used, args.smoke)
+
+    names = list(FRAMEWORKS)
+
+    def skip(name: str, why: str) -> None:
+        print(f"skipped {name}: {why}")
+        names.remove(name)
+
+    for name in FRAMEWORKS:
+        if why := missing(name):
+            skip(name, why)
+
+    data = load_dataset("mnist")
+    rows = []
+    for net in NETWORKS:
+        p = make_problem(net, data, samples)
+        print(f"{net.label}: {p.sizes} {p.act}, lr {p.lr}, {p.steps} steps/epoch, "
+              f"{p.flops_per_step() * p.steps / 1e9:.2f} GFLOP/epoch ...", flush=True)
+        latency_steps = (20 if args.smoke else 2000) if net == LATENCY else 0
+        rows.append((p, bench_network(p, list(names), reps, args.threads, latency_steps, skip)))
+    ran = list(rows[0][1])
+    print(f"peak RSS: {len(ran)} fresh processes ...", flush=True)
+    rss = measure_rss(ran, NETWORKS[0], samples, args.threads)
+
+    print(f"\nmedian of {reps} epoch{'s' * (reps > 1)}; training FLOPs/step = 6·B·Σ in·out − 2·B·in_1·out_1; "
+          f"% of the {threads_used}-thread peak {peak:.1f} GFLOP/s; x graphc = s/epoch ÷ graphc's")
+    print_table(rows, peak)
+    print_latency(next(results for p, results in rows if p.net == LATENCY))
+    print_memory(rss)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""LLVM IR of the native worker pool: threads parked in generated code, and the call that uses them.
+
+`graphc_pool_worker(tid)` is entered once by each worker thread (ctypes releases the GIL) and
+never returns until `graphc_pool_stop()`. `graphc_pool_run(task, arg, n)` posts `task(arg, t, n)`
+for t = 1..n-1 to the workers, runs t = 0 itself and waits: posting a job is a few atomic
+instructions, so splitting a GEMM costs microseconds, not a Python thread hand-off (~65 us).
+An idle worker spins briefly, then sleeps on a futex, so it never burns a core between steps.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from graphc.codegen.target import Target
+
+I8P = ir.IntType(8).as_pointer()
+I32, I64 = ir.IntType(32), ir.IntType(64)
+TASK = ir.FunctionType(ir.VoidType(), [I8P, I64, I64]).as_pointer()
+RUN = ir.FunctionType(ir.VoidType(), [TASK, I8P, I64])
+SPINS = 20000          # ~tens of microseconds of spinning before a worker sleeps
+SYS_FUTEX, FUTEX_WAIT, FUTEX_WAKE = 202, 128, 129  # Linux x86-64, private futexes
+
+
+def build_pool(target: Target) -> ir.Module:
+    m = ir.Module("graphc_pool")
+    m.triple = target.triple
+
+    def glob(name: str, t: ir.Type) -> ir.GlobalVariable:
+        g = ir.GlobalVariable(m, t, name)
+        g.initializer = ir.Constant(t, None)
+        return g
+
+    seq, done, quit_ = glob("seq", I32), glob("done", I64), glob("quit", I32)
+    sleepers, workers = glob("sleepers", I32), glob("workers", I64)
+    task, arg, nthreads = glob("task", TASK), glob("arg", I8P), glob("nthreads", I64)
+    syscall = ir.Function(m, ir.FunctionType(I64, [I64], var_arg=True), "syscall")
+    pause = (ir.Function(m, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+             if target.triple.startswith("x86_64") else None)
+
+    def relax(b):
+        if pause:
+            b.call(pause, [])
+
+    # worker(tid): wait for a new job number, run the task if it has a part for us, count done
+    w = ir.Function(m, ir.FunctionType(ir.VoidType(), [I64]), "graphc_pool_worker")
+    tid = w.args[0]
+    entry, wait, sleep, run, leave = (w.append_basic_block(n) for n in ("entry", "wait", "sleep", "run", "leave"))
+    b = ir.IRBuilder(entry)
+    seen = b.alloca(I32)
+    spins = b.alloca(I32)
+    b.store(b.load_atomic(seq, "acquire", 4), seen)
+    b.store(ir.Constant(I32, 0), spins)
+    b.branch(wait)
+    b.position_at_end(wait)
+    b.cbranch(b.icmp_unsigned("!=", b.load_atomic(quit_, "acquire", 4), ir.Constant(I32, 0)), leave,
+              w.append_basic_block("poll"))
+    b.position_at_end(w.blocks[-1])
+    now = b.load_atomic(seq, "acquire", 4)
+    fresh = w.append_basic_block("spin")
+    b.cbranch(b.icmp_unsigned("!=", now, b.load(seen)), run, fresh)
+    b.position_at_end(fresh)
+    relax(b)
+    n = b.add(b.load(spins), ir.Constant(I32, 1))
+    b.store(n, spins)
+    b.cbranch(b.icmp_unsigned("<", n, ir.Constant(I32, SPINS)), wait, sleep)
+    b.position_at_end(sleep)
+    b.store(ir.Constant(I32, 0), spins)
+    # sleeps only while seq still equals what we saw: a job posted meanwhile is never missed
+    b.atomic_rmw("add", sleepers, ir.Constant(I32, 1), "seq_cst")
+    b.call(syscall, [ir.Constant(I64, SYS_FUTEX), seq, ir.Constant(I32, FUTEX_WAIT), b.load(seen),
+                     ir.Constant(I8P, None)])
+    b.atomic_rmw("sub", sleepers, ir.Constant(I32, 1), "seq_cst")
+    b.branch(wait)
+    b.position_at_end(run)
+    b.store(now, seen)
+    b.store(ir.Constant(I32, 0), spins)
+    n_t = b.load_atomic(nthreads, "acquire", 8)
+    has_part = w.append_basic_block("part")
+    counted = w.append_basic_block("counted")
+    b.cbranch(b.icmp_signed("<", tid, n_t), has_part, counted)
+    b.position_at_end(has_part)
+    b.call(b.load_atomic(task, "acquire", 8), [b.load_atomic(arg, "acquire", 8), tid, n_t])
+    b.branch(counted)
+    b.position_at_end(counted)
+    b.atomic_rmw("add", done, ir.Constant(I64, 1), "release")
+    b.branch(wait)
+    b.position_at_end(leave)
+    b.ret_void()
+
+    def post(b):
+        """Bump the job number; wake sleepers (a sleeper that counted itself after this bump sees
+        the new number in FUTEX_WAIT and returns at once)."""
+        b.atomic_rmw("add", seq, ir.Constant(I32, 1), "seq_cst")
+        with b.if_then(b.icmp_unsigned("!=", b.load_atomic(sleepers, "seq_cst", 4), ir.Constant(I32, 0))):
+            b.call(syscall, [ir.Constant(I64, SYS_FUTEX), seq, ir.Constant(I32, FUTEX_WAKE),
+                             ir.Constant(I32, 2 ** 31 - 1)])
+
+    # init(n): the number of workers started (each counts every job it sees)
+    f = ir.Function(m, ir.FunctionType(ir.VoidType(), [I64]), "graphc_pool_init")
+    b = ir.IRBuilder(f.append_basic_block("entry"))
+    b.store_atomic(f.args[0], workers, "release", 8)
+    b.ret_void()
+
+    # run(task, arg, n): post to all workers, do part 0, wait until every worker counted the job
+    r = ir.Function(m, RUN, "graphc_pool_run")
+    t_fn, t_arg, t_n = r.args
+    b = ir.IRBuilder(r.append_basic_block("entry"))
+    target_done = b.add(b.load_atomic(done, "acquire", 8), b.load_atomic(workers, "acquire", 8))
+    b.store_atomic(t_fn, task, "release", 8)
+    b.store_atomic(t_arg, arg, "release", 8)
+    b.store_atomic(t_n, nthreads, "release", 8)
+    post(b)
+    b.call(t_fn, [t_arg, ir.Constant(I64, 0), t_n])
+    spin, out = r.append_basic_block("spin"), r.append_basic_block("out")
+    b.branch(spin)
+    b.position_at_end(spin)
+    relax(b)
+    b.cbranch(b.icmp_signed("<", b.load_atomic(done, "acquire", 8), target_done), spin, out)
+    b.position_at_end(out)
+    b.ret_void()
+
+    s = ir.Function(m, ir.FunctionType(ir.VoidType(), []), "graphc_pool_stop")
+    b = ir.IRBuilder(s.append_basic_block("entry"))
+    b.store_atomic(ir.Constant(I32, 1), quit_, "release", 4)
+    post(b)
+    b.ret_void()
+    return m
