@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import graphc
 from graphc.autodiff.step import gradient_graph, training_graph
 from graphc.codegen.gemm import MAX_THREADS
-from graphc.codegen.jit import compile_cached
+from graphc.codegen.jit import compile_cached, source_hash
 from graphc.codegen.module import build_module
 from graphc.codegen.target import Target, host_target
 from graphc.frontend import Program, load
@@ -69,7 +68,7 @@ def compile_graph(g: Graph, params: dict[str, np.ndarray] | None = None,
     target = target or host_target()
     threads = max(1, min(threads or default_threads(), MAX_THREADS))
     sched = schedule(g)
-    key = hashlib.sha256("\n".join([graphc.__version__, target.key(), f"threads={threads}",
+    key = hashlib.sha256("\n".join([source_hash(), target.key(), f"threads={threads}",
                                     dumps(sched.graph), print_schedule(sched)]).encode()).hexdigest()
     native, hit = compile_cached(key, lambda: build_module(sched, target, ENTRY, threads), target, use_cache)
     step = Step(sched, native, ENTRY, params, pool(threads) if threads > 1 else None)

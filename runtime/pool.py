@@ -13,9 +13,8 @@ import hashlib
 import os
 import threading
 
-import graphc
 
-from graphc.codegen.jit import compile_cached
+from graphc.codegen.jit import compile_cached, source_hash
 from graphc.codegen.pool import build_pool
 from graphc.codegen.target import host_target
 
@@ -23,7 +22,7 @@ from graphc.codegen.target import host_target
 class Pool:
     def __init__(self, threads: int) -> None:
         target = host_target()
-        key = hashlib.sha256(f"{graphc.__version__}|{target.key()}|pool".encode()).hexdigest()
+        key = hashlib.sha256(f"{source_hash()}|{target.key()}|pool".encode()).hexdigest()
         self.native, _ = compile_cached(key, lambda: build_pool(target), target)
         self.threads = threads
         addr = self.native.address

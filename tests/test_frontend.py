@@ -46,7 +46,7 @@ def test_mlp_layers_are_inlined_with_scoped_params():
     assert g.outputs["loss"] is g.nodes[8].out
     t = p.train
     assert (t.optimizer, t.opt_args, t.batch, t.epochs, t.seed, t.data) == \
-        ("sgd", {"lr": 0.1, "momentum": 0.9}, 128, 8, 0, "mnist")
+        ("sgd", {"lr": 0.05, "momentum": 0.9}, 128, 10, 0, "mnist")
 
 
 def test_twolayer_is_the_blog_net():

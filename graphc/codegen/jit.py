@@ -7,6 +7,7 @@ entry is rebuilt, never trusted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -16,9 +17,21 @@ from typing import Callable
 import llvmlite.binding as llvm
 from llvmlite import ir
 
+import graphc
+
 from graphc.codegen.target import Target
 
 _MAGIC = b"graphc-obj1"
+
+
+@functools.cache
+def source_hash() -> str:
+    """A hash of graphc's own code, part of every cache key: a cached object never outlives a
+    change to the compiler that made it."""
+    h = hashlib.sha256(graphc.__version__.encode())
+    for f in sorted(Path(graphc.__file__).parent.rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def cache_dir() -> Path:

@@ -13,7 +13,7 @@ import math
 from llvmlite import ir
 
 from graphc.codegen.gemm import blocking, define_gemm
-from graphc.codegen.pool import RUN, TASK
+from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_mxcsr
 from graphc.codegen.kernels import emit_loop_kernel, for_range
 from graphc.codegen.scalar import LLTYPES
 from graphc.codegen.target import Target
@@ -34,6 +34,7 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
     step = ir.Function(m, ir.FunctionType(ir.VoidType(), [I8P.as_pointer()]), entry)
     b = ir.IRBuilder(step.append_basic_block("entry"))
     table = step.args[0]
+    mxcsr = flush_denormals(b)
     bases = [b.load(b.gep(table, [ir.Constant(I64, i)])) for i in range(len(s.plan.buffers))]
     run = None
     if threads > 1:
@@ -65,6 +66,7 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
         else:
             _emit_kernel(m, fn, k, arg_of, target)
             b.call(fn, [pointer(v) for v in args])
+    restore_mxcsr(b, mxcsr)
     b.ret_void()
     return m
 
