@@ -70,9 +70,8 @@ import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # so bench.numpy_baseline imports from any working directory
 
-from bench.numpy_baseline import NumpyMLP  # noqa: E402
+from numpy_baseline import NumpyMLP  # noqa: E402  (bench/ is on sys.path as the script's folder)
 from graphc.codegen.target import Target, host_target  # noqa: E402
 from graphc.driver import compile_graph, load, train_graph  # noqa: E402
 from graphc.runtime.data import load_dataset  # noqa: E402
