@@ -16,12 +16,12 @@ import functools  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-import llvmlite.binding as llvm  # noqa: E402
 import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from graphc.codegen.gemm import blocking, define_gemm  # noqa: E402
+from graphc.codegen.jit import Native, emit  # noqa: E402
 from graphc.codegen.target import host_target  # noqa: E402
 
 # (label, M, N, K, trans_a, trans_b)
@@ -43,14 +43,8 @@ def compile_kernels():
     module.triple = target.triple
     variants = [(ta, tb) for ta in (False, True) for tb in (False, True)]
     names = {v: define_gemm(module, target, "f32", *v).name for v in variants}
-    tm = target.target_machine()
-    mod = llvm.parse_assembly(str(module))
-    mod.verify()
-    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
-    pb.getModulePassManager().run(mod, pb)
-    engine = llvm.create_mcjit_compiler(mod, tm)
-    engine.finalize_object()
-    return engine, {v: _GEMM(engine.get_function_address(n)) for v, n in names.items()}
+    native = Native(emit(module, target), target)
+    return native, {v: _GEMM(native.address(n)) for v, n in names.items()}
 
 
 def median_seconds(fns, reps: int = 30) -> list[float]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphc.autodiff.step import gradient_graph, training_graph
+from graphc.autodiff.step import training_graph
 from graphc.codegen.gemm import MAX_THREADS
 from graphc.codegen.jit import compile_cached, source_hash
 from graphc.codegen.module import build_module

@@ -9,6 +9,7 @@ import pytest
 from llvmlite import ir
 
 from graphc.codegen.gemm import blocking, define_gemm
+from graphc.codegen.jit import Native, emit
 from graphc.codegen.target import Target, host_target
 
 VARIANTS = [(False, False), (False, True), (True, False), (True, True)]
@@ -32,15 +33,9 @@ def kernels(target: Target, dtype: str) -> dict:
     module = ir.Module()
     module.triple = target.triple
     names = {v: define_gemm(module, target, dtype, *v).name for v in VARIANTS}
-    tm = target.target_machine()
-    mod = llvm.parse_assembly(str(module))
-    mod.verify()
-    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
-    pb.getModulePassManager().run(mod, pb)
-    engine = llvm.create_mcjit_compiler(mod, tm)
-    engine.finalize_object()
-    _engines.append(engine)
-    return {v: _GEMM(engine.get_function_address(n)) for v, n in names.items()}
+    native = Native(emit(module, target), target)
+    _engines.append(native)
+    return {v: _GEMM(native.address(n)) for v, n in names.items()}
 
 
 def stored(x: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:

@@ -85,6 +85,11 @@ class Native:
         return addr
 
 
+def emit(module: ir.Module, target: Target) -> bytes:
+    """The optimized native object of `module`."""
+    return target.target_machine().emit_object(optimize(module, target))
+
+
 def compile_cached(key: str, build: Callable[[], ir.Module], target: Target,
                    use_cache: bool = True) -> tuple[Native, bool]:
     """Load the object for `key` from the cache, or build, optimize and emit it. Returns (native, hit)."""
@@ -92,7 +97,7 @@ def compile_cached(key: str, build: Callable[[], ir.Module], target: Target,
     obj = _read(path) if use_cache else None
     hit = obj is not None
     if obj is None:
-        obj = target.target_machine().emit_object(optimize(build(), target))
+        obj = emit(build(), target)
         if use_cache:
             _write(path, obj)
     return Native(obj, target), hit
