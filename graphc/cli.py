@@ -107,7 +107,7 @@ def _opts(a, prog):
     return TrainOptions(epochs=a.epochs or t.epochs, batch=a.batch or t.batch, lr=lr,
                         seed=t.seed if a.seed is None else a.seed, optimizer=t.optimizer, opt_args=args,
                         log=Path(a.log) if a.log else None, out=Path(a.out) if a.out else None,
-                        progress=not a.no_progress)
+                        progress=not a.no_progress, threads=a.threads)
 
 
 def _data(a, prog):
@@ -201,6 +201,7 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--log", help="append one JSON object per epoch to this file")
             s.add_argument("--out", help="directory for params.npz")
             s.add_argument("--no-progress", action="store_true", help="no progress bar")
+            s.add_argument("--threads", type=int, help="threads for large kernels (default: all cores)")
         else:
             s.add_argument("--params", required=True, help="a params.npz written by graphc train --out")
         s.set_defaults(fn=fn)

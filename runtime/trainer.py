@@ -53,11 +53,12 @@ class Evaluator:
 
     prog: Program
     params: dict[str, np.ndarray]
+    threads: int | None = None
     steps: dict[int, Compiled] = field(default_factory=dict)
 
     def step(self, n: int) -> Compiled:
         if n not in self.steps:
-            self.steps[n] = compile_graph(forward(self.prog, n), self.params)
+            self.steps[n] = compile_graph(forward(self.prog, n), self.params, threads=self.threads)
         return self.steps[n]
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -85,6 +86,7 @@ class TrainOptions:
     log: Path | None = None
     out: Path | None = None
     progress: bool = True
+    threads: int | None = None  # None: all cores
 
 
 def train(prog: Program, data: Dataset, opt: TrainOptions,
@@ -98,12 +100,12 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
         raise DataError(f"{data.name}: {len(x_train)} training samples, fewer than one batch of {opt.batch}")
     step_graph = train_graph(prog, opt.batch, opt.optimizer, opt.opt_args)
     params = init_params(step_graph.params, opt.seed)
-    compiled = compile_graph(step_graph, params)
+    compiled = compile_graph(step_graph, params, threads=opt.threads)
     report(f"compiled {g.name} training step in {compiled.seconds:.2f} s"
            f"{' (cached)' if compiled.cache_hit else ''}: {len(compiled.schedule.kernels)} kernels, "
            f"arena {compiled.schedule.plan.arena_bytes / 1024:.0f} KiB")
     step = compiled.step
-    evaluate = Evaluator(prog, params)
+    evaluate = Evaluator(prog, params, opt.threads)
     rng = np.random.default_rng(opt.seed + 1)
     xb, yb = step.inputs[xin.value.name], step.inputs[yin.value.name]
     step.inputs["lr"][...] = opt.lr
