@@ -21,7 +21,10 @@ from graphc.passes.fuse import Kernel, identity_access, input_maps
 I64 = ir.IntType(64)
 
 
-def for_range(b: ir.IRBuilder, n: int, body: Callable[[ir.Value], None]) -> None:
+def for_range(b: ir.IRBuilder, n: int | ir.Value, body: Callable[[ir.Value], None],
+              start: int | ir.Value = 0) -> None:
+    """for i in [start, n): body(i)"""
+    as_value = lambda x: x if isinstance(x, ir.Value) else ir.Constant(I64, x)
     pre = b.block
     cond = b.append_basic_block("for.cond")
     blk = b.append_basic_block("for.body")
@@ -29,8 +32,8 @@ def for_range(b: ir.IRBuilder, n: int, body: Callable[[ir.Value], None]) -> None
     b.branch(cond)
     b.position_at_end(cond)
     i = b.phi(I64)
-    i.add_incoming(ir.Constant(I64, 0), pre)
-    b.cbranch(b.icmp_signed("<", i, ir.Constant(I64, n)), blk, end)
+    i.add_incoming(as_value(start), pre)
+    b.cbranch(b.icmp_signed("<", i, as_value(n)), blk, end)
     b.position_at_end(blk)
     body(i)
     i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
@@ -39,11 +42,13 @@ def for_range(b: ir.IRBuilder, n: int, body: Callable[[ir.Value], None]) -> None
 
 
 def nest(b: ir.IRBuilder, dims: tuple[int, ...], body: Callable[[list[ir.Value]], None],
-         idx: tuple = ()) -> None:
+         idx: tuple = (), outer: tuple[ir.Value, ir.Value] | None = None) -> None:
+    """Loops over `dims`; `outer` = (lo, hi) restricts the outermost one (a thread's share)."""
     if not dims:
         body(list(idx))
         return
-    for_range(b, dims[0], lambda i: nest(b, dims[1:], body, idx + (i,)))
+    lo, hi = outer or (0, dims[0])
+    for_range(b, hi, lambda i: nest(b, dims[1:], body, idx + (i,)), lo)
 
 
 def strides(shape: tuple[int, ...]) -> list[int]:
@@ -75,15 +80,26 @@ def compute_dtype(k: Kernel) -> str:
     return next((n.out.dtype for n in k.nodes if n.out.type.is_float), "f32")
 
 
-def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value]) -> None:
-    """The body of an elementwise or reduce kernel; `arg_of` maps stored/loaded values to pointers."""
+def loop_space(k: Kernel) -> tuple[int, ...]:
+    """The loops an elementwise kernel runs: one flat loop when every access is the identity or a
+    scalar broadcast, else one loop per axis."""
+    rank = len(k.space)
+    flat = k.kind == "elementwise" and all(m == tuple(range(rank)) or m == ()
+                                           for n in k.nodes for m in input_maps(n))
+    return (math.prod(k.space),) if flat else k.space
+
+
+def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
+                     outer: tuple[ir.Value, ir.Value] | None = None) -> None:
+    """The body of an elementwise or reduce kernel; `arg_of` maps stored/loaded values to pointers;
+    `outer` = (lo, hi) runs only that range of the outermost loop (elementwise kernels)."""
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     dtype = compute_dtype(k)
     members = set(k.nodes)
     maps = {n: input_maps(n) for n in k.nodes}
     rank = len(k.space)
     red = k.nodes[-1] if k.kind == "reduce" else None
-    flat = red is None and all(m == tuple(range(rank)) or m == () for ms in maps.values() for m in ms)
+    flat = loop_space(k) != tuple(k.space)  # one flat loop: index every operand by the flat counter
 
     def body(idx: list[ir.Value], store_reduce: Callable | None) -> None:
         s = LLVMScalar(b, dtype, idx)
@@ -107,7 +123,7 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value]) 
                 b.store(vals[v], b.gep(arg_of[v], [offset(b, idx, [1] if flat else strides(k.space))]))
 
     if red is None:
-        nest(b, (math.prod(k.space),) if flat else k.space, lambda idx: body(idx, None))
+        nest(b, loop_space(k), lambda idx: body(idx, None), outer=outer)
     else:
         _reduce(b, k, red, dtype, body, arg_of)
     b.ret_void()

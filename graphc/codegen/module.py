@@ -14,7 +14,7 @@ from llvmlite import ir
 
 from graphc.codegen.gemm import blocking, define_gemm
 from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_mxcsr
-from graphc.codegen.kernels import emit_loop_kernel, for_range
+from graphc.codegen.kernels import emit_loop_kernel, for_range, loop_space
 from graphc.codegen.scalar import LLTYPES
 from graphc.codegen.target import Target
 from graphc.ir.graph import Value
@@ -25,6 +25,7 @@ I8P = ir.IntType(8).as_pointer()
 I64, I32 = ir.IntType(64), ir.IntType(32)
 
 
+ELEMENTWISE_PARALLEL_MIN = 1 << 16  # elements below which an elementwise loop runs on one thread
 PARALLEL_MIN = 1 << 22  # multiply-adds below which a GEMM runs on one thread (measured: batch 8 lost)
 
 
@@ -51,7 +52,10 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
             continue  # the view shares its source's buffer: nothing to run
         args = _distinct(k, s.plan.place)
         parallel = run is not None and k.kind == "contract" and _macs(k.nodes[0]) >= PARALLEL_MIN
+        split = (run is not None and k.kind == "elementwise"
+                 and math.prod(k.space) >= ELEMENTWISE_PARALLEL_MIN)
         types = [LLTYPES[v.dtype].as_pointer() for v in args] + ([RUN.as_pointer()] if parallel else [])
+        types += [I64, I64] if split else []
         fn = ir.Function(m, ir.FunctionType(ir.VoidType(), types), f"k{i}_{k.name}")
         fn.linkage = "internal"
         shared = {p for p in (s.plan.place[v] for v in k.inputs + k.outputs)
@@ -63,6 +67,9 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
         if parallel:
             _emit_parallel_gemm(m, fn, k.nodes[0], arg_of, target, threads)
             b.call(fn, [pointer(v) for v in args] + [run])
+        elif split:
+            emit_loop_kernel(fn, k, arg_of, outer=(fn.args[-2], fn.args[-1]))
+            _call_split(b, fn, [pointer(v) for v in args], loop_space(k)[0], run, threads)
         else:
             _emit_kernel(m, fn, k, arg_of, target)
             b.call(fn, [pointer(v) for v in args])
@@ -162,3 +169,27 @@ def _gemm_task(m: ir.Module, rng: ir.Function, struct: ir.Type, ta: bool, nr: in
                              zero, N, tid])
     b.ret_void()
     return fn
+
+
+def _call_split(b: ir.IRBuilder, fn: ir.Function, ptrs: list[ir.Value], size: int, run: ir.Value,
+                threads: int) -> None:
+    """Run loop kernel `fn` on the pool, each thread taking a share of its outermost loop."""
+    struct = ir.LiteralStructType([p.type for p in ptrs])
+    task = ir.Function(b.module, TASK.pointee, f"{fn.name}_task")
+    task.linkage = "internal"
+    raw, tid, nt = task.args
+    tb = ir.IRBuilder(task.append_basic_block("entry"))
+    p = tb.bitcast(raw, struct.as_pointer())
+    loaded = [tb.load(tb.gep(p, [ir.Constant(I32, 0), ir.Constant(I32, i)])) for i in range(len(ptrs))]
+    n = ir.Constant(I64, size)
+    chunk = tb.sdiv(tb.add(n, tb.sub(nt, ir.Constant(I64, 1))), nt)
+    lo = tb.mul(tid, chunk)
+    lo = tb.select(tb.icmp_signed("<", lo, n), lo, n)
+    hi = tb.add(lo, chunk)
+    hi = tb.select(tb.icmp_signed("<", hi, n), hi, n)
+    tb.call(fn, loaded + [lo, hi])
+    tb.ret_void()
+    slot = b.alloca(struct)
+    for i, v in enumerate(ptrs):
+        b.store(v, b.gep(slot, [ir.Constant(I32, 0), ir.Constant(I32, i)]))
+    b.call(run, [task, b.bitcast(slot, I8P), ir.Constant(I64, threads)])
