@@ -138,8 +138,8 @@ def _emit_parallel_gemm(m: ir.Module, fn: ir.Function, n, arg_of: dict, target: 
 
 
 def _gemm_task(m: ir.Module, rng: ir.Function, struct: ir.Type, ta: bool, nr: int, name: str) -> ir.Function:
-    """task(arg, tid, n): columns [n0, n1) of C for thread tid, in whole NR strips; when C is too
-    narrow for every thread to get a strip, rows [m0, m1) instead (A and C offset by m0)."""
+    """task(arg, tid, n): columns [n0, n1) of C for thread tid, in whole NR strips, when C is at
+    least as wide as tall (and wide enough for a strip each); else rows [m0, m1) (A and C offset)."""
     fn = ir.Function(m, TASK.pointee, name)
     fn.linkage = "internal"
     raw, tid, nt = fn.args
@@ -151,7 +151,8 @@ def _gemm_task(m: ir.Module, rng: ir.Function, struct: ir.Type, ta: bool, nr: in
     ceil_div = lambda x, y: b.sdiv(b.add(x, b.sub(y, one)), y)
     lo = lambda x, y: b.select(b.icmp_signed("<", x, y), x, y)
     acc = ir.Constant(I32, 0)
-    by_cols = b.icmp_signed(">=", N, b.mul(nt, ir.Constant(I64, nr)))
+    # each thread packs all of A for a column share, all of B for a row share: duplicate the smaller
+    by_cols = b.and_(b.icmp_signed(">=", N, b.mul(nt, ir.Constant(I64, nr))), b.icmp_signed(">=", N, M))
     with b.if_else(by_cols) as (cols, rows):
         with cols:
             chunk = b.mul(ceil_div(ceil_div(N, nt), ir.Constant(I64, nr)), ir.Constant(I64, nr))
