@@ -100,8 +100,9 @@ def _opts(a, prog):
     from graphc.runtime.trainer import TrainOptions
     t = prog.train
     args = dict(t.opt_args)
-    lr = a.lr if a.lr is not None else args.pop("lr", None)
-    args.pop("lr", None)
+    lr = args.pop("lr", None)  # lr is a runtime input of the step, not an optimizer constant
+    if a.lr is not None:
+        lr = a.lr
     if lr is None:
         raise GraphcError("no learning rate: set lr in the train block's optimizer or pass --lr")
     return TrainOptions(epochs=a.epochs or t.epochs, batch=a.batch or t.batch, lr=lr,

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from graphc import driver
-from graphc.codegen.jit import optimize
+from graphc.codegen.jit import emit
 from graphc.codegen.module import build_module
 from graphc.codegen.target import host_target
 from graphc.frontend import Program
@@ -26,7 +26,7 @@ def write_artifacts(prog: Program, out: Path, batch: int | None = None) -> list[
     step = driver.train_graph(prog, batch)
     sched = schedule(step)
     module = build_module(sched, target, driver.ENTRY)
-    obj = target.target_machine().emit_object(optimize(module, target))
+    obj = emit(module, target)
     seconds = time.perf_counter() - t0
     name = prog.graph.name
     out.mkdir(parents=True, exist_ok=True)

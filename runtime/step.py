@@ -58,7 +58,7 @@ class Step:
             buffers.append(arr)
         # an output that is itself a leaf or an update is read from that leaf's array
         self.outputs = {k: buffers[sched.plan.place[v][0]] for k, v in g.outputs.items()}
-        self._buffers = buffers
+        self._buffers = buffers  # keeps the arena and output arrays alive for the table
         self.pool = pool  # its run function follows the buffers in the table
         slots = [a.ctypes.data for a in buffers] + ([pool.run_address] if pool else [])
         self._table = (ctypes.c_void_p * len(slots))(*slots)

@@ -2,8 +2,9 @@
 
 The entry `void NAME(i8** table)` runs every kernel in order; table[i] is the base pointer of the
 plan's buffer i (inputs, params, state, outputs, arena), so no Python runs between kernels. With
-threads > 1, the slot after the buffers holds the worker pool's `run` function: large GEMMs are
-split across the pool's threads by output columns (or rows, when the matrix is narrow).
+threads > 1, the slot after the buffers holds the worker pool's `run` function: a large kernel
+(GEMM or elementwise loop) becomes fn(ptrs..., tid, nt) computing thread tid's share, and the step
+posts it to the pool through one generic task that unpacks its pointers.
 """
 
 from __future__ import annotations
@@ -51,11 +52,8 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
         if k.kind == "view" and s.plan.place[k.outputs[0]] == s.plan.place[k.inputs[0]]:
             continue  # the view shares its source's buffer: nothing to run
         args = _distinct(k, s.plan.place)
-        parallel = run is not None and k.kind == "contract" and _macs(k.nodes[0]) >= PARALLEL_MIN
-        split = (run is not None and k.kind == "elementwise"
-                 and math.prod(k.space) >= ELEMENTWISE_PARALLEL_MIN)
-        types = [LLTYPES[v.dtype].as_pointer() for v in args] + ([RUN.as_pointer()] if parallel else [])
-        types += [I64, I64] if split else []
+        parallel = run is not None and _worth_splitting(k)
+        types = [LLTYPES[v.dtype].as_pointer() for v in args] + ([I64, I64] if parallel else [])
         fn = ir.Function(m, ir.FunctionType(ir.VoidType(), types), f"k{i}_{k.name}")
         fn.linkage = "internal"
         shared = {p for p in (s.plan.place[v] for v in k.inputs + k.outputs)
@@ -64,15 +62,13 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
             if s.plan.place[v] not in shared:
                 a.add_attribute("noalias")
         arg_of = {v: fn.args[args.index(_first(args, v, s.plan.place))] for v in k.inputs + k.outputs}
+        ptrs = [pointer(v) for v in args]
         if parallel:
-            _emit_parallel_gemm(m, fn, k.nodes[0], arg_of, target, threads)
-            b.call(fn, [pointer(v) for v in args] + [run])
-        elif split:
-            emit_loop_kernel(fn, k, arg_of, outer=(fn.args[-2], fn.args[-1]))
-            _call_split(b, fn, [pointer(v) for v in args], loop_space(k)[0], run, threads)
+            _emit_share(m, fn, k, arg_of, target, threads)
+            _post(b, run, _task(fn), ptrs, threads)
         else:
             _emit_kernel(m, fn, k, arg_of, target)
-            b.call(fn, [pointer(v) for v in args])
+            b.call(fn, ptrs)
     restore_mxcsr(b, mxcsr)
     b.ret_void()
     return m
@@ -121,75 +117,73 @@ def _gemm_args(n, arg_of) -> tuple[list, bool, bool]:
     return [c(mm), c(nn), c(kk), arg_of[a], c(a.shape[1]), arg_of[w], c(w.shape[1]), arg_of[n.out], c(nn)], ta, tb
 
 
-def _emit_parallel_gemm(m: ir.Module, fn: ir.Function, n, arg_of: dict, target: Target, threads: int) -> None:
-    """Pack the GEMM's arguments, and hand the pool a task that computes one thread's share."""
-    args, ta, tb = _gemm_args(n, arg_of)
+
+def _worth_splitting(k: Kernel) -> bool:
+    if k.kind == "contract":
+        return _macs(k.nodes[0]) >= PARALLEL_MIN
+    return k.kind == "elementwise" and math.prod(k.space) >= ELEMENTWISE_PARALLEL_MIN
+
+
+def _share(b: ir.IRBuilder, size: ir.Value, tid: ir.Value, nt: ir.Value, align: int = 1):
+    """Thread tid's range [lo, hi) of [0, size): equal shares rounded up to multiples of `align`."""
+    one, al = ir.Constant(I64, 1), ir.Constant(I64, align)
+    ceil_div = lambda x, y: b.sdiv(b.add(x, b.sub(y, one)), y)
+    clamp = lambda x: b.select(b.icmp_signed("<", x, size), x, size)
+    chunk = b.mul(ceil_div(ceil_div(size, nt), al), al)
+    lo = clamp(b.mul(tid, chunk))
+    return lo, clamp(b.add(lo, chunk))
+
+
+def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target,
+                threads: int) -> None:
+    """The body of a split kernel fn(ptrs..., tid, nt): thread tid's share of the work."""
+    tid, nt = fn.args[-2:]
+    if k.kind == "elementwise":
+        b = ir.IRBuilder(fn.append_basic_block("share"))
+        outer = _share(b, ir.Constant(I64, loop_space(k)[0]), tid, nt)
+        emit_loop_kernel(fn, k, arg_of, outer=outer)
+        b.branch(fn.blocks[1])  # into the loop nest's own entry block
+        return
+    n = k.nodes[0]
+    (M, N, K, A, lda, B, ldb, C, ldc), ta, tb = _gemm_args(n, arg_of)
     dtype = n.out.dtype
     define_gemm(m, target, dtype, ta, tb)
     rng = m.globals[f"graphc_gemm_{dtype}_{'t' if ta else 'n'}{'t' if tb else 'n'}_range"]
-    struct = ir.LiteralStructType([a.type for a in args])
-    task = _gemm_task(m, rng, struct, ta, blocking(target, dtype).nr, f"{fn.name}_task")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    p = b.alloca(struct)
-    for i, a in enumerate(args):
-        b.store(a, b.gep(p, [ir.Constant(I32, 0), ir.Constant(I32, i)]))
-    b.call(fn.args[-1], [task, b.bitcast(p, I8P), ir.Constant(I64, threads)])
-    b.ret_void()
-
-
-def _gemm_task(m: ir.Module, rng: ir.Function, struct: ir.Type, ta: bool, nr: int, name: str) -> ir.Function:
-    """task(arg, tid, n): columns [n0, n1) of C for thread tid, in whole NR strips, when C is at
-    least as wide as tall (and wide enough for a strip each); else rows [m0, m1) (A and C offset)."""
-    fn = ir.Function(m, TASK.pointee, name)
-    fn.linkage = "internal"
-    raw, tid, nt = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    p = b.bitcast(raw, struct.as_pointer())
-    M, N, K, A, lda, B, ldb, C, ldc = (b.load(b.gep(p, [ir.Constant(I32, 0), ir.Constant(I32, i)]))
-                                       for i in range(9))
-    zero, one = ir.Constant(I64, 0), ir.Constant(I64, 1)
-    ceil_div = lambda x, y: b.sdiv(b.add(x, b.sub(y, one)), y)
-    lo = lambda x, y: b.select(b.icmp_signed("<", x, y), x, y)
+    nr = blocking(target, dtype).nr
     acc = ir.Constant(I32, 0)
-    # each thread packs all of A for a column share, all of B for a row share: duplicate the smaller
-    by_cols = b.and_(b.icmp_signed(">=", N, b.mul(nt, ir.Constant(I64, nr))), b.icmp_signed(">=", N, M))
-    with b.if_else(by_cols) as (cols, rows):
-        with cols:
-            chunk = b.mul(ceil_div(ceil_div(N, nt), ir.Constant(I64, nr)), ir.Constant(I64, nr))
-            n0 = lo(b.mul(tid, chunk), N)
-            n1 = lo(b.add(n0, chunk), N)
-            with b.if_then(b.icmp_signed("<", n0, n1)):
-                b.call(rng, [M, N, K, A, lda, B, ldb, C, ldc, acc, n0, n1, tid])
-        with rows:
-            chunk = ceil_div(M, nt)
-            m0 = lo(b.mul(tid, chunk), M)
-            m1 = lo(b.add(m0, chunk), M)
-            a0 = b.gep(A, [m0 if ta else b.mul(m0, lda)])
-            with b.if_then(b.icmp_signed("<", m0, m1)):
-                b.call(rng, [b.sub(m1, m0), N, K, a0, lda, B, ldb, b.gep(C, [b.mul(m0, ldc)]), ldc, acc,
-                             zero, N, tid])
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    # each thread packs all of A for a column share, all of B for a row share: duplicate the
+    # smaller; columns go in whole NR strips
+    if N.constant >= nr * threads and N.constant >= M.constant:
+        n0, n1 = _share(b, N, tid, nt, nr)
+        with b.if_then(b.icmp_signed("<", n0, n1)):
+            b.call(rng, [M, N, K, A, lda, B, ldb, C, ldc, acc, n0, n1, tid])
+    else:
+        m0, m1 = _share(b, M, tid, nt)
+        a0 = b.gep(A, [m0 if ta else b.mul(m0, lda)])
+        with b.if_then(b.icmp_signed("<", m0, m1)):
+            b.call(rng, [b.sub(m1, m0), N, K, a0, lda, B, ldb, b.gep(C, [b.mul(m0, ldc)]), ldc, acc,
+                         ir.Constant(I64, 0), N, tid])
     b.ret_void()
-    return fn
 
 
-def _call_split(b: ir.IRBuilder, fn: ir.Function, ptrs: list[ir.Value], size: int, run: ir.Value,
-                threads: int) -> None:
-    """Run loop kernel `fn` on the pool, each thread taking a share of its outermost loop."""
-    struct = ir.LiteralStructType([p.type for p in ptrs])
-    task = ir.Function(b.module, TASK.pointee, f"{fn.name}_task")
+def _task(fn: ir.Function) -> ir.Function:
+    """task(arg, tid, nt) for the pool: unpack fn's pointers from `arg` and run fn's share."""
+    struct = ir.LiteralStructType(fn.function_type.args[:-2])
+    task = ir.Function(fn.module, TASK.pointee, f"{fn.name}_task")
     task.linkage = "internal"
     raw, tid, nt = task.args
-    tb = ir.IRBuilder(task.append_basic_block("entry"))
-    p = tb.bitcast(raw, struct.as_pointer())
-    loaded = [tb.load(tb.gep(p, [ir.Constant(I32, 0), ir.Constant(I32, i)])) for i in range(len(ptrs))]
-    n = ir.Constant(I64, size)
-    chunk = tb.sdiv(tb.add(n, tb.sub(nt, ir.Constant(I64, 1))), nt)
-    lo = tb.mul(tid, chunk)
-    lo = tb.select(tb.icmp_signed("<", lo, n), lo, n)
-    hi = tb.add(lo, chunk)
-    hi = tb.select(tb.icmp_signed("<", hi, n), hi, n)
-    tb.call(fn, loaded + [lo, hi])
-    tb.ret_void()
+    b = ir.IRBuilder(task.append_basic_block("entry"))
+    p = b.bitcast(raw, struct.as_pointer())
+    ptrs = [b.load(b.gep(p, [ir.Constant(I32, 0), ir.Constant(I32, i)])) for i in range(len(struct.elements))]
+    b.call(fn, ptrs + [tid, nt])
+    b.ret_void()
+    return task
+
+
+def _post(b: ir.IRBuilder, run: ir.Value, task: ir.Function, ptrs: list[ir.Value], threads: int) -> None:
+    """Pack the pointers and run `task` on the pool's `threads` threads."""
+    struct = ir.LiteralStructType([p.type for p in ptrs])
     slot = b.alloca(struct)
     for i, v in enumerate(ptrs):
         b.store(v, b.gep(slot, [ir.Constant(I32, 0), ir.Constant(I32, i)]))

@@ -132,13 +132,6 @@ class Graph:
                 return n.out
         raise KeyError(name)
 
-    def consumers(self) -> dict[Value, list[Node]]:
-        users: dict[Value, list[Node]] = {}
-        for n in self.nodes:
-            for v in n.inputs:
-                users.setdefault(v, []).append(n)
-        return users
-
 
 class Builder:
     """Adds nodes to a graph, checking each against its op's shape rule.
