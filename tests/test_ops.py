@@ -34,7 +34,24 @@ CASES = {
     "mse": [((F(3, 5), F(3, 5)), {})],
     "softmax": [((F(3, 5),), {}), ((F(3, 5),), {"axis": 0})],
     "log_softmax": [((F(3, 5),), {}), ((F(2, 3, 4),), {"axis": 1})],
+    "window": [((F(2, 3, 5, 4),), {"kernel": (2, 3)}),
+               ((F(2, 2, 6, 5),), {"kernel": 3, "stride": 2, "padding": 1, "dilation": (1, 2)})],
+    "fold": [((F(2, 4, 2, 3, 2, 3),), {"size": (5, 4), "kernel": (2, 3)}),
+             ((F(2, 3, 2, 2, 3, 3),), {"size": (6, 5), "kernel": 3, "stride": 2, "padding": 1,
+                                        "dilation": (1, 2)})],
+    "conv2d": [((F(2, 3, 6, 5), F(4, 3, 3, 2)), {}),
+               ((F(2, 4, 7, 6), F(6, 2, 3, 3)), {"stride": 2, "padding": 1, "groups": 2}),
+               ((F(1, 2, 7, 6), F(3, 2, 2, 3)), {"dilation": 2, "padding": (1, 0)})],
+    "max_pool2d": [((F(2, 3, 6, 4),), {"kernel": 2}),
+                   ((F(2, 3, 7, 5),), {"kernel": 3, "stride": 2, "padding": 1})],
+    "global_avg_pool": [((F(2, 3, 5, 4),), {})],
+    "slice": [((F(3, 5),), {"axis": 1, "start": 1, "stop": 4}), ((F(2, 3, 4),), {"axis": 0, "start": 1, "stop": 2})],
+    "pad": [((F(3, 5),), {"axis": 1, "before": 2, "after": 1}),
+            ((F(2, 3, 4),), {"axis": -1, "after": 2, "value": 1.5})],
+    "concat": [((F(3, 5), F(2, 5)), {}), ((F(2, 3, 4), F(2, 2, 4)), {"axis": 1})],
 }
+CASES["fold_taps"] = CASES["fold"]
+CASES["avg_pool2d"] = CASES["max_pool2d"]
 for red in ("max", "mean"):
     CASES[red] = CASES["sum"]
 POSITIVE = {"log", "sqrt", "pow"}  # ops whose float operands must be > 0

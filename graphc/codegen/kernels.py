@@ -12,9 +12,10 @@ from typing import Callable
 
 from llvmlite import ir
 
-from graphc.codegen.scalar import FTYPES, LLVMScalar
+from graphc.codegen.scalar import FTYPES, LLTYPES, LLVMScalar
 from graphc.ir.graph import Value
 from graphc.ops import REGISTRY
+from graphc.ops.lowering import Affine
 from graphc.ops.registry import norm_axes
 from graphc.passes.fuse import Kernel, identity_access, input_maps
 
@@ -76,6 +77,32 @@ def access(v: Value, m: tuple, rank: int) -> list[int]:
     return coef
 
 
+def gather(b: ir.IRBuilder, ptr: ir.Value, v: Value, m: tuple, idx: list[ir.Value],
+           fill: ir.Value) -> ir.Value:
+    """Load `v` through a map with `Affine` axes: compute each such index, and read `fill` where it
+    falls outside `v` (the load itself always uses a valid address)."""
+    c = lambda x: ir.Constant(I64, x)
+    ok = ir.Constant(ir.IntType(1), 1)
+    lin = c(0)
+    for a, size, stride in zip(m, v.shape, strides(tuple(v.shape))):
+        if a is None:
+            continue
+        if isinstance(a, Affine):
+            t = c(a.offset)
+            for axis, coef in a.terms:
+                t = b.add(t, b.mul(idx[axis], c(coef)))
+            if a.div != 1:
+                q = b.sdiv(t, c(a.div))
+                ok = b.and_(ok, b.icmp_signed("==", b.mul(q, c(a.div)), t))
+                t = q
+            ok = b.and_(ok, b.and_(b.icmp_signed(">=", t, c(0)), b.icmp_signed("<", t, c(size))))
+        else:
+            t = idx[a]
+        lin = b.add(lin, b.mul(t, c(stride)))
+    x = b.load(b.gep(ptr, [b.select(ok, lin, c(0))]))
+    return b.select(ok, x, fill)
+
+
 def compute_dtype(k: Kernel) -> str:
     return next((n.out.dtype for n in k.nodes if n.out.type.is_float), "f32")
 
@@ -109,7 +136,13 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
             for v, m in zip(n.inputs, maps[n]):
                 if v.const is None and not (v.producer in members and identity_access(v, m, k.space)):
                     key = (v, m)
-                    if key not in loads:
+                    if key in loads:
+                        continue
+                    if any(isinstance(a, Affine) for a in m):
+                        f = REGISTRY[n.op].lower.fill(n.attrs)
+                        fill = ir.Constant(LLTYPES[v.dtype], f if v.type.is_float else int(f))
+                        loads[key] = gather(b, arg_of[v], v, m, idx, fill)
+                    else:
                         loads[key] = b.load(b.gep(arg_of[v], [offset(b, idx, coefs(v, m))]))
         for n in k.nodes:
             ops = [s.const(v.const) if v.const is not None else loads.get((v, m)) or vals[v]

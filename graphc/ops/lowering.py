@@ -2,8 +2,9 @@
 
 - `Elementwise(expr, maps)`: one scalar expression per output element. `expr(s, *xs, **attrs)` builds
   it from scalar operands with the methods of a `Scalar` builder `s` (below). `maps` says, per input,
-  which output axis each input axis follows (None: a size-1 axis that is broadcast); the default is
-  NumPy broadcasting. Elementwise chains fuse into one loop nest.
+  which output axis each input axis follows (None: a size-1 axis that is broadcast; an `Affine`: an
+  index computed from several output indices, reading `fill(attrs)` outside the input: windows,
+  padding, slices); the default is NumPy broadcasting. Elementwise chains fuse into one loop nest.
 - `Reduce(kind)`: sum or max over `attrs["axes"]`; fuses its elementwise prologue.
 - `Contract()`: a matmul, run by the generated GEMM with `attrs["ta"]`, `attrs["tb"]`.
 - `View()`: the output aliases the input's buffer (reshape).
@@ -39,13 +40,25 @@ class Scalar(Protocol):
     def index(self, axis: int) -> Any: ...        # the output index along `axis`, as a float
 
 
-Maps = Callable[[list, Any, dict], list[tuple[int | None, ...]]]
+@dataclass(frozen=True)
+class Affine:
+    """An input axis indexed by (sum of coef * output index over `terms` + offset) / div. Where that is
+    not a whole number in [0, size), the operand reads as the op's fill value instead."""
+
+    terms: tuple[tuple[int, int], ...]  # (output axis, coefficient)
+    offset: int = 0
+    div: int = 1
+
+
+Map = tuple["int | None | Affine", ...]
+Maps = Callable[[list, Any, dict], list[Map]]
 
 
 @dataclass(frozen=True)
 class Elementwise:
     expr: Callable[..., Any]
     maps: Maps | None = None
+    fill: Callable[[dict], float] = lambda attrs: 0.0  # what an Affine access reads outside its input
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,7 @@ class Decompose:
 Lowering = Elementwise | Reduce | Contract | View | Decompose
 
 
-def broadcast_maps(in_types: list, out_type: Any, attrs: dict) -> list[tuple[int | None, ...]]:
+def broadcast_maps(in_types: list, out_type: Any, attrs: dict) -> list[Map]:
     """NumPy broadcasting: trailing axes align; size-1 input axes under larger output axes broadcast."""
     maps = []
     for t in in_types:

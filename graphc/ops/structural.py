@@ -1,4 +1,5 @@
-"""Ops that move or relabel elements: broadcast_to, transpose, reshape, flatten, onehot."""
+"""Ops that move or relabel elements: broadcast_to, transpose, reshape, flatten, slice, pad, concat,
+onehot."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 
 from graphc.ir.graph import TensorType
-from graphc.ops.lowering import Elementwise, View
+from graphc.ops.lowering import Affine, Decompose, Elementwise, View
 from graphc.ops.registry import OpDef, broadcast_shapes, register, require, sum_to
 
 
@@ -83,6 +84,96 @@ register(OpDef(
     lambda b, n, g: [b.reshape(g, shape=n.inputs[0].shape)],
     lambda x: x.reshape(x.shape[0], -1),
     View(), {}, "x: T[n, d1, ..., dk] -> T[n, d1*...*dk]"))
+
+
+def _axis(t, attrs) -> int:
+    axis = attrs["axis"]
+    require(isinstance(axis, int) and -t.rank <= axis < t.rank, f"axis {axis} out of range for {t}")
+    return axis % t.rank
+
+
+def _slice_shape(ts, attrs):
+    t = ts[0]
+    axis = _axis(t, attrs)
+    start, stop = attrs["start"], attrs["stop"]
+    size = t.shape[axis]
+    require(isinstance(size, int), f"slice: axis {axis} of {t} must be known")
+    require(isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= size,
+            f"slice [{start}:{stop}] is not a non-empty range inside axis {axis} of {t}")
+    return TensorType(t.dtype, tuple(stop - start if i == axis else d for i, d in enumerate(t.shape)))
+
+
+def _shift(rank: int, axis: int, by: int) -> tuple:
+    """An index map reading axis `axis` shifted by `by` (others as they are)."""
+    return tuple(Affine(((i, 1),), by) if i == axis else i for i in range(rank))
+
+
+register(OpDef(
+    "slice", 1, _slice_shape,
+    lambda b, n, g: [b.pad(g, axis=n.attrs["axis"], before=n.attrs["start"],
+                           after=n.inputs[0].shape[_axis(n.inputs[0].type, n.attrs)] - n.attrs["stop"])],
+    lambda x, axis, start, stop: np.take(x, range(start, stop), axis=axis),
+    Elementwise(lambda s, x, **attrs: x,
+                lambda ts, out, attrs: [_shift(ts[0].rank, _axis(ts[0], attrs), attrs["start"])]),
+    {}, "x: T[s], axis, start, stop -> T[s with stop-start at axis]: elements start..stop-1 of axis"))
+
+
+def _pad_shape(ts, attrs):
+    t = ts[0]
+    axis = _axis(t, attrs)
+    before, after = attrs["before"], attrs["after"]
+    require(isinstance(t.shape[axis], int), f"pad: axis {axis} of {t} must be known")
+    require(isinstance(before, int) and isinstance(after, int) and min(before, after) >= 0,
+            f"pad needs before, after >= 0, got {before}, {after}")
+    return TensorType(t.dtype, tuple(d + before + after if i == axis else d for i, d in enumerate(t.shape)))
+
+
+def _pad_ref(x, axis, before, after, value):
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (before, after)
+    return np.pad(x, widths, constant_values=value)
+
+
+register(OpDef(
+    "pad", 1, _pad_shape,
+    lambda b, n, g: [b.slice(g, axis=n.attrs["axis"], start=n.attrs["before"],
+                             stop=n.attrs["before"] + n.inputs[0].shape[_axis(n.inputs[0].type, n.attrs)])],
+    _pad_ref,
+    Elementwise(lambda s, x, **attrs: x,
+                lambda ts, out, attrs: [_shift(ts[0].rank, _axis(ts[0], attrs), -attrs["before"])],
+                fill=lambda attrs: attrs["value"]),
+    {"before": 0, "after": 0, "value": 0.0},
+    "x: T[s], axis, before=0, after=0, value=0 -> T[s with before+after more at axis], filled with value"))
+
+
+def _concat_shape(ts, attrs):
+    a, c = ts
+    axis = _axis(a, attrs)
+    require(a.dtype == c.dtype and a.rank == c.rank and all(
+        x == y for i, (x, y) in enumerate(zip(a.shape, c.shape)) if i != axis),
+        f"concat along axis {axis} needs the other dims and dtypes to agree: {a} and {c}")
+    require(isinstance(a.shape[axis], int) and isinstance(c.shape[axis], int),
+            f"concat: axis {axis} must be known")
+    return TensorType(a.dtype, tuple(x + y if i == axis else x for i, (x, y) in enumerate(zip(a.shape, c.shape))))
+
+
+def _concat_vjp(b, n, g):
+    a, c = n.inputs
+    axis = _axis(a.type, n.attrs)
+    na, nc = a.shape[axis], c.shape[axis]
+    return [b.slice(g, axis=axis, start=0, stop=na), b.slice(g, axis=axis, start=na, stop=na + nc)]
+
+
+def _concat_lower(b, a, c, axis):
+    ax = _axis(a.type, {"axis": axis})
+    return b.add(b.pad(a, axis=ax, after=c.shape[ax]), b.pad(c, axis=ax, before=a.shape[ax]))
+
+
+register(OpDef(
+    "concat", 2, _concat_shape, _concat_vjp,
+    lambda a, c, axis: np.concatenate([a, c], axis=axis),
+    Decompose(_concat_lower), {"axis": 0},
+    "a: T[s], b: T[t], axis=0 -> a then b along axis (the other dims agree)"))
 
 
 def _onehot_shape(ts, attrs):

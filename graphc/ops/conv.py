@@ -1,0 +1,347 @@
+"""Convolution and pooling over NCHW images, built on one gather: `window` (im2col) and its adjoint.
+
+- `window(x)` lays out every kernel-sized patch of x: [N,C,H,W] -> [N,OH,OW,C,KH,KW], an elementwise
+  gather through affine index maps (padding reads `value`). Rows of its [N*OH*OW, C*KH*KW] reshape
+  are the im2col matrix, so a convolution is one GEMM with the weights; pooling is a reduction over
+  its last two axes, fused into the gather so patches are never written out.
+- `fold(g)` is window's adjoint (col2im): each pixel sums the patch entries that read it. It lowers
+  to a gather of those taps (`fold_taps`) and a sum, so it needs no scatter.
+- conv2d, max_pool2d, avg_pool2d and global_avg_pool decompose into window, matmul, fold, reductions
+  and transposes after autodiff; their vjps are written with the same ops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from graphc.ir.graph import TensorType
+from graphc.ops.lowering import Affine, Decompose, Elementwise
+from graphc.ops.registry import OpDef, float_type, register, require
+
+
+def _pair(v) -> tuple[int, int]:
+    p = (v, v) if isinstance(v, int) else tuple(v)
+    require(len(p) == 2 and all(isinstance(i, int) for i in p), f"expected an int or two ints, got {v}")
+    return p
+
+
+def _geometry(attrs) -> tuple[tuple[int, int], ...]:
+    """(kernel, stride, padding, dilation), each as (rows, cols)."""
+    k, s, p, d = (_pair(attrs[a]) for a in ("kernel", "stride", "padding", "dilation"))
+    require(min(*k, *s, *d) >= 1 and min(p) >= 0, f"bad window geometry kernel={k} stride={s} "
+            f"padding={p} dilation={d}")
+    return k, s, p, d
+
+
+def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    n = (size + 2 * p - d * (k - 1) - 1) // s + 1
+    require(n >= 1, f"a {k}-wide window (dilation {d}) does not fit {size} pixels padded by {p}")
+    return n
+
+
+def _image(t: TensorType, what: str = "input") -> None:
+    float_type(t, what)
+    require(t.rank == 4, f"{what} must be an NCHW image batch T[N,C,H,W], got {t}")
+    require(all(isinstance(d, int) for d in t.shape[1:]), f"C, H, W of {t} must be known")
+
+
+_WINDOW = {"stride": 1, "padding": 0, "dilation": 1}
+
+
+# ---- window (im2col) and fold (col2im) ----
+
+def _window_shape(ts, attrs):
+    x = ts[0]
+    _image(x)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(attrs)
+    n, c, h, w = x.shape
+    return TensorType(x.dtype, (n, _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw), c, kh, kw))
+
+
+def _window_maps(ts, out, attrs):
+    _, (sh, sw), (ph, pw), (dh, dw) = _geometry(attrs)
+    return [(0, 3, Affine(((1, sh), (4, dh)), -ph), Affine(((2, sw), (5, dw)), -pw))]
+
+
+def _window_ref(x, kernel, stride, padding, dilation, value):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(
+        {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation})
+    n, c, h, w = x.shape
+    oh, ow = _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+    out = np.empty((n, oh, ow, c, kh, kw), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
+            out[..., i, j] = patch.transpose(0, 2, 3, 1)
+    return out
+
+
+def _geo(attrs) -> dict:
+    return {a: attrs[a] for a in ("kernel", "stride", "padding", "dilation")}
+
+
+register(OpDef(
+    "window", 1, _window_shape,
+    lambda b, n, g: [b.fold(g, size=tuple(n.inputs[0].shape[2:]), **_geo(n.attrs))],
+    _window_ref,
+    Elementwise(lambda s, x, **attrs: x, _window_maps, fill=lambda attrs: attrs["value"]),
+    {**_WINDOW, "value": 0.0},
+    "x: T[N,C,H,W], kernel, stride=1, padding=0, dilation=1, value=0 -> T[N,OH,OW,C,KH,KW]: every "
+    "patch (im2col); padding reads `value`"))
+
+
+def _fold_shape(ts, attrs):
+    g = ts[0]
+    float_type(g)
+    require(g.rank == 6, f"fold takes patches T[N,OH,OW,C,KH,KW], got {g}")
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(attrs)
+    h, w = _pair(attrs["size"])
+    n, oh, ow, c, gkh, gkw = g.shape
+    require((gkh, gkw) == (kh, kw) and (oh, ow) == (_out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)),
+            f"patches {g} do not match a {kh}x{kw} window over {h}x{w} pixels")
+    return TensorType(g.dtype, (n, c, h, w))
+
+
+def _fold_ref(g, size, kernel, stride, padding, dilation):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(
+        {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation})
+    n, oh, ow, c = g.shape[:4]
+    h, w = _pair(size)
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), g.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh,
+               j * dw: j * dw + sw * (ow - 1) + 1: sw] += g[..., i, j].transpose(0, 3, 1, 2)
+    return xp[:, :, ph: ph + h, pw: pw + w]
+
+
+register(OpDef(
+    "fold", 1, _fold_shape,
+    lambda b, n, g: [b.window(g, **_geo(n.attrs))],
+    _fold_ref,
+    Decompose(lambda b, g, **attrs: b.sum(b.fold_taps(g, **attrs), axes=(4, 5))),
+    _WINDOW,
+    "g: T[N,OH,OW,C,KH,KW], size=[H,W], kernel, stride=1, padding=0, dilation=1 -> T[N,C,H,W]: the "
+    "adjoint of window (col2im), each pixel sums the patch entries that read it"))
+
+
+def _taps_shape(ts, attrs):
+    n, c, h, w = _fold_shape(ts, attrs).shape
+    return TensorType(ts[0].dtype, (n, c, h, w) + tuple(ts[0].shape[4:]))
+
+
+def _taps_maps(ts, out, attrs):
+    _, (sh, sw), (ph, pw), (dh, dw) = _geometry(attrs)
+    # pixel h is read by tap i of patch oh where oh * sh + i * dh - ph == h
+    return [(0, Affine(((2, 1), (4, -dh)), ph, sh), Affine(((3, 1), (5, -dw)), pw, sw), 1, 4, 5)]
+
+
+def _taps_ref(g, size, kernel, stride, padding, dilation):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(
+        {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation})
+    n, oh, ow, c = g.shape[:4]
+    h, w = _pair(size)
+    out = np.zeros((n, c, h, w, kh, kw), g.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            th, tw = np.arange(h) + ph - i * dh, np.arange(w) + pw - j * dw
+            vh = (th >= 0) & (th % sh == 0) & (th // sh < oh)
+            vw = (tw >= 0) & (tw % sw == 0) & (tw // sw < ow)
+            hs, ws = np.nonzero(vh)[0], np.nonzero(vw)[0]
+            taps = g[:, th[hs] // sh][:, :, tw[ws] // sw][..., i, j]  # [N, |hs|, |ws|, C]
+            out[:, :, hs[:, None], ws[None, :], i, j] = taps.transpose(0, 3, 1, 2)
+    return out
+
+
+register(OpDef(
+    "fold_taps", 1, _taps_shape, None, _taps_ref,
+    Elementwise(lambda s, g, **attrs: g, _taps_maps), _WINDOW,
+    "g: T[N,OH,OW,C,KH,KW], size, kernel, ... -> T[N,C,H,W,KH,KW]: for each pixel, the patch entries "
+    "that read it (0 where none); internal to fold, after autodiff"))
+
+
+# ---- convolution ----
+
+def _conv_geo(x, w, attrs) -> dict:
+    return {"kernel": tuple(w.shape[2:]), "stride": attrs["stride"], "padding": attrs["padding"],
+            "dilation": attrs["dilation"]}
+
+
+def _conv_shape(ts, attrs):
+    x, w = ts
+    _image(x)
+    float_type(w, "weight")
+    require(w.rank == 4 and all(isinstance(d, int) for d in w.shape),
+            f"weight must be T[C_out, C_in/groups, KH, KW], got {w}")
+    require(x.dtype == w.dtype, f"dtypes differ: {x} and {w}")
+    groups = attrs["groups"]
+    require(isinstance(groups, int) and groups >= 1, f"groups must be a positive int, got {groups}")
+    co, ci = w.shape[:2]
+    require(x.shape[1] == ci * groups, f"input has {x.shape[1]} channels; weight {w} with groups={groups} "
+            f"expects {ci * groups}")
+    require(co % groups == 0, f"{co} output channels do not split into {groups} groups")
+    n, oh, ow, *_ = _window_shape([x], {**_conv_geo(x, w, attrs), "value": 0.0}).shape
+    return TensorType(x.dtype, (n, co, oh, ow))
+
+
+def _cols(b, x, w, attrs):
+    """The im2col matrix of x: [N*OH*OW, C*KH*KW], one row per output pixel."""
+    win = b.window(x, **_conv_geo(x, w, attrs))
+    return b.reshape(win, shape=(math.prod(win.shape[:3]), math.prod(win.shape[3:]))), win.shape
+
+
+def _conv1(b, x, w, attrs):
+    """One group: y^T = W[Co, C*KH*KW] @ cols^T, so the GEMM's long dimension is N*OH*OW."""
+    cols, (n, oh, ow, *_) = _cols(b, x, w, attrs)
+    co = w.shape[0]
+    y = b.matmul(b.reshape(w, shape=(co, cols.shape[1])), cols, tb=True)
+    return b.transpose(b.reshape(y, shape=(co, n, oh, ow)), perm=(1, 0, 2, 3))
+
+
+def _conv1_vjp(b, x, w, g, attrs):
+    cols, wshape = _cols(b, x, w, attrs)
+    co = w.shape[0]
+    gt = b.reshape(b.transpose(g, perm=(1, 0, 2, 3)), shape=(co, cols.shape[0]))
+    dw = b.reshape(b.matmul(gt, cols), shape=tuple(w.shape))
+    dcols = b.matmul(gt, b.reshape(w, shape=(co, cols.shape[1])), ta=True)
+    dx = b.fold(b.reshape(dcols, shape=wshape), size=tuple(x.shape[2:]), **_conv_geo(x, w, attrs))
+    return dx, dw
+
+
+def _groups(b, x, w, groups):
+    """Per group: its input channels and its weights."""
+    ci, cog = w.shape[1], w.shape[0] // groups
+    return [(b.slice(x, axis=1, start=i * ci, stop=(i + 1) * ci),
+             b.slice(w, axis=0, start=i * cog, stop=(i + 1) * cog)) for i in range(groups)]
+
+
+def _concat(b, vs, axis):
+    out = vs[0]
+    for v in vs[1:]:
+        out = b.concat(out, v, axis=axis)
+    return out
+
+
+def _conv(b, x, w, **attrs):
+    if attrs["groups"] == 1:
+        return _conv1(b, x, w, attrs)
+    return _concat(b, [_conv1(b, xg, wg, attrs) for xg, wg in _groups(b, x, w, attrs["groups"])], 1)
+
+
+def _conv_vjp(b, n, g):
+    x, w = n.inputs
+    groups = n.attrs["groups"]
+    if groups == 1:
+        return list(_conv1_vjp(b, x, w, g, n.attrs))
+    cog = w.shape[0] // groups
+    parts = [_conv1_vjp(b, xg, wg, b.slice(g, axis=1, start=i * cog, stop=(i + 1) * cog), n.attrs)
+             for i, (xg, wg) in enumerate(_groups(b, x, w, groups))]
+    return [_concat(b, [p[0] for p in parts], 1), _concat(b, [p[1] for p in parts], 0)]
+
+
+def _conv_ref(x, w, stride, padding, dilation, groups):
+    co, ci, kh, kw = w.shape
+    win = _window_ref(x, (kh, kw), stride, padding, dilation, 0.0)  # [N,OH,OW,C,KH,KW]
+    n, oh, ow = win.shape[:3]
+    win = win.reshape(n, oh, ow, groups, ci, kh, kw)
+    y = np.einsum("nhwgcij,gocij->ngohw", win, w.reshape(groups, co // groups, ci, kh, kw))
+    return y.reshape(n, co, oh, ow).astype(x.dtype)
+
+
+register(OpDef(
+    "conv2d", 2, _conv_shape, _conv_vjp, _conv_ref, Decompose(_conv),
+    {**_WINDOW, "groups": 1},
+    "x: T[N,C,H,W], w: T[Co,C/groups,KH,KW], stride=1, padding=0, dilation=1, groups=1 -> "
+    "T[N,Co,OH,OW] (cross-correlation, as in PyTorch); OH = (H+2*padding-dilation*(KH-1)-1)/stride+1"))
+
+
+# ---- pooling ----
+
+_POOL = {"stride": None, "padding": 0}
+
+
+def _pool_geo(attrs) -> dict:
+    stride = attrs["kernel"] if attrs["stride"] is None else attrs["stride"]
+    return {"kernel": attrs["kernel"], "stride": stride, "padding": attrs["padding"], "dilation": 1}
+
+
+def _pool_shape(ts, attrs):
+    n, oh, ow, c, *_ = _window_shape(ts, {**_pool_geo(attrs), "value": 0.0}).shape
+    return TensorType(ts[0].dtype, (n, c, oh, ow))
+
+
+def _nhwc(b, v):
+    """[N,C,OH,OW] as [N,OH,OW,C,1,1], to broadcast against patches."""
+    n, c, oh, ow = v.shape
+    return b.reshape(b.transpose(v, perm=(0, 2, 3, 1)), shape=(n, oh, ow, c, 1, 1))
+
+
+def _unpatch(b, v):
+    """[N,OH,OW,C] pooled values back to NCHW."""
+    return b.transpose(v, perm=(0, 3, 1, 2))
+
+
+def _spread(b, g, x, attrs, mask=None):
+    """The gradient of a pooling: g spread over each patch (times `mask`), folded back onto x."""
+    kh, kw = _pair(attrs["kernel"])
+    n, c, oh, ow = g.shape
+    patches = b.broadcast_to(_nhwc(b, g), shape=(n, oh, ow, c, kh, kw))
+    if mask is not None:
+        patches = b.mul(patches, mask)
+    return b.fold(patches, size=tuple(x.shape[2:]), **_pool_geo(attrs))
+
+
+def _max_patches(b, x, attrs):
+    return b.window(x, **_pool_geo(attrs), value=-math.inf)
+
+
+def _max_pool_vjp(b, n, g):
+    x = n.inputs[0]
+    win = _max_patches(b, x, n.attrs)
+    mask = b.eq(win, b.broadcast_to(_nhwc(b, n.out), shape=tuple(win.shape)))  # every max gets g
+    return [_spread(b, g, x, n.attrs, mask)]
+
+
+def _pool_ref(reduce, fill):
+    def ref(x, kernel, stride, padding):
+        geo = _pool_geo({"kernel": kernel, "stride": stride, "padding": padding})
+        return reduce(_window_ref(x, value=fill, **geo), axis=(4, 5)).transpose(0, 3, 1, 2).astype(x.dtype)
+    return ref
+
+
+register(OpDef(
+    "max_pool2d", 1, _pool_shape, _max_pool_vjp, _pool_ref(np.max, -np.inf),
+    Decompose(lambda b, x, **attrs: _unpatch(b, b.max(_max_patches(b, x, attrs), axes=(4, 5)))),
+    _POOL, "x: T[N,C,H,W], kernel, stride=kernel, padding=0 -> T[N,C,OH,OW], the max of each patch "
+    "(padding never wins)"))
+
+
+def _area(attrs) -> float:
+    return 1.0 / math.prod(_pair(attrs["kernel"]))
+
+
+register(OpDef(
+    "avg_pool2d", 1, _pool_shape,
+    lambda b, n, g: [_spread(b, b.mul(g, _area(n.attrs)), n.inputs[0], n.attrs)],
+    _pool_ref(lambda p, axis: np.mean(p, axis=axis), 0.0),
+    Decompose(lambda b, x, **attrs: _unpatch(b, b.mul(b.sum(b.window(x, **_pool_geo(attrs)), axes=(4, 5)),
+                                                    _area(attrs)))),
+    _POOL, "x: T[N,C,H,W], kernel, stride=kernel, padding=0 -> T[N,C,OH,OW], the mean of each patch "
+    "(padding counts as zeros)"))
+
+
+def _gap_shape(ts, attrs):
+    _image(ts[0])
+    return TensorType(ts[0].dtype, tuple(ts[0].shape[:2]))
+
+
+register(OpDef(
+    "global_avg_pool", 1, _gap_shape,
+    lambda b, n, g: [b.mul(b.broadcast_to(b.reshape(g, shape=(*g.shape, 1, 1)), shape=tuple(n.inputs[0].shape)),
+                           1.0 / math.prod(n.inputs[0].shape[2:]))],
+    lambda x: x.mean(axis=(2, 3)),
+    Decompose(lambda b, x: b.mean(x, axes=(2, 3))), {},
+    "x: T[N,C,H,W] -> T[N,C], the mean over each channel's pixels"))
