@@ -1,4 +1,4 @@
-"""The `graphc` command line: ir, grad, check, compile, train, eval (each also a Python API)."""
+"""The `graphc` command line: ir, grad, check, profile, compile, train, eval (each also a Python API)."""
 
 from __future__ import annotations
 
@@ -96,6 +96,14 @@ def _compile(a) -> None:
         print(line)
 
 
+def _profile(a) -> None:
+    from graphc import driver
+    from graphc.runtime.profile import format_profile, profile_step
+    prog = driver.load(a.model)
+    wall, kernels = profile_step(prog, a.batch, a.steps, a.threads)
+    print(format_profile(prog.graph.name, wall, kernels, a.top))
+
+
 def _opts(a, prog):
     from graphc.runtime.trainer import TrainOptions
     t = prog.train
@@ -183,6 +191,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_check)
+
+    s = sub.add_parser("profile", help="time each fused kernel of the training step")
+    s.add_argument("model")
+    s.add_argument("--batch", type=int, help="batch size (default: the train block's)")
+    s.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    s.add_argument("--threads", type=int, help="threads for large kernels (default: all cores)")
+    s.add_argument("--top", type=int, default=25, help="kernels shown, slowest first (default 25)")
+    s.set_defaults(fn=_profile)
 
     s = sub.add_parser("compile", help="write the compiled artifacts")
     s.add_argument("model")

@@ -60,17 +60,19 @@ class Compiled:
 
 def compile_graph(g: Graph, params: dict[str, np.ndarray] | None = None,
                   target: Target | None = None, use_cache: bool = True,
-                  threads: int | None = None) -> Compiled:
+                  threads: int | None = None, profile: bool = False) -> Compiled:
     """Schedule `g`, generate and load its native code (cached), and wrap it in a runnable Step.
 
-    `threads` (default: all cores, or $GRAPHC_THREADS) splits large GEMMs across a worker pool."""
+    `threads` (default: all cores, or $GRAPHC_THREADS) splits large GEMMs across a worker pool;
+    `profile` counts each kernel's cycles into `step.cycles`."""
     t0 = time.perf_counter()
     target = target or host_target()
     threads = max(1, min(threads or default_threads(), MAX_THREADS))
     sched = schedule(g)
-    key = hashlib.sha256("\n".join([source_hash(), target.key(), f"threads={threads}",
+    key = hashlib.sha256("\n".join([source_hash(), target.key(), f"threads={threads}", f"profile={profile}",
                                     dumps(sched.graph), print_schedule(sched)]).encode()).hexdigest()
-    native, hit = compile_cached(key, lambda: build_module(sched, target, ENTRY, threads), target, use_cache)
-    step = Step(sched, native, ENTRY, params, pool(threads) if threads > 1 else None)
+    native, hit = compile_cached(key, lambda: build_module(sched, target, ENTRY, threads, profile),
+                                 target, use_cache)
+    step = Step(sched, native, ENTRY, params, pool(threads) if threads > 1 else None, profile)
     return Compiled(step, sched, time.perf_counter() - t0, hit)
 

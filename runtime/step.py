@@ -33,7 +33,8 @@ def _array(v: Value) -> np.ndarray:
 
 class Step:
     def __init__(self, sched: Schedule, native: Native, entry: str,
-                 params: dict[str, np.ndarray] | None = None, pool: Pool | None = None) -> None:
+                 params: dict[str, np.ndarray] | None = None, pool: Pool | None = None,
+                 profile: bool = False) -> None:
         g = sched.graph
         self.schedule = sched
         self.native = native  # keeps the code alive
@@ -60,7 +61,10 @@ class Step:
         self.outputs = {k: buffers[sched.plan.place[v][0]] for k, v in g.outputs.items()}
         self._buffers = buffers  # keeps the arena and output arrays alive for the table
         self.pool = pool  # its run function follows the buffers in the table
-        slots = [a.ctypes.data for a in buffers] + ([pool.run_address] if pool else [])
+        # a profiling build adds each kernel's cycles to this array (one entry per scheduled kernel)
+        self.cycles = np.zeros(len(sched.kernels), np.int64) if profile else None
+        slots = ([a.ctypes.data for a in buffers] + ([pool.run_address] if pool else [])
+                 + ([self.cycles.ctypes.data] if profile else []))
         self._table = (ctypes.c_void_p * len(slots))(*slots)
         self._fn = _ENTRY(native.address(entry))
 

@@ -8,6 +8,7 @@ element before writing the new one.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 from llvmlite import ir
@@ -107,13 +108,56 @@ def compute_dtype(k: Kernel) -> str:
     return next((n.out.dtype for n in k.nodes if n.out.type.is_float), "f32")
 
 
-def loop_space(k: Kernel) -> tuple[int, ...]:
-    """The loops an elementwise kernel runs: one flat loop when every access is the identity or a
-    scalar broadcast, else one loop per axis."""
+@dataclass(frozen=True)
+class Loops:
+    """A kernel's loop nest: adjacent axes of its iteration space merged into one loop wherever every
+    memory access walks them as one (e.g. a whole elementwise chain becomes one flat loop)."""
+
+    groups: tuple[tuple[int, ...], ...]  # the iteration-space axes each loop runs over
+    space: tuple[int, ...]               # trip counts
+
+    def squash(self, coef: list[int]) -> list[int]:
+        """Per-axis strides -> per-loop strides (a merged group moves like its innermost axis)."""
+        return [coef[g[-1]] for g in self.groups]
+
+    def axes(self, axes) -> list[int]:
+        """The loops that run over the given iteration-space axes."""
+        return sorted({i for i, g in enumerate(self.groups) for a in axes if a in g})
+
+    def originals(self, b: ir.IRBuilder, idx: list[ir.Value], shape: tuple[int, ...]) -> list[ir.Value]:
+        """Per iteration-space axis, its index (the optimizer drops the ones nothing uses)."""
+        out = []
+        for i, g in zip(idx, self.groups):
+            inner = math.prod(shape[a] for a in g)
+            for a in g:
+                inner //= shape[a]
+                q = b.udiv(i, ir.Constant(I64, inner)) if inner > 1 else i
+                out.append(b.urem(q, ir.Constant(I64, shape[a])) if a != g[0] else q)
+        return out
+
+
+def loops(k: Kernel) -> Loops:
     rank = len(k.space)
-    flat = k.kind == "elementwise" and all(m == tuple(range(rank)) or m == ()
-                                           for n in k.nodes for m in input_maps(n))
-    return (math.prod(k.space),) if flat else k.space
+    coefs, pinned = [strides(k.space)], set()
+    for n in k.nodes:
+        for v, m in zip(n.inputs, input_maps(n)):
+            if v.const is not None:
+                continue
+            if any(isinstance(a, Affine) for a in m):  # computed indices keep their own loops
+                pinned |= {a for a in m if isinstance(a, int)}
+                pinned |= {ax for a in m if isinstance(a, Affine) for ax, _ in a.terms}
+            else:
+                coefs.append(access(v, m, rank))
+    reduced = set(norm_axes(k.nodes[-1].attrs["axes"], rank)) if k.kind == "reduce" else set()
+    groups: list[list[int]] = []
+    for a in range(rank):
+        p = groups[-1][-1] if groups else None
+        if (p is not None and not {p, a} & pinned and (p in reduced) == (a in reduced)
+                and all(c[p] == c[a] * k.space[a] for c in coefs)):
+            groups[-1].append(a)
+        else:
+            groups.append([a])
+    return Loops(tuple(map(tuple, groups)), tuple(math.prod(k.space[a] for a in g) for g in groups))
 
 
 def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
@@ -126,11 +170,11 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
     maps = {n: input_maps(n) for n in k.nodes}
     rank = len(k.space)
     red = k.nodes[-1] if k.kind == "reduce" else None
-    flat = loop_space(k) != tuple(k.space)  # one flat loop: index every operand by the flat counter
+    lp = loops(k)
 
     def body(idx: list[ir.Value], store_reduce: Callable | None) -> None:
-        s = LLVMScalar(b, dtype, idx)
-        coefs = (lambda v, m: [1] if v.shape else [0]) if flat else (lambda v, m: access(v, m, rank))
+        orig = lp.originals(b, idx, k.space)
+        s = LLVMScalar(b, dtype, orig)
         loads, vals = {}, {}
         for n in k.nodes:  # loads first
             for v, m in zip(n.inputs, maps[n]):
@@ -141,9 +185,9 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
                     if any(isinstance(a, Affine) for a in m):
                         f = REGISTRY[n.op].lower.fill(n.attrs)
                         fill = ir.Constant(LLTYPES[v.dtype], f if v.type.is_float else int(f))
-                        loads[key] = gather(b, arg_of[v], v, m, idx, fill)
+                        loads[key] = gather(b, arg_of[v], v, m, orig, fill)
                     else:
-                        loads[key] = b.load(b.gep(arg_of[v], [offset(b, idx, coefs(v, m))]))
+                        loads[key] = b.load(b.gep(arg_of[v], [offset(b, idx, lp.squash(access(v, m, rank)))]))
         for n in k.nodes:
             ops = [s.const(v.const) if v.const is not None else loads.get((v, m)) or vals[v]
                    for v, m in zip(n.inputs, maps[n])]
@@ -153,16 +197,16 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
                 vals[n.out] = REGISTRY[n.op].lower.expr(s, *ops, **n.attrs)
         for v in k.outputs:
             if v is not (red.out if red else None):
-                b.store(vals[v], b.gep(arg_of[v], [offset(b, idx, [1] if flat else strides(k.space))]))
+                b.store(vals[v], b.gep(arg_of[v], [offset(b, idx, lp.squash(strides(k.space)))]))
 
     if red is None:
-        nest(b, loop_space(k), lambda idx: body(idx, None), outer=outer)
+        nest(b, lp.space, lambda idx: body(idx, None), outer=outer)
     else:
-        _reduce(b, k, red, dtype, body, arg_of)
+        _reduce(b, k, lp, red, dtype, body, arg_of)
     b.ret_void()
 
 
-def _reduce(b, k, red, dtype, body, arg_of) -> None:
+def _reduce(b, k, lp, red, dtype, body, arg_of) -> None:
     rank = len(k.space)
     axes = norm_axes(red.attrs["axes"], rank)
     kept = [a for a in range(rank) if a not in axes]
@@ -178,17 +222,19 @@ def _reduce(b, k, red, dtype, body, arg_of) -> None:
     out_coef = [0] * rank
     for a, s in zip(kept, strides(tuple(k.space[a] for a in kept))):
         out_coef[a] = s
-    if list(axes) == list(range(rank - len(axes), rank)):
+    out_coef = lp.squash(out_coef)
+    loops_in, loops_out = lp.axes(axes), lp.axes(kept)
+    if loops_in == list(range(len(lp.space) - len(loops_in), len(lp.space))):
         # reduced axes innermost: accumulate in a register, store once per output element
         with b.goto_entry_block():
             acc = b.alloca(t)
 
         def outer(oidx):
             b.store(identity, acc)
-            nest(b, tuple(k.space[a] for a in axes),
+            nest(b, tuple(lp.space[i] for i in loops_in),
                  lambda iidx: body(oidx + iidx, lambda x: b.store(combine(b.load(acc), x), acc)))
             b.store(b.load(acc), b.gep(out, [offset(b, oidx, out_coef[:len(oidx)])]))
-        nest(b, tuple(k.space[a] for a in kept), outer)
+        nest(b, tuple(lp.space[i] for i in loops_out), outer)
     else:
         size = math.prod(k.space[a] for a in kept)
         for_range(b, size, lambda i: b.store(identity, b.gep(out, [i])))
@@ -198,4 +244,4 @@ def _reduce(b, k, red, dtype, body, arg_of) -> None:
                 p = b.gep(out, [offset(b, idx, out_coef)])
                 b.store(combine(b.load(p), x), p)
             body(idx, acc)
-        nest(b, k.space, rmw)
+        nest(b, lp.space, rmw)

@@ -4,7 +4,8 @@ The entry `void NAME(i8** table)` runs every kernel in order; table[i] is the ba
 plan's buffer i (inputs, params, state, outputs, arena), so no Python runs between kernels. With
 threads > 1, the slot after the buffers holds the worker pool's `run` function: a large kernel
 (GEMM or elementwise loop) becomes fn(ptrs..., tid, nt) computing thread tid's share, and the step
-posts it to the pool through one generic task that unpacks its pointers.
+posts it to the pool through one generic task that unpacks its pointers. A profiling build adds
+one more slot: an i64 array where each kernel adds the CPU cycles it took (`graphc profile`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from llvmlite import ir
 
 from graphc.codegen.gemm import blocking, define_gemm
 from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_mxcsr
-from graphc.codegen.kernels import emit_loop_kernel, for_range, loop_space
+from graphc.codegen.kernels import emit_loop_kernel, for_range, loops
 from graphc.codegen.scalar import LLTYPES
 from graphc.codegen.target import Target
 from graphc.ir.graph import Value
@@ -30,7 +31,8 @@ ELEMENTWISE_PARALLEL_MIN = 1 << 16  # elements below which an elementwise loop r
 PARALLEL_MIN = 1 << 22  # multiply-adds below which a GEMM runs on one thread (measured: batch 8 lost)
 
 
-def build_module(s: Schedule, target: Target, entry: str = "graphc_step", threads: int = 1) -> ir.Module:
+def build_module(s: Schedule, target: Target, entry: str = "graphc_step", threads: int = 1,
+                 profile: bool = False) -> ir.Module:
     m = ir.Module(name=s.graph.name)
     m.triple = target.triple
     step = ir.Function(m, ir.FunctionType(ir.VoidType(), [I8P.as_pointer()]), entry)
@@ -42,6 +44,11 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
     if threads > 1:
         slot = b.load(b.gep(table, [ir.Constant(I64, len(s.plan.buffers))]))
         run = b.bitcast(slot, RUN.as_pointer())
+    cycles = None
+    if profile:
+        slot = b.load(b.gep(table, [ir.Constant(I64, len(s.plan.buffers) + (threads > 1))]))
+        cycles = b.bitcast(slot, I64.as_pointer())
+        clock = m.declare_intrinsic("llvm.readcyclecounter", (), ir.FunctionType(I64, []))
 
     def pointer(v: Value) -> ir.Value:
         buf, off = s.plan.place[v]
@@ -63,12 +70,16 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
                 a.add_attribute("noalias")
         arg_of = {v: fn.args[args.index(_first(args, v, s.plan.place))] for v in k.inputs + k.outputs}
         ptrs = [pointer(v) for v in args]
+        start = b.call(clock, []) if cycles else None
         if parallel:
             _emit_share(m, fn, k, arg_of, target, threads)
             _post(b, run, _task(fn), ptrs, threads)
         else:
             _emit_kernel(m, fn, k, arg_of, target)
             b.call(fn, ptrs)
+        if cycles:
+            total = b.gep(cycles, [ir.Constant(I64, i)])
+            b.store(b.add(b.load(total), b.sub(b.call(clock, []), start)), total)
     restore_mxcsr(b, mxcsr)
     b.ret_void()
     return m
@@ -140,7 +151,7 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     tid, nt = fn.args[-2:]
     if k.kind == "elementwise":
         b = ir.IRBuilder(fn.append_basic_block("share"))
-        outer = _share(b, ir.Constant(I64, loop_space(k)[0]), tid, nt)
+        outer = _share(b, ir.Constant(I64, loops(k).space[0]), tid, nt)
         emit_loop_kernel(fn, k, arg_of, outer=outer)
         b.branch(fn.blocks[1])  # into the loop nest's own entry block
         return

@@ -2,7 +2,7 @@
 
 - An elementwise node joins the kernel of a producer it reads element for element (same iteration
   space, identity index map), so elementwise chains become one loop; values used only inside the
-  kernel never touch memory.
+  kernel never touch memory. Independent kernels that feed the same node that way merge into it.
 - A reduction closes the elementwise kernel that computes its input (its prologue).
 - Contractions (GEMM) and views are kernels of their own.
 Joining is refused when it would make the kernel depend on itself through another kernel.
@@ -73,6 +73,7 @@ def fuse(g: Graph) -> list[Kernel]:
                 return False  # k -> p -> n: joining n into k makes a cycle
         return True
 
+    order = {n: i for i, n in enumerate(g.nodes)}
     for n in g.nodes:
         lower = REGISTRY[n.op].lower
         if isinstance(lower, (Elementwise, Reduce)):
@@ -83,6 +84,13 @@ def fuse(g: Graph) -> list[Kernel]:
             if k is None:
                 k = Kernel("elementwise", space)
                 kernels.append(k)
+            for other in feeders:  # sibling producers of n's operands join too: one loop, not two
+                if other is not k and other in kernels and can_join(other, n, space) \
+                        and other not in deps(k) and k not in deps(other):
+                    k.nodes = sorted(k.nodes + other.nodes, key=order.get)
+                    for m in other.nodes:
+                        kernel_of[m] = k
+                    kernels.remove(other)
             if isinstance(lower, Reduce):
                 k.kind = "reduce"  # closes the kernel: nothing joins after its reduction
         else:

@@ -1,0 +1,24 @@
+"""The profiling build: every kernel that runs is timed, and the GEMMs dominate an MLP step."""
+
+from __future__ import annotations
+
+from graphc import driver
+from graphc.cli import main
+from graphc.runtime.profile import profile_step
+
+
+def test_kernel_times_account_for_the_step(capsys):
+    prog = driver.load("models/lenet.net")
+    wall, kernels = profile_step(prog, batch=5, steps=3, threads=1)
+    sched = driver.compile_graph(driver.train_graph(prog, 5), threads=1).schedule
+    runs = {i for i, k in enumerate(sched.kernels) if k.kind != "view"}
+    assert {k.index for k in kernels} == runs  # every kernel that does work was timed
+    assert all(k.seconds > 0 for k in kernels)
+    assert abs(sum(k.seconds for k in kernels) - wall) < 1e-3 * wall
+    # the weight-gradient GEMM of fc1 (784x256 over a batch of 64) outweighs any bias kernel
+    _, kernels = profile_step(driver.load("models/mlp.net"), batch=64, steps=5, threads=1)
+    top = max(kernels, key=lambda k: k.seconds)
+    assert top.kind == "contract", top
+    assert main(["profile", "models/mlp.net", "--batch", "9", "--steps", "2", "--top", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("mlp: ") and len(out) == 2 + 3 and "matmul" in "".join(out)
