@@ -110,29 +110,27 @@ def compute_dtype(k: Kernel) -> str:
 
 @dataclass(frozen=True)
 class Loops:
-    """A kernel's loop nest: adjacent axes of its iteration space merged into one loop wherever every
-    memory access walks them as one (e.g. a whole elementwise chain becomes one flat loop)."""
+    """A kernel's loop nest: a reduction's kept axes outermost (so each output element is finished in
+    a register, and threads can split the outer loop), and adjacent axes merged into one loop
+    wherever every memory access walks them as one (a whole elementwise chain: one flat loop)."""
 
     groups: tuple[tuple[int, ...], ...]  # the iteration-space axes each loop runs over
     space: tuple[int, ...]               # trip counts
+    kept: int                            # how many outer loops run over kept (not reduced) axes
 
     def squash(self, coef: list[int]) -> list[int]:
         """Per-axis strides -> per-loop strides (a merged group moves like its innermost axis)."""
         return [coef[g[-1]] for g in self.groups]
 
-    def axes(self, axes) -> list[int]:
-        """The loops that run over the given iteration-space axes."""
-        return sorted({i for i, g in enumerate(self.groups) for a in axes if a in g})
-
     def originals(self, b: ir.IRBuilder, idx: list[ir.Value], shape: tuple[int, ...]) -> list[ir.Value]:
         """Per iteration-space axis, its index (the optimizer drops the ones nothing uses)."""
-        out = []
+        out: list[ir.Value] = [None] * len(shape)
         for i, g in zip(idx, self.groups):
             inner = math.prod(shape[a] for a in g)
             for a in g:
                 inner //= shape[a]
                 q = b.udiv(i, ir.Constant(I64, inner)) if inner > 1 else i
-                out.append(b.urem(q, ir.Constant(I64, shape[a])) if a != g[0] else q)
+                out[a] = b.urem(q, ir.Constant(I64, shape[a])) if a != g[0] else q
         return out
 
 
@@ -141,29 +139,31 @@ def loops(k: Kernel) -> Loops:
     coefs, pinned = [strides(k.space)], set()
     for n in k.nodes:
         for v, m in zip(n.inputs, input_maps(n)):
-            if v.const is not None:
-                continue
-            if any(isinstance(a, Affine) for a in m):  # computed indices keep their own loops
+            if v.const is None and any(isinstance(a, Affine) for a in m):
+                # computed indices keep their own loops
                 pinned |= {a for a in m if isinstance(a, int)}
                 pinned |= {ax for a in m if isinstance(a, Affine) for ax, _ in a.terms}
-            else:
+            elif v.const is None:
                 coefs.append(access(v, m, rank))
     reduced = set(norm_axes(k.nodes[-1].attrs["axes"], rank)) if k.kind == "reduce" else set()
+    order = [a for a in range(rank) if a not in reduced] + sorted(reduced)
     groups: list[list[int]] = []
-    for a in range(rank):
+    for a in order:
         p = groups[-1][-1] if groups else None
-        if (p is not None and not {p, a} & pinned and (p in reduced) == (a in reduced)
+        if (p is not None and p == a - 1 and not {p, a} & pinned and (p in reduced) == (a in reduced)
                 and all(c[p] == c[a] * k.space[a] for c in coefs)):
             groups[-1].append(a)
         else:
             groups.append([a])
-    return Loops(tuple(map(tuple, groups)), tuple(math.prod(k.space[a] for a in g) for g in groups))
+    return Loops(tuple(map(tuple, groups)), tuple(math.prod(k.space[a] for a in g) for g in groups),
+                 sum(g[0] not in reduced for g in groups))
 
 
 def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
                      outer: tuple[ir.Value, ir.Value] | None = None) -> None:
     """The body of an elementwise or reduce kernel; `arg_of` maps stored/loaded values to pointers;
-    `outer` = (lo, hi) runs only that range of the outermost loop (elementwise kernels)."""
+    `outer` = (lo, hi) runs only that range of the outermost loop (a thread's share; for a
+    reduction, the outermost kept loop)."""
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     dtype = compute_dtype(k)
     members = set(k.nodes)
@@ -202,46 +202,29 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
     if red is None:
         nest(b, lp.space, lambda idx: body(idx, None), outer=outer)
     else:
-        _reduce(b, k, lp, red, dtype, body, arg_of)
+        _reduce(b, k, lp, red, dtype, body, arg_of, outer)
     b.ret_void()
 
 
-def _reduce(b, k, lp, red, dtype, body, arg_of) -> None:
-    rank = len(k.space)
-    axes = norm_axes(red.attrs["axes"], rank)
-    kept = [a for a in range(rank) if a not in axes]
+def _reduce(b, k, lp, red, dtype, body, arg_of, outer) -> None:
+    """Kept loops outside, reduced loops inside: accumulate in a register, store each output once."""
     out = arg_of[red.out]
     t = FTYPES[dtype]
-    identity = ir.Constant(t, 0.0 if REGISTRY[red.op].lower.kind == "sum" else -math.inf)
+    kind = REGISTRY[red.op].lower.kind
+    identity = ir.Constant(t, 0.0 if kind == "sum" else -math.inf)
 
     def combine(acc, x):
-        if REGISTRY[red.op].lower.kind == "sum":
+        if kind == "sum":
             return b.fadd(acc, x)
         return b.select(b.fcmp_unordered(">", x, acc), x, acc)  # NaN propagates
 
-    out_coef = [0] * rank
-    for a, s in zip(kept, strides(tuple(k.space[a] for a in kept))):
-        out_coef[a] = s
-    out_coef = lp.squash(out_coef)
-    loops_in, loops_out = lp.axes(axes), lp.axes(kept)
-    if loops_in == list(range(len(lp.space) - len(loops_in), len(lp.space))):
-        # reduced axes innermost: accumulate in a register, store once per output element
-        with b.goto_entry_block():
-            acc = b.alloca(t)
+    with b.goto_entry_block():
+        acc = b.alloca(t)
+    out_strides = strides(lp.space[:lp.kept])  # the output is the kept loops' space, in order
 
-        def outer(oidx):
-            b.store(identity, acc)
-            nest(b, tuple(lp.space[i] for i in loops_in),
-                 lambda iidx: body(oidx + iidx, lambda x: b.store(combine(b.load(acc), x), acc)))
-            b.store(b.load(acc), b.gep(out, [offset(b, oidx, out_coef[:len(oidx)])]))
-        nest(b, tuple(lp.space[i] for i in loops_out), outer)
-    else:
-        size = math.prod(k.space[a] for a in kept)
-        for_range(b, size, lambda i: b.store(identity, b.gep(out, [i])))
-
-        def rmw(idx):
-            def acc(x):
-                p = b.gep(out, [offset(b, idx, out_coef)])
-                b.store(combine(b.load(p), x), p)
-            body(idx, acc)
-        nest(b, lp.space, rmw)
+    def kept(oidx):
+        b.store(identity, acc)
+        nest(b, lp.space[lp.kept:],
+             lambda iidx: body(oidx + iidx, lambda x: b.store(combine(b.load(acc), x), acc)))
+        b.store(b.load(acc), b.gep(out, [offset(b, oidx, out_strides)]))
+    nest(b, lp.space[:lp.kept], kept, outer=outer)

@@ -3,7 +3,7 @@
 The entry `void NAME(i8** table)` runs every kernel in order; table[i] is the base pointer of the
 plan's buffer i (inputs, params, state, outputs, arena), so no Python runs between kernels. With
 threads > 1, the slot after the buffers holds the worker pool's `run` function: a large kernel
-(GEMM or elementwise loop) becomes fn(ptrs..., tid, nt) computing thread tid's share, and the step
+(GEMM or loop nest) becomes fn(ptrs..., tid, nt) computing thread tid's share, and the step
 posts it to the pool through one generic task that unpacks its pointers. A profiling build adds
 one more slot: an i64 array where each kernel adds the CPU cycles it took (`graphc profile`).
 """
@@ -27,7 +27,7 @@ I8P = ir.IntType(8).as_pointer()
 I64, I32 = ir.IntType(64), ir.IntType(32)
 
 
-ELEMENTWISE_PARALLEL_MIN = 1 << 16  # elements below which an elementwise loop runs on one thread
+ELEMENTWISE_PARALLEL_MIN = 1 << 16  # iterations below which a loop kernel runs on one thread
 PARALLEL_MIN = 1 << 22  # multiply-adds below which a GEMM runs on one thread (measured: batch 8 lost)
 
 
@@ -132,7 +132,9 @@ def _gemm_args(n, arg_of) -> tuple[list, bool, bool]:
 def _worth_splitting(k: Kernel) -> bool:
     if k.kind == "contract":
         return _macs(k.nodes[0]) >= PARALLEL_MIN
-    return k.kind == "elementwise" and math.prod(k.space) >= ELEMENTWISE_PARALLEL_MIN
+    # loop kernels split their outermost loop (for a reduction, a kept one: outputs stay disjoint)
+    return (k.kind in ("elementwise", "reduce") and math.prod(k.space) >= ELEMENTWISE_PARALLEL_MIN
+            and loops(k).kept > 0)
 
 
 def _share(b: ir.IRBuilder, size: ir.Value, tid: ir.Value, nt: ir.Value, align: int = 1):
@@ -149,10 +151,11 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
                 threads: int) -> None:
     """The body of a split kernel fn(ptrs..., tid, nt): thread tid's share of the work."""
     tid, nt = fn.args[-2:]
-    if k.kind == "elementwise":
+    if k.kind in ("elementwise", "reduce"):
         b = ir.IRBuilder(fn.append_basic_block("share"))
         outer = _share(b, ir.Constant(I64, loops(k).space[0]), tid, nt)
         emit_loop_kernel(fn, k, arg_of, outer=outer)
+        b.position_at_end(b.block)  # after any alloca the loop nest hoisted into this block
         b.branch(fn.blocks[1])  # into the loop nest's own entry block
         return
     n = k.nodes[0]
