@@ -110,13 +110,16 @@ def compute_dtype(k: Kernel) -> str:
 
 @dataclass(frozen=True)
 class Loops:
-    """A kernel's loop nest: a reduction's kept axes outermost (so each output element is finished in
-    a register, and threads can split the outer loop), and adjacent axes merged into one loop
-    wherever every memory access walks them as one (a whole elementwise chain: one flat loop)."""
+    """A kernel's loop nest. A reduction runs its kept axes outermost (each output element is finished
+    in a register, and threads can split the outer loop) unless its innermost axis is kept (a column
+    sum): then the axes stay in memory order and whole rows accumulate in the output, vectorized.
+    Adjacent axes merge into one loop wherever every memory access walks them as one (a whole
+    elementwise chain: one flat loop)."""
 
     groups: tuple[tuple[int, ...], ...]  # the iteration-space axes each loop runs over
     space: tuple[int, ...]               # trip counts
-    kept: int                            # how many outer loops run over kept (not reduced) axes
+    kept: int                            # outer loops over kept axes, finished in a register
+    in_memory: bool = False              # a reduction accumulates in its output, in memory order
 
     def squash(self, coef: list[int]) -> list[int]:
         """Per-axis strides -> per-loop strides (a merged group moves like its innermost axis)."""
@@ -146,7 +149,8 @@ def loops(k: Kernel) -> Loops:
             elif v.const is None:
                 coefs.append(access(v, m, rank))
     reduced = set(norm_axes(k.nodes[-1].attrs["axes"], rank)) if k.kind == "reduce" else set()
-    order = [a for a in range(rank) if a not in reduced] + sorted(reduced)
+    inner_kept = bool(reduced) and rank - 1 not in reduced
+    order = list(range(rank)) if inner_kept else [a for a in range(rank) if a not in reduced] + sorted(reduced)
     groups: list[list[int]] = []
     for a in order:
         p = groups[-1][-1] if groups else None
@@ -155,8 +159,10 @@ def loops(k: Kernel) -> Loops:
             groups[-1].append(a)
         else:
             groups.append([a])
+    # leading kept loops; none when accumulating in memory (every thread would zero the whole output)
+    kept = 0 if inner_kept else next((i for i, g in enumerate(groups) if g[0] in reduced), len(groups))
     return Loops(tuple(map(tuple, groups)), tuple(math.prod(k.space[a] for a in g) for g in groups),
-                 sum(g[0] not in reduced for g in groups))
+                 kept, inner_kept)
 
 
 def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
@@ -174,7 +180,7 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
 
     def body(idx: list[ir.Value], store_reduce: Callable | None) -> None:
         orig = lp.originals(b, idx, k.space)
-        s = LLVMScalar(b, dtype, orig)
+        s = LLVMScalar(b, dtype, orig, k.space)
         loads, vals = {}, {}
         for n in k.nodes:  # loads first
             for v, m in zip(n.inputs, maps[n]):
@@ -207,7 +213,8 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
 
 
 def _reduce(b, k, lp, red, dtype, body, arg_of, outer) -> None:
-    """Kept loops outside, reduced loops inside: accumulate in a register, store each output once."""
+    """Kept loops outside, reduced loops inside: accumulate in a register, store each output once
+    (or, for `in_memory` loops, accumulate into the zeroed output)."""
     out = arg_of[red.out]
     t = FTYPES[dtype]
     kind = REGISTRY[red.op].lower.kind
@@ -218,6 +225,22 @@ def _reduce(b, k, lp, red, dtype, body, arg_of, outer) -> None:
             return b.fadd(acc, x)
         return b.select(b.fcmp_unordered(">", x, acc), x, acc)  # NaN propagates
 
+    if lp.in_memory:
+        rank = len(k.space)
+        axes = norm_axes(red.attrs["axes"], rank)
+        kept_axes = [a for a in range(rank) if a not in axes]
+        coef = [0] * rank
+        for a, st in zip(kept_axes, strides(tuple(k.space[a] for a in kept_axes))):
+            coef[a] = st
+        for_range(b, math.prod(k.space[a] for a in kept_axes), lambda i: b.store(identity, b.gep(out, [i])))
+
+        def rmw(idx):
+            def accumulate(x):
+                p = b.gep(out, [offset(b, idx, lp.squash(coef))])
+                b.store(combine(b.load(p), x), p)
+            body(idx, accumulate)
+        nest(b, lp.space, rmw)
+        return
     with b.goto_entry_block():
         acc = b.alloca(t)
     out_strides = strides(lp.space[:lp.kept])  # the output is the kept loops' space, in order
