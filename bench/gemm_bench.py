@@ -20,9 +20,10 @@ import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from graphc.codegen.gemm import blocking, define_gemm  # noqa: E402
+from graphc.codegen.gemm import blocking, define_gemm, scratch_bytes  # noqa: E402
 from graphc.codegen.jit import Native, emit  # noqa: E402
 from graphc.codegen.target import host_target  # noqa: E402
+from graphc.runtime.step import aligned  # noqa: E402
 
 # (label, M, N, K, trans_a, trans_b)
 SHAPES = [
@@ -34,7 +35,7 @@ SHAPES = [
 ]
 _I64 = ctypes.c_int64
 _GEMM = ctypes.CFUNCTYPE(None, _I64, _I64, _I64, ctypes.c_void_p, _I64, ctypes.c_void_p, _I64,
-                         ctypes.c_void_p, _I64, ctypes.c_int32)
+                         ctypes.c_void_p, _I64, ctypes.c_int32, ctypes.c_void_p)
 
 
 def compile_kernels():
@@ -64,6 +65,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     target = host_target()
     blk = blocking(target, "f32")
+    scratch = aligned((scratch_bytes(target, "f32"),), np.uint8)
     print(f"target {target.cpu}, {target.vector_bits}-bit; tile {blk.mr}x{blk.nr}, "
           f"MC {blk.mc} KC {blk.kc} NC {blk.nc}")
     print(f"{'shape':32} {'generated':>10} {'numpy':>8}  GFLOP/s, 1 thread, median")
@@ -73,7 +75,8 @@ def main() -> None:
         c = np.empty((M, N), np.float32)
         op_a, op_b = (a.T if ta else a), (b.T if tb else b)
         gemm = kernels[(ta, tb)]
-        args = (M, N, K, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], c.ctypes.data, N, 0)
+        args = (M, N, K, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], c.ctypes.data, N, 0,
+                scratch.ctypes.data)
         gemm(*args)
         ref = op_a.astype(np.float64) @ op_b.astype(np.float64)
         assert np.abs(c - ref).max() <= 1e-4 * np.abs(ref).max(), label

@@ -6,22 +6,27 @@ Run from the repository root:
     python bench/run.py --reps 9      # more repetitions: medians steadier on a noisy machine
     python bench/run.py --threads 1   # every framework on one thread
     python bench/run.py --smoke       # 256 samples, 1 repetition: what the tests run
+    python bench/run.py --nets lenet  # only some networks (names as in NETWORKS)
 
-For each network (mlp.net at batch 128, twolayer.net at batch 100, mlp.net at batch 8 for latency)
-every framework trains the same MLP (sizes and activation read from the .net file) from the same
-initial weights (graphc's initializers), with SGD momentum 0.9 at the model's learning rate (scaled
-by batch / the model's batch: batch 8 at lr 0.1 diverges, and the denormal floats that follow slow
-most frameworks ~100x), in float32, on the same shuffled batches. Frameworks alternate epoch by epoch within one process, so
-the machine's load changes hit all of them alike; the table shows the median epoch.
+For each network (mlp.net at batch 128, twolayer.net at batch 100, mlp.net at batch 8 for latency,
+lenet.net at batch 64) every framework trains the same layers (read from the .net file by
+bench/netspec.py) from the same initial weights (graphc's initializers), with SGD momentum 0.9 at the
+model's learning rate (scaled by batch / the model's batch: batch 8 at lr 0.1 diverges, and the
+denormal floats that follow slow most frameworks ~100x), in float32, on the same shuffled batches.
+Frameworks alternate epoch by epoch within one process, so the machine's load changes hit all of
+them alike; the table shows the median epoch. The NumPy baseline is an MLP: conv nets skip it.
 
-Training FLOPs per step, for layers (in_i, out_i) and batch B:
-    2·B·Σ in·out (forward) + 2·B·Σ in·out (weight gradients) + 2·B·Σ_{i>1} in·out (input gradients)
-  = 6·B·Σ in·out − 2·B·in_1·out_1  (no framework computes the gradient of the data).
-% of peak is against the FP32 FMA peak measured here with a generated kernel on all threads used.
+Training FLOPs per step at batch B, over the layers' forward multiply-adds per sample m_i
+(in·out for a dense layer, out·H·W·in·k·k for a conv layer):
+    2·B·Σ m_i (forward) + 2·B·Σ m_i (weight gradients) + 2·B·Σ_{i>1} m_i (input gradients)
+  = 6·B·Σ m_i − 2·B·m_1  (no framework computes the gradient of the data; pooling and elementwise
+work are not counted). % of peak is against the FP32 FMA peak measured here with a generated kernel
+on all threads used.
 
 Peak memory: one process's peak RSS cannot be split between frameworks, so each framework is
-measured in a fresh process that loads the data, then builds the framework and trains mlp.net a few
-steps; on Linux the peak is reset after loading the data, so the figure is the framework's own.
+measured in a fresh process that loads the data, then builds the framework and trains the first
+network benchmarked a few steps; on Linux the peak is reset after loading the data, so the figure is
+the framework's own.
 """
 
 from __future__ import annotations
@@ -71,9 +76,10 @@ from llvmlite import ir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from numpy_baseline import NumpyMLP  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from netspec import NetSpec, read_spec  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from numpy_baseline import NumpyMLP  # noqa: E402
 from graphc.codegen.target import Target, host_target  # noqa: E402
-from graphc.driver import compile_graph, load, train_graph  # noqa: E402
+from graphc.driver import compile_graph, forward, load, train_graph  # noqa: E402
 from graphc.runtime.data import load_dataset  # noqa: E402
 from graphc.runtime.init import init_params  # noqa: E402
 from graphc.runtime.trainer import data_inputs, fit_features  # noqa: E402
@@ -83,11 +89,11 @@ SEED = 0
 WARMUP_STEPS = 3      # first calls JIT-compile (JAX, torch.compile) and fault pages in
 SMOKE_SAMPLES = 256
 MEMORY_STEPS = 20     # peak RSS is reached within a few steps
-ACTIVATIONS = ("relu", "sigmoid")
 
 
 @dataclass(frozen=True)
 class Network:
+    name: str   # what --nets selects
     model: str  # path relative to the repository root
     batch: int
 
@@ -96,8 +102,8 @@ class Network:
         return f"{Path(self.model).name} b{self.batch}"
 
 
-NETWORKS = [Network("models/mlp.net", 128), Network("models/twolayer.net", 100),
-            Network("models/mlp.net", 8)]
+NETWORKS = [Network("mlp", "models/mlp.net", 128), Network("twolayer", "models/twolayer.net", 100),
+            Network("mlp-b8", "models/mlp.net", 8), Network("lenet", "models/lenet.net", 64)]
 LATENCY = NETWORKS[2]
 
 
@@ -217,10 +223,9 @@ class Problem:
 
     net: Network
     prog: Any                      # graphc Program
-    sizes: list[int]               # [in, hidden..., out]
-    act: str                       # relu | sigmoid
-    init: dict[str, np.ndarray]    # graphc's initial params, declaration order: W1, b1, W2, b2, ...
-    x: np.ndarray                  # [N, in] float32
+    spec: NetSpec                  # the layers, as the peers build them
+    init: dict[str, np.ndarray]    # graphc's initial params by name
+    x: np.ndarray                  # [N, *spec.input_shape] float32
     y: np.ndarray                  # [N] int32
     lr: float
 
@@ -233,34 +238,24 @@ class Problem:
         return len(self.x) // self.batch  # the trainer drops the remainder too
 
     def flops_per_step(self) -> float:
-        dims = list(zip(self.sizes, self.sizes[1:]))
-        return 6.0 * self.batch * sum(a * b for a, b in dims) - 2.0 * self.batch * dims[0][0] * dims[0][1]
-
-
-def mlp_shape(prog: Any, init: dict[str, np.ndarray]) -> tuple[list[int], str]:
-    """Layer sizes and activation of an MLP model; raises if the model is not a plain MLP."""
-    arrays = list(init.values())
-    ws, bs = arrays[0::2], arrays[1::2]
-    ok = len(ws) == len(bs) and all(w.ndim == 2 and b.shape == (w.shape[1],) for w, b in zip(ws, bs))
-    ok = ok and all(w1.shape[1] == w2.shape[0] for w1, w2 in zip(ws, ws[1:]))
-    acts = {n.op for n in prog.graph.nodes} & set(ACTIVATIONS)
-    if not ok or len(acts) != 1:
-        raise SystemExit(f"{prog.path}: the benchmark's peers implement MLPs with params W1, b1, W2, b2, ... "
-                         f"and one activation of {ACTIVATIONS}")
-    return [ws[0].shape[0]] + [w.shape[1] for w in ws], acts.pop()
+        return self.batch * self.spec.flops_per_sample()
 
 
 def make_problem(net: Network, data: Any, samples: int | None) -> Problem:
     prog = load(ROOT / net.model)
     init = init_params(prog.graph.params, prog.train.seed)
-    sizes, act = mlp_shape(prog, init)
+    spec = read_spec(forward(prog, net.batch))
     xin, _ = data_inputs(prog.graph)
-    x = fit_features(data.x_train[:samples], xin, data.name).reshape(-1, sizes[0])
+    x = fit_features(data.x_train[:samples], xin, data.name).reshape((-1,) + spec.input_shape)
     lr = float(prog.train.opt_args["lr"]) * net.batch / prog.train.batch  # the linear scaling rule
-    return Problem(net, prog, sizes, act, init, x, data.y_train[:samples], lr)
+    return Problem(net, prog, spec, init, x, data.y_train[:samples], lr)
 
 
 # ---- the frameworks -------------------------------------------------------------------------
+
+class Unsupported(Exception):
+    """A framework that cannot train this network (the others it still runs)."""
+
 
 class Trainer(Protocol):
     """What the benchmark needs of a framework (built from a Problem and a thread count)."""
@@ -302,10 +297,16 @@ class NumpyBaseline:
     """bench/numpy_baseline.py, started from graphc's initial weights."""
 
     def __init__(self, p: Problem) -> None:
-        self.mlp = NumpyMLP(p.sizes, p.act, p.lr, MOMENTUM, SEED)
-        self.mlp.params = [a.copy() for a in p.init.values()]
+        layers = p.spec.layers
+        acts = {layer.act for layer in layers[:-1]}
+        if not p.spec.is_mlp or len(acts) > 1 or None in acts or layers[-1].act:
+            raise Unsupported("the hand-written NumPy baseline is an MLP with one hidden activation "
+                              f"and linear outputs; this network is {p.spec}")
+        sizes = [layer.w_shape[0] for layer in layers] + [layers[-1].w_shape[1]]
+        self.mlp = NumpyMLP(sizes, next(iter(acts), "relu"), p.lr, MOMENTUM, SEED)
+        self.mlp.params = [p.init[name].copy() for layer in layers for name in (layer.W, layer.b)]
         self.x, self.y = p.x, p.y
-        self.xb = np.empty((p.batch, p.sizes[0]), np.float32)
+        self.xb = np.empty((p.batch,) + p.x.shape[1:], np.float32)
         self.yb = np.empty(p.batch, np.int32)
 
     def step(self, idx: np.ndarray) -> float:
@@ -317,8 +318,9 @@ class NumpyBaseline:
         return float(np.mean(losses))
 
 
-class TorchMLP:
-    """PyTorch: addmm layers, cross-entropy and torch.optim.SGD, eager or under torch.compile."""
+class TorchNet:
+    """PyTorch: conv2d / addmm layers with their biases, max pooling, cross-entropy and
+    torch.optim.SGD, eager or under torch.compile."""
 
     def __init__(self, p: Problem, compiled: bool, threads: int | None) -> None:
         import torch
@@ -326,23 +328,29 @@ class TorchMLP:
 
         if threads:
             torch.set_num_threads(threads)
-        self.torch, self.F = torch, F
-        self.act = torch.relu if p.act == "relu" else torch.sigmoid
-        self.params = [torch.tensor(a, requires_grad=True) for a in p.init.values()]
-        self.opt = torch.optim.SGD(self.params, lr=p.lr, momentum=MOMENTUM)
+        self.torch, self.F, self.layers = torch, F, p.spec.layers
+        # Conv weights are OIHW in both; conv biases are [out, 1, 1] in graphc, [out] in F.conv2d.
+        self.params = [(torch.tensor(p.init[layer.W], requires_grad=True),
+                        torch.tensor(p.init[layer.b].reshape(-1), requires_grad=True)) for layer in self.layers]
+        self.opt = torch.optim.SGD([t for wb in self.params for t in wb], lr=p.lr, momentum=MOMENTUM)
         self.x, self.y = p.x, p.y.astype(np.int64)  # cross_entropy wants int64 labels
-        self.xb = np.empty((p.batch, p.sizes[0]), np.float32)
+        self.xb = np.empty((p.batch,) + p.x.shape[1:], np.float32)
         self.yb = np.empty(p.batch, np.int64)
         self.txb, self.tyb = torch.from_numpy(self.xb), torch.from_numpy(self.yb)  # views: no copy
         self.loss_fn = torch.compile(self._loss) if compiled else self._loss
         self.update = torch.compile(self.opt.step) if compiled else self.opt.step
 
     def _loss(self, x: Any, y: Any) -> Any:
-        h, n = x, len(self.params) // 2
-        for i in range(n):
-            h = self.torch.addmm(self.params[2 * i + 1], h, self.params[2 * i])
-            if i < n - 1:
-                h = self.act(h)
+        h = x
+        for layer, (w, b) in zip(self.layers, self.params):
+            if layer.kind == "conv":
+                h = self.F.conv2d(h, w, b, padding=layer.padding)
+            else:
+                h = self.torch.addmm(b, h.flatten(1), w)
+            if layer.act:
+                h = getattr(self.torch, layer.act)(h)
+            if layer.pool:
+                h = self.F.max_pool2d(h, layer.pool)
         return self.F.cross_entropy(h, y)
 
     def step(self, idx: np.ndarray) -> Any:
@@ -358,33 +366,39 @@ class TorchMLP:
         return float(self.torch.stack(losses).mean())
 
 
-class JaxMLP:
+class JaxNet:
     """JAX: one jitted step (forward, grad, momentum update), fed host batches like the others."""
 
     def __init__(self, p: Problem) -> None:
         import jax
         import jax.numpy as jnp
+        from jax import lax
 
-        act = jax.nn.relu if p.act == "relu" else jax.nn.sigmoid
-        lr = p.lr
+        layers, lr = p.spec.layers, p.lr
 
         def loss_fn(params: list, x: Any, y: Any) -> Any:
-            h, n = x, len(params) // 2
-            for i in range(n):
-                h = h @ params[2 * i] + params[2 * i + 1]
-                if i < n - 1:
-                    h = act(h)
+            h = x
+            for layer, (w, b) in zip(layers, params):
+                if layer.kind == "conv":  # lax's default layouts are NCHW and OIHW, as graphc's
+                    h = lax.conv_general_dilated(h, w, (1, 1), [(q, q) for q in layer.padding]) + b
+                else:
+                    h = h.reshape(len(h), -1) @ w + b
+                if layer.act:
+                    h = getattr(jax.nn, layer.act)(h)
+                if layer.pool:
+                    window = (1, 1) + layer.pool
+                    h = lax.reduce_window(h, -jnp.inf, lax.max, window, window, "VALID")
             return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(h), y[:, None], axis=1))
 
         def step(params: list, vel: list, x: Any, y: Any) -> tuple[list, list, Any]:
             loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-            vel = [MOMENTUM * v + g for v, g in zip(vel, grads)]
-            return [w - lr * v for w, v in zip(params, vel)], vel, loss
+            vel = jax.tree.map(lambda v, g: MOMENTUM * v + g, vel, grads)
+            return jax.tree.map(lambda w, v: w - lr * v, params, vel), vel, loss
 
         self.jnp = jnp
         self._step = jax.jit(step, donate_argnums=(0, 1))  # params and velocities update in place
-        self.params = [jnp.asarray(a) for a in p.init.values()]
-        self.vel = [jnp.zeros_like(a) for a in self.params]
+        self.params = [(jnp.asarray(p.init[layer.W]), jnp.asarray(p.init[layer.b])) for layer in layers]
+        self.vel = jax.tree.map(jnp.zeros_like, self.params)
         self.x, self.y = p.x, p.y
 
     def step(self, idx: np.ndarray) -> Any:
@@ -403,9 +417,9 @@ Factory = Callable[[Problem, int | None], Trainer]
 FRAMEWORKS: dict[str, tuple[str | None, Factory]] = {
     "graphc": (None, Graphc),
     "numpy": (None, lambda p, t: NumpyBaseline(p)),
-    "pytorch": ("torch", lambda p, t: TorchMLP(p, False, t)),
-    "torch.compile": ("torch", lambda p, t: TorchMLP(p, True, t)),
-    "jax": ("jax", lambda p, t: JaxMLP(p)),
+    "pytorch": ("torch", lambda p, t: TorchNet(p, False, t)),
+    "torch.compile": ("torch", lambda p, t: TorchNet(p, True, t)),
+    "jax": ("jax", lambda p, t: JaxNet(p)),
 }
 
 
@@ -464,6 +478,9 @@ def bench_network(p: Problem, names: list[str], reps: int, threads: int | None, 
             fw = FRAMEWORKS[name][1](p, threads)
             for _ in range(WARMUP_STEPS):
                 fw.mean([fw.step(warm_idx)])
+        except Unsupported as e:
+            print(f"skipped {name} on {p.net.label}: {e}")
+            continue
         except Exception as e:  # a peer that fails (e.g. torch.compile without a compiler) is skipped
             if name == "graphc":
                 raise
@@ -537,6 +554,7 @@ def measure_rss(names: list[str], net: Network, samples: int | None,
 # ---- reporting ------------------------------------------------------------------------------
 
 def print_table(rows: list[tuple[Problem, dict[str, Result]]], peak: float) -> None:
+    """s/epoch medians, then graphc's time as a fraction of each peer's (the issues' targets)."""
     head = (f"{'network':18} {'framework':14} {'s/epoch':>9} {'x graphc':>9} {'GFLOP/s':>8} {'% peak':>7} "
             f"{'loss':>7} {'compile cold/warm s':>20}")
     print(head)
@@ -549,6 +567,12 @@ def print_table(rows: list[tuple[Problem, dict[str, Result]]], peak: float) -> N
             comp = f"{r.compile_cold:.3f} / {r.compile_warm:.3f}" if r.compile_cold is not None else "-"
             print(f"{p.net.label:18} {r.framework:14} {s:9.4f} {s / base:9.2f} {gflops:8.1f} "
                   f"{100 * gflops / peak:6.1f}% {r.loss:7.4f} {comp:>20}")
+    print("\ngraphc's s/epoch as a fraction of each peer's (below 1: graphc is faster):")
+    for p, results in rows:
+        base = statistics.median(results["graphc"].seconds)
+        peers = [f"{name} {base / statistics.median(r.seconds):.2f}" for name, r in results.items()
+                 if name != "graphc"]
+        print(f"  {p.net.label:18} " + ("  ".join(peers) or "(no peer ran)"))
 
 
 def print_latency(results: dict[str, Result]) -> None:
@@ -558,9 +582,9 @@ def print_latency(results: dict[str, Result]) -> None:
         print(f"  {name:14} {r.latency_us:8.1f} µs  ({r.latency_us / base:.2f}x graphc)")
 
 
-def print_memory(rss: dict[str, tuple[float, float]]) -> None:
+def print_memory(rss: dict[str, tuple[float, float]], net: Network) -> None:
     print(f"\npeak RSS of a fresh process that loads MNIST, then builds the framework and trains "
-          f"{NETWORKS[0].label} for {MEMORY_STEPS} steps:")
+          f"{net.label} for {MEMORY_STEPS} steps:")
     for name, (start, peak) in rss.items():
         print(f"  {name:14} {peak:6.0f} MiB  (+{peak - start:.0f} over the {start:.0f} MiB "
               f"resident with the data loaded)")
@@ -585,7 +609,11 @@ def main() -> None:
                     help=f"{SMOKE_SAMPLES} training samples and 1 repetition: checks that everything runs")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for graphc and every peer (default: all cores)")
+    ap.add_argument("--nets", nargs="+", choices=[n.name for n in NETWORKS], default=[n.name for n in NETWORKS],
+                    metavar="NET", help="networks to benchmark: " + ", ".join(
+                        f"{n.name} ({n.label})" for n in NETWORKS) + " (default: all)")
     args = ap.parse_args()
+    nets = [n for n in NETWORKS if n.name in args.nets]
     reps = 1 if args.smoke else args.reps
     samples = SMOKE_SAMPLES if args.smoke else None
     threads_used = args.threads or cores()
@@ -603,21 +631,23 @@ def main() -> None:
 
     data = load_dataset("mnist")
     rows = []
-    for net in NETWORKS:
+    for net in nets:
         p = make_problem(net, data, samples)
-        print(f"{net.label}: {p.sizes} {p.act}, lr {p.lr}, {p.steps} steps/epoch, "
+        print(f"{net.label}: {p.spec}, lr {p.lr}, {p.steps} steps/epoch, "
               f"{p.flops_per_step() * p.steps / 1e9:.2f} GFLOP/epoch ...", flush=True)
         latency_steps = (20 if args.smoke else 2000) if net == LATENCY else 0
         rows.append((p, bench_network(p, list(names), reps, args.threads, latency_steps, skip)))
     ran = list(rows[0][1])
     print(f"peak RSS: {len(ran)} fresh processes ...", flush=True)
-    rss = measure_rss(ran, NETWORKS[0], samples, args.threads)
+    rss = measure_rss(ran, nets[0], samples, args.threads)
 
-    print(f"\nmedian of {reps} epoch{'s' * (reps > 1)}; training FLOPs/step = 6·B·Σ in·out − 2·B·in_1·out_1; "
-          f"% of the {threads_used}-thread peak {peak:.1f} GFLOP/s; x graphc = s/epoch ÷ graphc's")
+    print(f"\nmedian of {reps} epoch{'s' * (reps > 1)}; training FLOPs/step = 6·B·Σ m_i − 2·B·m_1 "
+          f"(m_i: a layer's multiply-adds per sample); % of the {threads_used}-thread peak {peak:.1f} GFLOP/s; "
+          f"x graphc = s/epoch ÷ graphc's")
     print_table(rows, peak)
-    print_latency(next(results for p, results in rows if p.net == LATENCY))
-    print_memory(rss)
+    if LATENCY in nets:
+        print_latency(next(results for p, results in rows if p.net == LATENCY))
+    print_memory(rss, nets[0])
 
 
 if __name__ == "__main__":

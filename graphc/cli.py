@@ -1,13 +1,16 @@
-"""The `graphc` command line: ir, grad, check, profile, compile, train, eval (each also a Python API)."""
+"""The `graphc` command line: ir, grad, check, profile, compile, export, viz, train, eval (each also a
+Python API)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -25,8 +28,15 @@ def _ir(a) -> None:
 
     prog = driver.load(a.model)
     stage = "grad" if a.grad and a.stage == "forward" else a.stage
-    g = prog.graph if stage == "forward" and a.batch is None else (
-        driver.forward(prog, a.batch) if stage == "forward" else driver.train_graph(prog, a.batch))
+    if a.eval and stage == "grad":
+        raise GraphcError("--eval shows the evaluation form of the forward graph; the training step "
+                          "(--grad) is built from the training form")
+    if stage == "forward" and a.batch is None:
+        g = prog.eval_graph if a.eval else prog.graph
+    elif stage == "forward" or a.eval:  # --eval --stage fused: what evaluation compiles
+        g = driver.forward(prog, a.batch, training=not a.eval)
+    else:
+        g = driver.train_graph(prog, a.batch)
     if stage in ("forward", "grad"):
         print(dumps(g) if a.json else print_graph(g))
         return
@@ -92,7 +102,7 @@ def _compile(a) -> None:
     from graphc import driver
     prog = driver.load(a.model)
     out = Path(a.output or Path(a.model).stem + ".graphc")
-    for line in write_artifacts(prog, out, a.batch):
+    for line in write_artifacts(prog, out, a.batch, a.threads):
         print(line)
 
 
@@ -112,19 +122,32 @@ def _opts(a, prog):
     if a.lr is not None:
         lr = a.lr
     if lr is None:
-        raise GraphcError("no learning rate: set lr in the train block's optimizer or pass --lr")
+        raise GraphcError("no learning rate: set lr in the train block's optimizer or pass --lr",
+                          t.locs.get("train"))
+    out = a.out or a.resume
+    if a.checkpoint_every and not out:
+        raise GraphcError("--checkpoint-every needs a directory to write to: --out DIR or --resume DIR")
     return TrainOptions(epochs=a.epochs or t.epochs, batch=a.batch or t.batch, lr=lr,
                         seed=t.seed if a.seed is None else a.seed, optimizer=t.optimizer, opt_args=args,
-                        log=Path(a.log) if a.log else None, out=Path(a.out) if a.out else None,
-                        progress=not a.no_progress, threads=a.threads)
+                        log=Path(a.log) if a.log else None, out=Path(out) if out else None,
+                        progress=not a.no_progress, threads=a.threads,
+                        resume=Path(a.resume) if a.resume else None,
+                        checkpoint_every=a.checkpoint_every, on_nonfinite=a.on_nonfinite)
 
 
 def _data(a, prog):
+    from graphc.errors import DataError
     from graphc.runtime.data import load_dataset
     spec = a.data or prog.train.data
     if spec is None:
-        raise GraphcError("no data: set data in the train block or pass --data PATH")
-    return load_dataset(spec)
+        raise GraphcError("no data: set data in the train block or pass --data PATH",
+                          prog.train.locs.get("train"))
+    try:
+        return load_dataset(spec)
+    except DataError as e:
+        if a.data:
+            raise
+        raise DataError(e.message, prog.train.locs["data"], hint=e.hint) from None  # point at `data =`
 
 
 def _train(a) -> None:
@@ -132,6 +155,10 @@ def _train(a) -> None:
     from graphc.runtime.trainer import train
     prog = driver.load(a.model)
     opts = _opts(a, prog)
+    plots = [Path(a.plot)] + ([opts.out / Path(a.plot).name] if opts.out else []) if a.plot else []
+    if plots:
+        from graphc.runtime.plot import check_plot_path, write_curves
+        check_plot_path(plots[0])  # before training, not after it
     t0 = time.perf_counter()
     data = _data(a, prog)
     print(f"data {data.name}: {len(data.x_train)} train, {len(data.x_test)} test samples "
@@ -139,6 +166,9 @@ def _train(a) -> None:
     history = train(prog, data, opts)
     if opts.out:
         print(f"params saved to {opts.out / 'params.npz'}")
+    for path in plots if history else []:
+        write_curves(history, path, f"{prog.graph.name}: {opts.optimizer} lr {opts.lr:g}, batch {opts.batch}")
+        print(f"curves plotted to {path}")
     if history:
         last = history[-1]
         acc = next((v for k, v in last.items() if k.startswith("test_acc")), None)
@@ -147,22 +177,68 @@ def _train(a) -> None:
 
 def _eval(a) -> None:
     from graphc import driver
-    from graphc.runtime.checkpoint import load_arrays
-    from graphc.runtime.trainer import Evaluator, data_inputs, fit_features
+    from graphc.runtime.checkpoint import load_params
+    from graphc.runtime.trainer import Evaluator, check_labels, data_inputs, fit_features
     prog = driver.load(a.model)
-    arrays, _ = load_arrays(a.params)
-    g = driver.forward(prog, 1)
-    params = {}
-    for p in g.params:
-        arr = arrays.get(p.value.name)
-        if arr is None or arr.shape != tuple(p.value.shape):
-            raise GraphcError(f"{a.params}: param {p.value.name} {'missing' if arr is None else f'has shape {list(arr.shape)}'}"
-                              f", model wants {p.value.type}")
-        params[p.value.name] = np.ascontiguousarray(arr, dtype=np.float32 if p.value.dtype == "f32" else np.float64)
+    g = prog.eval_graph  # reads the params and the model's state (batch norm's running statistics)
+    params = load_params(a.params, g.params + g.state)
     data = _data(a, prog)
-    xin, _ = data_inputs(prog.graph)
+    xin, yin = data_inputs(prog.graph)
+    check_labels(data.y_test, prog.graph, yin, data.name, "test")
     res = Evaluator(prog, params)(fit_features(data.x_test, xin, data.name), data.y_test)
     print("  ".join(f"test_{k} {v:.4f}" for k, v in res.items()))
+
+
+def _export(a) -> None:
+    from graphc import driver
+    from graphc.export.onnx import write_onnx
+    from graphc.runtime.checkpoint import load_params
+    prog = driver.load(a.model)
+    g = prog.eval_graph  # inference: no dropout, batch norm on its running statistics
+    print(f"wrote {a.output}: {write_onnx(g, load_params(a.params, g.params + g.state), Path(a.output))}")
+
+
+def _viz(a) -> None:
+    from graphc import driver
+    from graphc.export.dot import write_picture
+    prog = driver.load(a.model)
+    g = driver.train_graph(prog, a.batch) if a.grad else prog.graph
+    write_picture(g, Path(a.output))
+    print(f"wrote {a.output}: {g.name}, {len(g.nodes)} nodes")
+
+
+def _source(e: GraphcError) -> str | None:
+    """The text of the file an error points into, for its source line and caret."""
+    if e.loc is None or e.source is not None:
+        return e.source
+    try:
+        return Path(e.loc.file).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _whole(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= least."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if v < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {v}")
+        return v
+    return parse
+
+
+def _rate(text: str) -> float:
+    """An argparse type: a positive, finite number (a learning rate)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
 
 
 def parser() -> argparse.ArgumentParser:
@@ -175,50 +251,74 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--grad", action="store_true", help="the whole training step (forward, backward, update)")
     s.add_argument("--stage", choices=["forward", "grad", "fused", "llvm"], default="forward")
     s.add_argument("--json", action="store_true", help="the versioned JSON form")
-    s.add_argument("--batch", type=int, help="bind the batch dim (default: the train block's)")
+    s.add_argument("--batch", type=_whole(1), help="bind the batch dim (default: the train block's)")
+    s.add_argument("--eval", action="store_true",
+                   help="the evaluation form (no dropout, batch norm on running statistics)")
     s.set_defaults(fn=_ir)
 
     s = sub.add_parser("grad", help="evaluate once; print outputs and gradients of every input and param")
     s.add_argument("model")
     s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a number or a .npy file")
-    s.add_argument("--seed", type=int, default=0, help="seed for param initialization")
+    s.add_argument("--seed", type=_whole(0), default=0, help="seed for param initialization")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_grad)
 
     s = sub.add_parser("check", help="backprop vs float64 numerical gradients")
     s.add_argument("model")
-    s.add_argument("--batch", type=int, default=None, help="samples in the checked batch (default 8)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch", type=_whole(1), default=None, help="samples in the checked batch (default 8)")
+    s.add_argument("--seed", type=_whole(0), default=0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_check)
 
     s = sub.add_parser("profile", help="time each fused kernel of the training step")
     s.add_argument("model")
-    s.add_argument("--batch", type=int, help="batch size (default: the train block's)")
-    s.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
-    s.add_argument("--threads", type=int, help="threads for large kernels (default: all cores)")
-    s.add_argument("--top", type=int, default=25, help="kernels shown, slowest first (default 25)")
+    s.add_argument("--batch", type=_whole(1), help="batch size (default: the train block's)")
+    s.add_argument("--steps", type=_whole(1), default=20, help="timed steps (default 20)")
+    s.add_argument("--threads", type=_whole(1), help="threads for large kernels (default: all cores)")
+    s.add_argument("--top", type=_whole(1), default=25, help="kernels shown, slowest first (default 25)")
     s.set_defaults(fn=_profile)
 
-    s = sub.add_parser("compile", help="write the compiled artifacts")
+    s = sub.add_parser("compile", help="write the compiled artifacts and the model's C library")
     s.add_argument("model")
     s.add_argument("-o", "--output", help="output directory (default MODEL.graphc)")
-    s.add_argument("--batch", type=int)
+    s.add_argument("--batch", type=_whole(1), help="samples per step, fixed in the library (default: the train block's)")
+    s.add_argument("--threads", type=_whole(1), help="threads a library context computes with (default: all cores)")
     s.set_defaults(fn=_compile)
+
+    s = sub.add_parser("export", help="write the inference graph as ONNX (needs graphc[onnx])")
+    s.add_argument("model")
+    s.add_argument("--params", required=True, help="a params.npz written by graphc train --out")
+    s.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    s.set_defaults(fn=_export)
+
+    s = sub.add_parser("viz", help="draw the forward graph, or with --grad the training step (Graphviz)")
+    s.add_argument("model")
+    s.add_argument("--grad", action="store_true", help="the whole training step: forward, backward, update")
+    s.add_argument("-o", "--output", required=True, help="a .svg, .png or .pdf (rendered by `dot`), or .dot")
+    s.add_argument("--batch", type=_whole(1), help="bind the batch dim of the training step (default: the train block's)")
+    s.set_defaults(fn=_viz)
 
     for name, fn, helptext in (("train", _train, "train a model"), ("eval", _eval, "evaluate saved params")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("model")
         s.add_argument("--data", help="bundled name, MNIST IDX directory, CSV(.gz) with label last, or NPZ")
         if name == "train":
-            s.add_argument("--epochs", type=int)
-            s.add_argument("--batch", type=int)
-            s.add_argument("--lr", type=float)
-            s.add_argument("--seed", type=int)
+            s.add_argument("--epochs", type=_whole(1))
+            s.add_argument("--batch", type=_whole(1))
+            s.add_argument("--lr", type=_rate)
+            s.add_argument("--seed", type=_whole(0))
             s.add_argument("--log", help="append one JSON object per epoch to this file")
-            s.add_argument("--out", help="directory for params.npz")
+            s.add_argument("--out", help="directory for params.npz and the run's checkpoint (each epoch)")
+            s.add_argument("--checkpoint-every", type=_whole(1), metavar="N",
+                           help="also checkpoint every N steps (needs --out or --resume)")
+            s.add_argument("--resume", metavar="DIR",
+                           help="continue the run checkpointed in DIR (and keep checkpointing there)")
+            s.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
+                           help="a NaN/Inf loss stops training (default) or its batch is skipped")
+            s.add_argument("--plot", help="draw loss and accuracy per epoch into this picture (.png, .svg, ...;"
+                                          " a copy goes to --out), needs graphc[plot]")
             s.add_argument("--no-progress", action="store_true", help="no progress bar")
-            s.add_argument("--threads", type=int, help="threads for large kernels (default: all cores)")
+            s.add_argument("--threads", type=_whole(1), help="threads for large kernels (default: all cores)")
         else:
             s.add_argument("--params", required=True, help="a params.npz written by graphc train --out")
         s.set_defaults(fn=fn)
@@ -232,10 +332,16 @@ def main(argv: list[str] | None = None) -> int:
     except GraphcError as e:
         if a.debug:
             traceback.print_exc()
-        print(str(e), file=sys.stderr)
+        print(str(e.with_source(_source(e))), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except MemoryError:
+        if a.debug:
+            traceback.print_exc()
+        print("error: out of memory: the model's tensors (times the batch) do not fit in this "
+              "machine's memory", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # the trainer's says where it stopped and what it saved
+        print(str(e) or "interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from graphc.autodiff.step import training_graph
-from graphc.codegen.gemm import MAX_THREADS
 from graphc.codegen.jit import compile_cached, source_hash
 from graphc.codegen.module import build_module
 from graphc.codegen.target import Target, host_target
@@ -21,7 +20,7 @@ from graphc.ir.bind import bind
 from graphc.ir.graph import Graph
 from graphc.ir.serialize import dumps
 from graphc.passes.pipeline import Schedule, print_schedule, schedule
-from graphc.runtime.pool import default_threads, pool
+from graphc.runtime.pool import pool, thread_count
 from graphc.runtime.step import Step
 
 ENTRY = "graphc_step"
@@ -37,17 +36,23 @@ def batch_dim(g: Graph) -> str | None:
     return None
 
 
-def forward(prog: Program, batch: int | None = None, dtype: str | None = None) -> Graph:
-    """The forward graph with its batch dim bound (and floats switched to `dtype` if given)."""
+def forward(prog: Program, batch: int | None = None, dtype: str | None = None,
+            training: bool = True) -> Graph:
+    """The forward graph for training (or for evaluation) with its batch dim bound (and floats
+    switched to `dtype` if given)."""
     dim = batch_dim(prog.graph)
     dims = {dim: batch if batch is not None else prog.train.batch} if dim else {}
-    return bind(prog.graph, dims, dtype)
+    return bind(prog.graph if training else prog.eval_graph, dims, dtype)
 
 
 def train_graph(prog: Program, batch: int | None = None, optimizer: str | None = None,
                 opt_args: dict[str, float] | None = None) -> Graph:
-    args = dict(prog.train.opt_args if opt_args is None else opt_args)
-    return training_graph(forward(prog, batch), optimizer or prog.train.optimizer, args)
+    """The training step of `prog` (its train block's optimizer unless `optimizer`/`opt_args` are
+    given; always its schedule and gradient clipping)."""
+    t = prog.train
+    args = dict(t.opt_args if opt_args is None else opt_args)
+    return training_graph(forward(prog, batch), optimizer or t.optimizer, args, t.schedule,
+                          t.schedule_args, t.clip_norm)
 
 
 @dataclass
@@ -67,12 +72,12 @@ def compile_graph(g: Graph, params: dict[str, np.ndarray] | None = None,
     `profile` counts each kernel's cycles into `step.cycles`."""
     t0 = time.perf_counter()
     target = target or host_target()
-    threads = max(1, min(threads or default_threads(), MAX_THREADS))
+    threads = thread_count(threads)
     sched = schedule(g)
     key = hashlib.sha256("\n".join([source_hash(), target.key(), f"threads={threads}", f"profile={profile}",
                                     dumps(sched.graph), print_schedule(sched)]).encode()).hexdigest()
     native, hit = compile_cached(key, lambda: build_module(sched, target, ENTRY, threads, profile),
                                  target, use_cache)
-    step = Step(sched, native, ENTRY, params, pool(threads) if threads > 1 else None, profile)
+    step = Step(sched, native, ENTRY, target, params, pool(threads) if threads > 1 else None, profile)
     return Compiled(step, sched, time.perf_counter() - t0, hit)
 

@@ -1,4 +1,6 @@
-"""Atomic, pickle-free saving of named arrays (parameters, optimizer state) with JSON metadata.
+"""Saving and restoring training state: atomic, pickle-free files of named arrays with JSON
+metadata, the state of a whole run (RunState: params, optimizer state, RNG, position, data order)
+and the in-memory copy that undoes a bad batch (Rollback).
 
 The file is an ordinary .npz archive, readable by np.load(path, allow_pickle=False): one .npy
 member per array (names may contain dots, e.g. "fc1.weight") plus "__meta__", the metadata as
@@ -15,11 +17,13 @@ import os
 import secrets
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from graphc.errors import DataError
+from graphc.ir.graph import NP_DTYPES, Param
 
 META_KEY = "__meta__"
 
@@ -86,3 +90,110 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     if not isinstance(meta, dict):
         raise DataError(f"{path}: checkpoint metadata is a {type(meta).__name__}, not an object")
     return arrays, meta
+
+
+def load_params(path: str | os.PathLike, params: list[Param]) -> dict[str, np.ndarray]:
+    """The arrays a model's `params` need, read from a file written by save_arrays (graphc train
+    --out); each must be present with the param's shape."""
+    arrays, _ = load_arrays(path)
+    out = {}
+    for p in params:
+        arr = arrays.get(p.value.name)
+        if arr is None or arr.shape != tuple(p.value.shape):
+            raise DataError(f"{path}: param {p.value.name} "
+                            f"{'missing' if arr is None else f'has shape {list(arr.shape)}'}, "
+                            f"model wants {p.value.type}")
+        out[p.value.name] = np.ascontiguousarray(arr, dtype=NP_DTYPES[p.value.dtype])
+    return out
+
+
+# ---- the state of a training run ----
+
+CHECKPOINT = "checkpoint.npz"
+
+
+@dataclass
+class RunState:
+    """Everything a training run needs to continue exactly where it was.
+
+    `params` (the model's arrays) and `state` (the step's other state: optimizer moments, the step
+    counter) are the compiled step's own buffers, saved from and restored into in place. `rng` draws
+    each epoch's sample order; `config` holds the settings a resumed run must share with the first.
+    """
+
+    params: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]
+    rng: np.random.Generator
+    config: dict
+    epoch: int = 1                    # the epoch in progress (1-based)
+    step: int = 0                     # steps done in it
+    order: np.ndarray | None = None   # its sample order, drawn when it starts
+    losses: np.ndarray | None = None  # its losses so far; NaN marks a skipped batch
+
+    def start_epoch(self, samples: int, steps: int) -> None:
+        """Draw this epoch's order, unless a resumed run is already in the middle of it."""
+        if self.order is None:
+            self.order = self.rng.permutation(samples)
+            self.losses = np.full(steps, np.nan)
+
+    def end_epoch(self) -> None:
+        self.epoch, self.step, self.order, self.losses = self.epoch + 1, 0, None, None
+
+    def save(self, directory: Path) -> Path:
+        """Atomically writes the checkpoint into `directory`; returns its path."""
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {f"params/{k}": v for k, v in self.params.items()}
+        arrays |= {f"state/{k}": v for k, v in self.state.items()}
+        if self.order is not None:
+            arrays |= {"order": self.order, "losses": self.losses}
+        meta = {"format": "graphc-checkpoint", "version": 1, "epoch": self.epoch, "step": self.step,
+                "rng": self.rng.bit_generator.state, "config": self.config}
+        save_arrays(directory / CHECKPOINT, arrays, meta)
+        return directory / CHECKPOINT
+
+    def restore(self, directory: Path) -> None:
+        """Continues from the checkpoint in `directory`: copies its arrays into this run's buffers
+        and takes its position; refuses one made by another model or other settings."""
+        path = directory / CHECKPOINT
+        if not path.exists():
+            raise DataError(f"{path}: no checkpoint to resume from (graphc train --out {directory} "
+                            "writes one)")
+        arrays, meta = load_arrays(path)
+        saved = meta.get("config")
+        if meta.get("format") != "graphc-checkpoint" or not isinstance(saved, dict):
+            raise DataError(f"{path}: not a graphc checkpoint")
+        for key, want in self.config.items():
+            if saved.get(key) != want:
+                raise DataError(f"{path}: written with {key} {saved.get(key)}, but this run has "
+                                f"{key} {want}; resume with the same settings")
+        for kind, live in (("params", self.params), ("state", self.state)):
+            for name, dst in live.items():
+                src = arrays.get(f"{kind}/{name}")
+                if src is None or src.shape != dst.shape or src.dtype != dst.dtype:
+                    got = "missing" if src is None else f"{src.dtype}{list(src.shape)}"
+                    raise DataError(f"{path}: {kind} {name} is {got}, the run has "
+                                    f"{dst.dtype}{list(dst.shape)}")
+                np.copyto(dst, src)
+        try:
+            self.rng.bit_generator.state = meta["rng"]
+            self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{path}: corrupt checkpoint metadata ({e})") from None
+        self.order, self.losses = arrays.get("order"), arrays.get("losses")
+
+
+class Rollback:
+    """Copies of a step's buffers taken before each batch, so that a bad batch can be undone
+    (the native step updates its buffers in place). Allocated once; each take is a plain copy."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.live = arrays
+        self.saved = {k: np.empty_like(v) for k, v in arrays.items()}
+
+    def take(self) -> None:
+        for k, v in self.live.items():
+            np.copyto(self.saved[k], v)
+
+    def undo(self) -> None:
+        for k, v in self.saved.items():
+            np.copyto(self.live[k], v)

@@ -49,6 +49,7 @@ def _feeds(prog: Program, g: Graph, batch: int, seed: int) -> dict[str, np.ndarr
 def gradcheck(prog: Program, batch: int | None = None, seed: int = 0) -> dict:
     batch = batch or min(8, prog.train.batch)
     fwd = forward(prog, batch, "f64")
+    fwd.updates = []  # like the gradient graph: every run sees the same state (dropout masks)
     gg = gradient_graph(fwd)
     params = init_params(gg.params, seed)
     feeds = _feeds(prog, fwd, batch, seed)

@@ -1,13 +1,25 @@
-"""Parameter initializers (seeded NumPy RNG): the `= init()` of a .net `param` declaration."""
+"""Parameter initializers: the `= init()` of a .net `param` declaration, as distributions.
+
+Each initializer resolves to a `Dist` (a constant fill, a normal or a uniform distribution) for a
+param's shape; NumPy samples it here (a seeded generator, params drawing in declaration order) and
+the C library of `graphc compile` samples the same distributions natively (graphc/codegen/capi.c).
+"""
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from graphc.errors import GraphcError
 from graphc.ir.graph import NP_DTYPES, Param
+
+
+class Dist(NamedTuple):
+    kind: str  # "fill" (every element a), "normal" (mean a, std b), "uniform" ([a, b))
+    a: float
+    b: float = 0.0
 
 
 def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -18,28 +30,45 @@ def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
     return (shape[0], shape[1]) if len(shape) == 2 else (shape[1] * receptive, shape[0] * receptive)
 
 
+def _xavier(shape: tuple[int, ...]) -> Dist:
+    limit = math.sqrt(6.0 / sum(_fans(shape)))
+    return Dist("uniform", -limit, limit)
+
+
+# name -> (shape, **arguments) -> Dist
 INITIALIZERS = {
-    "zeros": lambda rng, shape: np.zeros(shape),
-    "ones": lambda rng, shape: np.ones(shape),
-    "constant": lambda rng, shape, value=0.0: np.full(shape, value),
-    "normal": lambda rng, shape, std=1.0, mean=0.0: rng.normal(mean, std, shape),
-    "uniform": lambda rng, shape, low=-1.0, high=1.0: rng.uniform(low, high, shape),
-    "he_normal": lambda rng, shape: rng.normal(0.0, math.sqrt(2.0 / _fans(shape)[0]), shape),
-    "xavier_uniform": lambda rng, shape: rng.uniform(-1, 1, shape) * math.sqrt(6.0 / sum(_fans(shape))),
+    "zeros": lambda shape: Dist("fill", 0.0),
+    "ones": lambda shape: Dist("fill", 1.0),
+    "constant": lambda shape, value=0.0: Dist("fill", value),
+    "normal": lambda shape, std=1.0, mean=0.0: Dist("normal", mean, std),
+    "uniform": lambda shape, low=-1.0, high=1.0: Dist("uniform", low, high),
+    "he_normal": lambda shape: Dist("normal", 0.0, math.sqrt(2.0 / _fans(shape)[0])),
+    "xavier_uniform": _xavier,
 }
+
+
+def distribution(p: Param) -> Dist:
+    """The distribution `p`'s initializer draws its elements from."""
+    fn = INITIALIZERS.get(p.init)
+    if fn is None:
+        raise GraphcError(f"unknown initializer {p.init}() (known: {', '.join(INITIALIZERS)})", p.loc)
+    try:
+        return fn(tuple(p.value.shape), **p.init_args)
+    except TypeError:
+        raise GraphcError(f"bad arguments for {p.init}(): {p.init_args}", p.loc) from None
+
+
+def sample(d: Dist, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    if d.kind == "normal":
+        return rng.normal(d.a, d.b, shape)
+    if d.kind == "uniform":
+        return rng.uniform(d.a, d.b, shape)
+    return np.full(shape, d.a)
 
 
 def init_params(params: list[Param], seed: int) -> dict[str, np.ndarray]:
     """Fresh arrays for `params`, reproducible from `seed` (each param draws in declaration order)."""
     rng = np.random.default_rng(seed)
-    out = {}
-    for p in params:
-        fn = INITIALIZERS.get(p.init)
-        if fn is None:
-            raise GraphcError(f"unknown initializer {p.init}() (known: {', '.join(INITIALIZERS)})", p.loc)
-        try:
-            x = fn(rng, tuple(p.value.shape), **p.init_args)
-        except TypeError:
-            raise GraphcError(f"bad arguments for {p.init}(): {p.init_args}", p.loc) from None
-        out[p.value.name] = np.ascontiguousarray(x, dtype=NP_DTYPES[p.value.dtype])
-    return out
+    # np.array, not ascontiguousarray: that would turn a scalar (a step counter) into shape [1]
+    return {p.value.name: np.array(sample(distribution(p), rng, tuple(p.value.shape)),
+                                   dtype=NP_DTYPES[p.value.dtype], order="C") for p in params}

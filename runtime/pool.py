@@ -1,7 +1,8 @@
 """The process's worker threads: the native pool is compiled once and threads park inside it.
 
 Each worker is a Python thread that calls into generated code through ctypes (which releases the
-GIL) and stays there, spinning briefly and then sleeping on a futex until a step posts work.
+GIL) and stays there, spinning briefly and then sleeping on a futex until a step posts work. The
+pool's state is a small buffer this object owns; a step's table carries its address.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 
 
 from graphc.codegen.jit import compile_cached, source_hash
-from graphc.codegen.pool import build_pool
+from graphc.codegen.pool import build_pool, state_bytes
 from graphc.codegen.target import host_target
 
 
@@ -27,23 +28,34 @@ class Pool:
         self.threads = threads
         addr = self.native.address
         self.run_address = addr("graphc_pool_run")
-        ctypes.CFUNCTYPE(None, ctypes.c_int64)(addr("graphc_pool_init"))(threads - 1)
-        worker = ctypes.CFUNCTYPE(None, ctypes.c_int64)(addr("graphc_pool_worker"))
-        self._stop = ctypes.CFUNCTYPE(None)(addr("graphc_pool_stop"))
-        self._threads = [threading.Thread(target=worker, args=(t,), daemon=True, name=f"graphc-{t}")
-                         for t in range(1, threads)]
+        self._state = (ctypes.c_int64 * -(-state_bytes(target) // 8))()  # zeroed, 8-byte aligned
+        self.state_address = ctypes.addressof(self._state)
+        ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(addr("graphc_pool_init"))(
+            self.state_address, threads - 1)
+        worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(addr("graphc_pool_worker"))
+        self._stop = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addr("graphc_pool_stop"))
+        self._threads = [threading.Thread(target=worker, args=(self.state_address, t), daemon=True,
+                                          name=f"graphc-{t}") for t in range(1, threads)]
         for t in self._threads:
             t.start()
         atexit.register(self.stop)
 
     def stop(self) -> None:
-        self._stop()
+        self._stop(self.state_address)
         for t in self._threads:
             t.join(timeout=1)
 
 
+MAX_THREADS = 8  # the most threads a step is split across
+
+
 def default_threads() -> int:
     return int(os.environ.get("GRAPHC_THREADS") or os.cpu_count() or 1)
+
+
+def thread_count(threads: int | None = None) -> int:
+    """The threads a step is split across: `threads`, else the default, at most MAX_THREADS."""
+    return max(1, min(threads or default_threads(), MAX_THREADS))
 
 
 @functools.cache

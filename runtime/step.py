@@ -2,7 +2,8 @@
 
 The runtime owns every buffer as a NumPy array (inputs, params, optimizer state, outputs, one
 arena for intermediates) and hands their addresses to the native entry point in a pointer table
-built once. Params can be shared between steps (training and evaluation read the same arrays).
+built once. Params and a model's state can be shared between steps (training and evaluation read
+the same arrays).
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import ctypes
 import numpy as np
 
 from graphc.codegen.jit import Native
-from graphc.ir.graph import NP_DTYPES, Value
+from graphc.codegen.module import scratch_bytes, table_slots
+from graphc.codegen.target import Target
+from graphc.ir.graph import NP_DTYPES, Param, Value
 from graphc.passes.pipeline import Schedule
+from graphc.runtime.init import init_params
 from graphc.runtime.pool import Pool
 
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p))
@@ -31,8 +35,14 @@ def _array(v: Value) -> np.ndarray:
     return aligned(tuple(v.shape), NP_DTYPES[v.dtype])
 
 
+def _initial(p: Param) -> np.ndarray:
+    a = _array(p.value)
+    a[...] = init_params([p], 0)[p.value.name]  # state initializers draw nothing: the seed is moot
+    return a
+
+
 class Step:
-    def __init__(self, sched: Schedule, native: Native, entry: str,
+    def __init__(self, sched: Schedule, native: Native, entry: str, target: Target,
                  params: dict[str, np.ndarray] | None = None, pool: Pool | None = None,
                  profile: bool = False) -> None:
         g = sched.graph
@@ -40,11 +50,17 @@ class Step:
         self.native = native  # keeps the code alive
         self.inputs = {i.value.name: _array(i.value) for i in g.inputs}
         self.params = params if params is not None else {p.value.name: _array(p.value) for p in g.params}
-        for p in g.params:
-            a = self.params[p.value.name]
-            if a.shape != tuple(p.value.shape) or a.dtype != NP_DTYPES[p.value.dtype]:
-                raise ValueError(f"param {p.value.name}: expected {p.value.type}, got {a.dtype}{list(a.shape)}")
-        self.state = {s.value.name: _array(s.value) for s in g.state}
+        # state found in `params` is shared too (a model's running statistics, which evaluation
+        # reads); the rest (optimizer moments) starts here at its initializer
+        self.state = {s.value.name: self.params[s.value.name] if s.value.name in self.params
+                      else _initial(s) for s in g.state}
+        for kind, leaves, arrays in (("param", g.params, self.params),
+                                     ("state", g.state, self.state)):
+            for p in leaves:
+                a = arrays[p.value.name]
+                if a.shape != tuple(p.value.shape) or a.dtype != NP_DTYPES[p.value.dtype]:
+                    raise ValueError(f"{kind} {p.value.name}: expected {p.value.type}, "
+                                     f"got {a.dtype}{list(a.shape)}")
         buffers = []
         for buf in sched.plan.buffers:
             if buf.kind == "output":
@@ -60,11 +76,15 @@ class Step:
         # an output that is itself a leaf or an update is read from that leaf's array
         self.outputs = {k: buffers[sched.plan.place[v][0]] for k, v in g.outputs.items()}
         self._buffers = buffers  # keeps the arena and output arrays alive for the table
-        self.pool = pool  # its run function follows the buffers in the table
+        self.pool = pool
+        threads = pool.threads if pool else 1
+        self._scratch = aligned((max(scratch_bytes(sched, target, threads), 1),), np.uint8)
         # a profiling build adds each kernel's cycles to this array (one entry per scheduled kernel)
         self.cycles = np.zeros(len(sched.kernels), np.int64) if profile else None
-        slots = ([a.ctypes.data for a in buffers] + ([pool.run_address] if pool else [])
-                 + ([self.cycles.ctypes.data] if profile else []))
+        extra = {"scratch": self._scratch.ctypes.data,
+                 "pool_run": pool and pool.run_address, "pool": pool and pool.state_address,
+                 "cycles": profile and self.cycles.ctypes.data}
+        slots = [a.ctypes.data for a in buffers] + [extra[n] for n in table_slots(threads, profile)]
         self._table = (ctypes.c_void_p * len(slots))(*slots)
         self._fn = _ENTRY(native.address(entry))
 

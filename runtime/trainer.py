@@ -6,22 +6,25 @@ training step (forward, backward, update) runs as one native call.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from graphc.driver import Compiled, compile_graph, forward, train_graph
 from graphc.errors import DataError, GraphcError
+from graphc.autodiff.schedule import horizon
 from graphc.frontend import Program
 from graphc.ir.graph import Graph, Input
-from graphc.runtime.checkpoint import save_arrays
+from graphc.runtime.checkpoint import CHECKPOINT, Rollback, RunState, save_arrays
 from graphc.runtime.data import Dataset
 from graphc.runtime.init import init_params
 
@@ -42,14 +45,28 @@ def fit_features(x: np.ndarray, inp: Input, source: str) -> np.ndarray:
     shape = tuple(inp.value.shape[1:])
     if any(not isinstance(d, int) for d in shape) or math.prod(shape) != math.prod(x.shape[1:]):
         raise DataError(f"{source}: samples have shape {list(x.shape[1:])} but input "
-                        f"{inp.value.name} takes {list(shape)} per sample")
+                        f"{inp.value.name} takes {list(shape)} per sample", inp.loc)
     return np.ascontiguousarray(x.reshape((len(x),) + shape), dtype=np.float32
                                 if inp.value.dtype == "f32" else np.float64)
 
 
+def check_labels(y: np.ndarray, g: Graph, yin: Input, source: str, split: str) -> None:
+    """Every label must name a class of each op that reads it: an index into the logits' last
+    axis (softmax_cross_entropy, accuracy) or below onehot's n."""
+    for n in g.nodes:
+        if yin.value in n.inputs:
+            classes = n.attrs["n"] if n.op == "onehot" else n.inputs[0].shape[-1]
+            bad = np.flatnonzero(y >= classes) if isinstance(classes, int) else []
+            if len(bad):
+                raise DataError(f"{source}: label {y[bad[0]]} of {split} sample {bad[0]} is out of "
+                                f"range: {n.op} here takes {classes} classes (labels 0..{classes - 1})",
+                                n.loc)
+
+
 @dataclass
 class Evaluator:
-    """Forward-only steps at the eval batch and at the remainder, sharing the trainer's params."""
+    """Forward-only steps (the evaluation form: no dropout, batch norm on running statistics) at the
+    eval batch and at the remainder, sharing the trainer's params and model state."""
 
     prog: Program
     params: dict[str, np.ndarray]
@@ -58,7 +75,8 @@ class Evaluator:
 
     def step(self, n: int) -> Compiled:
         if n not in self.steps:
-            self.steps[n] = compile_graph(forward(self.prog, n), self.params, threads=self.threads)
+            self.steps[n] = compile_graph(forward(self.prog, n, training=False), self.params,
+                                          threads=self.threads)
         return self.steps[n]
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -87,6 +105,39 @@ class TrainOptions:
     out: Path | None = None
     progress: bool = True
     threads: int | None = None  # None: all cores
+    resume: Path | None = None  # continue the run checkpointed in this directory
+    checkpoint_every: int | None = None  # steps between checkpoints (besides each epoch's end)
+    on_nonfinite: str = "stop"  # a NaN/Inf loss: "stop" training, or "skip" (undo) the batch
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C, taken between two batches; the message says where and what was saved."""
+
+
+@contextlib.contextmanager
+def _interrupts() -> Iterator[Callable[[], bool]]:
+    """Turns Ctrl-C into a flag the loop reads between batches, so the run stops at a point it
+    can be saved and resumed from exactly; a second Ctrl-C interrupts at once."""
+    hits: list[int] = []
+
+    def handler(signum: int, frame) -> None:
+        if hits:
+            raise KeyboardInterrupt
+        hits.append(signum)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: Ctrl-C is not ours to handle
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _finite(arrays: dict[str, np.ndarray]) -> bool:
+    return all(np.isfinite(a).all() for a in arrays.values())
 
 
 def train(prog: Program, data: Dataset, opt: TrainOptions,
@@ -96,55 +147,126 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
     xin, yin = data_inputs(g)
     x_train = fit_features(data.x_train, xin, data.name)
     x_test = fit_features(data.x_test, xin, data.name)
+    check_labels(data.y_train, g, yin, data.name, "training")
+    check_labels(data.y_test, g, yin, data.name, "test")
     if len(x_train) < opt.batch:
         raise DataError(f"{data.name}: {len(x_train)} training samples, fewer than one batch of {opt.batch}")
     step_graph = train_graph(prog, opt.batch, opt.optimizer, opt.opt_args)
-    params = init_params(step_graph.params, opt.seed)
+    # the model's arrays: its params and its state (batch norm's running statistics, dropout's step
+    # counter), shared with the evaluator and saved together
+    model_state = {s.value.name for s in g.state}
+    params = init_params(step_graph.params + [s for s in step_graph.state
+                                              if s.value.name in model_state], opt.seed)
     compiled = compile_graph(step_graph, params, threads=opt.threads)
     report(f"compiled {g.name} training step in {compiled.seconds:.2f} s"
            f"{' (cached)' if compiled.cache_hit else ''}: {len(compiled.schedule.kernels)} kernels, "
            f"arena {compiled.schedule.plan.arena_bytes / 1024:.0f} KiB")
     step = compiled.step
     evaluate = Evaluator(prog, params, opt.threads)
-    rng = np.random.default_rng(opt.seed + 1)
     xb, yb = step.inputs[xin.value.name], step.inputs[yin.value.name]
-    step.inputs["lr"][...] = opt.lr
     per_epoch = len(x_train) // opt.batch  # the remainder is dropped; shuffling covers it over epochs
+    for name, v in {"lr": opt.lr, **horizon(per_epoch, opt.epochs)}.items():
+        if name in step.inputs:  # a schedule has the run's length as inputs when it needs it
+            step.inputs[name][...] = v
+    config = {"model": g.name, "batch": opt.batch, "lr": opt.lr, "seed": opt.seed,
+              "optimizer": opt.optimizer, "opt_args": opt.opt_args, "data": data.name,
+              "samples": len(x_train)}
+    run = RunState(params, {k: v for k, v in step.state.items() if k not in params},
+                   np.random.default_rng(opt.seed + 1), config)
+    saves = _Checkpoints(run, opt.out)
+    if opt.resume:
+        run.restore(opt.resume)
+        saves.last = (run.epoch, run.step)
+        report(f"resumed from {opt.resume / CHECKPOINT} at epoch {run.epoch}, step {run.step}")
+    # only a run that skips bad batches pays for a copy of the step's buffers before each one
+    rollback = Rollback({**run.params, **run.state}) if opt.on_nonfinite == "skip" else None
+    every = opt.checkpoint_every or 0
     history = []
     log = open(opt.log, "a") if opt.log else None
     try:
-        for epoch in range(1, opt.epochs + 1):
-            t0 = time.perf_counter()
-            order = rng.permutation(len(x_train))
-            losses = np.empty(per_epoch)
-            bar = tqdm(range(per_epoch), desc=f"epoch {epoch}/{opt.epochs}", unit="step", leave=False,
-                       disable=not opt.progress, file=sys.stderr)
-            for i in bar:
-                idx = order[i * opt.batch:(i + 1) * opt.batch]
-                np.take(x_train, idx, axis=0, out=xb)
-                np.take(data.y_train, idx, axis=0, out=yb)
-                losses[i] = step.run()[g.loss]
-                if not math.isfinite(losses[i]):
-                    raise GraphcError(f"loss became {losses[i]} at epoch {epoch}, step {i + 1}; "
-                                      f"try a smaller learning rate")
-            seconds = time.perf_counter() - t0
-            test = evaluate(x_test, data.y_test)
-            rec = {"epoch": epoch, "seconds": round(seconds, 4), "train_loss": float(losses.mean()),
-                   "test_loss": test[g.loss]}
-            rec.update({f"test_{m}": test[m] for m in g.metrics})
-            history.append(rec)
-            report(f"epoch {epoch}: " + "  ".join(
-                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()
-                if k != "epoch"))
-            if log:
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-            if opt.out:
-                save_params(opt.out / "params.npz", params, g.name, epoch)
+        with _interrupts() as interrupted:
+            while run.epoch <= opt.epochs:
+                epoch, t0 = run.epoch, time.perf_counter()
+                before = (epoch - 1) * per_epoch  # steps done in earlier epochs
+                run.start_epoch(len(x_train), per_epoch)
+                for i in tqdm(range(run.step, per_epoch), desc=f"epoch {epoch}/{opt.epochs}",
+                              unit="step", leave=False, disable=not opt.progress, file=sys.stderr,
+                              initial=run.step, total=per_epoch):
+                    idx = run.order[i * opt.batch:(i + 1) * opt.batch]
+                    np.take(x_train, idx, axis=0, out=xb)
+                    np.take(data.y_train, idx, axis=0, out=yb)
+                    if rollback:
+                        rollback.take()
+                    loss = float(step.run()[g.loss])
+                    if rollback and not (math.isfinite(loss) and _finite(rollback.live)):
+                        rollback.undo()  # skipped: its loss stays NaN in run.losses
+                    elif not math.isfinite(loss):
+                        raise saves.nonfinite(f"loss became {loss}", epoch, i + 1)
+                    else:
+                        run.losses[i] = loss
+                    run.step = i + 1
+                    if interrupted() or every and (before + run.step) % every == 0:
+                        saves.save(epoch, run.step)
+                    if interrupted():
+                        raise saves.stopped()
+                seconds = time.perf_counter() - t0
+                skipped = int(np.isnan(run.losses).sum())
+                train_loss = float(np.nanmean(run.losses)) if skipped < per_epoch else math.nan
+                run.end_epoch()
+                saves.save(epoch, per_epoch)
+                if opt.out:
+                    save_params(opt.out / "params.npz", params, g.name, epoch)
+                test = evaluate(x_test, data.y_test)
+                rec = {"epoch": epoch, "seconds": round(seconds, 4), "train_loss": train_loss,
+                       "test_loss": test[g.loss]}
+                rec.update({f"test_{m}": test[m] for m in g.metrics})
+                if skipped:
+                    rec["skipped_batches"] = skipped
+                history.append(rec)
+                report(f"epoch {epoch}: " + "  ".join(
+                    f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()
+                    if k != "epoch"))
+                if log:
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                if interrupted() and run.epoch <= opt.epochs:
+                    raise saves.stopped()
     finally:
         if log:
             log.close()
     return history
+
+
+@dataclass
+class _Checkpoints:
+    """Writes the run's checkpoints into `out` (None: nowhere) and words what happened to them."""
+
+    run: RunState
+    out: Path | None
+    last: tuple[int, int] | None = None  # (epoch, step) of the checkpoint on disk
+
+    def save(self, epoch: int, step: int) -> None:
+        """Saves the run, just after `step` of `epoch`; never replaces a good checkpoint with one
+        whose params went NaN or Inf."""
+        if self.out is None:
+            return
+        if not _finite(self.run.params):
+            raise self.nonfinite("params became NaN or Inf", epoch, step)
+        self.run.save(self.out)
+        self.last = (self.run.epoch, self.run.step)
+
+    def nonfinite(self, what: str, epoch: int, step: int) -> GraphcError:
+        kept = (f"; the last checkpoint, {self.out / CHECKPOINT} (at epoch {self.last[0]}, step "
+                f"{self.last[1]}), is good: continue with --resume {self.out}" if self.last else "")
+        return GraphcError(f"{what} at epoch {epoch}, step {step}; training stopped{kept}",
+                           hint="try a smaller learning rate, or --on-nonfinite skip to skip such batches")
+
+    def stopped(self) -> TrainingInterrupted:
+        where = f"interrupted at epoch {self.run.epoch}, step {self.run.step}"
+        if self.out is None:
+            return TrainingInterrupted(f"{where}; nothing saved (--out DIR keeps checkpoints)")
+        return TrainingInterrupted(f"{where}; checkpoint saved to {self.out / CHECKPOINT}: "
+                                   f"continue with --resume {self.out}")
 
 
 def save_params(path: Path, params: dict[str, np.ndarray], model: str, epoch: int) -> None:

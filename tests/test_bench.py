@@ -1,4 +1,5 @@
-"""bench/run.py in smoke mode, as CI runs it: every framework either gets a row or says why not."""
+"""bench/: run.py in smoke mode, as CI runs it (every framework either gets a row or says why not),
+and netspec.py, which reads a model as the layers the peer frameworks build."""
 
 from __future__ import annotations
 
@@ -7,8 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from graphc.driver import forward, load
+
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ("pytorch", "torch.compile", "jax")  # optional: run when installed, else skipped with a reason
+MLPS = ("mlp.net b128", "twolayer.net b100", "mlp.net b8")
+sys.path.insert(0, str(ROOT / "bench"))  # bench/ is a folder of scripts, not a package
+import netspec  # noqa: E402
 
 
 def test_smoke_run_prints_a_table_with_graphc_and_numpy_and_reasons_for_skips():
@@ -16,12 +24,18 @@ def test_smoke_run_prints_a_table_with_graphc_and_numpy_and_reasons_for_skips():
                        text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     out = p.stdout
-    rows = {}  # (network, framework) -> s/epoch
-    for m in re.finditer(r"^(\S+\.net b\d+)\s+(\S+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s", out, re.M):
-        rows[m[1], m[2]] = float(m[3])
-    for net in ("mlp.net b128", "twolayer.net b100", "mlp.net b8"):
-        for fw in ("graphc", "numpy"):
-            assert rows.get((net, fw), 0) > 0, f"no positive s/epoch for {fw} on {net}:\n{out}"
+    rows, losses = {}, {}  # (network, framework) -> s/epoch, and -> mean loss of the timed epoch
+    for m in re.finditer(r"^(\S+\.net b\d+)\s+(\S+)\s+(\d+\.\d+)\s+\d+\.\d+\s+\S+\s+\S+%\s+(\S+)", out, re.M):
+        rows[m[1], m[2]], losses[m[1], m[2]] = float(m[3]), float(m[4])
+    for net in MLPS + ("lenet.net b64",):
+        assert rows.get((net, "graphc"), 0) > 0, f"no positive s/epoch for graphc on {net}:\n{out}"
+    for net in MLPS:
+        assert rows.get((net, "numpy"), 0) > 0, f"no positive s/epoch for numpy on {net}:\n{out}"
+    assert re.search(r"^skipped numpy on lenet\.net b64: \S", out, re.M), out
+    # same initial weights, batches and optimizer: every framework ends the epoch at graphc's loss
+    # (within 0.01: on tied maxima graphc's max_pool2d gradient differs from PyTorch's and JAX's)
+    for (net, fw), loss in losses.items():
+        assert abs(loss - losses[net, "graphc"]) < 0.01, f"{fw} on {net}: loss {loss}:\n{out}"
     for fw in PEERS:
         ran = any(f == fw for _, f in rows)
         reason = re.search(rf"^skipped {re.escape(fw)}: \S.*$", out, re.M)
@@ -29,3 +43,27 @@ def test_smoke_run_prints_a_table_with_graphc_and_numpy_and_reasons_for_skips():
     assert re.search(r"FP32 FMA peak \(generated kernel\): 1 thread \d+\.\d GFLOP/s", out), out
     assert re.search(r"^CPU: \S", out, re.M), out
     assert re.search(r"^  graphc +\d+\.\d µs", out, re.M), out  # the batch-8 latency
+
+
+def test_netspec_reads_lenet_as_conv_and_dense_layers_with_their_flops():
+    spec = netspec.read_spec(forward(load(ROOT / "models/lenet.net"), 3))
+    assert spec.input_shape == (1, 28, 28)
+    assert [(layer.kind, layer.W, layer.b, layer.act, layer.pool, layer.padding) for layer in spec.layers] == [
+        ("conv", "conv1.W", "conv1.b", "relu", (2, 2), (2, 2)),
+        ("conv", "conv2.W", "conv2.b", "relu", (2, 2), (0, 0)),
+        ("dense", "fc1.W", "fc1.b", "relu", None, (0, 0)),
+        ("dense", "fc2.W", "fc2.b", "relu", None, (0, 0)),
+        ("dense", "out.W", "out.b", None, None, (0, 0))]
+    assert spec.layers[1].out_shape == (16, 10, 10) and not spec.is_mlp
+    macs = [6 * 28 * 28 * 25, 16 * 10 * 10 * 6 * 25, 400 * 120, 120 * 84, 84 * 10]
+    assert [layer.macs for layer in spec.layers] == macs
+    assert spec.flops_per_sample() == 2 * (3 * sum(macs) - macs[0])  # no gradient of the data
+
+
+def test_netspec_names_the_model_line_it_cannot_express(tmp_path):
+    model = tmp_path / "tanhnet.net"
+    model.write_text("net tanhnet\ndim B\ninput x : f32[B, 12]\ninput y : i32[B]\n"
+                     "param W : f32[12, 5] = zeros()\nparam b : f32[5] = zeros()\n"
+                     "loss = softmax_cross_entropy(tanh(x @ W + b), y)\n")
+    with pytest.raises(SystemExit, match=r"tanhnet\.net:7: tanh: .*dense and stride-1 conv layers"):
+        netspec.read_spec(forward(load(model), 4))

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
-from graphc.codegen.gemm import blocking, define_gemm
+from graphc.codegen.gemm import blocking, define_gemm, scratch_bytes
 from graphc.codegen.jit import Native, emit
 from graphc.codegen.target import Target, host_target
+from graphc.runtime.step import aligned
 
 VARIANTS = [(False, False), (False, True), (True, False), (True, True)]
 NP_DTYPE = {"f32": np.float32, "f64": np.float64}
@@ -23,19 +24,22 @@ SSE2 = Target(HOST.triple, "x86-64", "", 128)
 ZEN4 = Target(HOST.triple, "znver4", "", 512)
 _I64 = ctypes.c_int64
 _GEMM = ctypes.CFUNCTYPE(None, _I64, _I64, _I64, ctypes.c_void_p, _I64, ctypes.c_void_p, _I64,
-                         ctypes.c_void_p, _I64, ctypes.c_int32)
-_engines = []  # compiled code must outlive the ctypes function pointers
+                         ctypes.c_void_p, _I64, ctypes.c_int32, ctypes.c_void_p)
+_engines = []  # compiled code and scratch must outlive the ctypes function pointers
 
 
 @functools.cache
 def kernels(target: Target, dtype: str) -> dict:
-    """JIT-compile all four transpose variants for `target` into one module."""
+    """JIT-compile all four transpose variants for `target` into one module; each is called
+    with the GEMM args and passes its packing scratch itself."""
     module = ir.Module()
     module.triple = target.triple
     names = {v: define_gemm(module, target, dtype, *v).name for v in VARIANTS}
     native = Native(emit(module, target), target)
-    _engines.append(native)
-    return {v: _GEMM(native.address(n)) for v, n in names.items()}
+    scratch = aligned((scratch_bytes(target, dtype),), np.uint8)
+    _engines.append((native, scratch))
+    return {v: lambda *args, f=_GEMM(native.address(n)): f(*args, scratch.ctypes.data)
+            for v, n in names.items()}
 
 
 def stored(x: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
@@ -138,7 +142,7 @@ def test_define_is_idempotent_and_signature():
     llvm.parse_assembly(str(module)).verify()
     i64, f = ir.IntType(64), ir.FloatType().as_pointer()
     assert first.function_type == ir.FunctionType(
-        ir.VoidType(), [i64, i64, i64, f, i64, f, i64, f, i64, ir.IntType(32)])
+        ir.VoidType(), [i64, i64, i64, f, i64, f, i64, f, i64, ir.IntType(32), ir.IntType(8).as_pointer()])
 
 
 def test_target_lanes_and_key():

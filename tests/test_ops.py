@@ -49,7 +49,10 @@ CASES = {
     "pad": [((F(3, 5),), {"axis": 1, "before": 2, "after": 1}),
             ((F(2, 3, 4),), {"axis": -1, "after": 2, "value": 1.5})],
     "concat": [((F(3, 5), F(2, 5)), {}), ((F(2, 3, 4), F(2, 2, 4)), {"axis": 1})],
+    # x, then the step counter (sampled like any float operand: the hash truncates it)
+    "dropout": [((F(3, 5), F()), {"p": 0.3, "seed": 7}), ((F(2, 3, 4), F()), {})],
 }
+CASES["fold"].append(((F(2, 4, 2, 3, 1, 1),), {"size": (5, 4), "kernel": (2, 3)}))  # one value per patch
 CASES["fold_taps"] = CASES["fold"]
 CASES["avg_pool2d"] = CASES["max_pool2d"]
 for red in ("max", "mean"):

@@ -1,7 +1,8 @@
-"""Optimizers as IR: each emits the update of every param (and its state) as graph nodes.
+"""Optimizers as IR: clipping of the gradients by their global norm, then each optimizer's update of
+every param (and its state) as graph nodes.
 
-The learning rate is a runtime scalar input (`lr`), so the trainer can change it (schedules, --lr)
-without recompiling; the other hyperparameters are compile-time constants.
+The learning rate is a runtime scalar input (`lr`, scaled by a schedule when there is one), so the
+trainer can change it (--lr) without recompiling; the other hyperparameters are compile-time constants.
 """
 
 from __future__ import annotations
@@ -10,12 +11,30 @@ from typing import Callable
 
 from graphc.ir.graph import Builder, Graph, Param, TensorType, Value
 
-# name -> {argument: default}; `lr` has no default: the train block or --lr must give it
+# name -> {argument: default}; `lr` has no default: the train block or --lr must give it.
+# Booleans (nesterov, centered) are 1.0 / 0.0.
 OPTIMIZERS: dict[str, dict[str, float | None]] = {
     "sgd": {"lr": None, "momentum": 0.0, "nesterov": 0.0, "weight_decay": 0.0},
+    "adagrad": {"lr": None, "eps": 1e-10, "weight_decay": 0.0},
+    "rmsprop": {"lr": None, "alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": 0.0,
+                "weight_decay": 0.0},
     "adam": {"lr": None, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
     "adamw": {"lr": None, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
 }
+
+CLIP_EPS = 1e-6  # keeps the clipping ratio finite when every gradient is zero (as PyTorch)
+
+Pairs = list[tuple[Value, Value]]  # (param, its gradient)
+
+
+def clip_by_global_norm(b: Builder, pairs: Pairs, max_norm: float) -> Pairs:
+    """Scale every gradient by min(1, max_norm / (norm + eps)), norm over all gradients together."""
+    squares = [b.sum(b.mul(dw, dw)) for _, dw in pairs]
+    total = squares[0]
+    for s in squares[1:]:
+        total = b.add(total, s)
+    scale = b.minimum(b.div(max_norm, b.add(b.sqrt(total), CLIP_EPS)), 1.0)
+    return [(w, b.mul(dw, scale)) for w, dw in pairs]
 
 
 def _state(g: Graph, like: Value, suffix: str) -> Value:
@@ -24,10 +43,14 @@ def _state(g: Graph, like: Value, suffix: str) -> Value:
     return v
 
 
-def _sgd(b: Builder, g: Graph, pairs, lr: Value, momentum, nesterov, weight_decay):
+def _decayed(b: Builder, w: Value, dw: Value, weight_decay: float) -> Value:
+    """L2 weight decay added to the gradient (coupled, as in SGD and Adam)."""
+    return b.add(dw, b.mul(w, weight_decay)) if weight_decay else dw
+
+
+def _sgd(b: Builder, g: Graph, pairs: Pairs, lr: Value, momentum, nesterov, weight_decay):
     for w, dw in pairs:
-        if weight_decay:
-            dw = b.add(dw, b.mul(w, weight_decay))
+        dw = _decayed(b, w, dw, weight_decay)
         step = dw
         if momentum:
             v = _state(g, w, "velocity")
@@ -37,22 +60,60 @@ def _sgd(b: Builder, g: Graph, pairs, lr: Value, momentum, nesterov, weight_deca
         g.updates.append((w, b.sub(w, b.mul(step, lr))))
 
 
-def _adam(b: Builder, g: Graph, pairs, lr: Value, beta1, beta2, eps, weight_decay, decoupled=False):
-    t = Value("adam.t", TensorType(lr.dtype, ()))
-    g.state.append(Param(t, "zeros"))
-    t_new = b.add(t, 1.0)
-    g.updates.append((t, t_new))
-    # bias corrections folded into one scalar step size
-    lr_t = b.div(b.mul(lr, b.sqrt(b.sub(1.0, b.pow(b.const(beta2, lr.dtype), t_new)))),
-                 b.sub(1.0, b.pow(b.const(beta1, lr.dtype), t_new)))
+def _adagrad(b: Builder, g: Graph, pairs: Pairs, lr: Value, eps, weight_decay):
     for w, dw in pairs:
-        if weight_decay and not decoupled:
-            dw = b.add(dw, b.mul(w, weight_decay))
+        dw = _decayed(b, w, dw, weight_decay)
+        s = _state(g, w, "sum")  # the running sum of squared gradients
+        s_new = b.add(s, b.mul(dw, dw))
+        g.updates.append((s, s_new))
+        g.updates.append((w, b.sub(w, b.div(b.mul(dw, lr), b.add(b.sqrt(s_new), eps)))))
+
+
+def _rmsprop(b: Builder, g: Graph, pairs: Pairs, lr: Value, alpha, eps, momentum, centered, weight_decay):
+    for w, dw in pairs:
+        dw = _decayed(b, w, dw, weight_decay)
+        sq = _state(g, w, "square_avg")
+        sq_new = b.add(b.mul(sq, alpha), b.mul(b.mul(dw, dw), 1.0 - alpha))
+        g.updates.append((sq, sq_new))
+        var = sq_new
+        if centered:  # the variance around the running mean gradient, not the raw second moment
+            m = _state(g, w, "grad_avg")
+            m_new = b.add(b.mul(m, alpha), b.mul(dw, 1.0 - alpha))
+            g.updates.append((m, m_new))
+            var = b.sub(sq_new, b.mul(m_new, m_new))
+        step = b.div(dw, b.add(b.sqrt(var), eps))
+        if momentum:
+            v = _state(g, w, "velocity")
+            step = b.add(b.mul(v, momentum), step)
+            g.updates.append((v, step))
+        g.updates.append((w, b.sub(w, b.mul(step, lr))))
+
+
+def _bias_correction(b: Builder, g: Graph, lr: Value, name: str, beta: float) -> Value:
+    """1 - beta^t after this step's update, from its state value."""
+    c = Value(name, TensorType(lr.dtype, ()))
+    g.state.append(Param(c, "zeros"))
+    c_new = b.add(b.mul(c, beta), 1.0 - beta)
+    g.updates.append((c, c_new))
+    return c_new
+
+
+def _adam(b: Builder, g: Graph, pairs: Pairs, lr: Value, beta1, beta2, eps, weight_decay, decoupled=False):
+    # lr * m_hat / (sqrt(v_hat) + eps) as in PyTorch, the bias corrections folded into two scalars:
+    # lr * sqrt(c2) / c1 * m / (sqrt(v) + eps * sqrt(c2)), with c = 1 - beta^t kept as state by
+    # c <- c * beta + (1 - beta) from 0: 1 - pow(beta, t) would lose most digits to cancellation in f32
+    c1, c2 = (_bias_correction(b, g, lr, name, beta) for name, beta in (("adam.c1", beta1), ("adam.c2", beta2)))
+    root_c2 = b.sqrt(c2)
+    lr_t = b.div(b.mul(lr, root_c2), c1)
+    eps_t = b.mul(root_c2, eps)
+    for w, dw in pairs:
+        if not decoupled:
+            dw = _decayed(b, w, dw, weight_decay)
         m, v = _state(g, w, "m"), _state(g, w, "v")
         m_new = b.add(b.mul(m, beta1), b.mul(dw, 1.0 - beta1))
         v_new = b.add(b.mul(v, beta2), b.mul(b.mul(dw, dw), 1.0 - beta2))
         g.updates += [(m, m_new), (v, v_new)]
-        step = b.div(b.mul(m_new, lr_t), b.add(b.sqrt(v_new), eps))
+        step = b.div(b.mul(m_new, lr_t), b.add(b.sqrt(v_new), eps_t))
         if weight_decay and decoupled:
             step = b.add(step, b.mul(w, b.mul(lr, weight_decay)))
         g.updates.append((w, b.sub(w, step)))
@@ -60,13 +121,14 @@ def _adam(b: Builder, g: Graph, pairs, lr: Value, beta1, beta2, eps, weight_deca
 
 _EMIT: dict[str, Callable] = {
     "sgd": _sgd,
+    "adagrad": _adagrad,
+    "rmsprop": _rmsprop,
     "adam": _adam,
     "adamw": lambda *a, **k: _adam(*a, **k, decoupled=True),
 }
 
 
-def emit_optimizer(g: Graph, pairs: list[tuple[Value, Value]], name: str,
-                   args: dict[str, float], lr: Value) -> None:
+def emit_optimizer(g: Graph, pairs: Pairs, name: str, args: dict[str, float], lr: Value) -> None:
     """Append the update nodes of optimizer `name` for (param, gradient) pairs to graph `g`."""
     hyper = {k: v for k, v in {**OPTIMIZERS[name], **args}.items() if k != "lr"}
     b = Builder(g, scope="update")

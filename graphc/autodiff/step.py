@@ -1,31 +1,73 @@
-"""Builds whole-step graphs from a forward graph: the training step and the gradient graph."""
+"""Builds the graphs a forward graph is run as: the training step, the gradient graph and inference."""
 
 from __future__ import annotations
 
 from graphc.autodiff.grad import grad
-from graphc.autodiff.optim import emit_optimizer
-from graphc.ir.graph import Graph, Input, TensorType, Value
+from graphc.autodiff.optim import clip_by_global_norm, emit_optimizer
+from graphc.autodiff.schedule import scheduled_lr
+from graphc.errors import GraphcError
+from graphc.ir.graph import Builder, Graph, Input, TensorType, Value
+from graphc.ir.rewrite import rewrite
+from graphc.passes.dce import dce
+
+# losses whose first operand is the model's prediction, and what that operand is called
+PREDICTION_OF_LOSS = {"softmax_cross_entropy": "logits", "mse": "prediction"}
 
 
-def training_graph(fwd: Graph, optimizer: str, args: dict[str, float]) -> Graph:
-    """Forward + backward + optimizer update, one graph. `fwd` must be bound (concrete dims)."""
+def training_graph(fwd: Graph, optimizer: str, args: dict[str, float], schedule: str = "constant",
+                   schedule_args: dict[str, float] | None = None, clip_norm: float | None = None) -> Graph:
+    """Forward + backward + optimizer update, one graph. `fwd` must be bound (concrete dims).
+
+    The gradients are clipped to global norm `clip_norm` when given; the optimizer steps with the
+    learning rate of `schedule` (see graphc.autodiff.schedule)."""
     g = _copy(fwd, "step")
     dtype = g.outputs[g.loss].dtype
     lr = Value("lr", TensorType(dtype, ()))
     g.inputs.append(Input(lr, nograd=True))
     params = [p.value for p in g.params]
     grads = grad(g, params)
-    emit_optimizer(g, [(p, grads[p]) for p in params], optimizer, args, lr)
+    pairs = [(p, grads[p]) for p in params]
+    if clip_norm:
+        pairs = clip_by_global_norm(Builder(g, scope="clip"), pairs, clip_norm)
+    emit_optimizer(g, pairs, optimizer, args, scheduled_lr(g, lr, schedule, schedule_args or {}))
     return g
 
 
 def gradient_graph(fwd: Graph) -> Graph:
-    """Forward + backward with every gradient as an output `d.NAME` (float inputs and params)."""
+    """Forward + backward with every gradient as an output `d.NAME` (float inputs and params).
+
+    A pure function of its inputs: state is read but not updated (no running statistics, the same
+    dropout masks every run), so it can be checked against numerical differences."""
     g = _copy(fwd, "grad")
+    g.updates = []
     wrt = [i.value for i in g.inputs if not i.nograd and i.value.type.is_float]
     wrt += [p.value for p in g.params]
     for v, d in grad(g, wrt).items():
         g.outputs[f"d.{v.name}"] = d
+    return g
+
+
+def inference_graph(fwd: Graph) -> Graph:
+    """What the model predicts: its declared `output`s, else the prediction its loss reads (the
+    logits of softmax_cross_entropy). Pass the evaluation form (Program.eval_graph) for a model with
+    dropout or batch norm. Nothing is updated, and the nodes, inputs (the labels), params and state
+    that only the loss and metrics need are dropped."""
+    outputs = [k for k in fwd.outputs if k != "loss" and k not in fwd.metrics]
+    g = rewrite(fwd, name=f"{fwd.name}.infer")  # a copy; symbolic dims may stay (ONNX keeps them)
+    if outputs:
+        g.outputs = {k: g.outputs[k] for k in outputs}
+    else:
+        loss = g.outputs[g.loss].producer if g.loss else None
+        if loss is None or loss.op not in PREDICTION_OF_LOSS:
+            raise GraphcError(f"model {fwd.name} has no output to predict with: declare one with "
+                              f"`output NAME = ...`")
+        g.outputs = {PREDICTION_OF_LOSS[loss.op]: loss.inputs[0]}
+    g.loss, g.metrics, g.updates = None, (), []
+    dce(g)
+    read = {id(v) for n in g.nodes for v in n.inputs} | {id(v) for v in g.outputs.values()}
+    g.inputs = [i for i in g.inputs if id(i.value) in read]
+    g.params = [p for p in g.params if id(p.value) in read]
+    g.state = [s for s in g.state if id(s.value) in read]
     return g
 
 

@@ -3,12 +3,12 @@
 Structure of the generated code, per dtype and transpose variant:
 
 - `graphc_gemm_{dtype}_{ta}{tb}`: the public entry point (see `define_gemm`).
-- `..._range`: the whole GEMM restricted to output columns [n0, n1), using pack-buffer slot `tid`.
-  Ranges are independent (each packs its own A and B), so a thread pool can split N across
-  threads by calling it with disjoint column ranges and distinct `tid` < MAX_THREADS; the
-  single-threaded entry point calls it once with (0, N, 0).
-- Shared per dtype: the micro-kernel and the packing routines (internal functions), and the
-  pack buffers (64-byte aligned module globals, MAX_THREADS slots each).
+- `..._range`: the whole GEMM restricted to output columns [n0, n1), packing into the caller's
+  `scratch` (`scratch_bytes`, 64-byte aligned). Ranges are independent (each packs its own A and
+  B), so a thread pool can split N across threads by calling it with disjoint column ranges and a
+  scratch slot per thread; the single-threaded entry point calls it once with (0, N).
+- Shared per dtype: the micro-kernel and the packing routines (internal functions). The code has
+  no mutable globals: all state is in the caller's buffers, so independent callers may run at once.
 
 Loop nest (BLIS): column blocks of NC; K blocks of at most KC (the first overwrites C unless
 accumulating); pack the KC×NC slice of op(B) into NR-wide zero-padded strips; row blocks of MC;
@@ -27,10 +27,8 @@ from llvmlite import ir
 
 from .target import Target
 
-# Pack-buffer slots: how many `_range` calls may run concurrently (one per thread).
-MAX_THREADS = 8
-
 _I1, _I32, _I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+_I8P = ir.IntType(8).as_pointer()
 _FLOAT = {"f32": ir.FloatType(), "f64": ir.DoubleType()}
 _SIZE = {"f32": 4, "f64": 8}
 _GEMM_NAMES = ["M", "N", "K", "A", "lda", "B", "ldb", "C", "ldc", "accumulate"]
@@ -62,6 +60,12 @@ def blocking(target: Target, dtype: str) -> Blocking:
     # KC×NR of B stays in L1 across the A strips, MC×KC of A in L2 (KC multiple of 16 keeps
     # every pack strip 64-byte aligned and transposing packs on whole vectors).
     return Blocking(lanes=lanes, mr=mr, nr=nv * lanes, mc=128, kc=256, nc=1024)
+
+
+def scratch_bytes(target: Target, dtype: str) -> int:
+    """Bytes of packing scratch one GEMM call needs: an MC×KC panel of A and a KC×NC one of B."""
+    blk = blocking(target, dtype)
+    return (blk.mc + blk.nc) * blk.kc * _SIZE[dtype]
 
 
 def _pack_lanes(width: int, lanes: int) -> int:
@@ -170,16 +174,6 @@ class _Gen:
             if isinstance(a.type, ir.PointerType):
                 a.add_attribute("noalias")
         return fn, ir.IRBuilder(fn.append_basic_block("entry")), list(fn.args)
-
-    def pack_buffer(self, which: str, elems: int) -> ir.GlobalVariable:
-        name = f"graphc_gemm_pack_{which}_{self.dtype}"
-        g = self.module.globals.get(name)
-        if g is None:
-            g = ir.GlobalVariable(self.module, ir.ArrayType(self.t, elems * MAX_THREADS), name)
-            g.linkage = "internal"
-            g.initializer = g.value_type(None)
-            g.align = 64
-        return g
 
     # -- micro-kernel ----------------------------------------------------------------------
 
@@ -351,19 +345,18 @@ class _Gen:
     # -- driver ----------------------------------------------------------------------------
 
     def range_fn(self, name: str, trans_a: bool, trans_b: bool) -> ir.Function:
-        """The GEMM over output columns [n0, n1) with pack-buffer slot tid (see module doc)."""
+        """The GEMM over output columns [n0, n1), packing into `scratch` (see module doc)."""
         blk = self.blk
         # Plain A (M×K) is packed row-major by contiguous copies, Aᵀ (K×M) k-major: neither needs
         # a transpose since the micro-kernel reads A by scalar broadcasts at either layout.
         micro = self.micro(a_kmajor=trans_a)
         pack_a = self.pack(blk.mr, "copy" if trans_a else "rows")
         pack_b = self.pack(blk.nr, "transpose" if trans_b else "copy")
-        a_elems, b_elems = blk.mc * blk.kc, blk.nc * blk.kc
-        fn, b, (M, N, K, A, lda, B, ldb, C, ldc, accumulate, n0, n1, tid) = self.function(
-            f"{name}_range", [*self.gemm_args, _I64, _I64, _I64], [*_GEMM_NAMES, "n0", "n1", "tid"],
+        fn, b, (M, N, K, A, lda, B, ldb, C, ldc, accumulate, n0, n1, scratch) = self.function(
+            f"{name}_range", [*self.gemm_args, _I64, _I64, _I8P], [*_GEMM_NAMES, "n0", "n1", "scratch"],
             linkage="external")
-        pa = b.gep(self.pack_buffer("a", a_elems), [_I64(0), b.mul(tid, _I64(a_elems))])
-        pb = b.gep(self.pack_buffer("b", b_elems), [_I64(0), b.mul(tid, _I64(b_elems))])
+        pa = b.bitcast(scratch, self.ptr)  # MC×KC of A, then KC×NC of B (both multiples of 16)
+        pb = self.gep(b, pa, blk.mc * blk.kc)
         # Balanced K blocks (784 -> 4×~196, not 3×256 + 16), each rounded up to a multiple of 16
         # so transposing packs read whole vectors; K = 0 gives one empty block, which zeroes C.
         nkb = b.sdiv(b.add(K, _I64(blk.kc - 1)), _I64(blk.kc))
@@ -435,25 +428,26 @@ def define_gemm(module: ir.Module, target: Target, dtype: str, trans_a: bool,
                 trans_b: bool) -> ir.Function:
     """Define (once per module) `graphc_gemm_{dtype}_{ta}{tb}`:
 
-    void(i64 M, i64 N, i64 K, T* A, i64 lda, T* B, i64 ldb, T* C, i64 ldc, i32 accumulate)
+    void(i64 M, i64 N, i64 K, T* A, i64 lda, T* B, i64 ldb, T* C, i64 ldc, i32 accumulate,
+         i8* scratch)
     computes C[M,N] = op(A)·op(B), or C += op(A)·op(B) when accumulate != 0. All matrices are
     row-major with the given row strides; op(A) = A (stored M×K) or Aᵀ (stored K×M), op(B) = B
     (stored K×N) or Bᵀ (stored N×K). K = 0 zeroes C (unless accumulating); M or N = 0 is a no-op.
-    C must not overlap A or B (A and B may overlap each other). Not reentrant: concurrent calls
-    share the pack buffers (a thread pool calls `..._range` with distinct slots instead).
-    One target per module: helpers and buffers are shared by name across variants.
+    C must not overlap A or B (A and B may overlap each other). `scratch` holds the packed panels:
+    `scratch_bytes(target, dtype)` bytes, 64-byte aligned, used by one call at a time.
+    One target per module: helpers are shared by name across variants.
     """
     name = f"graphc_gemm_{dtype}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
     if name in module.globals:
         return module.globals[name]
     g = _Gen(module, target, dtype)
     rng = g.range_fn(name, trans_a, trans_b)
-    fn, b, args = g.function(name, g.gemm_args, _GEMM_NAMES, linkage="external")
+    fn, b, args = g.function(name, [*g.gemm_args, _I8P], [*_GEMM_NAMES, "scratch"], linkage="external")
     M, N = args[0], args[1]
     work, done = _blocks(fn, "work", "done")
     b.cbranch(b.and_(b.icmp_signed(">", M, _I64(0)), b.icmp_signed(">", N, _I64(0))), work, done)
     b.position_at_end(work)
-    b.call(rng, [*args, _I64(0), N, _I64(0)])
+    b.call(rng, [*args[:-1], _I64(0), N, args[-1]])
     b.branch(done)
     b.position_at_end(done)
     b.ret_void()

@@ -38,8 +38,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GRAPHC_CACHE_DIR") or Path.home() / ".cache" / "graphc")
 
 
-def optimize(module: ir.Module, target: Target) -> llvm.ModuleRef:
-    mod = llvm.parse_assembly(str(module))
+def link(modules: list[ir.Module]) -> llvm.ModuleRef:
+    """One module holding all of `modules` (their external definitions must not clash; internal
+    ones that do are renamed)."""
+    mod = llvm.parse_assembly(str(modules[0]))
+    for m in modules[1:]:
+        mod.link_in(llvm.parse_assembly(str(m)))
+    return mod
+
+
+def optimize(module: ir.Module | llvm.ModuleRef, target: Target) -> llvm.ModuleRef:
+    mod = module if isinstance(module, llvm.ModuleRef) else llvm.parse_assembly(str(module))
     mod.verify()
     tm = target.target_machine()
     mod.triple = target.triple
@@ -85,9 +94,16 @@ class Native:
         return addr
 
 
-def emit(module: ir.Module, target: Target) -> bytes:
-    """The optimized native object of `module`."""
-    return target.target_machine().emit_object(optimize(module, target))
+def emit(module: ir.Module | llvm.ModuleRef, target: Target, shared: bool = False) -> bytes:
+    """The optimized native object of `module`. `shared`: for linking into a shared library:
+    position-independent, with its external definitions hidden (the objects linked with it call
+    them; the library's exports are its C glue's to choose)."""
+    mod = optimize(module, target)
+    if shared:
+        for f in mod.functions:
+            if not f.is_declaration and f.linkage == llvm.Linkage.external:
+                f.visibility = "hidden"
+    return target.target_machine(reloc="pic" if shared else "default").emit_object(mod)
 
 
 def compile_cached(key: str, build: Callable[[], ir.Module], target: Target,

@@ -1,11 +1,13 @@
 """Assembles a Schedule into one LLVM module: a function per kernel and one step entry point.
 
 The entry `void NAME(i8** table)` runs every kernel in order; table[i] is the base pointer of the
-plan's buffer i (inputs, params, state, outputs, arena), so no Python runs between kernels. With
-threads > 1, the slot after the buffers holds the worker pool's `run` function: a large kernel
-(GEMM or loop nest) becomes fn(ptrs..., tid, nt) computing thread tid's share, and the step
-posts it to the pool through one generic task that unpacks its pointers. A profiling build adds
-one more slot: an i64 array where each kernel adds the CPU cycles it took (`graphc profile`).
+plan's buffer i (inputs, params, state, outputs, arena), so no Python runs between kernels. The
+slots after the buffers are named by `table_slots`: the GEMMs' packing scratch (`scratch_bytes`);
+with threads > 1 the worker pool's `run` function and its state: a large kernel (GEMM or loop
+nest) becomes fn(ptrs..., tid, nt) computing thread tid's share, and the step posts it to the pool
+through one generic task that unpacks its pointers; in a profiling build an i64 array where each
+kernel adds the CPU cycles it took (`graphc profile`). The generated code keeps no state of its
+own: everything it writes is reached through the table.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 
 from llvmlite import ir
 
-from graphc.codegen.gemm import blocking, define_gemm
+from graphc.codegen.gemm import blocking, define_gemm, scratch_bytes as gemm_scratch_bytes
 from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_mxcsr
 from graphc.codegen.kernels import emit_loop_kernel, for_range, loops
 from graphc.codegen.scalar import LLTYPES
@@ -31,6 +33,18 @@ ELEMENTWISE_PARALLEL_MIN = 1 << 16  # iterations below which a loop kernel runs 
 PARALLEL_MIN = 1 << 22  # multiply-adds below which a GEMM runs on one thread (measured: batch 8 lost)
 
 
+def table_slots(threads: int, profile: bool = False) -> list[str]:
+    """The names of the table's slots after the plan's buffers, in order (see module doc)."""
+    return ["scratch"] + (["pool_run", "pool"] if threads > 1 else []) + (["cycles"] if profile else [])
+
+
+def scratch_bytes(s: Schedule, target: Target, threads: int) -> int:
+    """Bytes the table's "scratch" slot must point to (64-byte aligned): one GEMM packing slot
+    per thread."""
+    return threads * max((gemm_scratch_bytes(target, k.nodes[0].out.dtype)
+                          for k in s.kernels if k.kind == "contract"), default=0)
+
+
 def build_module(s: Schedule, target: Target, entry: str = "graphc_step", threads: int = 1,
                  profile: bool = False) -> ir.Module:
     m = ir.Module(name=s.graph.name)
@@ -40,14 +54,12 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
     table = step.args[0]
     mxcsr = flush_denormals(b)
     bases = [b.load(b.gep(table, [ir.Constant(I64, i)])) for i in range(len(s.plan.buffers))]
-    run = None
-    if threads > 1:
-        slot = b.load(b.gep(table, [ir.Constant(I64, len(s.plan.buffers))]))
-        run = b.bitcast(slot, RUN.as_pointer())
+    slot = {name: b.load(b.gep(table, [ir.Constant(I64, len(bases) + i)]))
+            for i, name in enumerate(table_slots(threads, profile))}
+    run = b.bitcast(slot["pool_run"], RUN.as_pointer()) if threads > 1 else None
     cycles = None
     if profile:
-        slot = b.load(b.gep(table, [ir.Constant(I64, len(s.plan.buffers) + (threads > 1))]))
-        cycles = b.bitcast(slot, I64.as_pointer())
+        cycles = b.bitcast(slot["cycles"], I64.as_pointer())
         clock = m.declare_intrinsic("llvm.readcyclecounter", (), ir.FunctionType(I64, []))
 
     def pointer(v: Value) -> ir.Value:
@@ -60,7 +72,9 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
             continue  # the view shares its source's buffer: nothing to run
         args = _distinct(k, s.plan.place)
         parallel = run is not None and _worth_splitting(k)
-        types = [LLTYPES[v.dtype].as_pointer() for v in args] + ([I64, I64] if parallel else [])
+        scratch = [slot["scratch"]] if k.kind == "contract" else []  # after the buffer pointers
+        types = ([LLTYPES[v.dtype].as_pointer() for v in args] + [I8P] * len(scratch)
+                 + ([I64, I64] if parallel else []))
         fn = ir.Function(m, ir.FunctionType(ir.VoidType(), types), f"k{i}_{k.name}")
         fn.linkage = "internal"
         shared = {p for p in (s.plan.place[v] for v in k.inputs + k.outputs)
@@ -69,11 +83,11 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
             if s.plan.place[v] not in shared:
                 a.add_attribute("noalias")
         arg_of = {v: fn.args[args.index(_first(args, v, s.plan.place))] for v in k.inputs + k.outputs}
-        ptrs = [pointer(v) for v in args]
+        ptrs = [pointer(v) for v in args] + scratch
         start = b.call(clock, []) if cycles else None
         if parallel:
             _emit_share(m, fn, k, arg_of, target, threads)
-            _post(b, run, _task(fn), ptrs, threads)
+            _post(b, run, slot["pool"], _task(fn), ptrs, threads)
         else:
             _emit_kernel(m, fn, k, arg_of, target)
             b.call(fn, ptrs)
@@ -106,7 +120,7 @@ def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target:
     n = k.nodes[0]
     if k.kind == "contract":
         args, ta, tb = _gemm_args(n, arg_of)
-        b.call(define_gemm(m, target, n.out.dtype, ta, tb), args + [ir.Constant(I32, 0)])
+        b.call(define_gemm(m, target, n.out.dtype, ta, tb), args + [ir.Constant(I32, 0), fn.args[-1]])
     else:  # a view whose result lives elsewhere (a graph output): copy it
         src, dst = arg_of[n.inputs[0]], arg_of[n.out]
         for_range(b, math.prod(n.out.shape), lambda i: b.store(b.load(b.gep(src, [i])), b.gep(dst, [i])))
@@ -149,7 +163,7 @@ def _share(b: ir.IRBuilder, size: ir.Value, tid: ir.Value, nt: ir.Value, align: 
 
 def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target,
                 threads: int) -> None:
-    """The body of a split kernel fn(ptrs..., tid, nt): thread tid's share of the work."""
+    """The body of a split kernel fn(ptrs..., [scratch,] tid, nt): thread tid's share of the work."""
     tid, nt = fn.args[-2:]
     if k.kind in ("elementwise", "reduce"):
         b = ir.IRBuilder(fn.append_basic_block("share"))
@@ -166,18 +180,19 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     nr = blocking(target, dtype).nr
     acc = ir.Constant(I32, 0)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    scratch = b.gep(fn.args[-3], [b.mul(tid, ir.Constant(I64, gemm_scratch_bytes(target, dtype)))])
     # each thread packs all of A for a column share, all of B for a row share: duplicate the
     # smaller; columns go in whole NR strips
     if N.constant >= nr * threads and N.constant >= M.constant:
         n0, n1 = _share(b, N, tid, nt, nr)
         with b.if_then(b.icmp_signed("<", n0, n1)):
-            b.call(rng, [M, N, K, A, lda, B, ldb, C, ldc, acc, n0, n1, tid])
+            b.call(rng, [M, N, K, A, lda, B, ldb, C, ldc, acc, n0, n1, scratch])
     else:
         m0, m1 = _share(b, M, tid, nt)
         a0 = b.gep(A, [m0 if ta else b.mul(m0, lda)])
         with b.if_then(b.icmp_signed("<", m0, m1)):
             b.call(rng, [b.sub(m1, m0), N, K, a0, lda, B, ldb, b.gep(C, [b.mul(m0, ldc)]), ldc, acc,
-                         ir.Constant(I64, 0), N, tid])
+                         ir.Constant(I64, 0), N, scratch])
     b.ret_void()
 
 
@@ -195,10 +210,11 @@ def _task(fn: ir.Function) -> ir.Function:
     return task
 
 
-def _post(b: ir.IRBuilder, run: ir.Value, task: ir.Function, ptrs: list[ir.Value], threads: int) -> None:
+def _post(b: ir.IRBuilder, run: ir.Value, pool: ir.Value, task: ir.Function, ptrs: list[ir.Value],
+          threads: int) -> None:
     """Pack the pointers and run `task` on the pool's `threads` threads."""
     struct = ir.LiteralStructType([p.type for p in ptrs])
     slot = b.alloca(struct)
     for i, v in enumerate(ptrs):
         b.store(v, b.gep(slot, [ir.Constant(I32, 0), ir.Constant(I32, i)]))
-    b.call(run, [task, b.bitcast(slot, I8P), ir.Constant(I64, threads)])
+    b.call(run, [pool, task, b.bitcast(slot, I8P), ir.Constant(I64, threads)])

@@ -1,8 +1,11 @@
 """LLVM IR of the native worker pool: threads parked in generated code, and the call that uses them.
 
-`graphc_pool_worker(tid)` is entered once by each worker thread (ctypes releases the GIL) and
-never returns until `graphc_pool_stop()`. `graphc_pool_run(task, arg, n)` posts `task(arg, t, n)`
-for t = 1..n-1 to the workers, runs t = 0 itself and waits: posting a job is a few atomic
+Every function takes the pool's state, `state_bytes(target)` zeroed bytes the host owns (8-byte
+aligned), so each pool is independent and the code has no globals. `graphc_pool_init(pool, n)`
+says n workers will serve it; `graphc_pool_worker(pool, tid)` is entered once by each worker
+thread (a Python thread through ctypes, which releases the GIL, or a pthread) and never returns
+until `graphc_pool_stop(pool)`. `graphc_pool_run(pool, task, arg, n)` posts `task(arg, t, n)` for
+t = 1..n-1 to the workers, runs t = 0 itself and waits: posting a job is a few atomic
 instructions, so splitting a GEMM costs microseconds, not a Python thread hand-off (~65 us).
 An idle worker spins briefly, then sleeps on a futex, so it never burns a core between steps.
 """
@@ -16,7 +19,11 @@ from graphc.codegen.target import Target
 I8P = ir.IntType(8).as_pointer()
 I32, I64 = ir.IntType(32), ir.IntType(64)
 TASK = ir.FunctionType(ir.VoidType(), [I8P, I64, I64]).as_pointer()
-RUN = ir.FunctionType(ir.VoidType(), [TASK, I8P, I64])
+RUN = ir.FunctionType(ir.VoidType(), [I8P, TASK, I8P, I64])
+# the state: job number (the futex word), quit flag, sleeping workers, jobs counted done,
+# workers started, and the posted job (task, arg, threads)
+STATE = ir.LiteralStructType([I32, I32, I32, I64, I64, TASK, I8P, I64])
+_FIELDS = ("seq", "quit", "sleepers", "done", "workers", "task", "arg", "nthreads")
 SPINS = 20000          # ~tens of microseconds of spinning before a worker sleeps
 SYS_FUTEX, FUTEX_WAIT, FUTEX_WAKE = 202, 128, 129  # Linux x86-64, private futexes
 
@@ -51,18 +58,20 @@ def restore_mxcsr(b: ir.IRBuilder, old: ir.Value | None) -> None:
     b.call(b.module.globals["llvm.x86.sse.ldmxcsr"], [b.bitcast(slot, I8P)])
 
 
+def state_bytes(target: Target) -> int:
+    """Bytes of a pool's state."""
+    return STATE.get_abi_size(target.target_machine().target_data)
+
+
+def _fields(b: ir.IRBuilder, pool: ir.Value) -> list[ir.Value]:
+    """Pointers to the fields of the state `pool` points to, in _FIELDS order."""
+    p = b.bitcast(pool, STATE.as_pointer())
+    return [b.gep(p, [ir.Constant(I32, 0), ir.Constant(I32, i)]) for i in range(len(_FIELDS))]
+
+
 def build_pool(target: Target) -> ir.Module:
     m = ir.Module("graphc_pool")
     m.triple = target.triple
-
-    def glob(name: str, t: ir.Type) -> ir.GlobalVariable:
-        g = ir.GlobalVariable(m, t, name)
-        g.initializer = ir.Constant(t, None)
-        return g
-
-    seq, done, quit_ = glob("seq", I32), glob("done", I64), glob("quit", I32)
-    sleepers, workers = glob("sleepers", I32), glob("workers", I64)
-    task, arg, nthreads = glob("task", TASK), glob("arg", I8P), glob("nthreads", I64)
     syscall = ir.Function(m, ir.FunctionType(I64, [I64], var_arg=True), "syscall")
     pause = (ir.Function(m, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
              if target.triple.startswith("x86_64") else None)
@@ -71,11 +80,12 @@ def build_pool(target: Target) -> ir.Module:
         if pause:
             b.call(pause, [])
 
-    # worker(tid): wait for a new job number, run the task if it has a part for us, count done
-    w = ir.Function(m, ir.FunctionType(ir.VoidType(), [I64]), "graphc_pool_worker")
-    tid = w.args[0]
+    # worker(pool, tid): wait for a new job number, run the task if it has a part for us, count done
+    w = ir.Function(m, ir.FunctionType(ir.VoidType(), [I8P, I64]), "graphc_pool_worker")
+    tid = w.args[1]
     entry, wait, sleep, run, leave = (w.append_basic_block(n) for n in ("entry", "wait", "sleep", "run", "leave"))
     b = ir.IRBuilder(entry)
+    seq, quit_, sleepers, done, _, task, arg, nthreads = _fields(b, w.args[0])
     seen = b.alloca(I32)
     spins = b.alloca(I32)
     # start from job 0, not from the current job number: a job posted before this thread got
@@ -120,7 +130,7 @@ def build_pool(target: Target) -> ir.Module:
     b.position_at_end(leave)
     b.ret_void()
 
-    def post(b):
+    def post(b, seq, sleepers):
         """Bump the job number; wake sleepers (a sleeper that counted itself after this bump sees
         the new number in FUTEX_WAIT and returns at once)."""
         b.atomic_rmw("add", seq, ir.Constant(I32, 1), "seq_cst")
@@ -128,21 +138,22 @@ def build_pool(target: Target) -> ir.Module:
             b.call(syscall, [ir.Constant(I64, SYS_FUTEX), seq, ir.Constant(I32, FUTEX_WAKE),
                              ir.Constant(I32, 2 ** 31 - 1)])
 
-    # init(n): the number of workers started (each counts every job it sees)
-    f = ir.Function(m, ir.FunctionType(ir.VoidType(), [I64]), "graphc_pool_init")
+    # init(pool, n): the number of workers started (each counts every job it sees)
+    f = ir.Function(m, ir.FunctionType(ir.VoidType(), [I8P, I64]), "graphc_pool_init")
     b = ir.IRBuilder(f.append_basic_block("entry"))
-    b.store_atomic(f.args[0], workers, "release", 8)
+    b.store_atomic(f.args[1], _fields(b, f.args[0])[_FIELDS.index("workers")], "release", 8)
     b.ret_void()
 
-    # run(task, arg, n): post to all workers, do part 0, wait until every worker counted the job
+    # run(pool, task, arg, n): post to all workers, do part 0, wait until every worker counted the job
     r = ir.Function(m, RUN, "graphc_pool_run")
-    t_fn, t_arg, t_n = r.args
+    pool, t_fn, t_arg, t_n = r.args
     b = ir.IRBuilder(r.append_basic_block("entry"))
+    seq, _, sleepers, done, workers, task, arg, nthreads = _fields(b, pool)
     target_done = b.add(b.load_atomic(done, "acquire", 8), b.load_atomic(workers, "acquire", 8))
     b.store_atomic(t_fn, task, "release", 8)
     b.store_atomic(t_arg, arg, "release", 8)
     b.store_atomic(t_n, nthreads, "release", 8)
-    post(b)
+    post(b, seq, sleepers)
     b.call(t_fn, [t_arg, ir.Constant(I64, 0), t_n])
     spin, out = r.append_basic_block("spin"), r.append_basic_block("out")
     b.branch(spin)
@@ -152,9 +163,10 @@ def build_pool(target: Target) -> ir.Module:
     b.position_at_end(out)
     b.ret_void()
 
-    s = ir.Function(m, ir.FunctionType(ir.VoidType(), []), "graphc_pool_stop")
+    s = ir.Function(m, ir.FunctionType(ir.VoidType(), [I8P]), "graphc_pool_stop")
     b = ir.IRBuilder(s.append_basic_block("entry"))
+    seq, quit_, sleepers = _fields(b, s.args[0])[:3]
     b.store_atomic(ir.Constant(I32, 1), quit_, "release", 4)
-    post(b)
+    post(b, seq, sleepers)
     b.ret_void()
     return m

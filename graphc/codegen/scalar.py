@@ -6,16 +6,19 @@ from llvmlite import ir
 
 FTYPES = {"f32": ir.FloatType(), "f64": ir.DoubleType()}
 LLTYPES = {**FTYPES, "i32": ir.IntType(32)}
+I32, I64 = ir.IntType(32), ir.IntType(64)
 
 
 class LLVMScalar:
-    """Builds scalar LLVM values for one loop body; `index` gives the loop counters."""
+    """Builds scalar LLVM values for one loop body; `index` gives the loop counters over `shape`."""
 
-    def __init__(self, b: ir.IRBuilder, dtype: str, index: list[ir.Value]) -> None:
+    def __init__(self, b: ir.IRBuilder, dtype: str, index: list[ir.Value],
+                 shape: tuple[int, ...]) -> None:
         self.b = b
         self.t = FTYPES[dtype]
         self.suffix = dtype
         self.idx = index
+        self.shape = shape
 
     def _intrinsic(self, name: str, *args: ir.Value) -> ir.Value:
         m = self.b.module
@@ -53,6 +56,15 @@ class LLVMScalar:
     def pow(self, a, b):
         return self._intrinsic("pow", a, b)
 
+    def sin(self, a):
+        return self._intrinsic("sin", a)
+
+    def cos(self, a):
+        return self._intrinsic("cos", a)
+
+    def floor(self, a):
+        return self._intrinsic("floor", a)
+
     def tanh(self, a):
         # 1 - 2 / (exp(2a) + 1): stays in exp, which LLVM can vectorize
         e = self.exp(self.add(a, a))
@@ -75,3 +87,30 @@ class LLVMScalar:
 
     def index(self, axis: int):
         return self.b.uitofp(self.idx[axis], self.t)
+
+    def u32(self, x: int):
+        return ir.Constant(I32, x & 0xFFFFFFFF)
+
+    def to_u32(self, a):
+        # through i64, so a negative or large value wraps (fptoui would be undefined for it)
+        return self.b.trunc(self.b.fptosi(a, I64), I32)
+
+    def flat_index(self):
+        pos, stride = ir.Constant(I64, 0), 1
+        for i, d in zip(reversed(self.idx), reversed(self.shape)):
+            pos = self.b.add(pos, self.b.mul(i, ir.Constant(I64, stride)))
+            stride *= d
+        return self.b.trunc(pos, I32)
+
+    def ixor(self, a, b):
+        return self.b.xor(a, b)
+
+    def ishr(self, a, b):
+        return self.b.lshr(a, b)
+
+    def imul(self, a, b):
+        return self.b.mul(a, b)
+
+    def unit(self, a):
+        top = self.b.uitofp(self.b.lshr(a, self.u32(8)), self.t)
+        return self.b.fmul(top, self.const(2.0 ** -24))

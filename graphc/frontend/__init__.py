@@ -17,10 +17,11 @@ __all__ = ["Program", "TrainConfig", "load", "load_source"]
 
 @dataclass
 class Program:
-    graph: Graph        # the forward graph, symbolic dims unbound
+    graph: Graph        # the forward graph for training, symbolic dims unbound
     train: TrainConfig  # the train block (defaults where it is silent)
     source: str
     path: str
+    eval_graph: Graph   # the forward graph for evaluation: no dropout, batch norm's running stats
 
 
 def load(path: str | os.PathLike) -> Program:
@@ -37,6 +38,7 @@ def load_source(text: str, filename: str = "<string>") -> Program:
     base = None if filename.startswith("<") else Path(filename).parent
     try:
         module = parse(text, filename)
-        return Program(lower(module), train_config(module, base), text, filename)
+        return Program(lower(module), train_config(module, base), text, filename,
+                       lower(module, training=False))
     except GraphcError as e:
         raise e.with_source(text)

@@ -7,21 +7,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graphc.autodiff.optim import OPTIMIZERS
+from graphc.autodiff.schedule import DURATIONS, EPOCHS, SCHEDULES
 from graphc.errors import GraphcError, Loc
 from graphc.frontend import ast
 
-KEYS = ("optimizer", "batch", "epochs", "seed", "data")
+KEYS = ("optimizer", "schedule", "clip_norm", "batch", "epochs", "seed", "data")
 
 
 @dataclass
 class TrainConfig:
     optimizer: str = "sgd"
     opt_args: dict[str, float] = field(default_factory=dict)  # only the arguments written
+    schedule: str = "constant"
+    schedule_args: dict[str, float] = field(default_factory=dict)  # only the arguments written
+    clip_norm: float | None = None  # clip the gradients to this global norm
     batch: int = 32
     epochs: int = 1
     seed: int = 0
     data: str | None = None  # a bundled name (mnist, digits) or a path
-    # where each setting was written: "batch", "data", ..., "optimizer.lr"; "train" is the block
+    # where each setting was written: "batch", "data", ..., "optimizer.lr", "schedule.warmup";
+    # "train" is the block
     locs: dict[str, Loc] = field(default_factory=dict)
 
 
@@ -48,13 +53,14 @@ def train_config(module: ast.Module, base: Path | None = None) -> TrainConfig:
         if entry.key in cfg.locs:
             raise GraphcError(f"train key '{entry.key}' is given twice", entry.loc)
         if entry.key not in KEYS:
-            in_opt = any(entry.key in args for args in OPTIMIZERS.values())
-            hint = (f"optimizer arguments go inside the call: optimizer = sgd({entry.key}=...)"
-                    if in_opt else did_you_mean(entry.key, KEYS) or f"keys: {', '.join(KEYS)}")
-            raise GraphcError(f"unknown train key '{entry.key}'", entry.loc, hint=hint)
+            raise GraphcError(f"unknown train key '{entry.key}'", entry.loc, hint=_key_hint(entry.key))
         cfg.locs[entry.key] = entry.value.loc
         if entry.key == "optimizer":
             _optimizer(entry.value, cfg)
+        elif entry.key == "schedule":
+            _schedule(entry.value, cfg)
+        elif entry.key == "clip_norm":
+            cfg.clip_norm = _positive("clip_norm", entry.value)
         elif entry.key == "data":
             cfg.data = _data(entry.value, base)
         else:
@@ -72,33 +78,89 @@ def _whole(key: str, e: ast.Expr, least: int) -> int:
     return v
 
 
-def _optimizer(e: ast.Expr, cfg: TrainConfig) -> None:
+def _key_hint(key: str) -> str:
+    """Where an unknown train key probably belongs."""
+    for what, table in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        owner = next((name for name, args in table.items() if key in args), None)
+        if owner:
+            return f"{what} arguments go inside the call: {what} = {owner}({key}=...)"
+    return did_you_mean(key, KEYS) or f"keys: {', '.join(KEYS)}"
+
+
+def _positive(key: str, e: ast.Expr) -> float:
+    v = ast.literal(e)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+        raise GraphcError(f"{key} must be a positive number", e.loc)
+    return float(v)
+
+
+def _call(e: ast.Expr, key: str, table: dict[str, dict[str, float | None]], example: str,
+          cfg: TrainConfig) -> tuple[str, dict[str, float], ast.Expr]:
+    """A `NAME(arg=number, ...)` entry checked against `table` (name -> {argument: default}): the
+    name, the arguments written (booleans as 1.0 / 0.0; positions in cfg.locs as "KEY.ARG") and
+    the call expression."""
     if isinstance(e, ast.Name):  # `optimizer = adam`: no arguments
         e = ast.Call(e.id, [], None, e.loc)
     if not isinstance(e, ast.Call) or e.scope is not None:
-        raise GraphcError("optimizer must be a call such as sgd(lr=0.1)", e.loc)
-    if e.func not in OPTIMIZERS:
-        hint = did_you_mean(e.func, list(OPTIMIZERS)) or f"optimizers: {', '.join(OPTIMIZERS)}"
-        raise GraphcError(f"unknown optimizer '{e.func}'", e.loc, hint=hint)
-    known = OPTIMIZERS[e.func]
+        raise GraphcError(f"{key} must be a call such as {example}", e.loc)
+    if e.func not in table:
+        hint = did_you_mean(e.func, list(table)) or f"{key}s: {', '.join(table)}"
+        raise GraphcError(f"unknown {key} '{e.func}'", e.loc, hint=hint)
+    known = table[e.func]
     if e.positional:
-        raise GraphcError(f"{e.func} takes keyword arguments, e.g. {e.func}(lr=0.1)", e.positional[0].loc)
-    cfg.optimizer = e.func
+        first = next(iter(known), "arg")
+        raise GraphcError(f"{e.func} takes keyword arguments, e.g. {e.func}({first}=...)", e.positional[0].loc)
+    args: dict[str, float] = {}
     for kw in e.kwargs:
         if kw.name not in known:
             raise GraphcError(f"{e.func} has no argument '{kw.name}'", kw.loc,
                               hint=did_you_mean(kw.name, list(known)) or f"arguments: {', '.join(known)}")
-        if kw.name in cfg.opt_args:
+        if kw.name in args:
             raise GraphcError(f"argument '{kw.name}' is given twice", kw.loc)
         v = ast.literal(kw.value)
         if v is None:
             raise GraphcError(f"{e.func}({kw.name}=...) must be a number or true/false", kw.value.loc)
-        cfg.opt_args[kw.name] = float(v)  # booleans (nesterov=true) become 1.0 / 0.0
-        cfg.locs[f"optimizer.{kw.name}"] = kw.value.loc
+        args[kw.name] = float(v)
+        cfg.locs[f"{key}.{kw.name}"] = kw.value.loc
+    return e.func, args, e
+
+
+def _optimizer(e: ast.Expr, cfg: TrainConfig) -> None:
+    cfg.optimizer, cfg.opt_args, e = _call(e, "optimizer", OPTIMIZERS, "sgd(lr=0.1)", cfg)
     if "lr" not in cfg.opt_args:
         raise GraphcError(f"{e.func} needs a learning rate", e.loc, hint=f"write {e.func}(lr=0.1, ...)")
     if cfg.opt_args["lr"] <= 0:
         raise GraphcError(f"lr must be positive, got {cfg.opt_args['lr']:g}", cfg.locs["optimizer.lr"])
+
+
+def _schedule(e: ast.Expr, cfg: TrainConfig) -> None:
+    cfg.schedule, args, e = _call(e, "schedule", SCHEDULES, "cosine(warmup=100)", cfg)
+    known = SCHEDULES[cfg.schedule]
+    for key in (k for k in DURATIONS if k in known):
+        forms = [k for k in (key, key + EPOCHS) if k in args]
+        if len(forms) == 2:
+            raise GraphcError(f"give {key} in steps or in epochs, not both", cfg.locs[f"schedule.{forms[1]}"])
+        if not forms and key != "warmup":
+            raise GraphcError(f"{cfg.schedule} needs {key}=STEPS or {key}{EPOCHS}=EPOCHS", e.loc,
+                              hint=f"write {cfg.schedule}({key}{EPOCHS}=2, ...)")
+    for name, v in args.items():
+        problem = _schedule_arg_problem(name, v)
+        if problem:
+            raise GraphcError(f"{name} must be {problem}, got {v:g}", cfg.locs[f"schedule.{name}"])
+    cfg.schedule_args = args
+
+
+def _schedule_arg_problem(name: str, v: float) -> str | None:
+    """What a schedule argument's value must be, when `v` is not that."""
+    if name in DURATIONS and (v != int(v) or v < 0):
+        return "a whole number of steps"
+    if name == "every" and v < 1 or name in ("every" + EPOCHS, "gamma") and v <= 0:
+        return "positive"
+    if name == "warmup" + EPOCHS and v < 0:
+        return "non-negative"
+    if name == "final" and not 0 <= v <= 1:
+        return "between 0 and 1 (a fraction of lr)"
+    return None
 
 
 def _data(e: ast.Expr, base: Path | None) -> str:

@@ -11,8 +11,10 @@ import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graphc.autodiff.schedule import INPUTS as SCHEDULE_INPUTS
 from graphc.errors import GraphcError, Loc
 from graphc.frontend import ast
+from graphc.frontend.builtins import BUILTINS, Builtin, Instance
 from graphc.frontend.config import did_you_mean
 from graphc.ir.graph import DTYPES, Builder, Dim, Graph, Input, Param, TensorType, Value
 from graphc.ops import REGISTRY, OpDef
@@ -20,7 +22,7 @@ from graphc.runtime.init import INITIALIZERS
 
 BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
 KINDS = ("int", "float", "fn")  # layer parameters that are not tensors
-RESERVED = {"lr": "the learning rate input the training step adds"}
+RESERVED = {"lr": "the learning rate input the training step adds", **SCHEDULE_INPUTS}
 
 Number = int | float
 Const = int | float | bool | str | tuple  # a compile-time attribute value
@@ -37,9 +39,10 @@ class _Frame:
     defined: dict[str, Loc] = field(default_factory=dict)
 
 
-def lower(module: ast.Module) -> Graph:
-    """Build the forward graph of a parsed module (its train block is read by config)."""
-    return _Lowerer(module).run()
+def lower(module: ast.Module, training: bool = True) -> Graph:
+    """Build the forward graph of a parsed module (its train block is read by config), in the form
+    for training or for evaluation: they differ where built-in layers (dropout, batch_norm) do."""
+    return _Lowerer(module, training).run()
 
 
 def _not_reserved(name: str, loc: Loc) -> None:
@@ -52,26 +55,10 @@ def _join(scope: str, name: str) -> str:
     return f"{scope}.{name}" if scope else name
 
 
-def _attr_names(op: OpDef) -> tuple[list[str], set[str]]:
-    """An op's attribute names and the required ones (those without a default).
-
-    The registry's `ref(*arrays, **attrs)` takes each attribute as a parameter after the arrays,
-    so required attributes (reshape's shape) are read from it; parameters with a default there
-    (NumPy ufunc options such as `out`) are not attributes.
-    """
-    names = list(op.defaults)
-    try:
-        params = list(inspect.signature(op.ref).parameters.values())[op.nargs:]
-    except (TypeError, ValueError):  # a callable without a signature
-        params = []
-    names += [p.name for p in params if p.default is p.empty and p.name not in names
-              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return names, {n for n in names if n not in op.defaults}
-
-
 class _Lowerer:
-    def __init__(self, module: ast.Module) -> None:
+    def __init__(self, module: ast.Module, training: bool) -> None:
         self.module = module
+        self.training = training
         self.file = module.file
         nets = [s for s in module.stmts if isinstance(s, ast.Net)]
         if len(nets) > 1:
@@ -184,13 +171,16 @@ class _Lowerer:
                     raise GraphcError(f"a dim must be positive, got {d.value}", d.loc)
                 shape.append(d.value)
             elif d.value in fr.dims:
-                shape.append(fr.dims[d.value])
+                size = fr.dims[d.value]
+                if isinstance(size, int) and size <= 0:  # a layer's int argument used as a dim
+                    raise GraphcError(f"dim {d.value} is {size} here; a dim must be positive", d.loc)
+                shape.append(size)
             else:
                 hint = (f"declare it with `dim {d.value}`" if fr is self.top else
                         "a layer's dims come from its tensor parameters' types and its int arguments")
                 raise GraphcError(f"undefined dim '{d.value}'", d.loc,
                                   hint=did_you_mean(d.value, list(fr.dims)) or hint)
-        return TensorType(t.dtype, tuple(shape))
+        return TensorType(t.dtype, tuple(shape)).check_size(t.loc)
 
     def _param(self, s: ast.ParamDecl, fr: _Frame) -> None:
         t = self._type(s.type, fr)
@@ -204,7 +194,7 @@ class _Lowerer:
         if init.positional or init.scope:
             raise GraphcError(f"{init.func}() takes keyword arguments only, e.g. normal(std=0.01)",
                               init.loc)
-        allowed = list(inspect.signature(INITIALIZERS[init.func]).parameters)[2:]  # after rng, shape
+        allowed = list(inspect.signature(INITIALIZERS[init.func]).parameters)[1:]  # after shape
         args: dict[str, float] = {}
         for kw in init.kwargs:
             if kw.name not in allowed or kw.name in args:
@@ -236,9 +226,11 @@ class _Lowerer:
         raise GraphcError(f"unknown name '{e.id}'", e.loc, hint=did_you_mean(e.id, list(fr.values)))
 
     def _function(self, name: str, fr: _Frame) -> str | None:
-        """What a called name means: an op, a layer, or "id" (through fn arguments); None if unknown."""
+        """What a called name means: a layer, a built-in layer, an op, or "id" (through fn
+        arguments); None if unknown."""
         target = fr.fns.get(name, name)
-        return target if target == "id" or target in self.layers or target in REGISTRY else None
+        known = target == "id" or target in self.layers or target in BUILTINS or target in REGISTRY
+        return target if known else None
 
     def _tensor(self, e: ast.Expr, fr: _Frame) -> Value | Number:
         """Evaluate a tensor expression; numbers stay Python numbers until they meet a tensor."""
@@ -325,10 +317,12 @@ class _Lowerer:
         if target is None:
             if c.func in fr.values:
                 raise GraphcError(f"'{c.func}' is a value, not a function", c.loc)
-            known = [*fr.fns, *self.layers, *REGISTRY, "id"]
+            known = [*fr.fns, *self.layers, *BUILTINS, *REGISTRY, "id"]
             raise GraphcError(f"unknown function '{c.func}'", c.loc, hint=did_you_mean(c.func, known))
         if target in self.layers:
             return self._inline(self.layers[target], c, fr)
+        if target in BUILTINS:
+            return self._builtin(BUILTINS[target], c, fr)
         if c.scope is not None:
             raise GraphcError(f"`as` names a layer instance, but {c.func} is not a layer", c.scope.loc)
         if target == "id":
@@ -342,7 +336,7 @@ class _Lowerer:
             s = "" if op.nargs == 1 else "s"
             raise GraphcError(f"{op.name} takes {op.nargs} tensor argument{s}, got {len(c.positional)}",
                               c.loc, hint=f"{op.name}: {op.doc}" if op.doc else None)
-        names, required = _attr_names(op)
+        names, required = op.attributes()
         for k in c.kwargs:
             if k.name not in names:
                 hint = did_you_mean(k.name, names) or (
@@ -360,7 +354,8 @@ class _Lowerer:
 
     def _check_layer(self, layer: ast.Layer) -> None:
         """What can be checked before any call: names, parameter kinds, dtypes, the return."""
-        if layer.name in self.layers or layer.name in REGISTRY or layer.name == "id":
+        if layer.name in self.layers or layer.name in BUILTINS or layer.name in REGISTRY \
+                or layer.name == "id":
             where = (f"line {self.layers[layer.name].loc.line}" if layer.name in self.layers
                      else "a built-in")
             raise GraphcError(f"'{layer.name}' is already defined ({where})", layer.loc)
@@ -393,7 +388,7 @@ class _Lowerer:
         fr = _Frame("", {})
         bound = self._bind_args(layer, c, caller, fr)
         # named after its arguments are built, so nested calls in arguments are numbered first
-        fr.scope = self._instance_scope(layer, c, caller)
+        fr.scope = self._instance_scope(layer.name, c, caller)
         fr.dims = {**self.top.dims, **bound}
         self.active.append(layer.name)
         *body, ret = layer.body
@@ -417,18 +412,43 @@ class _Lowerer:
                                   f" (here {want})", ret.value.loc)
         return out
 
-    def _instance_scope(self, layer: ast.Layer, c: ast.Call, caller: _Frame) -> str:
+    def _instance_scope(self, layer: str, c: ast.Call, caller: _Frame) -> str:
         if c.scope is not None:
             scope = _join(caller.scope, c.scope.id)
             if scope in self.scopes:
                 raise GraphcError(f"layer instance name '{scope}' is already used", c.scope.loc)
         else:
             n = 0
-            while _join(caller.scope, f"{layer.name}{n}") in self.scopes:
+            while _join(caller.scope, f"{layer}{n}") in self.scopes:
                 n += 1
-            scope = _join(caller.scope, f"{layer.name}{n}")
+            scope = _join(caller.scope, f"{layer}{n}")
         self.scopes.add(scope)
         return scope
+
+    def _builtin(self, layer: Builtin, c: ast.Call, caller: _Frame) -> Value:
+        """A built-in layer: a tensor, then its number arguments (by position or keyword)."""
+        hint = f"{layer.name}(x, {', '.join(f'{k}={v:g}' for k, v in layer.args.items())})"
+        if not c.positional or len(c.positional) > 1 + len(layer.args):
+            raise GraphcError(f"{layer.name} takes a tensor and up to {len(layer.args)} numbers, got "
+                              f"{len(c.positional)} arguments", c.loc, hint=hint)
+        given = dict(zip(layer.args, c.positional[1:]))
+        for k in c.kwargs:
+            if k.name not in layer.args or k.name in given:
+                why = "is given twice" if k.name in given else "is unknown"
+                raise GraphcError(f"{layer.name} argument '{k.name}' {why}", k.loc,
+                                  hint=did_you_mean(k.name, list(layer.args)) or hint)
+            given[k.name] = k.value
+        args = dict(layer.args)
+        for name, e in given.items():
+            v = self._const(e, caller)
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise GraphcError(f"{layer.name}: {name} must be a number, got {v!r}", e.loc)
+            args[name] = float(v)
+        x = self._tensor(c.positional[0], caller)
+        if not isinstance(x, Value):
+            raise GraphcError(f"{layer.name} takes a tensor, got the number {x}", c.positional[0].loc)
+        scope = self._instance_scope(layer.name, c, caller)
+        return layer.emit(Instance(Builder(self.graph, c.loc, scope), self.training), x, **args)
 
     def _bind_args(self, layer: ast.Layer, c: ast.Call, caller: _Frame, fr: _Frame) -> dict[str, Dim]:
         """Match call arguments to the layer's parameters; returns the dims they bind."""
@@ -478,7 +498,7 @@ class _Lowerer:
         target = self._function(e.id, ctx) if isinstance(e, ast.Name) else None
         if target is None:
             raise GraphcError(f"{layer.name} expects {p.name}: fn (an op, a layer or id)", e.loc,
-                              hint=did_you_mean(e.id, [*self.layers, *REGISTRY, "id"])
+                              hint=did_you_mean(e.id, [*self.layers, *BUILTINS, *REGISTRY, "id"])
                               if isinstance(e, ast.Name) else None)
         return target
 

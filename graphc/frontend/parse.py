@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import functools
-import importlib.resources
-from pathlib import Path
+import re
 from typing import Iterator
 
 from lark import Lark, Token, Transformer, v_args
@@ -12,22 +11,15 @@ from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInpu
                              VisitError)
 from lark.lexer import PatternStr
 
-import graphc
 from graphc.errors import GraphcError, Loc
 from graphc.frontend import ast
+from graphc.resources import grammar
 
 _EXPR_START = {"NUMBER", "NAME", "LPAR", "MINUS"}
 _EXPR_TOKENS = _EXPR_START | {"STRING", "TRUE", "FALSE", "LSQB"}
 _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "AT"}
 _WORDS = {"NAME": "a name", "NUMBER": "a number", "STRING": "a quoted string",
           "_NL": "end of line", "$END": "end of file"}
-
-
-def _grammar_text() -> str:
-    try:
-        return (importlib.resources.files("graphc.grammar") / "graphc.lark").read_text()
-    except ModuleNotFoundError:  # running from a source checkout without the package mapping
-        return (Path(graphc.__file__).parent.parent / "grammar" / "graphc.lark").read_text()
 
 
 class _BracketNewlines:
@@ -49,7 +41,7 @@ class _BracketNewlines:
 
 @functools.cache
 def _parser() -> Lark:
-    return Lark(_grammar_text(), parser="lalr", lexer="contextual", propagate_positions=True,
+    return Lark(grammar("graphc.lark"), parser="lalr", lexer="contextual", propagate_positions=True,
                 postlex=_BracketNewlines(), maybe_placeholders=True)
 
 
@@ -100,19 +92,51 @@ def _end_loc(text: str, file: str) -> Loc:
 def _syntax_error(e: UnexpectedInput, text: str, file: str) -> GraphcError:
     parser = _parser()
     if isinstance(e, UnexpectedCharacters):
-        return GraphcError(f"unexpected character {text[e.pos_in_stream]!r}", Loc(file, e.line, e.column))
-    if isinstance(e, UnexpectedToken):
+        ch, loc = text[e.pos_in_stream], Loc(file, e.line, e.column)
+        if ch == '"':
+            return GraphcError("unterminated string", loc, hint='a string ends with " on its own line')
+        return GraphcError(f"unexpected character {ch!r}", loc, hint=_LOOKALIKES.get(ch))
+    if isinstance(e, UnexpectedToken) and e.token.type != "$END":
         tok = e.token
         expected = _expected(set(e.accepts or e.expected), parser)
-        if tok.type == "$END":
-            return GraphcError(f"unexpected end of file; expected {expected}", _end_loc(text, file))
         what = {"NAME": f"name '{tok}'", "NUMBER": f"number {tok}", "STRING": f"string {tok}",
                 "_NL": "end of line"}.get(tok.type, f"'{tok}'")
-        return GraphcError(f"unexpected {what}; expected {expected}", Loc(file, tok.line, tok.column))
-    if isinstance(e, UnexpectedEOF):
-        return GraphcError(f"unexpected end of file; expected {_expected(set(e.expected), parser)}",
-                           _end_loc(text, file))
+        before = text[:tok.start_pos].rsplit("\n", 1)[-1].split()
+        hint = (f"'{before[0]}' is a keyword; give the value another name"
+                if tok.type == "EQUAL" and len(before) == 1 and before[0] in _KEYWORDS
+                else _unclosed(text, tok.start_pos, tok.line))
+        return GraphcError(f"unexpected {what}; expected {expected}", Loc(file, tok.line, tok.column),
+                           hint=hint)
+    if isinstance(e, (UnexpectedToken, UnexpectedEOF)):
+        expected = _expected(set(e.accepts or e.expected if isinstance(e, UnexpectedToken)
+                                 else e.expected), parser)
+        return GraphcError(f"unexpected end of file; expected {expected}", _end_loc(text, file),
+                           hint=_unclosed(text, len(text), None))
     return GraphcError("syntax error", Loc(file, e.line, e.column))
+
+
+_KEYWORDS = {"net", "dim", "input", "param", "layer", "output", "metric", "train"}
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
+_LOOKALIKES = {";": "statements end at the end of a line", "×": "multiply with *",
+               "·": "multiply with *", "÷": "divide with /", "−": "subtract with -",
+               "→": "a layer's return type follows ->", "“": 'strings are quoted with "',
+               "”": 'strings are quoted with "'}
+
+
+def _unclosed(text: str, end: int, line: int | None) -> str | None:
+    """A hint naming the innermost bracket still open at `end`, if it opened before `line` (the
+    error's line; None: anywhere): where a forgotten ) or } was meant to go."""
+    stack: list[tuple[str, int, int]] = []
+    for n, row in enumerate(text[:end].split("\n"), 1):
+        for col, ch in enumerate(re.sub(r'"[^"\n]*"|#.*', lambda m: " " * len(m[0]), row), 1):
+            if ch in _CLOSERS:
+                stack.append((ch, n, col))
+            elif stack and ch == _CLOSERS[stack[-1][0]]:
+                stack.pop()
+    if stack and (line is None or stack[-1][1] < line):
+        ch, n, col = stack[-1]
+        return f"the '{ch}' at line {n}, column {col} is never closed"
+    return None
 
 
 # ---- lark tree -> AST ----

@@ -27,7 +27,7 @@ def bind(g: Graph, dims: dict[str, int], float_dtype: str | None = None) -> Grap
         free = [d for d in shape if isinstance(d, str)]
         if free:
             raise GraphcError(f"dim {free[0]} is not bound (bound: {', '.join(sorted(dims)) or 'none'})")
-        return TensorType(float_dtype if (float_dtype and t.is_float) else t.dtype, shape)
+        return TensorType(float_dtype if (float_dtype and t.is_float) else t.dtype, shape).check_size()
 
     out = rewrite(g, leaf_type=leaf_type, attr_map=sub)
     out.dims.update(dims)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -12,6 +13,7 @@ from graphc.errors import GraphcError, Loc
 Dim = int | str  # a symbolic dim (e.g. "B") until bound
 DTYPES = ("f32", "f64", "i32")
 NP_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32}
+MAX_ELEMENTS = 2**32
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,14 @@ class TensorType:
                 raise ValueError(f"size of unbound type {self}")
             n *= d
         return n
+
+    def check_size(self, loc: Loc | None = None) -> "TensorType":
+        """Itself, if its known dims hold at most MAX_ELEMENTS elements (so every index and byte
+        offset fits the generated code's 64-bit arithmetic with room to spare)."""
+        n = math.prod(d for d in self.shape if isinstance(d, int))
+        if n > MAX_ELEMENTS:
+            raise GraphcError(f"{self} has {n} elements; a tensor holds at most 2^32", loc)
+        return self
 
     def __str__(self) -> str:
         return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
@@ -116,6 +126,12 @@ class Graph:
         self._count += 1
         return name
 
+    def continue_numbering(self) -> None:
+        """For a graph read back from text or JSON: fresh names follow its highest %N."""
+        names = [n.out.name for n in self.nodes]
+        numbered = [int(k[1:]) for k in names if k.startswith("%") and k[1:].isdigit()]
+        self._count = max(numbered, default=-1) + 1
+
     def leaves(self) -> Iterator[Value]:
         yield from (i.value for i in self.inputs)
         yield from (p.value for p in self.params)
@@ -158,9 +174,11 @@ class Builder:
         inputs = [a if isinstance(a, Value) else self.const(a, dtype) for a in args]
         attrs = {**opdef.defaults, **attrs}
         try:
+            opdef.check_attributes(attrs)
             t = opdef.shape([v.type for v in inputs], attrs)
         except ShapeError as e:
             raise GraphcError(f"{name}: {e}", self.loc) from None
+        t.check_size(self.loc)
         out = Value(name_out or self.graph.fresh(), t)
         node = Node(name, inputs, attrs, out, self.loc, self.scope, self.grad_of)
         out.producer = node

@@ -1,10 +1,15 @@
-"""The deterministic, jaxpr-like text form of a graph: one typed value per line."""
+"""The deterministic, jaxpr-like text form of a graph: one typed value per line.
+
+The text carries everything the graph means (leaf initializers, nograd flags, input defaults, bound
+dims, which output is the loss and which are metrics), so graphc.ir.parse_text reads it back; of a
+node's source position it keeps the file name and line.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from graphc.ir.graph import Graph, Node
+from graphc.ir.graph import Graph, Input, Node, Param, Value
 from graphc.ops import REGISTRY
 
 
@@ -16,10 +21,15 @@ def fmt_attr(v: Any) -> str:
     return str(v)
 
 
+def ref(v: Value) -> str:
+    """A use of a value; a non-scalar literal carries its type (a scalar one takes its operands')."""
+    return f"{v.ref()}:{v.type}" if v.const is not None and v.shape else v.ref()
+
+
 def node_line(n: Node) -> str:
     defaults = REGISTRY[n.op].defaults
     attrs = {k: v for k, v in n.attrs.items() if k not in defaults or defaults[k] != v}
-    rhs = f"{n.op} " + ", ".join(v.ref() for v in n.inputs)
+    rhs = f"{n.op} " + ", ".join(ref(v) for v in n.inputs)
     if attrs:
         rhs += " [" + ", ".join(f"{k}={fmt_attr(v)}" for k, v in sorted(attrs.items())) + "]"
     line = f"  {n.out.name}: {n.out.type} = {rhs}"
@@ -34,25 +44,40 @@ def node_line(n: Node) -> str:
     return f"{line:<60} {' '.join(where)}".rstrip()
 
 
+def _input(i: Input) -> str:
+    return (f"{i.value.name}: {i.value.type}" + (" nograd" if i.nograd else "")
+            + (f" = {i.default!r}" if i.default is not None else ""))
+
+
+def _param(p: Param) -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in p.init_args.items())
+    return f"{p.value.name}: {p.value.type} = {p.init}({args})"
+
+
+def kind(n: Node) -> str:
+    """Which part of a training step a node is in: forward, backward (a vjp's) or update."""
+    return "update" if n.scope == "update" else "backward" if n.grad_of else "forward"
+
+
 def print_graph(g: Graph) -> str:
-    leaves = lambda xs: ", ".join(f"{x.value.name}: {x.value.type}" for x in xs)
-    sig = leaves(g.inputs)
+    sig = ", ".join(map(_input, g.inputs))
     if g.params:
-        sig += "; " + leaves(g.params)
+        sig += "; " + ", ".join(map(_param, g.params))
     if g.state:
-        sig += "; state " + leaves(g.state)
-    outs = ", ".join(f"{k}: {v.type}" for k, v in g.outputs.items())
-    lines = [f"graph {g.name}({sig}) -> ({outs}) {{"]
+        sig += "; state " + ", ".join(map(_param, g.state))
+    role = lambda k: " loss" if k == g.loss else " metric" if k in g.metrics else ""
+    outs = ", ".join(f"{k}: {v.type}{role(k)}" for k, v in g.outputs.items())
+    dims = "[" + ", ".join(f"{k}={v}" for k, v in g.dims.items()) + "]" if g.dims else ""
+    lines = [f"graph {g.name}{dims}({sig}) -> ({outs}) {{"]
     section = "forward"
     for n in g.nodes:
-        kind = "update" if n.scope == "update" else "backward" if n.grad_of else "forward"
-        if kind != section:
-            lines.append(f"  # {kind}")
-            section = kind
+        if kind(n) != section:
+            section = kind(n)
+            lines.append(f"  # {section}")
         lines.append(node_line(n))
     for k, v in g.outputs.items():
-        lines.append(f"  {k} = {v.ref()}" if k != v.name else f"  {k}")
+        lines.append(f"  {k} = {ref(v)}" if k != v.name else f"  {k}")
     for t, v in g.updates:
-        lines.append(f"  {t.name} <- {v.ref()}")
+        lines.append(f"  {t.name} <- {ref(v)}")
     lines.append("}")
     return "\n".join(lines)

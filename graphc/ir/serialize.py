@@ -83,8 +83,7 @@ def from_json(d: dict) -> Graph:
         v = b.op(e["op"], *args, name_out=e["out"]["name"], **{k: attr(a) for k, a in e["attrs"].items()})
         env[v.name] = v
         by_out[v.name] = v.producer
-    numbered = [int(n[1:]) for n in env if n.startswith("%") and n[1:].isdigit()]
-    g._count = max(numbered, default=-1) + 1
+    g.continue_numbering()
     g.outputs = {k: const(v) if isinstance(v, dict) else env[v] for k, v in d["outputs"].items()}
     g.updates = [(env[t], env[v]) for t, v in d["updates"]]
     return g

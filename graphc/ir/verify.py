@@ -17,7 +17,7 @@ def verify(g: Graph) -> None:
         assert n.out not in defined, f"{n.out.name} defined twice"
         defined.add(n.out)
     for name, v in g.outputs.items():
-        assert v in defined, f"output {name} is not defined"
+        assert v.const is not None or v in defined, f"output {name} is not defined"
     leaves = {p.value for p in g.params} | {s.value for s in g.state}
     for target, new in g.updates:
         assert target in leaves, f"update of {target.name}, which is not a param or state"

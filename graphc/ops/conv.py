@@ -18,18 +18,19 @@ import numpy as np
 
 from graphc.ir.graph import TensorType
 from graphc.ops.lowering import Affine, Decompose, Elementwise
-from graphc.ops.registry import OpDef, float_type, register, require
+from graphc.ops.registry import OpDef, float_type, is_int, register, require, show, sum_to
 
 
-def _pair(v) -> tuple[int, int]:
-    p = (v, v) if isinstance(v, int) else tuple(v)
-    require(len(p) == 2 and all(isinstance(i, int) for i in p), f"expected an int or two ints, got {v}")
+def _pair(v, name: str) -> tuple[int, int]:
+    p = (v, v) if is_int(v) else v
+    require(isinstance(p, tuple) and len(p) == 2 and all(is_int(i) for i in p),
+            f"{name} must be a whole number or two of them, got {show(v)}")
     return p
 
 
 def _geometry(attrs) -> tuple[tuple[int, int], ...]:
     """(kernel, stride, padding, dilation), each as (rows, cols)."""
-    k, s, p, d = (_pair(attrs[a]) for a in ("kernel", "stride", "padding", "dilation"))
+    k, s, p, d = (_pair(attrs[a], a) for a in ("kernel", "stride", "padding", "dilation"))
     require(min(*k, *s, *d) >= 1 and min(p) >= 0, f"bad window geometry kernel={k} stride={s} "
             f"padding={p} dilation={d}")
     return k, s, p, d
@@ -96,11 +97,12 @@ register(OpDef(
 def _fold_shape(ts, attrs):
     g = ts[0]
     float_type(g)
-    require(g.rank == 6, f"fold takes patches T[N,OH,OW,C,KH,KW], got {g}")
+    require(g.rank == 6, f"patches must be T[N,OH,OW,C,KH,KW], got {g}")
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(attrs)
-    h, w = _pair(attrs["size"])
+    h, w = _pair(attrs["size"], "size")
     n, oh, ow, c, gkh, gkw = g.shape
-    require((gkh, gkw) == (kh, kw) and (oh, ow) == (_out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)),
+    require(gkh in (1, kh) and gkw in (1, kw)
+            and (oh, ow) == (_out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)),
             f"patches {g} do not match a {kh}x{kw} window over {h}x{w} pixels")
     return TensorType(g.dtype, (n, c, h, w))
 
@@ -109,7 +111,8 @@ def _fold_ref(g, size, kernel, stride, padding, dilation):
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(
         {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation})
     n, oh, ow, c = g.shape[:4]
-    h, w = _pair(size)
+    g = np.broadcast_to(g, (n, oh, ow, c, kh, kw))
+    h, w = _pair(size, "size")
     xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), g.dtype)
     for i in range(kh):
         for j in range(kw):
@@ -120,30 +123,33 @@ def _fold_ref(g, size, kernel, stride, padding, dilation):
 
 register(OpDef(
     "fold", 1, _fold_shape,
-    lambda b, n, g: [b.window(g, **_geo(n.attrs))],
+    lambda b, n, g: [sum_to(b, b.window(g, **_geo(n.attrs)), n.inputs[0].shape)],
     _fold_ref,
     Decompose(lambda b, g, **attrs: b.sum(b.fold_taps(g, **attrs), axes=(4, 5))),
     _WINDOW,
     "g: T[N,OH,OW,C,KH,KW], size=[H,W], kernel, stride=1, padding=0, dilation=1 -> T[N,C,H,W]: the "
-    "adjoint of window (col2im), each pixel sums the patch entries that read it"))
+    "adjoint of window (col2im), each pixel sums the patch entries that read it (KH, KW may be 1: "
+    "one value for the whole patch)"))
 
 
 def _taps_shape(ts, attrs):
     n, c, h, w = _fold_shape(ts, attrs).shape
-    return TensorType(ts[0].dtype, (n, c, h, w) + tuple(ts[0].shape[4:]))
+    return TensorType(ts[0].dtype, (n, c, h, w) + _pair(attrs["kernel"], "kernel"))
 
 
 def _taps_maps(ts, out, attrs):
     _, (sh, sw), (ph, pw), (dh, dw) = _geometry(attrs)
     # pixel h is read by tap i of patch oh where oh * sh + i * dh - ph == h
-    return [(0, Affine(((2, 1), (4, -dh)), ph, sh), Affine(((3, 1), (5, -dw)), pw, sw), 1, 4, 5)]
+    taps = tuple(None if d == 1 else a for a, d in zip((4, 5), ts[0].shape[4:]))  # 1: one value per patch
+    return [(0, Affine(((2, 1), (4, -dh)), ph, sh), Affine(((3, 1), (5, -dw)), pw, sw), 1, *taps)]
 
 
 def _taps_ref(g, size, kernel, stride, padding, dilation):
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(
         {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation})
     n, oh, ow, c = g.shape[:4]
-    h, w = _pair(size)
+    g = np.broadcast_to(g, (n, oh, ow, c, kh, kw))
+    h, w = _pair(size, "size")
     out = np.zeros((n, c, h, w, kh, kw), g.dtype)
     for i in range(kh):
         for j in range(kw):
@@ -274,7 +280,7 @@ def _pool_shape(ts, attrs):
 
 
 def _nhwc(b, v):
-    """[N,C,OH,OW] as [N,OH,OW,C,1,1], to broadcast against patches."""
+    """[N,C,OH,OW] as [N,OH,OW,C,1,1]: one value per patch, which fold and fold_taps broadcast."""
     n, c, oh, ow = v.shape
     return b.reshape(b.transpose(v, perm=(0, 2, 3, 1)), shape=(n, oh, ow, c, 1, 1))
 
@@ -284,25 +290,17 @@ def _unpatch(b, v):
     return b.transpose(v, perm=(0, 3, 1, 2))
 
 
-def _spread(b, g, x, attrs, mask=None):
-    """The gradient of a pooling: g spread over each patch (times `mask`), folded back onto x."""
-    kh, kw = _pair(attrs["kernel"])
-    n, c, oh, ow = g.shape
-    patches = b.broadcast_to(_nhwc(b, g), shape=(n, oh, ow, c, kh, kw))
-    if mask is not None:
-        patches = b.mul(patches, mask)
-    return b.fold(patches, size=tuple(x.shape[2:]), **_pool_geo(attrs))
-
-
 def _max_patches(b, x, attrs):
     return b.window(x, **_pool_geo(attrs), value=-math.inf)
 
 
 def _max_pool_vjp(b, n, g):
+    # each pixel gets, from every patch it is in, that patch's g where it equals the patch's max:
+    # one reduction over (pixel, tap) gathering y and g per tap; no patch-sized array is written
     x = n.inputs[0]
-    win = _max_patches(b, x, n.attrs)
-    mask = b.eq(win, b.broadcast_to(_nhwc(b, n.out), shape=tuple(win.shape)))  # every max gets g
-    return [_spread(b, g, x, n.attrs, mask)]
+    geo = {"size": tuple(x.shape[2:]), **_pool_geo(n.attrs)}
+    is_max = b.eq(b.reshape(x, shape=(*x.shape, 1, 1)), b.fold_taps(_nhwc(b, n.out), **geo))
+    return [b.sum(b.mul(is_max, b.fold_taps(_nhwc(b, g), **geo)), axes=(4, 5))]
 
 
 def _pool_ref(reduce, fill):
@@ -320,12 +318,13 @@ register(OpDef(
 
 
 def _area(attrs) -> float:
-    return 1.0 / math.prod(_pair(attrs["kernel"]))
+    return 1.0 / math.prod(_pair(attrs["kernel"], "kernel"))
 
 
 register(OpDef(
     "avg_pool2d", 1, _pool_shape,
-    lambda b, n, g: [_spread(b, b.mul(g, _area(n.attrs)), n.inputs[0], n.attrs)],
+    lambda b, n, g: [b.fold(_nhwc(b, b.mul(g, _area(n.attrs))), size=tuple(n.inputs[0].shape[2:]),
+                            **_pool_geo(n.attrs))],
     _pool_ref(lambda p, axis: np.mean(p, axis=axis), 0.0),
     Decompose(lambda b, x, **attrs: _unpatch(b, b.mul(b.sum(b.window(x, **_pool_geo(attrs)), axes=(4, 5)),
                                                     _area(attrs)))),

@@ -1,4 +1,5 @@
-"""Elementwise math ops (with NumPy broadcasting): arithmetic, activations, comparisons."""
+"""Elementwise math ops (with NumPy broadcasting): arithmetic, trigonometry, rounding, activations,
+comparisons."""
 
 from __future__ import annotations
 
@@ -48,6 +49,22 @@ binary("pow", lambda b, n, g: _both(
            b, n, lambda: b.mul(g, b.mul(n.inputs[1], b.pow(n.inputs[0], b.sub(n.inputs[1], 1.0)))),
            lambda: b.mul(g, b.mul(n.out, b.log(n.inputs[0])))),
        np.power, lambda s, x, y: s.pow(x, y))
+
+
+def _extremum_vjp(keeps_greater: bool):
+    """maximum passes g to a where a > b, minimum where it is not; the other operand gets the rest."""
+    def vjp(b, n, g):
+        where_a_greater = b.mul(g, b.gt(*n.inputs))
+        rest = b.sub(g, where_a_greater)
+        ga, gb = (where_a_greater, rest) if keeps_greater else (rest, where_a_greater)
+        return _both(b, n, lambda: ga, lambda: gb)
+    return vjp
+
+
+binary("maximum", _extremum_vjp(True), np.maximum, lambda s, x, y: s.max(x, y),
+       "a: T[s], b: T[t] -> T[broadcast(s, t)], the larger of a and b")
+binary("minimum", _extremum_vjp(False), np.minimum, lambda s, x, y: s.select(s.gt(x, y), y, x),
+       "a: T[s], b: T[t] -> T[broadcast(s, t)], the smaller of a and b")
 binary("gt", None, lambda x, y: (x > y).astype(x.dtype), lambda s, x, y: s.gt(x, y),
        "a: T[s], b: T[t] -> T[broadcast(s, t)], 1 where a > b else 0 (no gradient)")
 binary("eq", None, lambda x, y: (x == y).astype(x.dtype), lambda s, x, y: s.eq(x, y),
@@ -57,6 +74,10 @@ unary("neg", lambda b, n, g: [b.neg(g)], np.negative, lambda s, x: s.neg(x))
 unary("exp", lambda b, n, g: [b.mul(g, n.out)], np.exp, lambda s, x: s.exp(x))
 unary("log", lambda b, n, g: [b.div(g, n.inputs[0])], np.log, lambda s, x: s.log(x))
 unary("sqrt", lambda b, n, g: [b.div(b.mul(g, 0.5), n.out)], np.sqrt, lambda s, x: s.sqrt(x))
+unary("sin", lambda b, n, g: [b.mul(g, b.cos(n.inputs[0]))], np.sin, lambda s, x: s.sin(x))
+unary("cos", lambda b, n, g: [b.neg(b.mul(g, b.sin(n.inputs[0])))], np.cos, lambda s, x: s.cos(x))
+unary("floor", None, np.floor, lambda s, x: s.floor(x),
+      "x: T[s] -> T[s], the largest whole number <= x (no gradient: piecewise constant)")
 unary("tanh", lambda b, n, g: [b.mul(g, b.sub(1.0, b.mul(n.out, n.out)))], np.tanh,
       lambda s, x: s.tanh(x))
 unary("sigmoid", lambda b, n, g: [b.mul(g, b.mul(n.out, b.sub(1.0, n.out)))],

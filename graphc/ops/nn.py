@@ -10,11 +10,12 @@ import numpy as np
 
 from graphc.ir.graph import TensorType
 from graphc.ops.lowering import Decompose
-from graphc.ops.registry import OpDef, float_type, register, require
+from graphc.ops.registry import OpDef, float_type, norm_axes, register, require
 
 
 def _same(ts, attrs):
     float_type(ts[0])
+    norm_axes(attrs["axis"], ts[0].rank, "axis")
     return ts[0]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -28,6 +29,34 @@ class OpDef:
     defaults: dict[str, Any] = field(default_factory=dict)
     doc: str = ""              # the shape rule in words, for the language page
 
+    def attributes(self) -> tuple[list[str], set[str]]:
+        """The op's attribute names and the required ones (those without a default).
+
+        `ref(*arrays, **attrs)` takes each attribute as a parameter after the arrays, so required
+        attributes (reshape's shape) are read from it; parameters with a default there (NumPy
+        ufunc options such as `out`) are not attributes.
+        """
+        names = list(self.defaults)
+        try:
+            params = list(inspect.signature(self.ref).parameters.values())[self.nargs:]
+        except (TypeError, ValueError):  # a callable without a signature
+            params = []
+        names += [p.name for p in params if p.default is p.empty and p.name not in names
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        return names, {n for n in names if n not in self.defaults}
+
+    def check_attributes(self, attrs: dict[str, Any]) -> None:
+        """Attributes whose default is a bool, a float or a string must be given as one (an int
+        stands for a float); the shape rule checks the others (axes, shapes, window sizes)."""
+        for name, default in self.defaults.items():
+            v = attrs.get(name, default)
+            kind = next((k for k in (bool, float, str) if isinstance(default, k)), None)
+            ok = (kind is None or isinstance(v, kind) or
+                  (kind is float and isinstance(v, int) and not isinstance(v, bool)))
+            require(ok, f"{name} must be {_KIND_WORDS.get(kind)}, got {show(v)}")
+
+
+_KIND_WORDS = {bool: "true or false", float: "a number", str: "a name"}
 
 REGISTRY: dict[str, OpDef] = {}
 
@@ -51,26 +80,54 @@ def float_type(t: TensorType, what: str = "operand") -> None:
 
 def broadcast_shapes(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[Dim, ...]:
     n = max(len(a), len(b))
+    shown = f"shapes {_fmt(a)} and {_fmt(b)} do not broadcast"
     a = (1,) * (n - len(a)) + tuple(a)
     b = (1,) * (n - len(b)) + tuple(b)
     out = []
     for x, y in zip(a, b):
-        require(x == y or x == 1 or y == 1, f"shapes {_fmt(a)} and {_fmt(b)} do not broadcast")
+        require(x == y or x == 1 or y == 1, shown)
         out.append(y if x == 1 else x)
     return tuple(out)
 
 
-def norm_axes(axes: Any, rank: int) -> tuple[int, ...]:
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def norm_axes(axes: Any, rank: int, name: str = "axes") -> tuple[int, ...]:
+    """`axes` (one axis, a list of them, or None: all) as sorted non-negative axes; `name` is the
+    attribute's name in messages."""
     if axes is None:
         return tuple(range(rank))
-    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    axes = (axes,) if not isinstance(axes, tuple) else axes
     for a in axes:
+        require(is_int(a), f"{name} must be a whole number or a list of them, got {show(a)}")
         require(-rank <= a < rank, f"axis {a} out of range for rank {rank}")
     return tuple(sorted({a % rank for a in axes}))
 
 
+def shape_attr(shape: Any, inferred: bool = False) -> list[Dim]:
+    """A `shape=[...]` attribute as a list of dims: positive sizes or symbolic dims, and where
+    `inferred`, one -1."""
+    require(isinstance(shape, tuple), f"shape must be a list of dims, got {show(shape)}")
+    for d in shape:
+        require(isinstance(d, str) or (is_int(d) and (d > 0 or (inferred and d == -1))),
+                f"shape {show(shape)} has {show(d)}; a dim is a positive whole number"
+                + (" (or -1, inferred)" if inferred else ""))
+    return list(shape)
+
+
 def _fmt(shape: tuple[Dim, ...]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def show(v: Any) -> str:
+    """An attribute value as the .net language writes it."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, tuple):
+        return "[" + ", ".join(show(x) for x in v) + "]"
+    return f'"{v}"' if isinstance(v, str) and not v.isidentifier() else str(v)
 
 
 def sum_to(b: Builder, g: Value, shape: tuple[Dim, ...]) -> Value:

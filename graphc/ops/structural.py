@@ -9,11 +9,12 @@ import numpy as np
 
 from graphc.ir.graph import TensorType
 from graphc.ops.lowering import Affine, Decompose, Elementwise, View
-from graphc.ops.registry import OpDef, broadcast_shapes, register, require, sum_to
+from graphc.ops.registry import (OpDef, broadcast_shapes, is_int, register, require, shape_attr, show,
+                                  sum_to)
 
 
 def _broadcast_shape(ts, attrs):
-    shape = tuple(attrs["shape"])
+    shape = tuple(shape_attr(attrs["shape"]))
     require(broadcast_shapes(ts[0].shape, shape) == shape,
             f"cannot broadcast {ts[0]} to [{','.join(map(str, shape))}]")
     return TensorType(ts[0].dtype, shape)
@@ -28,7 +29,11 @@ register(OpDef(
 
 def _perm(attrs, rank):
     perm = attrs.get("perm")
-    return tuple(reversed(range(rank))) if perm is None else tuple(p % rank for p in perm)
+    if perm is None:
+        return tuple(reversed(range(rank)))
+    require(isinstance(perm, tuple) and all(is_int(p) and -rank <= p < rank for p in perm),
+            f"perm must list the {rank} axes, got {perm}")
+    return tuple(p % rank for p in perm)
 
 
 def _transpose_shape(ts, attrs):
@@ -49,18 +54,19 @@ register(OpDef(
 
 def _reshape_shape(ts, attrs):
     t = ts[0]
-    shape = list(attrs["shape"])
-    require(shape.count(-1) <= 1, "reshape: at most one -1")
+    shape = shape_attr(attrs["shape"], inferred=True)
+    want = TensorType(t.dtype, tuple(shape))
+    require(shape.count(-1) <= 1, "at most one -1 in shape")
     sym_in = sorted(str(d) for d in t.shape if isinstance(d, str))
     sym_out = sorted(str(d) for d in shape if isinstance(d, str))
-    require(sym_in == sym_out, f"reshape of {t} to {shape} must keep its symbolic dims")
+    require(sym_in == sym_out, f"reshape of {t} to {want} must keep its symbolic dims")
     known = math.prod(d for d in t.shape if isinstance(d, int))
     fixed = math.prod(d for d in shape if isinstance(d, int) and d != -1)
     if -1 in shape:
-        require(fixed > 0 and known % fixed == 0, f"cannot reshape {t} to {shape}")
+        require(known % fixed == 0, f"cannot reshape {t} to {want}")
         shape[shape.index(-1)] = known // fixed
     require(math.prod(d for d in shape if isinstance(d, int)) == known,
-            f"cannot reshape {t} ({known} elements per symbolic slice) to {shape}")
+            f"cannot reshape {t} ({known} elements per symbolic slice) to {want}")
     return TensorType(t.dtype, tuple(shape))
 
 
@@ -73,7 +79,7 @@ register(OpDef(
 
 def _flatten_shape(ts, attrs):
     t = ts[0]
-    require(t.rank >= 1, "flatten needs at least one axis")
+    require(t.rank >= 1, f"needs at least one axis, got {t}")
     rest = t.shape[1:]
     require(all(isinstance(d, int) for d in rest), f"flatten: trailing dims of {t} must be known")
     return TensorType(t.dtype, (t.shape[0], math.prod(rest)))
@@ -88,7 +94,7 @@ register(OpDef(
 
 def _axis(t, attrs) -> int:
     axis = attrs["axis"]
-    require(isinstance(axis, int) and -t.rank <= axis < t.rank, f"axis {axis} out of range for {t}")
+    require(is_int(axis) and -t.rank <= axis < t.rank, f"axis {show(axis)} out of range for {t}")
     return axis % t.rank
 
 
@@ -177,7 +183,7 @@ register(OpDef(
 
 
 def _onehot_shape(ts, attrs):
-    require(ts[0].dtype == "i32", f"onehot takes i32 labels, got {ts[0]}")
+    require(ts[0].dtype == "i32", f"labels must be i32, got {ts[0]}")
     require(isinstance(attrs.get("n"), int) and attrs["n"] > 0, "onehot needs n=<number of classes>")
     return TensorType(attrs["dtype"], tuple(ts[0].shape) + (attrs["n"],))
 

@@ -41,7 +41,10 @@ def simplify(g: Graph) -> Graph:
         seen[key] = v = b.op(n.op, *args, name_out=n.out.name, **attrs)
         return v
 
-    return rewrite(g, rule)
+    out = rewrite(g, rule)
+    # an update whose new value simplified to the old one (a zero gradient) is no update
+    out.updates = [(t, v) for t, v in out.updates if v is not t]
+    return out
 
 
 

@@ -1,0 +1,255 @@
+/* The model-independent half of a graphc model library's C glue (see capi.py).
+ *
+ * capi.py writes <model>_capi.c as: the model's header include, this text, the model's tables
+ * (a gc_model) and the exported <model>_* functions, which call the gc_* functions below.
+ * The generated native code (the steps and the worker pool) keeps no state of its own: a
+ * context owns every buffer, the GEMM packing scratch and the pool, so contexts are independent.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Defined by the native object graphc emits next to this file (hidden symbols). */
+typedef void (*gc_task)(void *arg, int64_t tid, int64_t nt);
+void graphc_pool_init(void *pool, int64_t workers);
+void graphc_pool_worker(void *pool, int64_t tid);
+void graphc_pool_run(void *pool, gc_task task, void *arg, int64_t nt);
+void graphc_pool_stop(void *pool);
+
+enum gc_init { GC_ZERO, GC_FILL, GC_NORMAL, GC_UNIFORM };
+enum { GC_SLOT_POOL_RUN = -1, GC_SLOT_POOL = -2 }; /* table slots that are not buffers */
+enum { GC_TRAIN, GC_INFER };
+
+typedef struct gc_buffer {
+    const char *name; /* the value's name; random fills draw from a stream keyed by it */
+    int64_t bytes;
+    int dtype;      /* enum graphc_dtype */
+    int init;       /* enum gc_init: how create fills it */
+    double a, b;    /* GC_FILL: value; GC_NORMAL: mean, std; GC_UNIFORM: low, high */
+} gc_buffer;
+
+typedef struct gc_step {
+    void (*entry)(void **table);
+    int nslots;
+    const int *slots; /* a buffer index, or GC_SLOT_* */
+} gc_step;
+
+typedef struct gc_names {
+    int n;
+    const graphc_tensor_info *info;
+    const int *buffer; /* the buffer each one lives in */
+} gc_names;
+
+typedef struct gc_model {
+    int nbuffers;
+    const gc_buffer *buffers;
+    gc_step steps[2];           /* GC_TRAIN, GC_INFER */
+    gc_names inputs, outputs, params;
+    int lr_buffer, loss_buffer; /* the training step's learning-rate input and loss output */
+    int threads;
+    int64_t pool_bytes;
+} gc_model;
+
+typedef struct gc_worker {
+    void *pool;
+    int64_t tid;
+    pthread_t thread;
+} gc_worker;
+
+typedef struct gc_ctx {
+    const gc_model *m;
+    void **own;     /* what the context allocated, per buffer */
+    void **buf;     /* what the steps read, per buffer: own, or a bound input */
+    void **tables[2];
+    void *pool;
+    gc_worker *workers;
+    int started;    /* workers running */
+} gc_ctx;
+
+static const int64_t GC_ALIGN = 64;
+
+static void *gc_alloc(int64_t bytes) {
+    size_t n = (size_t)((bytes + GC_ALIGN - 1) / GC_ALIGN * GC_ALIGN);
+    void *p = aligned_alloc((size_t)GC_ALIGN, n ? n : (size_t)GC_ALIGN);
+    if (p) memset(p, 0, n);
+    return p;
+}
+
+/* splitmix64's finalizer: a counter-based generator is a good hash of (seed, stream, index). */
+static uint64_t gc_mix(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* A uniform double in (0, 1], the n-th of stream `key`. */
+static double gc_uniform(uint64_t key, uint64_t n) {
+    return (double)((gc_mix(key ^ gc_mix(n)) >> 11) + 1) * 0x1p-53;
+}
+
+static void gc_store(void *p, int dtype, int64_t i, double v) {
+    if (dtype == GRAPHC_F32) ((float *)p)[i] = (float)v;
+    else if (dtype == GRAPHC_F64) ((double *)p)[i] = v;
+    else ((int32_t *)p)[i] = (int32_t)v;
+}
+
+static double gc_load(const void *p, int dtype) {
+    if (dtype == GRAPHC_F32) return *(const float *)p;
+    if (dtype == GRAPHC_F64) return *(const double *)p;
+    return *(const int32_t *)p;
+}
+
+static int64_t gc_elements(const gc_buffer *b) {
+    return b->bytes / (b->dtype == GRAPHC_F64 ? 8 : 4);
+}
+
+/* Fills buffer i as its table says. Random ones draw from a stream keyed by (seed, name): a
+ * param's values depend on the seed, its name and its shape only, not on the other params. */
+static void gc_fill(gc_ctx *c, int i, uint64_t seed) {
+    const gc_buffer *b = &c->m->buffers[i];
+    uint64_t key = 0xCBF29CE484222325ull; /* FNV-1a of the name */
+    for (const char *s = b->name; *s; s++) key = (key ^ (unsigned char)*s) * 0x100000001B3ull;
+    key = gc_mix(seed ^ gc_mix(key));
+    int64_t n = gc_elements(b);
+    for (int64_t j = 0; j < n && b->init != GC_ZERO; j++) {
+        double v = b->a;
+        if (b->init == GC_NORMAL) { /* Box-Muller */
+            double u1 = gc_uniform(key, 2 * (uint64_t)j), u2 = gc_uniform(key, 2 * (uint64_t)j + 1);
+            v = b->a + b->b * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+        } else if (b->init == GC_UNIFORM) {
+            v = b->a + (b->b - b->a) * (1.0 - gc_uniform(key, (uint64_t)j)); /* [low, high) */
+        }
+        gc_store(c->own[i], b->dtype, j, v);
+    }
+}
+
+static void gc_tables(gc_ctx *c) {
+    void (*run)(void *, gc_task, void *, int64_t) = graphc_pool_run;
+    for (int s = 0; s < 2; s++) {
+        const gc_step *st = &c->m->steps[s];
+        for (int k = 0; k < st->nslots; k++) {
+            int slot = st->slots[k];
+            if (slot == GC_SLOT_POOL_RUN) memcpy(&c->tables[s][k], &run, sizeof run); /* ISO C: no cast */
+            else c->tables[s][k] = slot == GC_SLOT_POOL ? c->pool : c->buf[slot];
+        }
+    }
+}
+
+static void *gc_worker_main(void *arg) {
+    gc_worker *w = arg;
+    graphc_pool_worker(w->pool, w->tid);
+    return NULL;
+}
+
+static void gc_destroy(gc_ctx *c) {
+    if (!c) return;
+    if (c->started) {
+        graphc_pool_stop(c->pool);
+        for (int t = 0; t < c->started; t++) pthread_join(c->workers[t].thread, NULL);
+    }
+    for (int i = 0; c->own && i < c->m->nbuffers; i++) free(c->own[i]);
+    free(c->own);
+    free(c->buf);
+    free(c->tables[0]);
+    free(c->tables[1]);
+    free(c->pool);
+    free(c->workers);
+    free(c);
+}
+
+static gc_ctx *gc_create(const gc_model *m, uint64_t seed) {
+    gc_ctx *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->m = m;
+    int nw = m->threads - 1;
+    c->own = calloc((size_t)m->nbuffers, sizeof(void *));
+    c->buf = calloc((size_t)m->nbuffers, sizeof(void *));
+    c->tables[0] = calloc((size_t)m->steps[0].nslots, sizeof(void *));
+    c->tables[1] = calloc((size_t)m->steps[1].nslots, sizeof(void *));
+    c->pool = gc_alloc(m->pool_bytes);
+    c->workers = calloc((size_t)(nw > 0 ? nw : 1), sizeof(gc_worker));
+    if (!c->own || !c->buf || !c->tables[0] || !c->tables[1] || !c->pool || !c->workers) {
+        gc_destroy(c);
+        return NULL;
+    }
+    for (int i = 0; i < m->nbuffers; i++) {
+        if (!(c->own[i] = gc_alloc(m->buffers[i].bytes))) {
+            gc_destroy(c);
+            return NULL;
+        }
+        c->buf[i] = c->own[i];
+        gc_fill(c, i, seed);
+    }
+    gc_tables(c);
+    if (nw > 0) {
+        graphc_pool_init(c->pool, nw);
+        for (int t = 0; t < nw; t++) {
+            c->workers[t].pool = c->pool;
+            c->workers[t].tid = t + 1;
+            if (pthread_create(&c->workers[t].thread, NULL, gc_worker_main, &c->workers[t])) {
+                gc_destroy(c); /* stops and joins the workers started so far */
+                return NULL;
+            }
+            c->started = t + 1;
+        }
+    }
+    return c;
+}
+
+/* The index of `name` in `names`, or -1. */
+static int gc_find(const gc_names *names, const char *name) {
+    for (int i = 0; name && i < names->n; i++)
+        if (!strcmp(names->info[i].name, name)) return i;
+    return -1;
+}
+
+static int64_t gc_bytes(const graphc_tensor_info *t) {
+    return t->size * (t->dtype == GRAPHC_F64 ? 8 : 4);
+}
+
+static int gc_copy_in(gc_ctx *c, const gc_names *names, const char *name, const void *data) {
+    int i = gc_find(names, name);
+    if (i < 0 || !data) return -1;
+    int b = names->buffer[i];
+    c->buf[b] = c->own[b];
+    memcpy(c->own[b], data, (size_t)gc_bytes(&names->info[i]));
+    gc_tables(c);
+    return 0;
+}
+
+static int gc_copy_out(gc_ctx *c, const gc_names *names, const char *name, void *out) {
+    int i = gc_find(names, name);
+    if (i < 0 || !out) return -1;
+    memcpy(out, c->buf[names->buffer[i]], (size_t)gc_bytes(&names->info[i]));
+    return 0;
+}
+
+static int gc_bind(gc_ctx *c, const char *name, void *data) {
+    int i = gc_find(&c->m->inputs, name);
+    if (i < 0) return -1;
+    int b = c->m->inputs.buffer[i];
+    c->buf[b] = data ? data : c->own[b];
+    gc_tables(c);
+    return 0;
+}
+
+static void *gc_lookup(gc_ctx *c, const gc_names *names, const char *name) {
+    int i = gc_find(names, name);
+    return i < 0 ? NULL : c->buf[names->buffer[i]];
+}
+
+static void gc_set_lr(gc_ctx *c, double lr) {
+    gc_store(c->own[c->m->lr_buffer], c->m->buffers[c->m->lr_buffer].dtype, 0, lr);
+}
+
+static double gc_train_step(gc_ctx *c) {
+    c->m->steps[GC_TRAIN].entry(c->tables[GC_TRAIN]);
+    return gc_load(c->buf[c->m->loss_buffer], c->m->buffers[c->m->loss_buffer].dtype);
+}
+
+static void gc_infer(gc_ctx *c) {
+    c->m->steps[GC_INFER].entry(c->tables[GC_INFER]);
+}

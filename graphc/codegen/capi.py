@@ -1,0 +1,344 @@
+"""Generates a model's C library: the native modules, the C glue and the header of lib<model>.so.
+
+The library holds the model's training step and its inference step, both compiled for one batch
+size, the worker pool, and C glue around them. A context (`<model>_create`) owns every buffer
+the steps touch, the GEMM packing scratch and the pool's threads; the generated code keeps no
+state of its own, so contexts are independent. Both steps' pointer tables index one list of
+context buffers: leaves (inputs, params, state) and outputs are shared by name, so the inference
+step reads the params the training step updates, and a bound input feeds both.
+
+The glue is C rather than LLVM IR: it is bookkeeping (allocation, initializers, name lookup,
+threads) that reads best as C, and linking a shared library needs the C toolchain anyway. Its
+model-independent half is capi.c; this module appends the model's tables and exported functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+
+from llvmlite import ir
+
+import graphc
+from graphc.codegen.module import build_module, scratch_bytes, table_slots
+from graphc.codegen.pool import build_pool, state_bytes
+from graphc.codegen.target import Target
+from graphc.errors import GraphcError
+from graphc.ir.graph import Value
+from graphc.passes.memory import nbytes
+from graphc.passes.pipeline import Schedule
+
+TRAIN_ENTRY, INFER_ENTRY = "graphc_train_step", "graphc_infer_step"
+_DTYPE = {"f32": "GRAPHC_F32", "f64": "GRAPHC_F64", "i32": "GRAPHC_I32"}
+_INIT = {None: "GC_ZERO", "fill": "GC_FILL", "normal": "GC_NORMAL", "uniform": "GC_UNIFORM"}
+_SLOT = {"pool_run": "GC_SLOT_POOL_RUN", "pool": "GC_SLOT_POOL"}
+
+Init = tuple[str, float, float]  # (kind, a, b) as graphc.runtime.init.Dist: fill, normal, uniform
+
+
+@dataclass
+class Library:
+    name: str                 # the model's name: the prefix of every exported symbol
+    modules: list[ir.Module]  # the training step, the inference step and the pool: one object
+    source: str               # the C glue, <name>_capi.c
+    header: str               # <name>.h
+
+
+@dataclass
+class _Buffer:
+    name: str
+    dtype: str
+    bytes: int
+    init: Init | None  # None: zeros
+
+
+@dataclass
+class _Context:
+    """The context's buffers and each step's table as indices into them."""
+
+    buffers: list[_Buffer] = field(default_factory=list)
+    index: dict[tuple[str, str], int] = field(default_factory=dict)
+    tables: list[list[int | str]] = field(default_factory=list)  # an index, or a _SLOT name
+
+    def add(self, key: tuple[str, str], buf: _Buffer) -> int:
+        """The buffer for `key`, added if new; the arena and scratch grow to the largest asked."""
+        i = self.index.setdefault(key, len(self.buffers))
+        if i == len(self.buffers):
+            self.buffers.append(buf)
+        elif key[0] == "work":
+            self.buffers[i].bytes = max(self.buffers[i].bytes, buf.bytes)
+        elif (self.buffers[i].dtype, self.buffers[i].bytes) != (buf.dtype, buf.bytes):
+            raise GraphcError(f"{buf.name} has different types in the training and inference steps")
+        return i
+
+
+def build_library(name: str, train: Schedule, infer: Schedule, batch: int | None, inits: dict[str, Init],
+                  lr: float, target: Target, threads: int, source: str) -> Library:
+    """The library of a model `name` from its training and inference schedules, both at `batch`
+    (None: the model has no batch dim).
+
+    `inits`: how each param and state value starts; `lr`: the learning rate a context starts
+    with; `source`: the model file, named in the header."""
+    if not name.isidentifier() or name == "gc":
+        raise GraphcError(f"model name {name!r} cannot prefix C symbols (it must be an identifier, "
+                          f"and gc_ is the glue's own prefix): rename the net")
+    ctx = _Context()
+    for sched in (train, infer):
+        ctx.tables.append(_table(ctx, sched, inits, lr, target, threads))
+    modules = [build_module(train, target, TRAIN_ENTRY, threads),
+               build_module(infer, target, INFER_ENTRY, threads)]
+    for m, entry in zip(modules, (TRAIN_ENTRY, INFER_ENTRY)):
+        for f in m.functions:  # both steps define the same GEMM helpers: each keeps its own
+            if not f.is_declaration and f.name != entry:
+                f.linkage = "internal"
+    modules.append(build_pool(target))
+    t = train.graph
+    leaf = lambda v: (v.name, v, ctx.index[("leaf", v.name)])
+    outputs = {}  # name -> (name, value, buffer)
+    writers: dict[str, list[str]] = {}  # name -> the functions whose step writes it
+    for sched, table, step in ((train, ctx.tables[0], "train_step"), (infer, ctx.tables[1], "infer")):
+        for k, v in sched.graph.outputs.items():
+            outputs.setdefault(k, (k, v, table[sched.plan.place[v][0]]))
+            writers.setdefault(k, []).append(f"{name}_{step}")
+    named = {"inputs": [leaf(i.value) for i in t.inputs if i.value.name != "lr"],
+             "outputs": list(outputs.values()), "params": [leaf(p.value) for p in t.params + t.state]}
+    glue = _source(name, ctx, named, ctx.index[("leaf", "lr")], outputs[t.loss][2], threads,
+                   state_bytes(target))
+    header = _header(name, named, {k: ", ".join(w) for k, w in writers.items()},
+                     {p.value.name: f"{p.init}()" for p in t.params + t.state}, batch, threads, lr, source,
+                     target.cpu)
+    return Library(name, modules, glue, header)
+
+
+def _table(ctx: _Context, sched: Schedule, inits: dict[str, Init], lr: float, target: Target,
+           threads: int) -> list[int | str]:
+    g = sched.graph
+    leaves = {v.name: v for v in g.leaves()}
+    inits = inits | {i.value.name: ("fill", i.default, 0.0) for i in g.inputs if i.default is not None}
+    row: list[int | str] = []
+    for buf in sched.plan.buffers:
+        if buf.kind == "arena":
+            row.append(ctx.add(("work", "arena"), _Buffer("arena", "f32", sched.plan.arena_bytes, None)))
+        elif buf.kind == "output":
+            v = g.outputs[buf.name]
+            init = None if v.const is None else ("fill", v.const, 0.0)
+            row.append(ctx.add(("output", buf.name), _Buffer(buf.name, v.dtype, nbytes(v), init)))
+        else:
+            v = leaves[buf.name]
+            init = ("fill", lr, 0.0) if buf.name == "lr" else inits.get(buf.name)
+            row.append(ctx.add(("leaf", buf.name), _Buffer(buf.name, v.dtype, nbytes(v), init)))
+    for slot in table_slots(threads):
+        if slot == "scratch":
+            row.append(ctx.add(("work", "scratch"),
+                               _Buffer("scratch", "f32", scratch_bytes(sched, target, threads), None)))
+        else:
+            row.append(slot)
+    return row
+
+
+def _c_list(items: list[str], per_line: int = 1) -> str:
+    lines = [", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line)]
+    return "{\n    " + ",\n    ".join(lines) + "\n}" if items else "{0}"
+
+
+def _source(name: str, ctx: _Context, named: dict[str, list[tuple[str, Value, int]]], lr_buffer: int,
+            loss_buffer: int, threads: int, pool_bytes: int) -> str:
+    runtime = resources.files("graphc.codegen").joinpath("capi.c").read_text()
+    out = [f"/* The C glue of lib{name}: generated by graphc {graphc.__version__}; do not edit. */",
+           f'#include "{name}.h"', "", runtime, "/* ---- the model ---- */"]
+    shapes: list[int] = []  # every dim of every named tensor; each info points at its own
+    tables = []
+    for kind, items in named.items():
+        infos = []
+        for n, v, _ in items:
+            infos.append(f"{{{json.dumps(n)}, {_DTYPE[v.dtype]}, {len(v.shape)}, GC_SHAPES + {len(shapes)}, "
+                         f"{math.prod(v.shape)}}}")
+            shapes += v.shape
+        tables.append(f"static const graphc_tensor_info GC_{kind.upper()}[] = {_c_list(infos)};")
+        tables.append(f"static const int GC_{kind.upper()}_BUFFER[] = "
+                      f"{_c_list([str(b) for _, _, b in items], 16)};")
+    out.append(f"static const int64_t GC_SHAPES[] = {_c_list([str(d) for d in shapes], 16)};")
+    out += tables
+    bufs = [f"{{{json.dumps(b.name)}, {b.bytes}, {_DTYPE[b.dtype]}, {_INIT[b.init and b.init[0]]}, "
+            f"{b.init[1] if b.init else 0.0!r}, {b.init[2] if b.init else 0.0!r}}}" for b in ctx.buffers]
+    out.append(f"static const gc_buffer GC_BUFFERS[] = {_c_list(bufs)};")
+    for step, table in zip(("TRAIN", "INFER"), ctx.tables):
+        slots = [_SLOT[s] if isinstance(s, str) else str(s) for s in table]
+        out.append(f"static const int GC_{step}_SLOTS[] = {_c_list(slots, 8)};")
+    out += [f"void {TRAIN_ENTRY}(void **table);", f"void {INFER_ENTRY}(void **table);", f"""
+static const gc_model GC_MODEL = {{
+    {len(ctx.buffers)}, GC_BUFFERS,
+    {{{{{TRAIN_ENTRY}, {len(ctx.tables[0])}, GC_TRAIN_SLOTS}}, {{{INFER_ENTRY}, {len(ctx.tables[1])}, GC_INFER_SLOTS}}}},
+    {{{len(named['inputs'])}, GC_INPUTS, GC_INPUTS_BUFFER}},
+    {{{len(named['outputs'])}, GC_OUTPUTS, GC_OUTPUTS_BUFFER}},
+    {{{len(named['params'])}, GC_PARAMS, GC_PARAMS_BUFFER}},
+    {lr_buffer}, {loss_buffer}, {threads}, {pool_bytes}
+}};
+
+/* ---- the exported functions (see {name}.h) ---- */
+#define GC_API __attribute__((visibility("default")))
+#define GC(ctx) ((gc_ctx *)(ctx))
+
+GC_API {name}_ctx *{name}_create(uint64_t seed) {{ return ({name}_ctx *)gc_create(&GC_MODEL, seed); }}
+GC_API void {name}_destroy({name}_ctx *ctx) {{ gc_destroy(GC(ctx)); }}
+"""]
+    for kind in ("input", "output", "param"):
+        names = f"GC_MODEL.{kind}s"
+        out.append(f"GC_API int {name}_num_{kind}s(void) {{ return {names}.n; }}\n"
+                   f"GC_API const graphc_tensor_info *{name}_{kind}_info(int i) {{\n"
+                   f"    return i >= 0 && i < {names}.n ? &{names}.info[i] : NULL;\n}}")
+    out.append(f"""GC_API void *{name}_input({name}_ctx *ctx, const char *name) {{
+    return gc_lookup(GC(ctx), &GC_MODEL.inputs, name);
+}}
+GC_API int {name}_set_input({name}_ctx *ctx, const char *name, const void *data) {{
+    return gc_copy_in(GC(ctx), &GC_MODEL.inputs, name, data);
+}}
+GC_API int {name}_bind_input({name}_ctx *ctx, const char *name, void *data) {{
+    return gc_bind(GC(ctx), name, data);
+}}
+GC_API void {name}_set_lr({name}_ctx *ctx, double lr) {{ gc_set_lr(GC(ctx), lr); }}
+GC_API double {name}_train_step({name}_ctx *ctx) {{ return gc_train_step(GC(ctx)); }}
+GC_API void {name}_infer({name}_ctx *ctx) {{ gc_infer(GC(ctx)); }}
+GC_API const void *{name}_output({name}_ctx *ctx, const char *name) {{
+    return gc_lookup(GC(ctx), &GC_MODEL.outputs, name);
+}}
+GC_API int {name}_get_param({name}_ctx *ctx, const char *name, void *out) {{
+    return gc_copy_out(GC(ctx), &GC_MODEL.params, name, out);
+}}
+GC_API int {name}_set_param({name}_ctx *ctx, const char *name, const void *data) {{
+    return gc_copy_in(GC(ctx), &GC_MODEL.params, name, data);
+}}
+""")
+    return "\n".join(out)
+
+
+def _listing(items: list[tuple[str, Value, int]], note: dict[str, str]) -> list[str]:
+    width = max((len(n) for n, _, _ in items), default=0)
+    types = max((len(str(v.type)) for _, v, _ in items), default=0)
+    return [f" *   {n:<{width}}  {str(v.type):<{types}}  {note.get(n, '')}".rstrip() for n, v, _ in items]
+
+
+def _header(name: str, named: dict[str, list[tuple[str, Value, int]]], written_by: dict[str, str],
+            init: dict[str, str], batch: int | None, threads: int, lr: float, source: str,
+            cpu: str) -> str:
+    up = name.upper()
+    ctx = f"{name}_ctx"
+    listing = ([" * Inputs (every one is read by the training step; the inference step reads those it needs):"]
+               + _listing(named["inputs"], {})
+               + [" * Outputs (the step that writes each):"]
+               + _listing(named["outputs"], written_by)
+               + [" * Params, then the training state (optimizer moments, running statistics, counters):",
+                  " * all read and written by name with get_param / set_param, so a host can checkpoint",
+                  " * a run; each starts at its initializer:"]
+               + _listing(named["params"], init))
+    return f"""/* {name}.h: the C interface of lib{name}, the graphc model `{name}` ({source}).
+ * Generated by graphc {graphc.__version__}; do not edit.
+ *
+ * The library trains and runs the model with native code graphc generated: {name}_train_step runs
+ * one whole training step (forward, backward, optimizer update) and {name}_infer one forward pass.
+ * Both work on exactly {up}_BATCH samples, the batch size fixed when the library was compiled
+ * (graphc compile --batch). Tensors are dense, row-major C arrays of the dtype listed
+ * (f32: float, f64: double, i32: int32_t). The native code is compiled for the CPU of the machine
+ * that compiled it ({cpu}, with all its features): run it on that kind of CPU.
+ *
+ * All state lives in a context: params, optimizer state, inputs, outputs, scratch, and the
+ * {up}_THREADS - 1 worker threads it starts (graphc compile --threads; idle workers sleep).
+ * The library has no global state: contexts are independent, and different contexts may be used
+ * from different threads at once; one context must be used by one thread at a time.
+ *
+{chr(10).join(listing)}
+ * (the learning rate, an input of the training step too, is set with {name}_set_lr)
+ *
+ * Build a program against it: cc app.c -I DIR -L DIR -l{name} -Wl,-rpath,DIR
+ */
+#ifndef GRAPHC_{up}_H
+#define GRAPHC_{up}_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+#ifndef GRAPHC_TENSOR_INFO
+#define GRAPHC_TENSOR_INFO /* shared by the headers of all graphc libraries */
+enum graphc_dtype {{ GRAPHC_F32 = 0, GRAPHC_F64 = 1, GRAPHC_I32 = 2 }};
+
+/* The name, dtype and shape of a tensor the library reads or writes. */
+typedef struct graphc_tensor_info {{
+    const char *name;     /* e.g. "fc1.W" */
+    int dtype;            /* enum graphc_dtype */
+    int rank;             /* number of dims; 0 for a scalar */
+    const int64_t *shape; /* rank dims */
+    int64_t size;         /* number of elements: the product of the dims */
+}} graphc_tensor_info;
+#endif
+
+#define {up}_BATCH {batch or 1} /* samples per step (compiled in{'' if batch else ': the model has no batch dim'}) */
+#define {up}_THREADS {threads} /* threads a context computes with (compiled in) */
+
+typedef struct {ctx} {ctx}; /* a model instance: all its buffers and threads */
+
+/* A new context: buffers 64-byte aligned, params drawn from their initializers with `seed`
+ * (a counter-based generator: the same seed gives the same params on every machine, though not
+ * the values graphc's Python runtime draws), the training state at its initializers, learning
+ * rate {lr:g} (the train block's), other inputs zero or their defaults. NULL if memory or threads
+ * cannot be had. */
+{ctx} *{name}_create(uint64_t seed);
+
+/* Stops the context's threads and frees everything it owns (NULL is ignored). */
+void {name}_destroy({ctx} *ctx);
+
+/* The model's inputs, outputs and params (then its training state), as listed above: how many,
+ * and the i-th one's name, dtype and shape (NULL when i is out of range). The info is static:
+ * valid for the library's lifetime. */
+int {name}_num_inputs(void);
+const graphc_tensor_info *{name}_input_info(int i);
+int {name}_num_outputs(void);
+const graphc_tensor_info *{name}_output_info(int i);
+int {name}_num_params(void);
+const graphc_tensor_info *{name}_param_info(int i);
+
+/* The buffer the steps read input `name` from, to fill in place (NULL for an unknown name). */
+void *{name}_input({ctx} *ctx, const char *name);
+
+/* Copies input `name` (its size elements) into the context's own buffer, which the steps then
+ * read (undoing a bind). Returns 0, or -1 for an unknown name or NULL data. */
+int {name}_set_input({ctx} *ctx, const char *name, const void *data);
+
+/* Makes the steps read input `name` straight from `data` (no copy) until it is bound again or set;
+ * `data` NULL returns to the context's own buffer. `data` must hold the input's size elements,
+ * stay valid while bound and not overlap any other buffer; 64-byte alignment is fastest.
+ * Returns 0, or -1 for an unknown name. */
+int {name}_bind_input({ctx} *ctx, const char *name, void *data);
+
+/* Sets the learning rate the following training steps use. */
+void {name}_set_lr({ctx} *ctx, double lr);
+
+/* Runs one training step on the current inputs: forward, backward and the optimizer's update of
+ * the params, all in generated native code. Returns the loss (the batch mean, before the update). */
+double {name}_train_step({ctx} *ctx);
+
+/* Runs the forward pass for inference on the current inputs (with the params as they are) and
+ * writes its outputs. To predict fewer than {up}_BATCH samples, fill the unused rows with
+ * anything (zeros) and ignore their outputs: a row's prediction depends on that row only unless
+ * the model itself mixes samples across the batch. */
+void {name}_infer({ctx} *ctx);
+
+/* Output `name` as the step that writes it last left it (see the list above), or NULL for an
+ * unknown name. The buffer belongs to the context: read it, don't free it. */
+const void *{name}_output({ctx} *ctx, const char *name);
+
+/* Copies param (or training state) `name`, its size elements, out to `out` / in from `data`.
+ * Returns 0, or -1 for an unknown name or a NULL pointer. */
+int {name}_get_param({ctx} *ctx, const char *name, void *out);
+int {name}_set_param({ctx} *ctx, const char *name, const void *data);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* GRAPHC_{up}_H */
+"""

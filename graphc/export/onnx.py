@@ -1,0 +1,232 @@
+"""Exports a model's inference graph as ONNX (standard opset), built with the onnx package's helper API.
+
+EMITTERS maps each graphc op to the ONNX node(s) computing it, one entry per op. Ops without an
+entry cannot be exported and are named in the error: those that exist only for training (losses,
+accuracy: the inference graph drops them; dropout: the evaluation form has none) and
+graphc-internal ones (window, fold). Batch norm needs no entry: it is built from primitives, and
+its evaluation form reads the running statistics, exported as initializers. The batch dim stays
+symbolic, the inputs are what the model reads (samples in its input shape, pixels scaled to [0, 1]
+as graphc's data loaders do), and the outputs are its predictions (the logits).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+import graphc
+from graphc.autodiff.step import inference_graph
+from graphc.errors import GraphcError
+from graphc.ir.graph import NP_DTYPES, Dim, Graph, Node, Value
+
+if TYPE_CHECKING:
+    import onnx
+
+OPSET = 18
+_INPUT_DOC = ("as the model reads it: samples in the input's shape, pixels scaled to [0, 1] "
+              "(graphc's data loaders divide image bytes by 255)")
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise GraphcError("ONNX export needs the onnx package: pip install 'graphc[onnx]'") from None
+    return onnx
+
+
+class OnnxBuilder:
+    """Collects ONNX nodes and initializers for one graph; each graphc value maps to an ONNX name."""
+
+    def __init__(self, g: Graph) -> None:
+        self.onnx = _onnx()
+        self.nodes: list["onnx.NodeProto"] = []
+        self.inits: list["onnx.TensorProto"] = []
+        self.names: dict[int, str] = {}
+        self._count = 0
+        # where each symbolic dim can be read at run time: (input name, axis) of the first input with it
+        self.dim_source = {d: (i.value.name, a) for i in reversed(g.inputs)
+                           for a, d in enumerate(i.value.shape) if isinstance(d, str)}
+
+    def fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def elem(self, dtype: str) -> int:
+        return self.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(NP_DTYPES[dtype]))
+
+    def const(self, array: np.ndarray, hint: str = "const") -> str:
+        name = self.fresh(hint)
+        self.inits.append(self.onnx.numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def ints(self, values: Any) -> str:
+        return self.const(np.array(values, np.int64), "ints")
+
+    def node(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
+        out = self.fresh(op_type.lower())
+        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def shape(self, dims: tuple[Dim, ...]) -> str:
+        """An int64 shape tensor; symbolic dims are read from the input that has them."""
+        if all(isinstance(d, int) for d in dims):
+            return self.ints(list(dims))
+        parts = []
+        for d in dims:
+            if isinstance(d, int):
+                parts.append(self.ints([d]))
+            else:
+                name, axis = self.dim_source[d]
+                parts.append(self.node("Shape", [name], start=axis, end=axis + 1))
+        return self.node("Concat", parts, axis=0)
+
+    def ref(self, v: Value) -> str:
+        """The ONNX name of a value; a literal becomes a constant (every element equal)."""
+        if v.const is None:
+            return self.names[id(v)]
+        scalar = self.const(np.array(v.const, NP_DTYPES[v.dtype]), "literal")
+        return self.node("Expand", [scalar, self.shape(v.shape)]) if v.shape else scalar
+
+
+Emitter = Callable[[OnnxBuilder, Node, list[str]], str]
+
+
+def _op(op_type: str) -> Emitter:
+    return lambda e, n, xs: e.node(op_type, xs)
+
+
+def _compare(op_type: str) -> Emitter:
+    """graphc comparisons give 1.0/0.0 in the operands' float type."""
+    return lambda e, n, xs: e.node("Cast", [e.node(op_type, xs)], to=e.elem(n.out.dtype))
+
+
+def _reduce(op_type: str) -> Emitter:
+    def emit(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
+        axes = n.attrs["axes"]
+        if axes is not None:  # absent: over every axis
+            xs = xs + [e.ints([axes] if isinstance(axes, int) else list(axes))]
+        return e.node(op_type, xs, keepdims=int(n.attrs["keepdims"]))
+    return emit
+
+
+def _pair(v: int | tuple[int, int]) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+def _window(n: Node) -> dict[str, list[int]]:
+    """Pooling geometry: graphc's stride defaults to the kernel; padding is the same on both sides."""
+    kernel = _pair(n.attrs["kernel"])
+    stride = kernel if n.attrs["stride"] is None else _pair(n.attrs["stride"])
+    return {"kernel_shape": kernel, "strides": stride, "pads": _pair(n.attrs["padding"]) * 2}
+
+
+def _matmul(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
+    return e.node("Gemm", xs, transA=int(n.attrs["ta"]), transB=int(n.attrs["tb"]))
+
+
+def _transpose(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
+    rank = len(n.inputs[0].shape)
+    perm = n.attrs["perm"]
+    return e.node("Transpose", xs, perm=list(reversed(range(rank))) if perm is None
+                  else [p % rank for p in perm])
+
+
+def _onehot(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
+    values = e.const(np.array([0, 1], NP_DTYPES[n.out.dtype]))
+    depth = e.const(np.array([n.attrs["n"]], np.int32))  # onnxruntime wants depth typed like the labels
+    return e.node("OneHot", [xs[0], depth, values], axis=-1)
+
+
+def _slice(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
+    return e.node("Slice", [xs[0]] + [e.ints([n.attrs[k]]) for k in ("start", "stop", "axis")])
+
+
+def _pad(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
+    value = e.const(np.array(n.attrs["value"], NP_DTYPES[n.out.dtype]))
+    return e.node("Pad", [xs[0], e.ints([n.attrs["before"], n.attrs["after"]]), value,
+                          e.ints([n.attrs["axis"]])], mode="constant")
+
+
+def _conv2d(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
+    a = n.attrs
+    return e.node("Conv", xs, strides=_pair(a["stride"]), pads=_pair(a["padding"]) * 2,
+                  dilations=_pair(a["dilation"]), group=a["groups"])
+
+
+EMITTERS: dict[str, Emitter] = {
+    "add": _op("Add"), "sub": _op("Sub"), "mul": _op("Mul"), "div": _op("Div"), "pow": _op("Pow"),
+    "gt": _compare("Greater"), "eq": _compare("Equal"),
+    "neg": _op("Neg"), "exp": _op("Exp"), "log": _op("Log"), "sqrt": _op("Sqrt"), "tanh": _op("Tanh"),
+    "sigmoid": _op("Sigmoid"), "relu": _op("Relu"), "maximum": _op("Max"), "minimum": _op("Min"),
+    "sin": _op("Sin"), "cos": _op("Cos"), "floor": _op("Floor"),
+    "leaky_relu": lambda e, n, xs: e.node("LeakyRelu", xs, alpha=float(n.attrs["alpha"])),
+    "broadcast_to": lambda e, n, xs: e.node("Expand", [xs[0], e.shape(n.out.shape)]),
+    "transpose": _transpose,
+    "reshape": lambda e, n, xs: e.node("Reshape", [xs[0], e.shape(n.out.shape)]),
+    "flatten": lambda e, n, xs: e.node("Flatten", xs, axis=1),
+    "slice": _slice,
+    "pad": _pad,
+    "concat": lambda e, n, xs: e.node("Concat", xs, axis=n.attrs["axis"]),
+    "onehot": _onehot,
+    "sum": _reduce("ReduceSum"), "max": _reduce("ReduceMax"), "mean": _reduce("ReduceMean"),
+    "matmul": _matmul,
+    "softmax": lambda e, n, xs: e.node("Softmax", xs, axis=n.attrs["axis"]),
+    "log_softmax": lambda e, n, xs: e.node("LogSoftmax", xs, axis=n.attrs["axis"]),
+    "conv2d": _conv2d,
+    "max_pool2d": lambda e, n, xs: e.node("MaxPool", xs, **_window(n)),
+    "avg_pool2d": lambda e, n, xs: e.node("AveragePool", xs, count_include_pad=1, **_window(n)),
+    "global_avg_pool": lambda e, n, xs: e.node("Squeeze", [e.node("GlobalAveragePool", xs),
+                                                           e.ints([2, 3])]),  # [N,C,1,1] -> [N,C]
+}
+
+
+def to_onnx(fwd: Graph, arrays: dict[str, np.ndarray]) -> "onnx.ModelProto":
+    """The inference graph of forward graph `fwd` (for a model with dropout or batch norm, its
+    evaluation form) as an ONNX model; `arrays` (params and state by name) become initializers."""
+    onnx = _onnx()
+    g = inference_graph(fwd)
+    e = OnnxBuilder(g)
+    helper = onnx.helper
+    for i in g.inputs:
+        e.names[id(i.value)] = i.value.name
+    for p in g.params + g.state:  # state: batch norm's running statistics
+        if p.value.name not in arrays:
+            raise GraphcError(f"no array for {p.value.name} {p.value.type}: export needs the trained "
+                              f"params and state", p.loc)
+        e.names[id(p.value)] = p.value.name
+        e.inits.append(onnx.numpy_helper.from_array(
+            np.asarray(arrays[p.value.name], NP_DTYPES[p.value.dtype]), p.value.name))
+    for n in g.nodes:
+        emit = EMITTERS.get(n.op)
+        if emit is None:
+            raise GraphcError(f"op {n.op} has no ONNX mapping, so {fwd.name} cannot be exported", n.loc)
+        e.names[id(n.out)] = emit(e, n, [e.ref(v) for v in n.inputs])
+    for k, v in g.outputs.items():
+        e.nodes.append(helper.make_node("Identity", [e.ref(v)], [k], name=k))
+    info = lambda name, v, doc="": helper.make_tensor_value_info(name, e.elem(v.dtype), list(v.shape), doc)
+    graph = helper.make_graph(
+        e.nodes, g.name, [info(i.value.name, i.value, _INPUT_DOC) for i in g.inputs],
+        [info(k, v) for k, v in g.outputs.items()], initializer=e.inits)
+    opset = [helper.make_opsetid("", OPSET)]
+    model = helper.make_model(graph, opset_imports=opset, producer_name="graphc",
+                              producer_version=graphc.__version__,
+                              ir_version=helper.find_min_ir_version_for(opset),
+                              doc_string=f"graphc inference graph of {fwd.name}")
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def write_onnx(fwd: Graph, arrays: dict[str, np.ndarray], path: Path) -> str:
+    """Export to the file `path`; returns a one-line summary (opset, nodes, inputs -> outputs)."""
+    model = to_onnx(fwd, arrays)
+    try:
+        _onnx().save(model, str(path))
+    except OSError as e:
+        raise GraphcError(f"cannot write {path}: {e.strerror or e}") from None
+    dims = lambda v: ",".join(d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim)
+    sig = lambda vs: ", ".join(f"{v.name}[{dims(v)}]" for v in vs)
+    return (f"ONNX opset {OPSET}, {len(model.graph.node)} nodes: "
+            f"{sig(model.graph.input)} -> {sig(model.graph.output)}")

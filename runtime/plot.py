@@ -1,0 +1,67 @@
+"""Training curves: loss and metrics per epoch from the trainer's history, drawn with matplotlib.
+
+matplotlib is an optional extra (graphc[plot]); `check_plot_path` says what is missing before a
+run starts, so a long training never ends in an error about its picture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from graphc.errors import GraphcError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _figure_class() -> type["Figure"]:
+    try:
+        from matplotlib.figure import Figure  # the object API: no pyplot state, no GUI backend
+    except ImportError:
+        raise GraphcError("--plot needs matplotlib: pip install 'graphc[plot]'") from None
+    return Figure
+
+
+def check_plot_path(path: Path) -> None:
+    """Raise now if `path` cannot be drawn later: matplotlib missing, or a format it cannot write."""
+    formats = _figure_class()().canvas.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        raise GraphcError(f"{path}: unknown picture format '{path.suffix}' "
+                          f"(use one of {', '.join('.' + f for f in sorted(formats))})")
+
+
+def curves(history: list[dict], title: str) -> "Figure":
+    """Loss per epoch (train and test) on the left, each test metric per epoch on the right."""
+    from matplotlib.ticker import MaxNLocator
+    epochs = [r["epoch"] for r in history]
+    metrics = [k for k in history[0] if k.startswith("test_") and k != "test_loss"]
+    fig = _figure_class()(figsize=(9 if metrics else 5, 3.6), dpi=120, layout="constrained")
+    axes = fig.subplots(1, 2 if metrics else 1, squeeze=False)[0]
+    for key, label in (("train_loss", "train"), ("test_loss", "test")):
+        axes[0].plot(epochs, [r[key] for r in history], marker="o", markersize=3, label=label)
+    axes[0].set(title="loss", xlabel="epoch")
+    for key in metrics:
+        values = [r[key] for r in history]
+        axes[1].plot(epochs, values, marker="o", markersize=3, label=key.removeprefix("test_"))
+        axes[1].annotate(f"{values[-1]:.4f}", (epochs[-1], values[-1]), textcoords="offset points",
+                         xytext=(0, 6), ha="right", fontsize=8)
+    if metrics:
+        axes[1].set(title="test " + ", ".join(k.removeprefix("test_") for k in metrics), xlabel="epoch")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def write_curves(history: list[dict], path: Path, title: str) -> None:
+    """Draw `history` (one record per epoch, as graphc train logs it) into the picture `path`."""
+    if not history:
+        raise GraphcError("no epochs to plot")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        curves(history, title).savefig(path)
+    except OSError as e:
+        raise GraphcError(f"cannot write {path}: {e.strerror or e}") from None

@@ -1,0 +1,252 @@
+"""The C library `graphc compile` writes: its ABI against the Python runtime (loaded with ctypes),
+and the C example (examples/c) trained through it against `graphc train`."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import llvmlite.binding as llvm
+import numpy as np
+import pytest
+
+from graphc import driver
+from graphc.autodiff.step import inference_graph
+from graphc.cli import main
+from graphc.errors import GraphcError
+from graphc.runtime.artifacts import SHARED_SUFFIX, write_artifacts
+from graphc.runtime.init import init_params
+
+ROOT = Path(__file__).resolve().parent.parent
+CC = shlex.split(os.environ.get("CC") or "cc")
+needs_cc = pytest.mark.skipif(shutil.which(CC[0]) is None, reason=f"no C compiler ({CC[0]}) to link with")
+BATCH = 37  # the unit checks' library: an odd batch, so the 2-thread GEMM split is uneven
+DTYPES = {0: "f32", 1: "f64", 2: "i32"}
+
+
+class Info(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("dtype", ctypes.c_int), ("rank", ctypes.c_int),
+                ("shape", ctypes.POINTER(ctypes.c_int64)), ("size", ctypes.c_int64)]
+
+
+class Library:
+    """lib<name> through ctypes, each ABI function typed as its header declares it."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path = path
+        p, s, v, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int
+        signatures = {
+            "create": (p, [ctypes.c_uint64]), "destroy": (None, [p]),
+            "num_inputs": (i, []), "input_info": (ctypes.POINTER(Info), [i]),
+            "num_outputs": (i, []), "output_info": (ctypes.POINTER(Info), [i]),
+            "num_params": (i, []), "param_info": (ctypes.POINTER(Info), [i]),
+            "input": (v, [p, s]), "set_input": (i, [p, s, v]), "bind_input": (i, [p, s, v]),
+            "set_lr": (None, [p, ctypes.c_double]), "train_step": (ctypes.c_double, [p]),
+            "infer": (None, [p]), "output": (v, [p, s]),
+            "get_param": (i, [p, s, v]), "set_param": (i, [p, s, v]),
+        }
+        self.dll = ctypes.CDLL(str(path))
+        for fn, (res, args) in signatures.items():
+            f = getattr(self.dll, f"{name}_{fn}")
+            f.restype, f.argtypes = res, args
+            setattr(self, fn, f)
+
+    def infos(self, kind: str) -> list[tuple[str, str, tuple[int, ...]]]:
+        n = getattr(self, f"num_{kind}s")()
+        get = getattr(self, f"{kind}_info")
+        assert not get(n) and not get(-1)  # out of range: NULL
+        return [(t.name.decode(), DTYPES[t.dtype], tuple(t.shape[d] for d in range(t.rank)))
+                for t in (get(k).contents for k in range(n))]
+
+    def get(self, ctx: int, name: str, like: np.ndarray) -> np.ndarray:
+        out = np.empty_like(like)
+        assert self.get_param(ctx, name.encode(), out.ctypes.data) == 0
+        return out
+
+    def output_array(self, ctx: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        ptr = ctypes.cast(self.output(ctx, name.encode()), ctypes.POINTER(ctypes.c_float))
+        return np.ctypeslib.as_array(ptr, shape).copy()
+
+
+def build(out: Path, batch: int, threads: int) -> Library:
+    write_artifacts(driver.load(ROOT / "models/mlp.net"), out, batch, threads)
+    return Library(out / f"libmlp{SHARED_SUFFIX}", "mlp")
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory) -> Library:
+    return build(tmp_path_factory.mktemp("capi"), BATCH, threads=2)  # a worker thread per context
+
+
+@pytest.fixture(scope="module")
+def prog():
+    return driver.load(ROOT / "models/mlp.net")
+
+
+def batch_of(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((BATCH, 784), dtype=np.float32), rng.integers(0, 10, BATCH).astype(np.int32)
+
+
+@needs_cc
+def test_reports_names_shapes_and_dtypes(lib, prog):
+    g = driver.train_graph(prog, BATCH)
+    assert lib.infos("input") == [("x", "f32", (BATCH, 784)), ("y", "i32", (BATCH,))]
+    assert lib.infos("output") == [("loss", "f32", ()), ("accuracy", "f32", ()), ("logits", "f32", (BATCH, 10))]
+    assert lib.infos("param") == [(p.value.name, p.value.dtype, tuple(p.value.shape)) for p in g.params + g.state]
+    assert lib.infos("param")[0] == ("fc1.W", "f32", (784, 256))
+
+
+@needs_cc
+def test_create_draws_params_from_their_initializers_and_seed(lib):
+    a, b, c = lib.create(7), lib.create(7), lib.create(8)
+    try:
+        w = np.empty((784, 256), np.float32)
+        wa, wb, wc = (lib.get(ctx, "fc1.W", w) for ctx in (a, b, c))
+        assert np.array_equal(wa, wb) and not np.array_equal(wa, wc)
+        assert abs(wa.std() / np.sqrt(2 / 784) - 1) < 0.02 and abs(wa.mean()) < 1e-3  # he_normal
+        assert not lib.get(a, "fc1.b", np.empty(256, np.float32)).any()
+        assert not lib.get(a, "fc1.W.velocity", w).any()
+    finally:
+        for ctx in (a, b, c):
+            lib.destroy(ctx)
+
+
+@needs_cc
+def test_param_round_trip_and_unknown_names(lib):
+    ctx = lib.create(0)
+    try:
+        w = np.random.default_rng(0).standard_normal((256, 10)).astype(np.float32)
+        assert lib.set_param(ctx, b"out.W", w.ctypes.data) == 0
+        assert np.array_equal(lib.get(ctx, "out.W", w), w)
+        assert lib.set_param(ctx, b"out.w", w.ctypes.data) == -1
+        assert lib.get_param(ctx, b"nope", w.ctypes.data) == -1
+        assert lib.set_input(ctx, b"lr", w.ctypes.data) == -1  # set with set_lr, not an input here
+        assert not lib.output(ctx, b"nope") and not lib.input(ctx, b"nope")
+    finally:
+        lib.destroy(ctx)
+
+
+@needs_cc
+def test_steps_match_the_python_runtime(lib, prog):
+    """Same params and batches: the C library's losses, updated params and logits are the Python
+    runtime's (the same generated code)."""
+    g = driver.train_graph(prog, BATCH)
+    params = init_params(g.params, 3)
+    step = driver.compile_graph(g, params, threads=2).step
+    ctx = lib.create(0)
+    try:
+        for name, arr in params.items():
+            assert lib.set_param(ctx, name.encode(), arr.ctypes.data) == 0
+        lib.set_lr(ctx, 0.02)
+        x, y = batch_of(1)
+        bound = x.copy()
+        assert lib.bind_input(ctx, b"x", bound.ctypes.data) == 0 and lib.input(ctx, b"x") == bound.ctypes.data
+        assert lib.set_input(ctx, b"y", y.ctypes.data) == 0
+        losses = [(lib.train_step(ctx), float(step(x=x, y=y, lr=0.02)["loss"])) for _ in range(3)]
+        for c, py in losses:
+            assert c == pytest.approx(py, abs=1e-5)
+        assert losses[2][0] < losses[0][0]
+        for name, arr in params.items():
+            np.testing.assert_allclose(lib.get(ctx, name, arr), arr, atol=1e-6, err_msg=name)
+        infer = driver.compile_graph(inference_graph(driver.forward(prog, BATCH, training=False)), params).step
+        x2, _ = batch_of(2)
+        bound[...] = x2  # a bound input is read where it is, at each call
+        lib.infer(ctx)
+        np.testing.assert_allclose(lib.output_array(ctx, "logits", (BATCH, 10)), infer(x=x2)["logits"], atol=1e-5)
+    finally:
+        lib.destroy(ctx)
+
+
+@needs_cc
+def test_contexts_are_independent_and_run_at_once(lib):
+    """Two contexts trained from two threads at once end where one trained alone does: no state
+    (GEMM packing scratch, pool) is shared between them."""
+    x, y = batch_of(4)
+
+    def run(ctx, out):
+        lib.set_input(ctx, b"x", x.ctypes.data)
+        lib.set_input(ctx, b"y", y.ctypes.data)
+        out.extend(lib.train_step(ctx) for _ in range(10))
+
+    alone, ctx = [], lib.create(5)
+    run(ctx, alone)
+    lib.destroy(ctx)
+    ctxs, results = [lib.create(5), lib.create(5)], [[], []]
+    threads = [threading.Thread(target=run, args=(c, r)) for c, r in zip(ctxs, results)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for ctx in ctxs:
+        lib.destroy(ctx)
+    assert results[0] == alone and results[1] == alone
+
+
+@needs_cc
+def test_native_code_has_no_mutable_globals(lib):
+    """Everything the generated code writes is reached through a context's table: its object has
+    no data or bss sections (the GEMM packing buffers and the pool's state once lived there)."""
+    obj = llvm.ObjectFileRef.from_data((lib.path.parent / "mlp.o").read_bytes())
+    sections = {s.name().decode(): s.size() for s in obj.sections() if s.name()}
+    assert sections.get(".ltext", sections.get(".text", 0)) > 10000
+    assert not {n: size for n, size in sections.items()
+                if size and n.lstrip(".").startswith(("data", "bss", "tdata", "tbss", "ldata", "lbss"))}
+
+
+@needs_cc
+def test_inputs_start_at_their_defaults(tmp_path):
+    """apples.net: scalar inputs with default values, no batch dim, no params."""
+    write_artifacts(driver.load(ROOT / "models/apples.net"), tmp_path, threads=1)
+    apples = Library(tmp_path / f"libapples{SHARED_SUFFIX}", "apples")
+    assert apples.infos("input")[0] == ("apple", "f32", ()) and apples.infos("param") == []
+    ctx = apples.create(0)
+    try:
+        apples.infer(ctx)
+        assert apples.output_array(ctx, "total", ()) == pytest.approx((100 * 5 + 150 * 3) * 1.08)
+        assert apples.set_input(ctx, b"tax", np.array(1.0, np.float32).ctypes.data) == 0
+        apples.infer(ctx)
+        assert apples.output_array(ctx, "total", ()) == pytest.approx(950)
+    finally:
+        apples.destroy(ctx)
+    assert "#define APPLES_BATCH 1 /* samples per step (compiled in: the model has no batch dim) */" \
+        in (tmp_path / "apples.h").read_text()
+
+
+def test_compile_without_a_c_compiler_says_so_and_writes_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "graphc-no-such-cc")
+    with pytest.raises(GraphcError, match="no C compiler: 'graphc-no-such-cc' not found"):
+        write_artifacts(driver.load(ROOT / "models/apples.net"), tmp_path)
+    assert {"apples.h", "apples_capi.c", "apples.o", "apples.ll"} <= {p.name for p in tmp_path.iterdir()}
+    assert not (tmp_path / f"libapples{SHARED_SUFFIX}").exists()
+
+
+def _has_zlib(tmp: Path) -> bool:
+    probe = tmp / "probe.c"
+    probe.write_text("#include <zlib.h>\nint main(void) { return zlibVersion() == 0; }\n")
+    return subprocess.run([*CC, str(probe), "-o", str(tmp / "probe"), "-lz"], capture_output=True).returncode == 0
+
+
+@needs_cc
+def test_c_example_trains_mnist_like_graphc_train(tmp_path, capsys):
+    if not _has_zlib(tmp_path):
+        pytest.skip("zlib (zlib.h, -lz) is not installed: the example reads MNIST through it")
+    build(tmp_path, 128, threads=1)
+    exe = tmp_path / "train_mnist"
+    subprocess.run([*CC, "-O2", "-Wall", "-Werror", f"-I{tmp_path}", "-o", str(exe),
+                    str(ROOT / "examples/c/train_mnist.c"), f"-L{tmp_path}", "-lmlp", "-lz", "-lm",
+                    f"-Wl,-rpath,{tmp_path}"], check=True)
+    run = subprocess.run([str(exe), str(ROOT / "data/mnist"), "1", "0"], capture_output=True, text=True,
+                         check=True, timeout=300)
+    c_acc = float(re.search(r"epoch 1: .*test_accuracy ([0-9.]+)", run.stdout).group(1))
+    assert main(["train", str(ROOT / "models/mlp.net"), "--epochs", "1", "--seed", "0", "--no-progress",
+                 "--threads", "1"]) == 0
+    py_acc = float(re.search(r"epoch 1: .*test_accuracy ([0-9.]+)", capsys.readouterr().out).group(1))
+    assert c_acc >= 0.95 and py_acc >= 0.95
+    assert abs(c_acc - py_acc) <= 0.015, (c_acc, py_acc)

@@ -1,0 +1,112 @@
+"""ONNX export: onnxruntime runs the exported models and every mapped op and agrees with graphc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from graphc import driver  # noqa: E402
+from graphc.autodiff.step import inference_graph  # noqa: E402
+from graphc.errors import GraphcError  # noqa: E402
+from graphc.export.onnx import EMITTERS, OPSET, to_onnx  # noqa: E402
+from graphc.frontend import load_source  # noqa: E402
+from graphc.ir.bind import bind  # noqa: E402
+from graphc.ops import REGISTRY  # noqa: E402
+from graphc.runtime.checkpoint import save_arrays  # noqa: E402
+from graphc.runtime.init import init_params  # noqa: E402
+from test_cli import graphc  # noqa: E402
+from test_ops import ALL, build, feeds_for, ref  # noqa: E402
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def run(model: "onnx.ModelProto", **feeds: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def perturbed_arrays(prog, seed: int = 0) -> dict[str, np.ndarray]:
+    """Initialized params plus noise, so zero biases cannot hide a dropped add, and state (batch
+    norm's running statistics) drawn in [0.5, 1.5), so it cannot hide being ignored either."""
+    rng = np.random.default_rng(seed)
+    g = prog.eval_graph
+    arrays = {k: (v + rng.normal(0, 0.1, v.shape)).astype(v.dtype)
+              for k, v in init_params(g.params, seed).items()}
+    return arrays | {s.value.name: rng.uniform(0.5, 1.5, s.value.shape).astype(np.float32) for s in g.state}
+
+
+@pytest.mark.parametrize("model", ["mlp", "twolayer", "lenet", "mlp_bn"])
+def test_onnxruntime_agrees_with_graphc(model):
+    prog = driver.load(MODELS / f"{model}.net")
+    arrays = perturbed_arrays(prog)
+    exported = to_onnx(prog.eval_graph, arrays)
+    x = np.random.default_rng(1).uniform(0, 1, (7, 784)).astype(np.float32)  # pixels in [0, 1]
+    evaluation = inference_graph(driver.forward(prog, 7, training=False))
+    want = driver.compile_graph(evaluation, arrays).step.run(x=x)["logits"]
+    (got,) = run(exported, x=x)
+    assert got.shape == (7, 10)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # the batch dim is symbolic: the same model runs 3 samples
+    (three,) = run(exported, x=x[:3])
+    np.testing.assert_allclose(three, want[:3], rtol=1e-5, atol=1e-5)
+
+
+def test_signature_is_the_inference_graph():
+    prog = driver.load(MODELS / "mlp.net")
+    m = to_onnx(prog.eval_graph, init_params(prog.eval_graph.params, 0))
+    assert [o.opset_import[0].version for o in [m]] == [OPSET]
+    (inp,) = m.graph.input  # the labels are gone: only the loss read them
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert inp.name == "x" and dims == ["B", 784] and "[0, 1]" in inp.doc_string
+    (out,) = m.graph.output
+    assert out.name == "logits"
+    assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["B", 10]
+    assert {i.name for i in m.graph.initializer} >= {"fc1.W", "fc1.b", "out.W", "out.b"}
+    assert not {"SoftmaxCrossEntropyLoss", "ArgMax"} & {n.op_type for n in m.graph.node}
+
+
+# every op with an ONNX mapping, on the registry's own test cases, against its NumPy reference
+MAPPED = [(n, i, c) for n, i, c in ALL if n in EMITTERS]
+
+
+def test_mapping_table_names_registered_ops():
+    assert set(EMITTERS) <= set(REGISTRY)
+    assert {"matmul", "add", "relu", "sigmoid", "conv2d", "max_pool2d", "reshape"} <= set(EMITTERS)
+
+
+@pytest.mark.parametrize("name,i,case", MAPPED, ids=[f"{n}-{i}" for n, i, _ in MAPPED])
+def test_each_mapped_op_matches_its_reference(name, i, case):
+    types, attrs = case
+    xs, _ = feeds_for(name, types, attrs)
+    g = bind(build(name, types, attrs), {}, "f32")
+    feeds = {f"x{j}": x.astype(np.float32 if t.is_float else np.int32)
+             for j, (x, t) in enumerate(zip(xs, types))}
+    (got,) = run(to_onnx(g, {}), **feeds)
+    np.testing.assert_allclose(got, ref(name, list(feeds.values()), attrs), rtol=2e-5, atol=2e-5)
+
+
+def test_unmapped_op_is_named_with_its_position():
+    prog = load_source("net m\ndim B\ninput x : f32[B, 3]\ninput y : i32[B]\nparam W : f32[3, 4] = zeros()\n"
+                       "logits = x @ W\noutput hits = accuracy(logits, y)\n", "m.net")
+    with pytest.raises(GraphcError, match=r"m.net:7:\d+: error: op accuracy has no ONNX mapping"):
+        to_onnx(prog.graph, init_params(prog.graph.params, 0))
+
+
+def test_cli_exports_saved_params(tmp_path):
+    prog = driver.load(MODELS / "twolayer.net")
+    params = perturbed_arrays(prog, seed=3)
+    save_arrays(tmp_path / "params.npz", params)
+    out = graphc("export", "models/twolayer.net", "--params", str(tmp_path / "params.npz"),
+                 "-o", str(tmp_path / "twolayer.onnx")).stdout
+    assert "twolayer.onnx" in out and "logits" in out
+    x = np.random.default_rng(2).uniform(0, 1, (5, 784)).astype(np.float32)
+    (got,) = run(onnx.load(tmp_path / "twolayer.onnx"), x=x)
+    np.testing.assert_allclose(got, run(to_onnx(prog.eval_graph, params), x=x)[0], rtol=0, atol=0)
+    bad = graphc("export", "models/mlp.net", "--params", str(tmp_path / "params.npz"),
+                 "-o", str(tmp_path / "mlp.onnx"), check=False)
+    assert bad.returncode == 2 and "param fc1.W missing" in bad.stderr
