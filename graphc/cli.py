@@ -281,8 +281,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compile", help="write the compiled artifacts and the model's C library")
     s.add_argument("model")
     s.add_argument("-o", "--output", help="output directory (default MODEL.graphc)")
-    s.add_argument("--batch", type=_whole(1), help="samples per step, fixed in the library (default: the train block's)")
-    s.add_argument("--threads", type=_whole(1), help="threads a library context computes with (default: all cores)")
+    s.add_argument("--batch", type=_whole(1),
+                   help="samples per step, fixed in the library (default: the train block's)")
+    s.add_argument("--threads", type=_whole(1),
+                   help="threads a library context computes with (default: all cores)")
     s.set_defaults(fn=_compile)
 
     s = sub.add_parser("export", help="write the inference graph as ONNX (needs graphc[onnx])")
@@ -295,7 +297,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--grad", action="store_true", help="the whole training step: forward, backward, update")
     s.add_argument("-o", "--output", required=True, help="a .svg, .png or .pdf (rendered by `dot`), or .dot")
-    s.add_argument("--batch", type=_whole(1), help="bind the batch dim of the training step (default: the train block's)")
+    s.add_argument("--batch", type=_whole(1),
+                   help="bind the batch dim of the training step (default: the train block's)")
     s.set_defaults(fn=_viz)
 
     for name, fn, helptext in (("train", _train, "train a model"), ("eval", _eval, "evaluate saved params")):

@@ -47,6 +47,21 @@ INITIALIZERS = {
 }
 
 
+def check_arguments(init: str, args: dict[str, float]) -> str | None:
+    """What is wrong with an initializer's arguments, if anything: NumPy (and the C library) need
+    finite numbers, std >= 0 and low <= high."""
+    d = INITIALIZERS[init]((1, 1), **args)
+    if not (math.isfinite(d.a) and math.isfinite(d.b)):
+        return "its arguments must be finite numbers"
+    if d.kind == "normal" and d.b < 0:
+        return f"std must not be negative, got {d.b:g}"
+    if d.kind == "uniform" and d.a > d.b:
+        return f"low ({d.a:g}) must not exceed high ({d.b:g})"
+    if d.kind == "uniform" and not math.isfinite(d.b - d.a):
+        return "high - low is too large to draw from"
+    return None
+
+
 def distribution(p: Param) -> Dist:
     """The distribution `p`'s initializer draws its elements from."""
     fn = INITIALIZERS.get(p.init)

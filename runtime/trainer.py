@@ -150,7 +150,9 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
     check_labels(data.y_train, g, yin, data.name, "training")
     check_labels(data.y_test, g, yin, data.name, "test")
     if len(x_train) < opt.batch:
-        raise DataError(f"{data.name}: {len(x_train)} training samples, fewer than one batch of {opt.batch}")
+        written = prog.train.locs.get("batch") if opt.batch == prog.train.batch else None
+        raise DataError(f"{data.name}: {len(x_train)} training samples, fewer than one batch of "
+                        f"{opt.batch}", written)
     step_graph = train_graph(prog, opt.batch, opt.optimizer, opt.opt_args)
     # the model's arrays: its params and its state (batch norm's running statistics, dropout's step
     # counter), shared with the evaluator and saved together
@@ -171,13 +173,16 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
     config = {"model": g.name, "batch": opt.batch, "lr": opt.lr, "seed": opt.seed,
               "optimizer": opt.optimizer, "opt_args": opt.opt_args, "data": data.name,
               "samples": len(x_train)}
+    if "total_steps" in step.inputs:  # a schedule over the run's length: it must not change
+        config["epochs"] = opt.epochs
     run = RunState(params, {k: v for k, v in step.state.items() if k not in params},
                    np.random.default_rng(opt.seed + 1), config)
     saves = _Checkpoints(run, opt.out)
     if opt.resume:
         run.restore(opt.resume)
         saves.last = (run.epoch, run.step)
-        report(f"resumed from {opt.resume / CHECKPOINT} at epoch {run.epoch}, step {run.step}")
+        done = f"; its {opt.epochs} epochs are done (--epochs N trains on)" if run.epoch > opt.epochs else ""
+        report(f"resumed from {opt.resume / CHECKPOINT} at epoch {run.epoch}, step {run.step}{done}")
     # only a run that skips bad batches pays for a copy of the step's buffers before each one
     rollback = Rollback({**run.params, **run.state}) if opt.on_nonfinite == "skip" else None
     every = opt.checkpoint_every or 0

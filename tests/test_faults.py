@@ -9,7 +9,6 @@ be caught mid-epoch) and compare against an uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

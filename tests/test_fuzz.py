@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from graphc import driver
@@ -107,8 +107,10 @@ def fuzz(examples: int) -> settings:
                     suppress_health_check=[HealthCheck.too_slow])
 
 
+# what the fuzzer found, kept as examples: an int argument of a layer that became a negative dim
 @fuzz(300)
 @given(mutants())
+@example(MODELS["mlp.net"].replace("units=256) as fc1", "units=-3) as fc1"))
 def test_mutated_models_raise_only_graphc_errors(text):
     try:
         load_everything(text)
@@ -116,8 +118,23 @@ def test_mutated_models_raise_only_graphc_errors(text):
         assert str(e)  # the message renders (position, source line, caret)
 
 
+def op_call(call: str, loss: str = "mean(h)", optimizer: str = "adam(lr=0.1)") -> str:
+    return OP_MODEL.format(call=call, loss=loss, optimizer=optimizer)
+
+
+# what the fuzzer found, kept as examples: attributes of the wrong kind that shape rules let
+# through and later stages choked on, a loss that folds to a constant, and an update that
+# simplifies to nothing (a param that gets no gradient)
 @fuzz(400)
 @given(op_calls())
+@example(op_call("leaky_relu(w, alpha=[-1])"))
+@example(op_call("mean(0.5, keepdims=[B, -1])"))
+@example(op_call("broadcast_to(0.5, shape=[-1])"))
+@example(op_call("transpose(0.5, perm=[-1])"))
+@example(op_call("log_softmax(z, axis=1e9)"))
+@example(op_call("softmax(z, axis=f32)"))
+@example(op_call("floor(0.5)", loss="h"))
+@example(op_call("gt(w, w)", optimizer="adagrad(lr=0.1)"))
 def test_random_op_calls_raise_only_graphc_errors(text):
     try:
         load_everything(text)

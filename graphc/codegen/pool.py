@@ -7,7 +7,9 @@ thread (a Python thread through ctypes, which releases the GIL, or a pthread) an
 until `graphc_pool_stop(pool)`. `graphc_pool_run(pool, task, arg, n)` posts `task(arg, t, n)` for
 t = 1..n-1 to the workers, runs t = 0 itself and waits: posting a job is a few atomic
 instructions, so splitting a GEMM costs microseconds, not a Python thread hand-off (~65 us).
-An idle worker spins briefly, then sleeps on a futex, so it never burns a core between steps.
+An idle worker spins briefly, then sleeps on a futex, so it never burns a core between steps; every
+waiter yields its core between polls once it has waited a while, which matters when the machine
+has more runnable threads than cores.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ RUN = ir.FunctionType(ir.VoidType(), [I8P, TASK, I8P, I64])
 # workers started, and the posted job (task, arg, threads)
 STATE = ir.LiteralStructType([I32, I32, I32, I64, I64, TASK, I8P, I64])
 _FIELDS = ("seq", "quit", "sleepers", "done", "workers", "task", "arg", "nthreads")
-SPINS = 20000          # ~tens of microseconds of spinning before a worker sleeps
+SPINS = 20000          # polls before an idle worker sleeps on the futex
+YIELD_AFTER = 256      # polls before each further poll also yields the core (a busy machine)
+SYS_SCHED_YIELD = 24
 SYS_FUTEX, FUTEX_WAIT, FUTEX_WAKE = 202, 128, 129  # Linux x86-64, private futexes
 
 
@@ -76,9 +80,13 @@ def build_pool(target: Target) -> ir.Module:
     pause = (ir.Function(m, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
              if target.triple.startswith("x86_64") else None)
 
-    def relax(b):
+    def relax(b, polls):
+        """Between two polls: a pause, and once `polls` is past YIELD_AFTER, sched_yield too, so a
+        waiting thread hands its core to the one it waits for when the machine is oversubscribed."""
         if pause:
             b.call(pause, [])
+        with b.if_then(b.icmp_unsigned(">", polls, ir.Constant(I32, YIELD_AFTER))):
+            b.call(syscall, [ir.Constant(I64, SYS_SCHED_YIELD)])
 
     # worker(pool, tid): wait for a new job number, run the task if it has a part for us, count done
     w = ir.Function(m, ir.FunctionType(ir.VoidType(), [I8P, I64]), "graphc_pool_worker")
@@ -102,8 +110,8 @@ def build_pool(target: Target) -> ir.Module:
     fresh = w.append_basic_block("spin")
     b.cbranch(b.icmp_unsigned("!=", now, b.load(seen)), run, fresh)
     b.position_at_end(fresh)
-    relax(b)
     n = b.add(b.load(spins), ir.Constant(I32, 1))
+    relax(b, n)
     b.store(n, spins)
     b.cbranch(b.icmp_unsigned("<", n, ir.Constant(I32, SPINS)), wait, sleep)
     b.position_at_end(sleep)
@@ -155,10 +163,14 @@ def build_pool(target: Target) -> ir.Module:
     b.store_atomic(t_n, nthreads, "release", 8)
     post(b, seq, sleepers)
     b.call(t_fn, [t_arg, ir.Constant(I64, 0), t_n])
+    polls = b.alloca(I32)
+    b.store(ir.Constant(I32, 0), polls)
     spin, out = r.append_basic_block("spin"), r.append_basic_block("out")
     b.branch(spin)
     b.position_at_end(spin)
-    relax(b)
+    n = b.add(b.load(polls), ir.Constant(I32, 1))
+    b.store(n, polls)
+    relax(b, n)
     b.cbranch(b.icmp_signed("<", b.load_atomic(done, "acquire", 8), target_done), spin, out)
     b.position_at_end(out)
     b.ret_void()

@@ -18,7 +18,7 @@ from graphc.frontend.builtins import BUILTINS, Builtin, Instance
 from graphc.frontend.config import did_you_mean
 from graphc.ir.graph import DTYPES, Builder, Dim, Graph, Input, Param, TensorType, Value
 from graphc.ops import REGISTRY, OpDef
-from graphc.runtime.init import INITIALIZERS
+from graphc.runtime.init import INITIALIZERS, check_arguments
 
 BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
 KINDS = ("int", "float", "fn")  # layer parameters that are not tensors
@@ -205,6 +205,9 @@ class _Lowerer:
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 raise GraphcError(f"{init.func}({kw.name}=...) must be a number", kw.value.loc)
             args[kw.name] = float(v)
+        problem = check_arguments(init.func, args)
+        if problem:
+            raise GraphcError(f"{init.func}(): {problem}", init.loc)
         if fr is self.top:
             _not_reserved(s.name, s.loc)
         v = Value(_join(fr.scope, s.name), t)

@@ -107,12 +107,14 @@ class Input:
 
 @dataclass
 class Graph:
-    """Inputs, params, optimizer state, nodes in topological order, named outputs and in-place updates."""
+    """Inputs, params, state, nodes in topological order, named outputs and in-place updates."""
 
     name: str
     inputs: list[Input] = field(default_factory=list)
     params: list[Param] = field(default_factory=list)
-    state: list[Param] = field(default_factory=list)  # optimizer state: zero-initialized buffers
+    # buffers the step updates in place but does not train: optimizer moments, step counter,
+    # running statistics (each starts at its initializer)
+    state: list[Param] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
     outputs: dict[str, Value] = field(default_factory=dict)
     metrics: tuple[str, ...] = ()  # names of outputs that are metrics (no gradient)

@@ -107,24 +107,12 @@ def _fold_shape(ts, attrs):
     return TensorType(g.dtype, (n, c, h, w))
 
 
-def _fold_ref(g, size, kernel, stride, padding, dilation):
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(
-        {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation})
-    n, oh, ow, c = g.shape[:4]
-    g = np.broadcast_to(g, (n, oh, ow, c, kh, kw))
-    h, w = _pair(size, "size")
-    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), g.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            xp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh,
-               j * dw: j * dw + sw * (ow - 1) + 1: sw] += g[..., i, j].transpose(0, 3, 1, 2)
-    return xp[:, :, ph: ph + h, pw: pw + w]
-
-
 register(OpDef(
     "fold", 1, _fold_shape,
     lambda b, n, g: [sum_to(b, b.window(g, **_geo(n.attrs)), n.inputs[0].shape)],
-    _fold_ref,
+    # every tap that reads a pixel, summed (window's vjp test checks this against window's ref)
+    lambda g, size, kernel, stride, padding, dilation: _taps_ref(
+        g, size, kernel, stride, padding, dilation).sum(axis=(4, 5)),
     Decompose(lambda b, g, **attrs: b.sum(b.fold_taps(g, **attrs), axes=(4, 5))),
     _WINDOW,
     "g: T[N,OH,OW,C,KH,KW], size=[H,W], kernel, stride=1, padding=0, dilation=1 -> T[N,C,H,W]: the "

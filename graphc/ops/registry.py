@@ -91,6 +91,7 @@ def broadcast_shapes(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[Dim, ...]:
 
 
 def is_int(v: Any) -> bool:
+    """A whole number, not true/false (which Python counts as ints)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
