@@ -132,7 +132,8 @@ def _opts(a, prog):
                         log=Path(a.log) if a.log else None, out=Path(out) if out else None,
                         progress=not a.no_progress, threads=a.threads,
                         resume=Path(a.resume) if a.resume else None,
-                        checkpoint_every=a.checkpoint_every, on_nonfinite=a.on_nonfinite)
+                        checkpoint_every=a.checkpoint_every, on_nonfinite=a.on_nonfinite,
+                        check_bounds=a.check_bounds)
 
 
 def _data(a, prog):
@@ -322,6 +323,8 @@ def parser() -> argparse.ArgumentParser:
                                           " a copy goes to --out), needs graphc[plot]")
             s.add_argument("--no-progress", action="store_true", help="no progress bar")
             s.add_argument("--threads", type=_whole(1), help="threads for large kernels (default: all cores)")
+            s.add_argument("--check-bounds", action="store_true",
+                           help="check every index the generated loops compute (slower; for debugging graphc)")
         else:
             s.add_argument("--params", required=True, help="a params.npz written by graphc train --out")
         s.set_defaults(fn=fn)

@@ -65,19 +65,23 @@ class Compiled:
 
 def compile_graph(g: Graph, params: dict[str, np.ndarray] | None = None,
                   target: Target | None = None, use_cache: bool = True,
-                  threads: int | None = None, profile: bool = False) -> Compiled:
+                  threads: int | None = None, profile: bool = False,
+                  check_bounds: bool = False) -> Compiled:
     """Schedule `g`, generate and load its native code (cached), and wrap it in a runnable Step.
 
     `threads` (default: all cores, or $GRAPHC_THREADS) splits large GEMMs across a worker pool;
-    `profile` counts each kernel's cycles into `step.cycles`."""
+    `profile` counts each kernel's cycles into `step.cycles`; `check_bounds` checks every access of
+    the loop kernels and makes the step raise BoundsError on one outside its buffer."""
     t0 = time.perf_counter()
     target = target or host_target()
     threads = thread_count(threads)
     sched = schedule(g)
-    key = hashlib.sha256("\n".join([source_hash(), target.key(), f"threads={threads}", f"profile={profile}",
-                                    dumps(sched.graph), print_schedule(sched)]).encode()).hexdigest()
-    native, hit = compile_cached(key, lambda: build_module(sched, target, ENTRY, threads, profile),
+    build = f"threads={threads} profile={profile} check_bounds={check_bounds}"
+    key = hashlib.sha256("\n".join([source_hash(), target.key(), build, dumps(sched.graph),
+                                    print_schedule(sched)]).encode()).hexdigest()
+    native, hit = compile_cached(key, lambda: build_module(sched, target, ENTRY, threads, profile, check_bounds),
                                  target, use_cache)
-    step = Step(sched, native, ENTRY, target, params, pool(threads) if threads > 1 else None, profile)
+    step = Step(sched, native, ENTRY, target, params, pool(threads) if threads > 1 else None, profile,
+                check_bounds)
     return Compiled(step, sched, time.perf_counter() - t0, hit)
 

@@ -23,6 +23,10 @@ from graphc.runtime.pool import Pool
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p))
 
 
+class BoundsError(RuntimeError):
+    """A bounds-checked step caught a kernel indexing outside its buffers: a compiler bug."""
+
+
 def aligned(shape: tuple[int, ...], dtype: type, align: int = 64) -> np.ndarray:
     """A zeroed array whose data starts on an `align`-byte boundary (packed loads want it)."""
     n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
@@ -44,7 +48,7 @@ def _initial(p: Param) -> np.ndarray:
 class Step:
     def __init__(self, sched: Schedule, native: Native, entry: str, target: Target,
                  params: dict[str, np.ndarray] | None = None, pool: Pool | None = None,
-                 profile: bool = False) -> None:
+                 profile: bool = False, check_bounds: bool = False) -> None:
         g = sched.graph
         self.schedule = sched
         self.native = native  # keeps the code alive
@@ -81,10 +85,12 @@ class Step:
         self._scratch = aligned((max(scratch_bytes(sched, target, threads), 1),), np.uint8)
         # a profiling build adds each kernel's cycles to this array (one entry per scheduled kernel)
         self.cycles = np.zeros(len(sched.kernels), np.int64) if profile else None
+        # a bounds-checked build writes the index + 1 of a kernel that tried an out-of-range access
+        self.fault = np.zeros(1, np.int64) if check_bounds else None
         extra = {"scratch": self._scratch.ctypes.data,
                  "pool_run": pool and pool.run_address, "pool": pool and pool.state_address,
-                 "cycles": profile and self.cycles.ctypes.data}
-        slots = [a.ctypes.data for a in buffers] + [extra[n] for n in table_slots(threads, profile)]
+                 "cycles": profile and self.cycles.ctypes.data, "fault": check_bounds and self.fault.ctypes.data}
+        slots = [a.ctypes.data for a in buffers] + [extra[n] for n in table_slots(threads, profile, check_bounds)]
         self._table = (ctypes.c_void_p * len(slots))(*slots)
         self._fn = _ENTRY(native.address(entry))
 
@@ -93,6 +99,10 @@ class Step:
         for name, x in feeds.items():
             np.copyto(self.inputs[name], x, casting="same_kind")
         self._fn(self._table)
+        if self.fault is not None and self.fault[0]:
+            k = self.schedule.kernels[int(self.fault[0]) - 1]
+            raise BoundsError(f"bounds check failed: kernel {int(self.fault[0]) - 1} ({k.name}, "
+                              f"{' '.join(n.op for n in k.nodes)}) indexed outside a buffer")
         return self.outputs
 
     def __call__(self, **feeds: np.ndarray | float) -> dict[str, np.ndarray]:

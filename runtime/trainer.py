@@ -71,12 +71,13 @@ class Evaluator:
     prog: Program
     params: dict[str, np.ndarray]
     threads: int | None = None
+    check_bounds: bool = False
     steps: dict[int, Compiled] = field(default_factory=dict)
 
     def step(self, n: int) -> Compiled:
         if n not in self.steps:
             self.steps[n] = compile_graph(forward(self.prog, n, training=False), self.params,
-                                          threads=self.threads)
+                                          threads=self.threads, check_bounds=self.check_bounds)
         return self.steps[n]
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -108,6 +109,7 @@ class TrainOptions:
     resume: Path | None = None  # continue the run checkpointed in this directory
     checkpoint_every: int | None = None  # steps between checkpoints (besides each epoch's end)
     on_nonfinite: str = "stop"  # a NaN/Inf loss: "stop" training, or "skip" (undo) the batch
+    check_bounds: bool = False  # bounds-check every loop-kernel access (slower; finds codegen bugs)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -159,12 +161,12 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
     model_state = {s.value.name for s in g.state}
     params = init_params(step_graph.params + [s for s in step_graph.state
                                               if s.value.name in model_state], opt.seed)
-    compiled = compile_graph(step_graph, params, threads=opt.threads)
+    compiled = compile_graph(step_graph, params, threads=opt.threads, check_bounds=opt.check_bounds)
     report(f"compiled {g.name} training step in {compiled.seconds:.2f} s"
            f"{' (cached)' if compiled.cache_hit else ''}: {len(compiled.schedule.kernels)} kernels, "
            f"arena {compiled.schedule.plan.arena_bytes / 1024:.0f} KiB")
     step = compiled.step
-    evaluate = Evaluator(prog, params, opt.threads)
+    evaluate = Evaluator(prog, params, opt.threads, opt.check_bounds)
     xb, yb = step.inputs[xin.value.name], step.inputs[yin.value.name]
     per_epoch = len(x_train) // opt.batch  # the remainder is dropped; shuffling covers it over epochs
     for name, v in {"lr": opt.lr, **horizon(per_epoch, opt.epochs)}.items():

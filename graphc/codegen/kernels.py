@@ -78,7 +78,7 @@ def access(v: Value, m: tuple, rank: int) -> list[int]:
     return coef
 
 
-def gather(b: ir.IRBuilder, ptr: ir.Value, v: Value, m: tuple, idx: list[ir.Value],
+def gather(b: ir.IRBuilder, at: Callable, ptr: ir.Value, v: Value, m: tuple, idx: list[ir.Value],
            fill: ir.Value) -> ir.Value:
     """Load `v` through a map with `Affine` axes: compute each such index, and read `fill` where it
     falls outside `v` (the load itself always uses a valid address)."""
@@ -100,7 +100,7 @@ def gather(b: ir.IRBuilder, ptr: ir.Value, v: Value, m: tuple, idx: list[ir.Valu
         else:
             t = idx[a]
         lin = b.add(lin, b.mul(t, c(stride)))
-    x = b.load(b.gep(ptr, [b.select(ok, lin, c(0))]))
+    x = b.load(at(ptr, b.select(ok, lin, c(0)), v))
     return b.select(ok, x, fill)
 
 
@@ -166,10 +166,12 @@ def loops(k: Kernel) -> Loops:
 
 
 def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
-                     outer: tuple[ir.Value, ir.Value] | None = None) -> None:
+                     outer: tuple[ir.Value, ir.Value] | None = None,
+                     fault: tuple[ir.Value, int] | None = None) -> None:
     """The body of an elementwise or reduce kernel; `arg_of` maps stored/loaded values to pointers;
     `outer` = (lo, hi) runs only that range of the outermost loop (a thread's share; for a
-    reduction, the outermost kept loop)."""
+    reduction, the outermost kept loop). With `fault` = (pointer, kernel index), every access is
+    bounds-checked: an offset outside its value is not made, and index + 1 is written to *pointer."""
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     dtype = compute_dtype(k)
     members = set(k.nodes)
@@ -177,6 +179,16 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
     rank = len(k.space)
     red = k.nodes[-1] if k.kind == "reduce" else None
     lp = loops(k)
+
+    def at(ptr: ir.Value, off: ir.Value, v: Value) -> ir.Value:
+        """The address of element `off` of value `v` (checked against v's size in a bounds build)."""
+        if fault is None:
+            return b.gep(ptr, [off])
+        zero = ir.Constant(I64, 0)
+        ok = b.and_(b.icmp_signed(">=", off, zero), b.icmp_signed("<", off, ir.Constant(I64, math.prod(v.shape))))
+        with b.if_then(b.not_(ok), likely=False):
+            b.store(ir.Constant(I64, fault[1] + 1), b.bitcast(fault[0], I64.as_pointer()))
+        return b.gep(ptr, [b.select(ok, off, zero)])
 
     def body(idx: list[ir.Value], store_reduce: Callable | None) -> None:
         orig = lp.originals(b, idx, k.space)
@@ -191,9 +203,9 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
                     if any(isinstance(a, Affine) for a in m):
                         f = REGISTRY[n.op].lower.fill(n.attrs)
                         fill = ir.Constant(LLTYPES[v.dtype], f if v.type.is_float else int(f))
-                        loads[key] = gather(b, arg_of[v], v, m, orig, fill)
+                        loads[key] = gather(b, at, arg_of[v], v, m, orig, fill)
                     else:
-                        loads[key] = b.load(b.gep(arg_of[v], [offset(b, idx, lp.squash(access(v, m, rank)))]))
+                        loads[key] = b.load(at(arg_of[v], offset(b, idx, lp.squash(access(v, m, rank))), v))
         for n in k.nodes:
             ops = [s.const(v.const) if v.const is not None else loads.get((v, m)) or vals[v]
                    for v, m in zip(n.inputs, maps[n])]
@@ -203,19 +215,18 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
                 vals[n.out] = REGISTRY[n.op].lower.expr(s, *ops, **n.attrs)
         for v in k.outputs:
             if v is not (red.out if red else None):
-                b.store(vals[v], b.gep(arg_of[v], [offset(b, idx, lp.squash(strides(k.space)))]))
+                b.store(vals[v], at(arg_of[v], offset(b, idx, lp.squash(strides(k.space))), v))
 
     if red is None:
         nest(b, lp.space, lambda idx: body(idx, None), outer=outer)
     else:
-        _reduce(b, k, lp, red, dtype, body, arg_of, outer)
+        _reduce(b, k, lp, red, dtype, body, lambda off: at(arg_of[red.out], off, red.out), outer)
     b.ret_void()
 
 
-def _reduce(b, k, lp, red, dtype, body, arg_of, outer) -> None:
+def _reduce(b, k, lp, red, dtype, body, out_at, outer) -> None:
     """Kept loops outside, reduced loops inside: accumulate in a register, store each output once
     (or, for `in_memory` loops, accumulate into the zeroed output)."""
-    out = arg_of[red.out]
     t = FTYPES[dtype]
     kind = REGISTRY[red.op].lower.kind
     identity = ir.Constant(t, 0.0 if kind == "sum" else -math.inf)
@@ -232,11 +243,11 @@ def _reduce(b, k, lp, red, dtype, body, arg_of, outer) -> None:
         coef = [0] * rank
         for a, st in zip(kept_axes, strides(tuple(k.space[a] for a in kept_axes))):
             coef[a] = st
-        for_range(b, math.prod(k.space[a] for a in kept_axes), lambda i: b.store(identity, b.gep(out, [i])))
+        for_range(b, math.prod(k.space[a] for a in kept_axes), lambda i: b.store(identity, out_at(i)))
 
         def rmw(idx):
             def accumulate(x):
-                p = b.gep(out, [offset(b, idx, lp.squash(coef))])
+                p = out_at(offset(b, idx, lp.squash(coef)))
                 b.store(combine(b.load(p), x), p)
             body(idx, accumulate)
         nest(b, lp.space, rmw)
@@ -249,5 +260,5 @@ def _reduce(b, k, lp, red, dtype, body, arg_of, outer) -> None:
         b.store(identity, acc)
         nest(b, lp.space[lp.kept:],
              lambda iidx: body(oidx + iidx, lambda x: b.store(combine(b.load(acc), x), acc)))
-        b.store(b.load(acc), b.gep(out, [offset(b, oidx, out_strides)]))
+        b.store(b.load(acc), out_at(offset(b, oidx, out_strides)))
     nest(b, lp.space[:lp.kept], kept, outer=outer)

@@ -6,8 +6,9 @@ slots after the buffers are named by `table_slots`: the GEMMs' packing scratch (
 with threads > 1 the worker pool's `run` function and its state: a large kernel (GEMM or loop
 nest) becomes fn(ptrs..., tid, nt) computing thread tid's share, and the step posts it to the pool
 through one generic task that unpacks its pointers; in a profiling build an i64 array where each
-kernel adds the CPU cycles it took (`graphc profile`). The generated code keeps no state of its
-own: everything it writes is reached through the table.
+kernel adds the CPU cycles it took (`graphc profile`); in a bounds-checked build an i64 where a
+loop kernel that tried an access outside its value writes its index + 1 (`--check-bounds`). The
+generated code keeps no state of its own: everything it writes is reached through the table.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ ELEMENTWISE_PARALLEL_MIN = 1 << 16  # iterations below which a loop kernel runs 
 PARALLEL_MIN = 1 << 22  # multiply-adds below which a GEMM runs on one thread (measured: batch 8 lost)
 
 
-def table_slots(threads: int, profile: bool = False) -> list[str]:
+def table_slots(threads: int, profile: bool = False, check_bounds: bool = False) -> list[str]:
     """The names of the table's slots after the plan's buffers, in order (see module doc)."""
-    return ["scratch"] + (["pool_run", "pool"] if threads > 1 else []) + (["cycles"] if profile else [])
+    return (["scratch"] + (["pool_run", "pool"] if threads > 1 else []) + (["cycles"] if profile else [])
+            + (["fault"] if check_bounds else []))
 
 
 def scratch_bytes(s: Schedule, target: Target, threads: int) -> int:
@@ -46,7 +48,7 @@ def scratch_bytes(s: Schedule, target: Target, threads: int) -> int:
 
 
 def build_module(s: Schedule, target: Target, entry: str = "graphc_step", threads: int = 1,
-                 profile: bool = False) -> ir.Module:
+                 profile: bool = False, check_bounds: bool = False) -> ir.Module:
     m = ir.Module(name=s.graph.name)
     m.triple = target.triple
     step = ir.Function(m, ir.FunctionType(ir.VoidType(), [I8P.as_pointer()]), entry)
@@ -55,7 +57,7 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
     mxcsr = flush_denormals(b)
     bases = [b.load(b.gep(table, [ir.Constant(I64, i)])) for i in range(len(s.plan.buffers))]
     slot = {name: b.load(b.gep(table, [ir.Constant(I64, len(bases) + i)]))
-            for i, name in enumerate(table_slots(threads, profile))}
+            for i, name in enumerate(table_slots(threads, profile, check_bounds))}
     run = b.bitcast(slot["pool_run"], RUN.as_pointer()) if threads > 1 else None
     cycles = None
     if profile:
@@ -72,8 +74,10 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
             continue  # the view shares its source's buffer: nothing to run
         args = _distinct(k, s.plan.place)
         parallel = run is not None and _worth_splitting(k)
-        scratch = [slot["scratch"]] if k.kind == "contract" else []  # after the buffer pointers
-        types = ([LLTYPES[v.dtype].as_pointer() for v in args] + [I8P] * len(scratch)
+        extra = [slot["scratch"]] if k.kind == "contract" else []  # after the buffer pointers
+        if check_bounds and k.kind in ("elementwise", "reduce"):
+            extra.append(slot["fault"])
+        types = ([LLTYPES[v.dtype].as_pointer() for v in args] + [I8P] * len(extra)
                  + ([I64, I64] if parallel else []))
         fn = ir.Function(m, ir.FunctionType(ir.VoidType(), types), f"k{i}_{k.name}")
         fn.linkage = "internal"
@@ -83,13 +87,14 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
             if s.plan.place[v] not in shared:
                 a.add_attribute("noalias")
         arg_of = {v: fn.args[args.index(_first(args, v, s.plan.place))] for v in k.inputs + k.outputs}
-        ptrs = [pointer(v) for v in args] + scratch
+        ptrs = [pointer(v) for v in args] + extra
+        fault = (fn.args[len(args)], i) if check_bounds and k.kind in ("elementwise", "reduce") else None
         start = b.call(clock, []) if cycles else None
         if parallel:
-            _emit_share(m, fn, k, arg_of, target, threads)
+            _emit_share(m, fn, k, arg_of, target, threads, fault)
             _post(b, run, slot["pool"], _task(fn), ptrs, threads)
         else:
-            _emit_kernel(m, fn, k, arg_of, target)
+            _emit_kernel(m, fn, k, arg_of, target, fault)
             b.call(fn, ptrs)
         if cycles:
             total = b.gep(cycles, [ir.Constant(I64, i)])
@@ -112,9 +117,10 @@ def _distinct(k: Kernel, place: dict) -> list[Value]:
     return out
 
 
-def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target) -> None:
+def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target,
+                 fault=None) -> None:
     if k.kind in ("elementwise", "reduce"):
-        emit_loop_kernel(fn, k, arg_of)
+        emit_loop_kernel(fn, k, arg_of, fault=fault)
         return
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     n = k.nodes[0]
@@ -162,13 +168,13 @@ def _share(b: ir.IRBuilder, size: ir.Value, tid: ir.Value, nt: ir.Value, align: 
 
 
 def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target,
-                threads: int) -> None:
+                threads: int, fault=None) -> None:
     """The body of a split kernel fn(ptrs..., [scratch,] tid, nt): thread tid's share of the work."""
     tid, nt = fn.args[-2:]
     if k.kind in ("elementwise", "reduce"):
         b = ir.IRBuilder(fn.append_basic_block("share"))
         outer = _share(b, ir.Constant(I64, loops(k).space[0]), tid, nt)
-        emit_loop_kernel(fn, k, arg_of, outer=outer)
+        emit_loop_kernel(fn, k, arg_of, outer=outer, fault=fault)
         b.position_at_end(b.block)  # after any alloca the loop nest hoisted into this block
         b.branch(fn.blocks[1])  # into the loop nest's own entry block
         return
