@@ -12,7 +12,8 @@ For each network (mlp.net at batch 128, twolayer.net at batch 100, mlp.net at ba
 lenet.net at batch 64) every framework trains the same layers (read from the .net file by
 bench/netspec.py) from the same initial weights (graphc's initializers), with SGD momentum 0.9 at the
 model's learning rate (scaled by batch / the model's batch: batch 8 at lr 0.1 diverges, and the
-denormal floats that follow slow most frameworks ~100x), in float32, on the same shuffled batches.
+denormal floats that follow slow most frameworks ~100x), held constant (a train block's weight decay,
+schedule and clipping are left out), in float32, on the same shuffled batches.
 Frameworks alternate epoch by epoch within one process, so the machine's load changes hit all of
 them alike; the table shows the median epoch. The NumPy baseline is an MLP: conv nets skip it.
 
@@ -79,7 +80,8 @@ ROOT = Path(__file__).resolve().parent.parent
 from netspec import NetSpec, read_spec  # noqa: E402  (bench/ is on sys.path as the script's folder)
 from numpy_baseline import NumpyMLP  # noqa: E402
 from graphc.codegen.target import Target, host_target  # noqa: E402
-from graphc.driver import compile_graph, forward, load, train_graph  # noqa: E402
+from graphc.autodiff.step import training_graph  # noqa: E402
+from graphc.driver import compile_graph, forward, load  # noqa: E402
 from graphc.runtime.data import load_dataset  # noqa: E402
 from graphc.runtime.init import init_params  # noqa: E402
 from graphc.runtime.trainer import data_inputs, fit_features  # noqa: E402
@@ -271,7 +273,8 @@ class Graphc:
     """The compiled step from the driver, fed exactly like graphc's trainer feeds it."""
 
     def __init__(self, p: Problem, threads: int | None) -> None:
-        g = train_graph(p.prog, p.batch, "sgd", {"lr": p.lr, "momentum": MOMENTUM})
+        # not driver.train_graph: that adds the train block's schedule and clipping, which the peers lack
+        g = training_graph(forward(p.prog, p.batch), "sgd", {"lr": p.lr, "momentum": MOMENTUM})
         params = {k: a.copy() for k, a in p.init.items()}
         self.cold = compile_graph(g, params, use_cache=False, threads=threads).seconds
         warm = compile_graph(g, params, threads=threads)

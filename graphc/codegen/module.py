@@ -32,6 +32,7 @@ I64, I32 = ir.IntType(64), ir.IntType(32)
 
 ELEMENTWISE_PARALLEL_MIN = 1 << 16  # iterations below which a loop kernel runs on one thread
 PARALLEL_MIN = 1 << 22  # multiply-adds below which a GEMM runs on one thread (measured: batch 8 lost)
+PARTIAL_MAX = 1 << 14  # outputs up to which a GEMM may split K (each thread fills a partial C)
 
 
 def table_slots(threads: int, profile: bool = False, check_bounds: bool = False) -> list[str]:
@@ -41,10 +42,15 @@ def table_slots(threads: int, profile: bool = False, check_bounds: bool = False)
 
 
 def scratch_bytes(s: Schedule, target: Target, threads: int) -> int:
-    """Bytes the table's "scratch" slot must point to (64-byte aligned): one GEMM packing slot
-    per thread."""
-    return threads * max((gemm_scratch_bytes(target, k.nodes[0].out.dtype)
+    """Bytes the table's "scratch" slot must point to (64-byte aligned): a slot per thread for GEMM
+    packing and a partial C."""
+    return threads * max((_slot_bytes(target, k.nodes[0].out.dtype)
                           for k in s.kernels if k.kind == "contract"), default=0)
+
+
+def _slot_bytes(target: Target, dtype: str) -> int:
+    return gemm_scratch_bytes(target, dtype) + PARTIAL_MAX * LLTYPES[dtype].get_abi_size(
+        target.target_machine().target_data)
 
 
 def build_module(s: Schedule, target: Target, entry: str = "graphc_step", threads: int = 1,
@@ -93,6 +99,8 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
         if parallel:
             _emit_share(m, fn, k, arg_of, target, threads, fault)
             _post(b, run, slot["pool"], _task(fn), ptrs, threads)
+            if k.kind == "contract" and _k_split(k.nodes[0], target, threads):
+                _add_partials(b, k.nodes[0], pointer(k.nodes[0].out), slot["scratch"], target, threads)
         else:
             _emit_kernel(m, fn, k, arg_of, target, fault)
             b.call(fn, ptrs)
@@ -186,10 +194,18 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     nr = blocking(target, dtype).nr
     acc = ir.Constant(I32, 0)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    scratch = b.gep(fn.args[-3], [b.mul(tid, ir.Constant(I64, gemm_scratch_bytes(target, dtype)))])
+    scratch = b.gep(fn.args[-3], [b.mul(tid, ir.Constant(I64, _slot_bytes(target, dtype)))])
     # each thread packs all of A for a column share, all of B for a row share: duplicate the
-    # smaller; columns go in whole NR strips
-    if N.constant >= nr * threads and N.constant >= M.constant:
+    # smaller; columns go in whole NR strips. When C is small both ways, share K (whole KC blocks):
+    # thread 0 writes C, the others a partial C in their slot, added in after the split
+    if _k_split(n, target, threads):
+        k0, k1 = _share(b, K, tid, nt, blocking(target, dtype).kc)
+        partial = b.bitcast(b.gep(scratch, [ir.Constant(I64, gemm_scratch_bytes(target, dtype))]), C.type)
+        c = b.select(b.icmp_signed("==", tid, ir.Constant(I64, 0)), C, partial)
+        a0 = b.gep(A, [b.mul(k0, lda) if ta else k0])
+        b0 = b.gep(B, [k0 if tb else b.mul(k0, ldb)])
+        b.call(rng, [M, N, b.sub(k1, k0), a0, lda, b0, ldb, c, ldc, acc, ir.Constant(I64, 0), N, scratch])
+    elif N.constant >= nr * threads and N.constant >= M.constant:
         n0, n1 = _share(b, N, tid, nt, nr)
         with b.if_then(b.icmp_signed("<", n0, n1)):
             b.call(rng, [M, N, K, A, lda, B, ldb, C, ldc, acc, n0, n1, scratch])
@@ -200,6 +216,26 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
             b.call(rng, [b.sub(m1, m0), N, K, a0, lda, B, ldb, b.gep(C, [b.mul(m0, ldc)]), ldc, acc,
                          ir.Constant(I64, 0), N, scratch])
     b.ret_void()
+
+
+def _k_split(n, target: Target, threads: int) -> bool:
+    """Split K: C is too narrow for column shares and too short for row shares (each thread would
+    pack all of the long operands), and K gives every thread whole KC blocks."""
+    (m, nn), blk = n.out.shape, blocking(target, n.out.dtype)
+    k = n.inputs[0].shape[0] if n.attrs["ta"] else n.inputs[0].shape[1]
+    return nn < blk.nr * threads and m < 2 * blk.mr * threads and m * nn <= PARTIAL_MAX \
+        and k >= blk.kc * threads
+
+
+def _add_partials(b: ir.IRBuilder, n, c: ir.Value, scratch: ir.Value, target: Target, threads: int) -> None:
+    """C += the partial C of each thread but the first (in thread order: the same sums every run)."""
+    dtype = n.out.dtype
+    size = math.prod(n.out.shape)
+    for t in range(1, threads):
+        at = t * _slot_bytes(target, dtype) + gemm_scratch_bytes(target, dtype)
+        part = b.bitcast(b.gep(scratch, [ir.Constant(I64, at)]), c.type)
+        for_range(b, size, lambda i: b.store(b.fadd(b.load(b.gep(c, [i])), b.load(b.gep(part, [i]))),
+                                             b.gep(c, [i])))
 
 
 def _task(fn: ir.Function) -> ir.Function:
