@@ -101,7 +101,8 @@ def read_spec(g: Graph) -> NetSpec:
                 raise _unsupported(g, n, f"attributes {a}")
             layers.append(Layer("dense" if n.op == "matmul" else "conv", n.inputs[1].name, "",
                                 tuple(n.inputs[1].shape), tuple(n.out.shape[1:]), _pair(a.get("padding", 0))))
-        elif n.op == "add" and last and not last.b and n.inputs[1].name in params:
+        elif (n.op == "add" and last and not last.b and n.inputs[1].name in params
+              and math.prod(n.inputs[1].shape) == last.out_shape[0]):  # one bias per unit or channel
             layers[-1] = replace(last, b=n.inputs[1].name)
         elif n.op in ACTIVATIONS and last and last.b and not last.act and not last.pool:
             layers[-1] = replace(last, act=n.op)
