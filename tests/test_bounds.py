@@ -18,7 +18,7 @@ from graphc.ops import REGISTRY
 from graphc.ops.lowering import Elementwise
 from graphc.runtime.init import init_params
 from graphc.runtime.step import BoundsError
-from tests.test_ops import ALL, build, feeds_for
+from test_ops import ALL, build, feeds_for
 
 
 @pytest.mark.parametrize("model,batch", [("mlp", 3), ("lenet", 2), ("lcn", 2), ("cnn_bn", 2),

@@ -49,6 +49,7 @@ CASES = {
     "pad": [((F(3, 5),), {"axis": 1, "before": 2, "after": 1}),
             ((F(2, 3, 4),), {"axis": -1, "after": 2, "value": 1.5})],
     "concat": [((F(3, 5), F(2, 5)), {}), ((F(2, 3, 4), F(2, 2, 4)), {"axis": 1})],
+    "iota": [((F(3, 5),), {"axis": 1}), ((F(2, 3, 4),), {"axis": 0})],
     # x, then the step counter (sampled like any float operand: the hash truncates it)
     "dropout": [((F(3, 5), F()), {"p": 0.3, "seed": 7}), ((F(2, 3, 4), F()), {})],
 }

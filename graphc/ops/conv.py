@@ -283,12 +283,24 @@ def _max_patches(b, x, attrs):
 
 
 def _max_pool_vjp(b, n, g):
-    # each pixel gets, from every patch it is in, that patch's g where it equals the patch's max:
-    # one reduction over (pixel, tap) gathering y and g per tap; no patch-sized array is written
+    # as in PyTorch, a patch's g goes to the first of its maxima (patch order: row by row), which
+    # the forward values tell: `first` = KH*KW - (tap number of the first max). Then one reduction
+    # over (pixel, tap) gives each pixel the g of every patch whose first max it is; it gathers
+    # `first` and g per tap, so no patch-sized array is written.
     x = n.inputs[0]
+    kh, kw = _pair(n.attrs["kernel"], "kernel")
+    win = _max_patches(b, x, n.attrs)
+    is_max = b.eq(win, b.broadcast_to(_nhwc(b, n.out), shape=tuple(win.shape)))
+    first = b.max(b.mul(is_max, _taps_left(b, win, kh, kw)), axes=(4, 5), keepdims=True)
     geo = {"size": tuple(x.shape[2:]), **_pool_geo(n.attrs)}
-    is_max = b.eq(b.reshape(x, shape=(*x.shape, 1, 1)), b.fold_taps(_nhwc(b, n.out), **geo))
-    return [b.sum(b.mul(is_max, b.fold_taps(_nhwc(b, g), **geo)), axes=(4, 5))]
+    taps = b.fold_taps(first, **geo)  # 0 where the tap is outside every patch
+    mine = b.eq(taps, _taps_left(b, taps, kh, kw))
+    return [b.sum(b.mul(mine, b.fold_taps(_nhwc(b, g), **geo)), axes=(4, 5))]
+
+
+def _taps_left(b, v, kh: int, kw: int):
+    """KH*KW minus each element's tap number (its last two axes, row by row): from KH*KW down to 1."""
+    return b.sub(float(kh * kw), b.add(b.mul(b.iota(v, axis=4), float(kw)), b.iota(v, axis=5)))
 
 
 def _pool_ref(reduce, fill):
@@ -302,7 +314,7 @@ register(OpDef(
     "max_pool2d", 1, _pool_shape, _max_pool_vjp, _pool_ref(np.max, -np.inf),
     Decompose(lambda b, x, **attrs: _unpatch(b, b.max(_max_patches(b, x, attrs), axes=(4, 5)))),
     _POOL, "x: T[N,C,H,W], kernel, stride=kernel, padding=0 -> T[N,C,OH,OW], the max of each patch "
-    "(padding never wins)"))
+    "(padding never wins; the gradient goes to a patch's first max, as in PyTorch)"))
 
 
 def _area(attrs) -> float:

@@ -1,5 +1,5 @@
 """Ops that move or relabel elements: broadcast_to, transpose, reshape, flatten, slice, pad, concat,
-onehot."""
+iota, onehot."""
 
 from __future__ import annotations
 
@@ -180,6 +180,24 @@ register(OpDef(
     lambda a, c, axis: np.concatenate([a, c], axis=axis),
     Decompose(_concat_lower), {"axis": 0},
     "a: T[s], b: T[t], axis=0 -> a then b along axis (the other dims agree)"))
+
+
+def _iota_shape(ts, attrs):
+    _axis(ts[0], attrs)
+    require(ts[0].is_float, f"iota takes a float tensor (for its shape), got {ts[0]}")
+    return ts[0]
+
+
+def _iota_ref(x, axis):
+    shape = [1] * x.ndim
+    shape[axis] = x.shape[axis]
+    return np.broadcast_to(np.arange(x.shape[axis], dtype=x.dtype).reshape(shape), x.shape).copy()
+
+
+register(OpDef(
+    "iota", 1, _iota_shape, None, _iota_ref,
+    Elementwise(lambda s, x, axis: s.index(axis)), {},
+    "x: T[s], axis -> T[s], each element's index along axis (x gives only the shape; no gradient)"))
 
 
 def _onehot_shape(ts, attrs):

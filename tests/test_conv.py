@@ -1,0 +1,73 @@
+"""Convolution and pooling beyond the generated op tests: max pooling's gradient at ties, and the
+threads' K-split of conv weight gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphc import driver
+from graphc.autodiff.step import gradient_graph
+from graphc.ir.bind import bind
+from graphc.ir.graph import Builder, Graph, Input, TensorType, Value
+from graphc.runtime.init import init_params
+
+
+def _pool_grad(x: np.ndarray, **attrs) -> np.ndarray:
+    g = Graph("pool")
+    b = Builder(g)
+    v = Value("x", TensorType("f64", x.shape))
+    g.inputs = [Input(v)]
+    y = b.max_pool2d(v, **attrs)
+    r = Value("r", y.type)
+    g.inputs.append(Input(r, nograd=True))
+    g.outputs = {"loss": b.sum(b.mul(y, r))}
+    g.loss = "loss"
+    upstream = np.arange(1.0, 1 + np.prod(r.shape)).reshape(r.shape)  # distinct per patch
+    out = driver.compile_graph(gradient_graph(bind(g, {}, "f64"))).step(x=x, r=upstream)
+    return np.array(out["d.x"])
+
+
+def test_max_pool_gradient_goes_to_the_first_max_like_pytorch():
+    x = np.zeros((1, 2, 4, 6))
+    x[0, 1, 0:2, 2:4] = [[3.0, 5.0], [5.0, 1.0]]      # a tie at 5 in one patch: the first (row-major) wins
+    dx = _pool_grad(x, kernel=2)
+    r = np.arange(1.0, 13.0).reshape(1, 2, 2, 3)       # the upstream gradient of each patch
+    want = np.zeros_like(x)
+    want[0, :, 0::2, 0::2] = r                         # all-zero patches: their first element
+    want[0, 1, 0, 2] = 0.0
+    want[0, 1, 0, 3] = r[0, 1, 0, 1]                   # the patch with the tie: its first 5
+    np.testing.assert_array_equal(dx, want)
+
+
+def test_overlapping_padded_patches_each_pick_one_max():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, (2, 3, 7, 5)).astype(np.float64)  # many ties
+    dx = _pool_grad(x, kernel=3, stride=2, padding=1)
+    # a NumPy reference of the rule: each patch sends its g to its first max
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    want = np.zeros_like(xp)
+    oh, ow = (h + 2 - 3) // 2 + 1, (w + 2 - 3) // 2 + 1
+    r = np.arange(1.0, 1 + n * c * oh * ow).reshape(n, c, oh, ow)
+    for i in np.ndindex(n, c, oh, ow):
+        patch = xp[i[0], i[1], 2 * i[2]:2 * i[2] + 3, 2 * i[3]:2 * i[3] + 3]
+        a, bb = np.unravel_index(np.argmax(patch), patch.shape)
+        want[i[0], i[1], 2 * i[2] + a, 2 * i[3] + bb] += r[i]
+    np.testing.assert_array_equal(dx, want[:, :, 1:-1, 1:-1])
+
+
+def test_conv_weight_gradient_split_over_k_matches_one_thread():
+    prog = driver.load("models/lenet.net")
+    g = driver.train_graph(prog, 64)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.random((64, 784), dtype=np.float32), "y": rng.integers(0, 10, 64).astype(np.int32),
+             "lr": 0.05}
+    params = []
+    for threads in (1, 2):
+        p = init_params(g.params, 0)
+        step = driver.compile_graph(g, p, threads=threads).step
+        for _ in range(2):
+            step(**feeds)
+        params.append(p)
+    for name in params[0]:  # conv1's 6x25 weight gradient sums 50176 products in two halves
+        np.testing.assert_allclose(params[0][name], params[1][name], rtol=1e-5, atol=1e-6, err_msg=name)
