@@ -75,7 +75,8 @@ def run_gemm(target, dtype, M, N, K, trans_a, trans_b, accumulate, pad=0, seed=0
 
 
 SHAPES = [(127, 255, 783), (127, 783, 255), (1, 10, 1), (17, 1, 33), (33, 65, 17), (200, 300, 50),
-          (1, 1, 1), (9, 33, 300)]
+          (1, 1, 1), (9, 33, 300),
+          (8, 64, 300), (16, 256, 784), (13, 96, 40)]  # few rows, whole strips: B read in place
 
 
 @pytest.mark.parametrize("trans_a,trans_b", VARIANTS)
@@ -89,7 +90,7 @@ def test_host_shapes(dtype, trans_a, trans_b):
 @pytest.mark.parametrize("trans_a,trans_b", VARIANTS)
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
 def test_leading_dimensions(dtype, trans_a, trans_b):
-    for M, N, K in [(37, 45, 70), (64, 64, 64), (3, 70, 5)]:
+    for M, N, K in [(37, 45, 70), (64, 64, 64), (3, 70, 5), (5, 64, 70)]:
         run_gemm(HOST, dtype, M, N, K, trans_a, trans_b, accumulate=True, pad=5)
         run_gemm(HOST, dtype, M, N, K, trans_a, trans_b, accumulate=False, pad=17)
 

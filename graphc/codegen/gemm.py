@@ -34,6 +34,9 @@ _SIZE = {"f32": 4, "f64": 8}
 _GEMM_NAMES = ["M", "N", "K", "A", "lda", "B", "ldb", "C", "ldc", "accumulate"]
 
 
+DIRECT_M = 16  # rows of C up to which a plain B is read in place instead of packed
+
+
 @dataclass(frozen=True)
 class Blocking:
     """Register tile (MR×NR) and cache blocks (MC, KC, NC) for one target and dtype."""
@@ -177,21 +180,22 @@ class _Gen:
 
     # -- micro-kernel ----------------------------------------------------------------------
 
-    def micro(self, a_kmajor: bool) -> ir.Function:
-        """micro(kc, pa, pb, c, ldc, mr, nr, load_c): C[0:mr, 0:nr] (+)= Apack·Bpack over kc.
+    def micro(self, a_kmajor: bool, b_packed: bool = True) -> ir.Function:
+        """micro(kc, pa, pb, ldpb, c, ldc, mr, nr, load_c): C[0:mr, 0:nr] (+)= Apack·B over kc.
 
         The MR×NR accumulator tile lives in vector registers as loop phis; A values are
         broadcast from the packed strip (folded into the FMA's memory operand by the backend),
-        which is k-major (A[i, k] at pa[k·MR + i]) or row-major (at pa[i·KC + k]).
+        which is k-major (A[i, k] at pa[k·MR + i]) or row-major (at pa[i·KC + k]). Row k of B's
+        strip is at pb + k·ldpb: a packed strip (ldpb = NR, aligned loads) or, unpacked, B itself.
         """
-        name = f"graphc_gemm_{self.dtype}_micro_{'k' if a_kmajor else 'r'}"
+        name = f"graphc_gemm_{self.dtype}_micro_{'k' if a_kmajor else 'r'}{'' if b_packed else '_b'}"
         if name in self.module.globals:
             return self.module.globals[name]
         blk, L = self.blk, self.blk.lanes
         nv = blk.nr // L
-        fn, b, (kc, pa, pb, c, ldc, mr, nr, load_c) = self.function(
-            name, [_I64, self.ptr, self.ptr, self.ptr, _I64, _I64, _I64, _I1],
-            ["kc", "pa", "pb", "c", "ldc", "mr", "nr", "load_c"])
+        fn, b, (kc, pa, pb, ldpb, c, ldc, mr, nr, load_c) = self.function(
+            name, [_I64, self.ptr, self.ptr, _I64, self.ptr, _I64, _I64, _I64, _I1],
+            ["kc", "pa", "pb", "ldpb", "c", "ldc", "mr", "nr", "load_c"])
         entry = b.block
         head, body, tail = _blocks(fn, "k.head", "k.body", "tail")
         b.branch(head)
@@ -205,8 +209,9 @@ class _Gen:
         b.cbranch(b.icmp_signed("<", k, kc), body, tail)
 
         b.position_at_end(body)
-        pbk = self.gep(b, pb, b.mul(k, _I64(blk.nr)))
-        bv = [self.load(b, self.gep(b, pbk, v * L), L, L * self.size) for v in range(nv)]
+        pbk = self.gep(b, pb, b.mul(k, ldpb))
+        align = L * self.size if b_packed else self.size
+        bv = [self.load(b, self.gep(b, pbk, v * L), L, align) for v in range(nv)]
         pak = self.gep(b, pa, b.mul(k, _I64(blk.mr)) if a_kmajor else k)
         for i in range(blk.mr):
             ai = self.gep(b, pak, i if a_kmajor else i * blk.kc)
@@ -350,6 +355,9 @@ class _Gen:
         # Plain A (M×K) is packed row-major by contiguous copies, Aᵀ (K×M) k-major: neither needs
         # a transpose since the micro-kernel reads A by scalar broadcasts at either layout.
         micro = self.micro(a_kmajor=trans_a)
+        # B unpacked: plain B (rows of whole NR strips) feeding at most DIRECT_M rows of C is read
+        # in place; packing it would cost more than the few micro-tiles that reuse it
+        direct = None if trans_b else self.micro(a_kmajor=trans_a, b_packed=False)
         pack_a = self.pack(blk.mr, "copy" if trans_a else "rows")
         pack_b = self.pack(blk.nr, "transpose" if trans_b else "copy")
         fn, b, (M, N, K, A, lda, B, ldb, C, ldc, accumulate, n0, n1, scratch) = self.function(
@@ -377,7 +385,11 @@ class _Gen:
             kc = self.min(b, b.sub(K, pc), kstep)
             b_off = b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc)
             b_src = self.gep(b, B, b_off)
-            b.call(pack_b, [b_src, ldb, nc, kc, pb])
+            in_place = ir.Constant(_I1, 0) if direct is None else b.and_(
+                b.icmp_signed("<=", M, _I64(DIRECT_M)),
+                b.icmp_signed("==", b.srem(nc, _I64(blk.nr)), _I64(0)))
+            with b.if_then(b.not_(in_place)):
+                b.call(pack_b, [b_src, ldb, nc, kc, pb])
             load_c = b.or_(accumulating, b.icmp_signed("!=", pc, _I64(0)))
             with self.loop(b, 0, M, blk.mc, "ic") as ic:
                 mc = self.min(b, b.sub(M, ic), blk.mc)
@@ -390,8 +402,16 @@ class _Gen:
                     cj = self.gep(b, C, b.add(b.mul(ic, ldc), b.add(jc, jr)))
                     with self.loop(b, 0, mc, blk.mr, "ir") as ir_:
                         mr = self.min(b, b.sub(mc, ir_), blk.mr)
-                        b.call(micro, [kc, self.gep(b, pa, b.mul(ir_, _I64(blk.kc))), pbj,
-                                       self.gep(b, cj, b.mul(ir_, ldc)), ldc, mr, nr, load_c])
+                        args = [kc, self.gep(b, pa, b.mul(ir_, _I64(blk.kc)))]
+                        rest = [self.gep(b, cj, b.mul(ir_, ldc)), ldc, mr, nr, load_c]
+                        if direct is None:
+                            b.call(micro, args + [pbj, _I64(blk.nr)] + rest)
+                        else:
+                            with b.if_else(in_place) as (then, otherwise):
+                                with then:
+                                    b.call(direct, args + [self.gep(b, b_src, jr), ldb] + rest)
+                                with otherwise:
+                                    b.call(micro, args + [pbj, _I64(blk.nr)] + rest)
             pc_next = b.add(pc, kstep)
             pc.add_incoming(pc_next, b.block)
             b.cbranch(b.icmp_signed("<", pc_next, K), kblock, kdone)

@@ -31,7 +31,7 @@ I64, I32 = ir.IntType(64), ir.IntType(32)
 
 
 ELEMENTWISE_PARALLEL_MIN = 1 << 16  # iterations below which a loop kernel runs on one thread
-PARALLEL_MIN = 1 << 22  # multiply-adds below which a GEMM runs on one thread (measured: batch 8 lost)
+PARALLEL_MIN = 1 << 21  # multiply-adds below which a GEMM runs on one thread (batch-8 MLP GEMMs, 1.6M, lost)
 PARTIAL_MAX = 1 << 14  # outputs up to which a GEMM may split K (each thread fills a partial C)
 
 
