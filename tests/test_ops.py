@@ -42,8 +42,9 @@ CASES = {
     "conv2d": [((F(2, 3, 6, 5), F(4, 3, 3, 2)), {}),
                ((F(2, 4, 7, 6), F(6, 2, 3, 3)), {"stride": 2, "padding": 1, "groups": 2}),
                ((F(1, 2, 7, 6), F(3, 2, 2, 3)), {"dilation": 2, "padding": (1, 0)})],
-    "max_pool2d": [((F(2, 3, 6, 4),), {"kernel": 2}),
-                   ((F(2, 3, 7, 5),), {"kernel": 3, "stride": 2, "padding": 1})],
+    "max_pool2d": [((F(2, 3, 6, 4),), {"kernel": 2}),                       # tiles the image
+                   ((F(2, 3, 7, 5),), {"kernel": 2}),                       # drops the last row
+                   ((F(2, 3, 7, 5),), {"kernel": 3, "stride": 2, "padding": 1})],  # overlaps
     "global_avg_pool": [((F(2, 3, 5, 4),), {})],
     "slice": [((F(3, 5),), {"axis": 1, "start": 1, "stop": 4}), ((F(2, 3, 4),), {"axis": 0, "start": 1, "stop": 2})],
     "pad": [((F(3, 5),), {"axis": 1, "before": 2, "after": 1}),

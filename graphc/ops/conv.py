@@ -282,25 +282,55 @@ def _max_patches(b, x, attrs):
     return b.window(x, **_pool_geo(attrs), value=-math.inf)
 
 
+def _tiles(b, x, attrs):
+    """x as [N,C,OH,KH,OW,KW] when the patches tile it exactly (stride = kernel, no padding, sizes
+    divisible): pooling is then a reduction over axes 3 and 5 of this view, with no gather and no
+    layout change either way (None when the patches overlap, skip pixels or need padding)."""
+    (kh, kw), (sh, sw), (ph, pw), _ = _geometry(_pool_geo(attrs))
+    n, c, h, w = x.shape
+    if (sh, sw) != (kh, kw) or (ph, pw) != (0, 0) or h % kh or w % kw:
+        return None
+    return b.reshape(x, shape=(n, c, h // kh, kh, w // kw, kw))
+
+
+def _per_tile(b, v):
+    """[N,C,OH,OW] as [N,C,OH,1,OW,1], to broadcast over the tiles view."""
+    n, c, oh, ow = v.shape
+    return b.reshape(v, shape=(n, c, oh, 1, ow, 1))
+
+
+def _max_pool(b, x, **attrs):
+    t = _tiles(b, x, attrs)
+    if t is not None:
+        return b.max(t, axes=(3, 5))
+    return _unpatch(b, b.max(_max_patches(b, x, attrs), axes=(4, 5)))
+
+
 def _max_pool_vjp(b, n, g):
     # as in PyTorch, a patch's g goes to the first of its maxima (patch order: row by row), which
-    # the forward values tell: `first` = KH*KW - (tap number of the first max). Then one reduction
-    # over (pixel, tap) gives each pixel the g of every patch whose first max it is; it gathers
-    # `first` and g per tap, so no patch-sized array is written.
+    # the forward values tell: `first` = KH*KW - (tap number of the first max)
     x = n.inputs[0]
     kh, kw = _pair(n.attrs["kernel"], "kernel")
+    t = _tiles(b, x, n.attrs)
+    if t is not None:
+        left = _taps_left(b, t, (3, 5), kw)
+        first = b.max(b.mul(b.eq(t, _per_tile(b, n.out)), left), axes=(3, 5), keepdims=True)
+        return [b.reshape(b.mul(b.eq(left, first), _per_tile(b, g)), shape=tuple(x.shape))]
+    # overlapping patches: one reduction over (pixel, tap) gives each pixel the g of every patch
+    # whose first max it is; it gathers `first` and g per tap, so no patch-sized array is written
     win = _max_patches(b, x, n.attrs)
     is_max = b.eq(win, b.broadcast_to(_nhwc(b, n.out), shape=tuple(win.shape)))
-    first = b.max(b.mul(is_max, _taps_left(b, win, kh, kw)), axes=(4, 5), keepdims=True)
+    first = b.max(b.mul(is_max, _taps_left(b, win, (4, 5), kw)), axes=(4, 5), keepdims=True)
     geo = {"size": tuple(x.shape[2:]), **_pool_geo(n.attrs)}
     taps = b.fold_taps(first, **geo)  # 0 where the tap is outside every patch
-    mine = b.eq(taps, _taps_left(b, taps, kh, kw))
+    mine = b.eq(taps, _taps_left(b, taps, (4, 5), kw))
     return [b.sum(b.mul(mine, b.fold_taps(_nhwc(b, g), **geo)), axes=(4, 5))]
 
 
-def _taps_left(b, v, kh: int, kw: int):
-    """KH*KW minus each element's tap number (its last two axes, row by row): from KH*KW down to 1."""
-    return b.sub(float(kh * kw), b.add(b.mul(b.iota(v, axis=4), float(kw)), b.iota(v, axis=5)))
+def _taps_left(b, v, axes: tuple[int, int], kw: int):
+    """KH*KW minus each element's tap number (row by row over `axes`): from KH*KW down to 1."""
+    kh = v.shape[axes[0]]
+    return b.sub(float(kh * kw), b.add(b.mul(b.iota(v, axis=axes[0]), float(kw)), b.iota(v, axis=axes[1])))
 
 
 def _pool_ref(reduce, fill):
@@ -312,7 +342,7 @@ def _pool_ref(reduce, fill):
 
 register(OpDef(
     "max_pool2d", 1, _pool_shape, _max_pool_vjp, _pool_ref(np.max, -np.inf),
-    Decompose(lambda b, x, **attrs: _unpatch(b, b.max(_max_patches(b, x, attrs), axes=(4, 5)))),
+    Decompose(_max_pool),
     _POOL, "x: T[N,C,H,W], kernel, stride=kernel, padding=0 -> T[N,C,OH,OW], the max of each patch "
     "(padding never wins; the gradient goes to a patch's first max, as in PyTorch)"))
 
@@ -321,13 +351,25 @@ def _area(attrs) -> float:
     return 1.0 / math.prod(_pair(attrs["kernel"], "kernel"))
 
 
+def _avg_pool(b, x, **attrs):
+    t = _tiles(b, x, attrs)
+    if t is not None:
+        return b.mul(b.sum(t, axes=(3, 5)), _area(attrs))
+    return _unpatch(b, b.mul(b.sum(b.window(x, **_pool_geo(attrs)), axes=(4, 5)), _area(attrs)))
+
+
+def _avg_pool_vjp(b, n, g):
+    x, g = n.inputs[0], b.mul(g, _area(n.attrs))
+    t = _tiles(b, x, n.attrs)
+    if t is not None:
+        return [b.reshape(b.broadcast_to(_per_tile(b, g), shape=tuple(t.shape)), shape=tuple(x.shape))]
+    return [b.fold(_nhwc(b, g), size=tuple(x.shape[2:]), **_pool_geo(n.attrs))]
+
+
 register(OpDef(
-    "avg_pool2d", 1, _pool_shape,
-    lambda b, n, g: [b.fold(_nhwc(b, b.mul(g, _area(n.attrs))), size=tuple(n.inputs[0].shape[2:]),
-                            **_pool_geo(n.attrs))],
+    "avg_pool2d", 1, _pool_shape, _avg_pool_vjp,
     _pool_ref(lambda p, axis: np.mean(p, axis=axis), 0.0),
-    Decompose(lambda b, x, **attrs: _unpatch(b, b.mul(b.sum(b.window(x, **_pool_geo(attrs)), axes=(4, 5)),
-                                                    _area(attrs)))),
+    Decompose(_avg_pool),
     _POOL, "x: T[N,C,H,W], kernel, stride=kernel, padding=0 -> T[N,C,OH,OW], the mean of each patch "
     "(padding counts as zeros)"))
 
