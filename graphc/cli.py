@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -346,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: out of memory: the model's tensors (times the batch) do not fit in this "
               "machine's memory", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `graphc ir ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except KeyboardInterrupt as e:  # the trainer's says where it stopped and what it saved
         print(str(e) or "interrupted", file=sys.stderr)
         return 130
