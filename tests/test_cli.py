@@ -77,6 +77,7 @@ def test_check_digits_agrees_and_is_fast():
     r = json.loads(graphc("check", "models/digits.net", "--json").stdout)
     assert r["ok"] and r["max_rel_error"] <= 1e-4
     assert {p["name"] for p in r["params"]} >= {"fc1.W", "fc1.b", "fc2.W", "fc2.b"}
+    assert all(p["kinks"] == 0 for p in r["params"])  # sigmoid: smooth everywhere, nothing left out
     assert r["speedup"] > 100
 
 
