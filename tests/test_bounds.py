@@ -18,7 +18,7 @@ from graphc.ops import REGISTRY
 from graphc.ops.lowering import Elementwise
 from graphc.runtime.init import init_params
 from graphc.runtime.step import BoundsError
-from test_ops import ALL, build, feeds_for
+from test_ops import ALL, build, feeds_for, ref
 
 
 @pytest.mark.parametrize("model,batch", [("mlp", 3), ("lenet", 2), ("lcn", 2), ("cnn_bn", 2),
@@ -61,3 +61,22 @@ def test_an_access_outside_a_buffer_is_caught(monkeypatch):
 def test_cli_flag(capsys):
     assert main(["train", "models/digits.net", "--epochs", "1", "--check-bounds", "--no-progress"]) == 0
     assert "test_accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_shapes_run_clean(seed):
+    # random broadcasting and random convolution/pooling geometry, gradients included
+    rng = np.random.default_rng(seed)
+    n, c, co = (int(v) for v in rng.integers(1, 4, 3))
+    k, s, p, d = int(rng.integers(1, 4)), int(rng.integers(1, 3)), int(rng.integers(0, 2)), int(rng.integers(1, 3))
+    h, w = (int(v) for v in rng.integers(d * (k - 1) + 1, 9, 2))
+    cases = [("conv2d", (TensorType("f64", (n, c, h, w)), TensorType("f64", (co, c, k, k))),
+              {"stride": s, "padding": p, "dilation": d}),
+             ("max_pool2d", (TensorType("f64", (n, c, h, w)),), {"kernel": k, "stride": s, "padding": min(p, k // 2)}),
+             ("avg_pool2d", (TensorType("f64", (n, c, h, w)),), {"kernel": k, "stride": s, "padding": min(p, k // 2)}),
+             ("add", (TensorType("f64", (h, 1, w)), TensorType("f64", (c, 1))), {})]
+    for name, types, attrs in cases:
+        xs, r = feeds_for(name, types, attrs, seed)
+        g = gradient_graph(bind(build(name, types, attrs), {}, "f64"))
+        out = driver.compile_graph(g, check_bounds=True).step(**{f"x{j}": x for j, x in enumerate(xs)}, r=r)
+        np.testing.assert_allclose(out["y"], ref(name, xs, attrs), rtol=1e-12, atol=1e-12, err_msg=name)
