@@ -49,15 +49,16 @@ class Blocking:
     nc: int
 
 
-def blocking(target: Target, dtype: str) -> Blocking:
-    """The tile and cache blocking used for `dtype` kernels on `target`."""
+def blocking(target: Target, dtype: str, narrow: bool = False) -> Blocking:
+    """The tile and cache blocking used for `dtype` kernels on `target`; `narrow`: for a C at most
+    one vector wide, where 8 rows × 2 vectors would leave half the tile empty."""
     lanes = target.lanes(dtype)
     if target.vector_bits == 512:
         # 16 zmm accumulators: 8 rows × 2 vectors (8 broadcasts + 2 B loads per 16 FMAs) keeps
         # two 512-bit FMA pipes fed: measured ~170 GFLOP/s f32 vs ~135 for 16×16 on a
         # Sapphire-Rapids-class core, and ~10% ahead of 16×16 on Zen 5 (225-243 vs 200-220, one
         # run each, alternating). On Zen 4 (one 512-bit FMA per cycle) 16×16 measured best.
-        mr, nv = (16, 1) if dtype == "f32" and target.cpu == "znver4" else (8, 2)
+        mr, nv = (16, 1) if narrow or (dtype == "f32" and target.cpu == "znver4") else (8, 2)
     else:
         # 16 vector registers: 8 accumulators leave room for B vectors and broadcasts.
         mr, nv = 4, 2
@@ -83,11 +84,11 @@ def _pack_lanes(width: int, lanes: int) -> int:
 class _Gen:
     """IR emission helpers bound to one module, dtype and blocking."""
 
-    def __init__(self, module: ir.Module, target: Target, dtype: str) -> None:
+    def __init__(self, module: ir.Module, target: Target, dtype: str, narrow: bool = False) -> None:
         self.module, self.dtype = module, dtype
         self.t = _FLOAT[dtype]
         self.size = _SIZE[dtype]
-        self.blk = blocking(target, dtype)
+        self.blk = blocking(target, dtype, narrow)
         self.ptr = self.t.as_pointer()
         self.gemm_args = [_I64, _I64, _I64, self.ptr, _I64, self.ptr, _I64, self.ptr, _I64, _I32]
 
@@ -189,7 +190,8 @@ class _Gen:
         which is k-major (A[i, k] at pa[k·MR + i]) or row-major (at pa[i·KC + k]). Row k of B's
         strip is at pb + k·ldpb: a packed strip (ldpb = NR, aligned loads) or, unpacked, B itself.
         """
-        name = f"graphc_gemm_{self.dtype}_micro_{'k' if a_kmajor else 'r'}{'' if b_packed else '_b'}"
+        name = (f"graphc_gemm_{self.dtype}_micro{self.blk.mr}x{self.blk.nr}_{'k' if a_kmajor else 'r'}"
+                f"{'' if b_packed else '_b'}")
         if name in self.module.globals:
             return self.module.globals[name]
         blk, L = self.blk, self.blk.lanes
@@ -446,7 +448,7 @@ def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
 
 
 def define_gemm(module: ir.Module, target: Target, dtype: str, trans_a: bool,
-                trans_b: bool) -> ir.Function:
+                trans_b: bool, narrow: bool = False) -> ir.Function:
     """Define (once per module) `graphc_gemm_{dtype}_{ta}{tb}`:
 
     void(i64 M, i64 N, i64 K, T* A, i64 lda, T* B, i64 ldb, T* C, i64 ldc, i32 accumulate,
@@ -456,12 +458,13 @@ def define_gemm(module: ir.Module, target: Target, dtype: str, trans_a: bool,
     (stored K×N) or Bᵀ (stored N×K). K = 0 zeroes C (unless accumulating); M or N = 0 is a no-op.
     C must not overlap A or B (A and B may overlap each other). `scratch` holds the packed panels:
     `scratch_bytes(target, dtype)` bytes, 64-byte aligned, used by one call at a time.
-    One target per module: helpers are shared by name across variants.
+    One target per module: helpers are shared by name across variants. `narrow` (for N at most one
+    vector) uses the tall single-vector tile (`graphc_gemm_..._narrow`).
     """
-    name = f"graphc_gemm_{dtype}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
+    name = f"graphc_gemm_{dtype}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}{'_narrow' if narrow else ''}"
     if name in module.globals:
         return module.globals[name]
-    g = _Gen(module, target, dtype)
+    g = _Gen(module, target, dtype, narrow)
     rng = g.range_fn(name, trans_a, trans_b)
     fn, b, args = g.function(name, [*g.gemm_args, _I8P], [*_GEMM_NAMES, "scratch"], linkage="external")
     M, N = args[0], args[1]

@@ -134,7 +134,8 @@ def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target:
     n = k.nodes[0]
     if k.kind == "contract":
         args, ta, tb = _gemm_args(n, arg_of)
-        b.call(define_gemm(m, target, n.out.dtype, ta, tb), args + [ir.Constant(I32, 0), fn.args[-1]])
+        b.call(define_gemm(m, target, n.out.dtype, ta, tb, _narrow(n, target)),
+               args + [ir.Constant(I32, 0), fn.args[-1]])
     else:  # a view whose result lives elsewhere (a graph output): copy it
         src, dst = arg_of[n.inputs[0]], arg_of[n.out]
         for_range(b, math.prod(n.out.shape), lambda i: b.store(b.load(b.gep(src, [i])), b.gep(dst, [i])))
@@ -189,9 +190,8 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     n = k.nodes[0]
     (M, N, K, A, lda, B, ldb, C, ldc), ta, tb = _gemm_args(n, arg_of)
     dtype = n.out.dtype
-    define_gemm(m, target, dtype, ta, tb)
-    rng = m.globals[f"graphc_gemm_{dtype}_{'t' if ta else 'n'}{'t' if tb else 'n'}_range"]
-    nr = blocking(target, dtype).nr
+    rng = m.globals[define_gemm(m, target, dtype, ta, tb, _narrow(n, target)).name + "_range"]
+    nr = _blocking(n, target).nr
     acc = ir.Constant(I32, 0)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     scratch = b.gep(fn.args[-3], [b.mul(tid, ir.Constant(I64, _slot_bytes(target, dtype)))])
@@ -199,7 +199,7 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     # smaller; columns go in whole NR strips. When C is small both ways, share K (whole KC blocks):
     # thread 0 writes C, the others a partial C in their slot, added in after the split
     if _k_split(n, target, threads):
-        k0, k1 = _share(b, K, tid, nt, blocking(target, dtype).kc)
+        k0, k1 = _share(b, K, tid, nt, _blocking(n, target).kc)
         partial = b.bitcast(b.gep(scratch, [ir.Constant(I64, gemm_scratch_bytes(target, dtype))]), C.type)
         c = b.select(b.icmp_signed("==", tid, ir.Constant(I64, 0)), C, partial)
         a0 = b.gep(A, [b.mul(k0, lda) if ta else k0])
@@ -218,10 +218,19 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     b.ret_void()
 
 
+def _narrow(n, target: Target) -> bool:
+    """A GEMM whose C is at most one vector wide (logits) gets the tall single-vector tile."""
+    return n.out.shape[1] <= target.lanes(n.out.dtype)
+
+
+def _blocking(n, target: Target):
+    return blocking(target, n.out.dtype, _narrow(n, target))
+
+
 def _k_split(n, target: Target, threads: int) -> bool:
     """Split K: C is too narrow for column shares and too short for row shares (each thread would
     pack all of the long operands), and K gives every thread whole KC blocks."""
-    (m, nn), blk = n.out.shape, blocking(target, n.out.dtype)
+    (m, nn), blk = n.out.shape, _blocking(n, target)
     k = n.inputs[0].shape[0] if n.attrs["ta"] else n.inputs[0].shape[1]
     return nn < blk.nr * threads and m < 2 * blk.mr * threads and m * nn <= PARTIAL_MAX \
         and k >= blk.kc * threads
