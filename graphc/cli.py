@@ -204,7 +204,9 @@ def _viz(a) -> None:
     from graphc import driver
     from graphc.export.dot import write_picture
     prog = driver.load(a.model)
-    g = driver.train_graph(prog, a.batch) if a.grad else prog.graph
+    if a.eval and a.grad:
+        raise GraphcError("--eval draws the evaluation forward graph; it has no training step (drop --grad)")
+    g = driver.train_graph(prog, a.batch) if a.grad else prog.eval_graph if a.eval else prog.graph
     write_picture(g, Path(a.output))
     print(f"wrote {a.output}: {g.name}, {len(g.nodes)} nodes")
 
@@ -298,6 +300,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("viz", help="draw the forward graph, or with --grad the training step (Graphviz)")
     s.add_argument("model")
     s.add_argument("--grad", action="store_true", help="the whole training step: forward, backward, update")
+    s.add_argument("--eval", action="store_true",
+                   help="the evaluation form (no dropout, batch norm with its running statistics)")
     s.add_argument("-o", "--output", required=True, help="a .svg, .png or .pdf (rendered by `dot`), or .dot")
     s.add_argument("--batch", type=_whole(1),
                    help="bind the batch dim of the training step (default: the train block's)")

@@ -112,3 +112,15 @@ def test_cli_renders_png_and_svg(tmp_path):
     graphc("viz", "models/mlp.net", "-o", str(tmp_path / "g.svg"))
     svg = (tmp_path / "g.svg").read_text()
     assert "<svg" in svg and "fc1.W" in svg and "B×784" in svg
+
+
+def test_cli_draws_the_evaluation_form(tmp_path):
+    out = tmp_path / "eval.dot"
+    graphc("viz", "models/mlp_bn.net", "--eval", "-o", str(out))
+    text = out.read_text()
+    assert "running_mean" in text and "dropout" not in text  # batch norm on statistics, no dropout
+    train = tmp_path / "train.dot"
+    graphc("viz", "models/mlp_bn.net", "-o", str(train))
+    assert "dropout" in train.read_text()
+    r = graphc("viz", "models/mlp_bn.net", "--eval", "--grad", "-o", str(out), check=False)
+    assert r.returncode == 2 and "--eval" in r.stderr
