@@ -30,7 +30,7 @@ from .target import Target
 _I1, _I32, _I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 _I8P = ir.IntType(8).as_pointer()
 _FLOAT = {"f32": ir.FloatType(), "f64": ir.DoubleType()}
-_SIZE = {"f32": 4, "f64": 8}
+ELEMENT_BYTES = {"f32": 4, "f64": 8}
 _GEMM_NAMES = ["M", "N", "K", "A", "lda", "B", "ldb", "C", "ldc", "accumulate"]
 
 
@@ -70,7 +70,7 @@ def blocking(target: Target, dtype: str, narrow: bool = False) -> Blocking:
 def scratch_bytes(target: Target, dtype: str) -> int:
     """Bytes of packing scratch one GEMM call needs: an MC×KC panel of A and a KC×NC one of B."""
     blk = blocking(target, dtype)
-    return (blk.mc + blk.nc) * blk.kc * _SIZE[dtype]
+    return (blk.mc + blk.nc) * blk.kc * ELEMENT_BYTES[dtype]
 
 
 def _pack_lanes(width: int, lanes: int) -> int:
@@ -87,7 +87,7 @@ class _Gen:
     def __init__(self, module: ir.Module, target: Target, dtype: str, narrow: bool = False) -> None:
         self.module, self.dtype = module, dtype
         self.t = _FLOAT[dtype]
-        self.size = _SIZE[dtype]
+        self.size = ELEMENT_BYTES[dtype]
         self.blk = blocking(target, dtype, narrow)
         self.ptr = self.t.as_pointer()
         self.gemm_args = [_I64, _I64, _I64, self.ptr, _I64, self.ptr, _I64, self.ptr, _I64, _I32]

@@ -236,29 +236,29 @@ def _reduce(b, k, lp, red, dtype, body, out_at, outer) -> None:
             return b.fadd(acc, x)
         return b.select(b.fcmp_unordered(">", x, acc), x, acc)  # NaN propagates
 
+    # the output's stride along each loop (0 along reduced ones): kept axes in order, row-major
+    rank = len(k.space)
+    kept_axes = [a for a in range(rank) if a not in norm_axes(red.attrs["axes"], rank)]
+    coef = [0] * rank
+    for a, st in zip(kept_axes, strides(tuple(k.space[a] for a in kept_axes))):
+        coef[a] = st
+    out_coef = lp.squash(coef)
     if lp.in_memory:
-        rank = len(k.space)
-        axes = norm_axes(red.attrs["axes"], rank)
-        kept_axes = [a for a in range(rank) if a not in axes]
-        coef = [0] * rank
-        for a, st in zip(kept_axes, strides(tuple(k.space[a] for a in kept_axes))):
-            coef[a] = st
         for_range(b, math.prod(k.space[a] for a in kept_axes), lambda i: b.store(identity, out_at(i)))
 
         def rmw(idx):
             def accumulate(x):
-                p = out_at(offset(b, idx, lp.squash(coef)))
+                p = out_at(offset(b, idx, out_coef))
                 b.store(combine(b.load(p), x), p)
             body(idx, accumulate)
         nest(b, lp.space, rmw)
         return
     with b.goto_entry_block():
         acc = b.alloca(t)
-    out_strides = strides(lp.space[:lp.kept])  # the output is the kept loops' space, in order
 
     def kept(oidx):
         b.store(identity, acc)
         nest(b, lp.space[lp.kept:],
              lambda iidx: body(oidx + iidx, lambda x: b.store(combine(b.load(acc), x), acc)))
-        b.store(b.load(acc), out_at(offset(b, oidx, out_strides)))
+        b.store(b.load(acc), out_at(offset(b, oidx, out_coef[:lp.kept])))
     nest(b, lp.space[:lp.kept], kept, outer=outer)

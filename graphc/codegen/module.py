@@ -17,7 +17,7 @@ import math
 
 from llvmlite import ir
 
-from graphc.codegen.gemm import blocking, define_gemm, scratch_bytes as gemm_scratch_bytes
+from graphc.codegen.gemm import ELEMENT_BYTES, blocking, define_gemm, scratch_bytes as gemm_scratch_bytes
 from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_mxcsr
 from graphc.codegen.kernels import emit_loop_kernel, for_range, loops
 from graphc.codegen.scalar import LLTYPES
@@ -49,8 +49,7 @@ def scratch_bytes(s: Schedule, target: Target, threads: int) -> int:
 
 
 def _slot_bytes(target: Target, dtype: str) -> int:
-    return gemm_scratch_bytes(target, dtype) + PARTIAL_MAX * LLTYPES[dtype].get_abi_size(
-        target.target_machine().target_data)
+    return gemm_scratch_bytes(target, dtype) + PARTIAL_MAX * ELEMENT_BYTES[dtype]
 
 
 def build_module(s: Schedule, target: Target, entry: str = "graphc_step", threads: int = 1,

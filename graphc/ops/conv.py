@@ -278,10 +278,6 @@ def _unpatch(b, v):
     return b.transpose(v, perm=(0, 3, 1, 2))
 
 
-def _max_patches(b, x, attrs):
-    return b.window(x, **_pool_geo(attrs), value=-math.inf)
-
-
 def _tiles(b, x, attrs):
     """x as [N,C,OH,KH,OW,KW] when the patches tile it exactly (stride = kernel, no padding, sizes
     divisible): pooling is then a reduction over axes 3 and 5 of this view, with no gather and no
@@ -299,11 +295,12 @@ def _per_tile(b, v):
     return b.reshape(v, shape=(n, c, oh, 1, ow, 1))
 
 
-def _max_pool(b, x, **attrs):
+def _pool(b, x, attrs, reduce, fill: float):
+    """`reduce` ("max" or "sum") over each patch of x, NCHW; padding reads `fill`."""
     t = _tiles(b, x, attrs)
     if t is not None:
-        return b.max(t, axes=(3, 5))
-    return _unpatch(b, b.max(_max_patches(b, x, attrs), axes=(4, 5)))
+        return b.op(reduce, t, axes=(3, 5))
+    return _unpatch(b, b.op(reduce, b.window(x, **_pool_geo(attrs), value=fill), axes=(4, 5)))
 
 
 def _max_pool_vjp(b, n, g):
@@ -318,7 +315,7 @@ def _max_pool_vjp(b, n, g):
         return [b.reshape(b.mul(b.eq(left, first), _per_tile(b, g)), shape=tuple(x.shape))]
     # overlapping patches: one reduction over (pixel, tap) gives each pixel the g of every patch
     # whose first max it is; it gathers `first` and g per tap, so no patch-sized array is written
-    win = _max_patches(b, x, n.attrs)
+    win = b.window(x, **_pool_geo(n.attrs), value=-math.inf)
     is_max = b.eq(win, b.broadcast_to(_nhwc(b, n.out), shape=tuple(win.shape)))
     first = b.max(b.mul(is_max, _taps_left(b, win, (4, 5), kw)), axes=(4, 5), keepdims=True)
     geo = {"size": tuple(x.shape[2:]), **_pool_geo(n.attrs)}
@@ -342,20 +339,13 @@ def _pool_ref(reduce, fill):
 
 register(OpDef(
     "max_pool2d", 1, _pool_shape, _max_pool_vjp, _pool_ref(np.max, -np.inf),
-    Decompose(_max_pool),
+    Decompose(lambda b, x, **attrs: _pool(b, x, attrs, "max", -math.inf)),
     _POOL, "x: T[N,C,H,W], kernel, stride=kernel, padding=0 -> T[N,C,OH,OW], the max of each patch "
     "(padding never wins; the gradient goes to a patch's first max, as in PyTorch)"))
 
 
 def _area(attrs) -> float:
     return 1.0 / math.prod(_pair(attrs["kernel"], "kernel"))
-
-
-def _avg_pool(b, x, **attrs):
-    t = _tiles(b, x, attrs)
-    if t is not None:
-        return b.mul(b.sum(t, axes=(3, 5)), _area(attrs))
-    return _unpatch(b, b.mul(b.sum(b.window(x, **_pool_geo(attrs)), axes=(4, 5)), _area(attrs)))
 
 
 def _avg_pool_vjp(b, n, g):
@@ -369,7 +359,7 @@ def _avg_pool_vjp(b, n, g):
 register(OpDef(
     "avg_pool2d", 1, _pool_shape, _avg_pool_vjp,
     _pool_ref(lambda p, axis: np.mean(p, axis=axis), 0.0),
-    Decompose(_avg_pool),
+    Decompose(lambda b, x, **attrs: b.mul(_pool(b, x, attrs, "sum", 0.0), _area(attrs))),
     _POOL, "x: T[N,C,H,W], kernel, stride=kernel, padding=0 -> T[N,C,OH,OW], the mean of each patch "
     "(padding counts as zeros)"))
 
