@@ -43,7 +43,7 @@ def write_artifacts(prog: Program, out: Path, batch: int | None = None,
     sched = schedule(step)
     infer = schedule(inference_graph(driver.forward(prog, batch, training=False)))
     name = prog.graph.name
-    inits = {p.value.name: tuple(distribution(p)) for p in step.params + step.state}
+    inits = {p.value.name: distribution(p) for p in step.params + step.state}
     lr = prog.train.opt_args.get("lr", 0.0)
     lib = build_library(name, sched, infer, step.dims.get(driver.batch_dim(prog.graph)), inits, lr,
                         target, threads, prog.path)

@@ -102,19 +102,20 @@ static double gc_load(const void *p, int dtype) {
     return *(const int32_t *)p;
 }
 
-static int64_t gc_elements(const gc_buffer *b) {
-    return b->bytes / (b->dtype == GRAPHC_F64 ? 8 : 4);
+static int64_t gc_dtype_bytes(int dtype) {
+    return dtype == GRAPHC_F64 ? 8 : 4;
 }
 
 /* Fills buffer i as its table says. Random ones draw from a stream keyed by (seed, name): a
  * param's values depend on the seed, its name and its shape only, not on the other params. */
 static void gc_fill(gc_ctx *c, int i, uint64_t seed) {
     const gc_buffer *b = &c->m->buffers[i];
+    if (b->init == GC_ZERO) return; /* gc_alloc zeroed it */
     uint64_t key = 0xCBF29CE484222325ull; /* FNV-1a of the name */
     for (const char *s = b->name; *s; s++) key = (key ^ (unsigned char)*s) * 0x100000001B3ull;
     key = gc_mix(seed ^ gc_mix(key));
-    int64_t n = gc_elements(b);
-    for (int64_t j = 0; j < n && b->init != GC_ZERO; j++) {
+    int64_t n = b->bytes / gc_dtype_bytes(b->dtype);
+    for (int64_t j = 0; j < n; j++) {
         double v = b->a;
         if (b->init == GC_NORMAL) { /* Box-Muller */
             double u1 = gc_uniform(key, 2 * (uint64_t)j), u2 = gc_uniform(key, 2 * (uint64_t)j + 1);
@@ -207,16 +208,22 @@ static int gc_find(const gc_names *names, const char *name) {
 }
 
 static int64_t gc_bytes(const graphc_tensor_info *t) {
-    return t->size * (t->dtype == GRAPHC_F64 ? 8 : 4);
+    return t->size * gc_dtype_bytes(t->dtype);
+}
+
+/* Makes the steps read buffer b at p; the tables are rebuilt only when that changes them. */
+static void gc_point(gc_ctx *c, int b, void *p) {
+    if (c->buf[b] == p) return;
+    c->buf[b] = p;
+    gc_tables(c);
 }
 
 static int gc_copy_in(gc_ctx *c, const gc_names *names, const char *name, const void *data) {
     int i = gc_find(names, name);
     if (i < 0 || !data) return -1;
     int b = names->buffer[i];
-    c->buf[b] = c->own[b];
+    gc_point(c, b, c->own[b]);
     memcpy(c->own[b], data, (size_t)gc_bytes(&names->info[i]));
-    gc_tables(c);
     return 0;
 }
 
@@ -231,8 +238,7 @@ static int gc_bind(gc_ctx *c, const char *name, void *data) {
     int i = gc_find(&c->m->inputs, name);
     if (i < 0) return -1;
     int b = c->m->inputs.buffer[i];
-    c->buf[b] = data ? data : c->own[b];
-    gc_tables(c);
+    gc_point(c, b, data ? data : c->own[b]);
     return 0;
 }
 

@@ -84,9 +84,12 @@ def build_library(name: str, train: Schedule, infer: Schedule, batch: int | None
     if not name.isidentifier() or name == "gc":
         raise GraphcError(f"model name {name!r} cannot prefix C symbols (it must be an identifier, "
                           f"and gc_ is the glue's own prefix): rename the net")
+    # inputs start at their defaults, the learning rate at the train block's
+    inits = inits | {i.value.name: ("fill", i.default, 0.0) for s in (train, infer) for i in s.graph.inputs
+                     if i.default is not None} | {"lr": ("fill", lr, 0.0)}
     ctx = _Context()
     for sched in (train, infer):
-        ctx.tables.append(_table(ctx, sched, inits, lr, target, threads))
+        ctx.tables.append(_table(ctx, sched, inits, target, threads))
     modules = [build_module(train, target, TRAIN_ENTRY, threads),
                build_module(infer, target, INFER_ENTRY, threads)]
     for m, entry in zip(modules, (TRAIN_ENTRY, INFER_ENTRY)):
@@ -112,11 +115,10 @@ def build_library(name: str, train: Schedule, infer: Schedule, batch: int | None
     return Library(name, modules, glue, header)
 
 
-def _table(ctx: _Context, sched: Schedule, inits: dict[str, Init], lr: float, target: Target,
+def _table(ctx: _Context, sched: Schedule, inits: dict[str, Init], target: Target,
            threads: int) -> list[int | str]:
     g = sched.graph
     leaves = {v.name: v for v in g.leaves()}
-    inits = inits | {i.value.name: ("fill", i.default, 0.0) for i in g.inputs if i.default is not None}
     row: list[int | str] = []
     for buf in sched.plan.buffers:
         if buf.kind == "arena":
@@ -127,8 +129,7 @@ def _table(ctx: _Context, sched: Schedule, inits: dict[str, Init], lr: float, ta
             row.append(ctx.add(("output", buf.name), _Buffer(buf.name, v.dtype, nbytes(v), init)))
         else:
             v = leaves[buf.name]
-            init = ("fill", lr, 0.0) if buf.name == "lr" else inits.get(buf.name)
-            row.append(ctx.add(("leaf", buf.name), _Buffer(buf.name, v.dtype, nbytes(v), init)))
+            row.append(ctx.add(("leaf", buf.name), _Buffer(buf.name, v.dtype, nbytes(v), inits.get(buf.name))))
     for slot in table_slots(threads):
         if slot == "scratch":
             row.append(ctx.add(("work", "scratch"),
