@@ -15,8 +15,7 @@ from pathlib import Path
 
 from graphc.errors import GraphcError
 from graphc.ir.graph import Graph, Node, Value
-from graphc.ir.printer import fmt_attr, kind
-from graphc.ops import REGISTRY
+from graphc.ir.printer import kind, shown_attrs
 
 FORMATS = ("dot", "svg", "png", "pdf")
 
@@ -47,8 +46,7 @@ def _shape(v: Value) -> str:
 def _label(n: Node) -> str:
     """The op, its literal operands in place (`sub 1, ·` is 1 - x), its non-default attributes,
     and the value's name unless it is %N."""
-    defaults = REGISTRY[n.op].defaults
-    extra = [f"{k}={fmt_attr(v)}" for k, v in sorted(n.attrs.items()) if defaults.get(k, ...) != v]
+    extra = shown_attrs(n)
     if any(v.const is not None for v in n.inputs):
         extra.insert(0, ", ".join("·" if v.const is None else f"{v.const:g}" for v in n.inputs))
     lines = [n.op + (" " + " ".join(extra) if extra else "")]

@@ -17,7 +17,7 @@ from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInpu
                              VisitError)
 
 from graphc.errors import GraphcError, Loc
-from graphc.ir.graph import DTYPES, Builder, Graph, Input, Node, Param, TensorType, Value
+from graphc.ir.graph import DTYPES, Builder, Graph, Input, Param, TensorType, Value
 from graphc.ops import REGISTRY
 from graphc.resources import grammar
 
@@ -221,14 +221,14 @@ class _Reader:
         g.state = [x.entry for x in state]
         for x in inputs + params + state:
             self.define(x.tok, x.entry.value)
+        buffers = {str(x.tok): x.entry.value for x in params + state}  # what an update may write
         decls = {str(d.tok): d for d in rest if isinstance(d, _Decl)}
-        nodes: dict[str, Node] = {}
         outputs: dict[str, Value] = {}
         for s in rest:
             if isinstance(s, _NodeLine):
-                nodes[str(s.out)] = self.node(s, nodes)
+                self.node(s)
             elif isinstance(s, _Assign) and s.update:
-                g.updates.append(self.update(s.tok, s.ref))
+                g.updates.append(self.update(s.tok, s.ref, buffers))
             elif isinstance(s, _Assign):
                 outputs[str(s.tok)] = self.output(s.tok, s.ref, decls)
         for k, d in decls.items():
@@ -240,7 +240,7 @@ class _Reader:
         g.continue_numbering()
         return g
 
-    def node(self, s: _NodeLine, nodes: dict[str, Node]) -> Node:
+    def node(self, s: _NodeLine) -> None:
         if s.op not in REGISTRY:
             raise GraphcError(f"unknown op '{s.op}'", self.at(s.op))
         opdef = REGISTRY[s.op]
@@ -259,9 +259,10 @@ class _Reader:
         grad_of = None
         if s.grad_of:
             fwd, i = s.grad_of
-            if str(fwd) not in nodes:
+            producer = self.env[str(fwd)].producer if str(fwd) in self.env else None
+            if producer is None:
                 raise GraphcError(f"vjp of {fwd}, which is not a node above", self.at(fwd))
-            grad_of = (nodes[str(fwd)], i)
+            grad_of = (producer, i)
         b = Builder(self.g, s.loc, s.scope, grad_of)
         try:
             v = b.op(str(s.op), *args, name_out=str(s.out), **s.attrs)
@@ -272,7 +273,6 @@ class _Reader:
         if v.type != s.type:
             raise GraphcError(f"{s.out} is declared {s.type} but {s.op} gives {v.type}", self.at(s.out))
         self.define(s.out, v)
-        return v.producer
 
     def output(self, name: Token, ref: _Ref | None, decls: dict[str, _Decl]) -> Value:
         if str(name) not in decls:
@@ -283,8 +283,7 @@ class _Reader:
             raise GraphcError(f"output {name} is declared {want} but is {v.type}", self.at(name))
         return v
 
-    def update(self, target: Token, ref: _Ref) -> tuple[Value, Value]:
-        buffers = {p.value.name: p.value for p in self.g.params + self.g.state}
+    def update(self, target: Token, ref: _Ref, buffers: dict[str, Value]) -> tuple[Value, Value]:
         if str(target) not in buffers:
             raise GraphcError(f"update of {target}, which is not a param or state", self.at(target))
         t = buffers[str(target)]

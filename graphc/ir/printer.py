@@ -26,12 +26,18 @@ def ref(v: Value) -> str:
     return f"{v.ref()}:{v.type}" if v.const is not None and v.shape else v.ref()
 
 
-def node_line(n: Node) -> str:
+def shown_attrs(n: Node) -> list[str]:
+    """`name=value` for each attribute that differs from its op's default, by name."""
     defaults = REGISTRY[n.op].defaults
-    attrs = {k: v for k, v in n.attrs.items() if k not in defaults or defaults[k] != v}
+    return [f"{k}={fmt_attr(v)}" for k, v in sorted(n.attrs.items())
+            if k not in defaults or defaults[k] != v]
+
+
+def node_line(n: Node) -> str:
+    attrs = shown_attrs(n)
     rhs = f"{n.op} " + ", ".join(ref(v) for v in n.inputs)
     if attrs:
-        rhs += " [" + ", ".join(f"{k}={fmt_attr(v)}" for k, v in sorted(attrs.items())) + "]"
+        rhs += " [" + ", ".join(attrs) + "]"
     line = f"  {n.out.name}: {n.out.type} = {rhs}"
     where = []
     if n.loc:
