@@ -168,9 +168,10 @@ def _train(a) -> None:
     history = train(prog, data, opts)
     if opts.out:
         print(f"params saved to {opts.out / 'params.npz'}")
-    for path in plots if history else []:
-        write_curves(history, path, f"{prog.graph.name}: {opts.optimizer} lr {opts.lr:g}, batch {opts.batch}")
-        print(f"curves plotted to {path}")
+    if plots and history:
+        write_curves(history, plots, f"{prog.graph.name}: {opts.optimizer} lr {opts.lr:g}, batch {opts.batch}")
+        for path in plots:
+            print(f"curves plotted to {path}")
     if history:
         last = history[-1]
         acc = next((v for k, v in last.items() if k.startswith("test_acc")), None)

@@ -56,12 +56,14 @@ def curves(history: list[dict], title: str) -> "Figure":
     return fig
 
 
-def write_curves(history: list[dict], path: Path, title: str) -> None:
-    """Draw `history` (one record per epoch, as graphc train logs it) into the picture `path`."""
+def write_curves(history: list[dict], paths: list[Path], title: str) -> None:
+    """Draw `history` (one record per epoch, as graphc train logs it) once, into each picture of `paths`."""
     if not history:
         raise GraphcError("no epochs to plot")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        curves(history, title).savefig(path)
-    except OSError as e:
-        raise GraphcError(f"cannot write {path}: {e.strerror or e}") from None
+    figure = curves(history, title)
+    for path in paths:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(path)
+        except OSError as e:
+            raise GraphcError(f"cannot write {path}: {e.strerror or e}") from None

@@ -35,7 +35,7 @@ def test_without_metrics_only_the_loss_is_drawn():
 
 
 def test_formats_and_missing_matplotlib(tmp_path, monkeypatch):
-    write_curves(HISTORY, tmp_path / "sub" / "c.svg", "m")
+    write_curves(HISTORY, [tmp_path / "sub" / "c.svg"], "m")
     assert "<svg" in (tmp_path / "sub" / "c.svg").read_text()
     with pytest.raises(GraphcError, match=r"unknown picture format '\.txt'"):
         check_plot_path(tmp_path / "c.txt")
