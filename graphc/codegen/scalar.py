@@ -93,6 +93,9 @@ class LLVMScalar:
     def max(self, a, b):
         return self.b.select(self.b.fcmp_ordered(">", a, b), a, b)
 
+    def min(self, a, b):
+        return self.b.select(self.b.fcmp_ordered(">", a, b), b, a)
+
     def gt(self, a, b):
         return self.b.uitofp(self.b.fcmp_ordered(">", a, b), self.t)
 

@@ -63,7 +63,7 @@ def _extremum_vjp(keeps_greater: bool):
 
 binary("maximum", _extremum_vjp(True), np.maximum, lambda s, x, y: s.max(x, y),
        "a: T[s], b: T[t] -> T[broadcast(s, t)], the larger of a and b")
-binary("minimum", _extremum_vjp(False), np.minimum, lambda s, x, y: s.select(s.gt(x, y), y, x),
+binary("minimum", _extremum_vjp(False), np.minimum, lambda s, x, y: s.min(x, y),
        "a: T[s], b: T[t] -> T[broadcast(s, t)], the smaller of a and b")
 binary("gt", None, lambda x, y: (x > y).astype(x.dtype), lambda s, x, y: s.gt(x, y),
        "a: T[s], b: T[t] -> T[broadcast(s, t)], 1 where a > b else 0 (no gradient)")
