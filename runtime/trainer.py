@@ -212,10 +212,12 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
                     else:
                         run.losses[i] = loss
                     run.step = i + 1
-                    if interrupted() or every and (before + run.step) % every == 0:
-                        saves.save(epoch, run.step)
                     if interrupted():
+                        saves.save(epoch, run.step)
                         raise saves.stopped()
+                    # the epoch's last step is saved by the epoch's end, just below
+                    if every and run.step < per_epoch and (before + run.step) % every == 0:
+                        saves.save(epoch, run.step)
                 seconds = time.perf_counter() - t0
                 skipped = int(np.isnan(run.losses).sum())
                 train_loss = float(np.nanmean(run.losses)) if skipped < per_epoch else math.nan

@@ -43,6 +43,15 @@ def _state(g: Graph, like: Value, suffix: str) -> Value:
     return v
 
 
+def _average(b: Builder, g: Graph, like: Value, suffix: str, beta: float, x: Value) -> Value:
+    """A running average of `x` kept as state `like.suffix` (from zero), updated in place to
+    beta * itself + (1 - beta) * x; returns the new value."""
+    s = _state(g, like, suffix)
+    s_new = b.add(b.mul(s, beta), b.mul(x, 1.0 - beta))
+    g.updates.append((s, s_new))
+    return s_new
+
+
 def _decayed(b: Builder, w: Value, dw: Value, weight_decay: float) -> Value:
     """L2 weight decay added to the gradient (coupled, as in SGD and Adam)."""
     return b.add(dw, b.mul(w, weight_decay)) if weight_decay else dw
@@ -72,15 +81,10 @@ def _adagrad(b: Builder, g: Graph, pairs: Pairs, lr: Value, eps, weight_decay):
 def _rmsprop(b: Builder, g: Graph, pairs: Pairs, lr: Value, alpha, eps, momentum, centered, weight_decay):
     for w, dw in pairs:
         dw = _decayed(b, w, dw, weight_decay)
-        sq = _state(g, w, "square_avg")
-        sq_new = b.add(b.mul(sq, alpha), b.mul(b.mul(dw, dw), 1.0 - alpha))
-        g.updates.append((sq, sq_new))
-        var = sq_new
+        var = _average(b, g, w, "square_avg", alpha, b.mul(dw, dw))
         if centered:  # the variance around the running mean gradient, not the raw second moment
-            m = _state(g, w, "grad_avg")
-            m_new = b.add(b.mul(m, alpha), b.mul(dw, 1.0 - alpha))
-            g.updates.append((m, m_new))
-            var = b.sub(sq_new, b.mul(m_new, m_new))
+            m_new = _average(b, g, w, "grad_avg", alpha, dw)
+            var = b.sub(var, b.mul(m_new, m_new))
         step = b.div(dw, b.add(b.sqrt(var), eps))
         if momentum:
             v = _state(g, w, "velocity")
@@ -109,10 +113,8 @@ def _adam(b: Builder, g: Graph, pairs: Pairs, lr: Value, beta1, beta2, eps, weig
     for w, dw in pairs:
         if not decoupled:
             dw = _decayed(b, w, dw, weight_decay)
-        m, v = _state(g, w, "m"), _state(g, w, "v")
-        m_new = b.add(b.mul(m, beta1), b.mul(dw, 1.0 - beta1))
-        v_new = b.add(b.mul(v, beta2), b.mul(b.mul(dw, dw), 1.0 - beta2))
-        g.updates += [(m, m_new), (v, v_new)]
+        m_new = _average(b, g, w, "m", beta1, dw)
+        v_new = _average(b, g, w, "v", beta2, b.mul(dw, dw))
         step = b.div(b.mul(m_new, lr_t), b.add(b.sqrt(v_new), eps_t))
         if weight_decay and decoupled:
             step = b.add(step, b.mul(w, b.mul(lr, weight_decay)))

@@ -15,7 +15,7 @@ import numpy as np
 
 from graphc.ir.graph import TensorType
 from graphc.ops.lowering import Elementwise
-from graphc.ops.registry import OpDef, float_type, register, require
+from graphc.ops.registry import OpDef, float_type, is_int, register, require, show
 
 # lowbias32 (C. Wellons, "Hash function prospector"): a bijection on 32 bits with low bias
 _ROUNDS = ((16, 0x7FEB352D), (15, 0x846CA68B))
@@ -81,9 +81,9 @@ def _dropout_shape(ts: list[TensorType], attrs: dict) -> TensorType:
     float_type(x)
     require(step.is_float and step.rank == 0, f"the step counter must be a float scalar, not {step}")
     p = attrs["p"]
-    require(isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p < 1,
-            f"p must be a number in [0, 1), got {p!r}")
-    require(isinstance(attrs["seed"], int), f"seed must be an integer, got {attrs['seed']!r}")
+    require((is_int(p) or isinstance(p, float)) and 0 <= p < 1,
+            f"p must be a number in [0, 1), got {show(p)}")
+    require(is_int(attrs["seed"]), f"seed must be a whole number, got {show(attrs['seed'])}")
     return x
 
 
