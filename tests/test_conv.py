@@ -1,15 +1,45 @@
-"""Convolution and pooling beyond the generated op tests: max pooling's gradient at ties, and the
-threads' K-split of conv weight gradients."""
+"""Convolution and pooling beyond the generated op tests: gathers over images large enough to have
+both edges and a clean interior, max pooling's gradient at ties, and the threads' K-split of conv
+weight gradients."""
 
 from __future__ import annotations
 
 import numpy as np
 
+import pytest
+
 from graphc import driver
 from graphc.autodiff.step import gradient_graph
 from graphc.ir.bind import bind
 from graphc.ir.graph import Builder, Graph, Input, TensorType, Value
+from graphc.ops import REGISTRY
 from graphc.runtime.init import init_params
+
+
+def _run_op(name: str, x: np.ndarray, **attrs) -> np.ndarray:
+    g = Graph(name)
+    v = Value("x", TensorType("f64", x.shape))
+    g.inputs = [Input(v)]
+    g.outputs = {"y": Builder(g).op(name, v, **attrs)}
+    return np.array(driver.compile_graph(bind(g, {}, "f64")).step(x=x)["y"])
+
+
+# (kernel, stride, padding, dilation): the innermost loop runs unchecked where every tap is inside
+GEOMETRIES = [(3, 1, 0, 1), (5, 1, 2, 1), (3, 2, 1, 1), ((2, 3), (1, 2), (0, 2), (2, 1)), (4, 3, 3, 2)]
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation", GEOMETRIES)
+def test_gathers_over_edges_and_interior_match_numpy(kernel, stride, padding, dilation):
+    rng = np.random.default_rng(1)
+    geo = {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation}
+    x = rng.standard_normal((2, 3, 13, 17))
+    win = _run_op("window", x, **geo, value=-0.5)
+    np.testing.assert_array_equal(win, REGISTRY["window"].ref(x, **geo, value=-0.5))
+    g = rng.standard_normal(win.shape)
+    np.testing.assert_allclose(_run_op("fold", g, size=(13, 17), **geo),
+                               REGISTRY["fold"].ref(g, size=(13, 17), **geo), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(_run_op("pad", x, axis=3, before=3, after=5, value=2.0),
+                                  np.pad(x, ((0, 0),) * 3 + ((3, 5),), constant_values=2.0))
 
 
 def _pool_grad(x: np.ndarray, **attrs) -> np.ndarray:

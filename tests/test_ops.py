@@ -36,8 +36,8 @@ CASES = {
     "log_softmax": [((F(3, 5),), {}), ((F(2, 3, 4),), {"axis": 1})],
     "window": [((F(2, 3, 5, 4),), {"kernel": (2, 3)}),
                ((F(2, 2, 6, 5),), {"kernel": 3, "stride": 2, "padding": 1, "dilation": (1, 2)})],
-    "fold": [((F(2, 4, 2, 3, 2, 3),), {"size": (5, 4), "kernel": (2, 3)}),
-             ((F(2, 3, 2, 2, 3, 3),), {"size": (6, 5), "kernel": 3, "stride": 2, "padding": 1,
+    "fold": [((F(3, 2, 3, 2, 4, 2),), {"size": (5, 4), "kernel": (2, 3)}),
+             ((F(2, 3, 3, 2, 3, 2),), {"size": (6, 5), "kernel": 3, "stride": 2, "padding": 1,
                                         "dilation": (1, 2)})],
     "conv2d": [((F(2, 3, 6, 5), F(4, 3, 3, 2)), {}),
                ((F(2, 4, 7, 6), F(6, 2, 3, 3)), {"stride": 2, "padding": 1, "groups": 2}),
@@ -54,7 +54,7 @@ CASES = {
     # x, then the step counter (sampled like any float operand: the hash truncates it)
     "dropout": [((F(3, 5), F()), {"p": 0.3, "seed": 7}), ((F(2, 3, 4), F()), {})],
 }
-CASES["fold"].append(((F(2, 4, 2, 3, 1, 1),), {"size": (5, 4), "kernel": (2, 3)}))  # one value per patch
+CASES["fold"].append(((F(3, 1, 1, 2, 4, 2),), {"size": (5, 4), "kernel": (2, 3)}))  # one value per patch
 CASES["fold_taps"] = CASES["fold"]
 CASES["avg_pool2d"] = CASES["max_pool2d"]
 for red in ("max", "mean"):

@@ -24,8 +24,9 @@ I64 = ir.IntType(64)
 
 
 def for_range(b: ir.IRBuilder, n: int | ir.Value, body: Callable[[ir.Value], None],
-              start: int | ir.Value = 0) -> None:
-    """for i in [start, n): body(i)"""
+              start: int | ir.Value = 0, vectorize: bool = True) -> None:
+    """for i in [start, n): body(i); `vectorize=False` tells LLVM's loop vectorizer to leave it
+    scalar (a loop of a few iterations, where entering vector code costs more than it saves)."""
     as_value = lambda x: x if isinstance(x, ir.Value) else ir.Constant(I64, x)
     pre = b.block
     cond = b.append_basic_block("for.cond")
@@ -39,8 +40,21 @@ def for_range(b: ir.IRBuilder, n: int | ir.Value, body: Callable[[ir.Value], Non
     b.position_at_end(blk)
     body(i)
     i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
-    b.branch(cond)
+    latch = b.branch(cond)
+    if not vectorize:
+        latch.set_metadata("llvm.loop", _scalar_loop(b.module))
     b.position_at_end(end)
+
+
+def _scalar_loop(m: ir.Module) -> ir.MDValue:
+    """A loop ID (self-referencing, as LLVM wants) that disables vectorization."""
+    name = "graphc.scalar_loop"
+    if name not in m.namedmetadata:
+        off = m.add_metadata([ir.MetaDataString(m, "llvm.loop.vectorize.enable"), ir.Constant(ir.IntType(1), 0)])
+        loop = m.add_metadata([off, ir.MetaDataString(m, name)])
+        loop.operands = (loop, off)
+        m.add_named_metadata(name, loop)  # remembers it for the module's other loops
+    return m.get_named_metadata(name).operands[0]
 
 
 def nest(b: ir.IRBuilder, dims: tuple[int, ...], body: Callable[[list[ir.Value]], None],
@@ -78,10 +92,23 @@ def access(v: Value, m: tuple, rank: int) -> list[int]:
     return coef
 
 
+def _affine(b: ir.IRBuilder, a: Affine, idx: list[ir.Value]) -> ir.Value:
+    """Σ coef · idx[axis] + offset (before the division)."""
+    t = ir.Constant(I64, a.offset)
+    for axis, coef in a.terms:
+        t = b.add(t, b.mul(idx[axis], ir.Constant(I64, coef)))
+    return t
+
+
+def _inside(b: ir.IRBuilder, t: ir.Value, size: int) -> ir.Value:
+    return b.and_(b.icmp_signed(">=", t, ir.Constant(I64, 0)), b.icmp_signed("<", t, ir.Constant(I64, size)))
+
+
 def gather(b: ir.IRBuilder, at: Callable, ptr: ir.Value, v: Value, m: tuple, idx: list[ir.Value],
-           fill: ir.Value) -> ir.Value:
+           fill: ir.Value, checked: bool = True) -> ir.Value:
     """Load `v` through a map with `Affine` axes: compute each such index, and read `fill` where it
-    falls outside `v` (the load itself always uses a valid address)."""
+    falls outside `v` (the load itself always uses a valid address). Unchecked, every index is
+    known to be inside: a plain load."""
     c = lambda x: ir.Constant(I64, x)
     ok = ir.Constant(ir.IntType(1), 1)
     lin = c(0)
@@ -89,19 +116,79 @@ def gather(b: ir.IRBuilder, at: Callable, ptr: ir.Value, v: Value, m: tuple, idx
         if a is None:
             continue
         if isinstance(a, Affine):
-            t = c(a.offset)
-            for axis, coef in a.terms:
-                t = b.add(t, b.mul(idx[axis], c(coef)))
+            t = _affine(b, a, idx)
             if a.div != 1:
                 q = b.sdiv(t, c(a.div))
                 ok = b.and_(ok, b.icmp_signed("==", b.mul(q, c(a.div)), t))
                 t = q
-            ok = b.and_(ok, b.and_(b.icmp_signed(">=", t, c(0)), b.icmp_signed("<", t, c(size))))
+            ok = b.and_(ok, _inside(b, t, size))
         else:
             t = idx[a]
         lin = b.add(lin, b.mul(t, c(stride)))
-    x = b.load(at(ptr, b.select(ok, lin, c(0)), v))
-    return b.select(ok, x, fill)
+    if not checked:
+        return b.load(at(ptr, lin, v))
+    # a branch, not a select of the address: the loop vectorizer turns it into a masked load
+    pre = b.block
+    with b.if_then(ok):
+        x, inside = b.load(at(ptr, lin, v)), b.block
+    out = b.phi(x.type)
+    out.add_incoming(x, inside)
+    out.add_incoming(fill, pre)
+    return out
+
+
+def _floor_div(b: ir.IRBuilder, x: ir.Value, d: int) -> ir.Value:
+    """floor(x / d) for d > 0 (sdiv rounds toward zero)."""
+    c = lambda v: ir.Constant(I64, v)
+    return b.select(b.icmp_signed("<", x, c(0)), b.sdiv(b.sub(x, c(d - 1)), c(d)), b.sdiv(x, c(d)))
+
+
+def _edges(accesses: list[tuple[Affine, int]], inner: tuple[int, ...], space: tuple[int, ...]) -> int | None:
+    """An upper bound on the innermost loop's iterations outside `_clean_range`, over all outer
+    indices (interval arithmetic on each access's index at inner = 0); None where it has none."""
+    trips, total = math.prod(space[a] for a in inner), 0
+    for a, size in accesses:
+        coef = sum(cf for ax, cf in a.terms if ax in inner)
+        if coef and a.div != 1:
+            return None
+        if not coef:
+            continue  # all or nothing per row: decided once, outside the loop
+        spans = [cf * (space[ax] - 1) for ax, cf in a.terms if ax not in inner]
+        lo = a.offset + sum(min(0, x) for x in spans)
+        hi = a.offset + sum(max(0, x) for x in spans)
+        if coef < 0:  # mirror: i -> trips - 1 - i
+            lo, hi, coef = lo + coef * (trips - 1), hi + coef * (trips - 1), -coef
+        total += max(0, -(lo // coef)) + max(0, trips - ((size - 1 - hi) // coef + 1))
+    return min(total, trips)
+
+
+def _clean_range(b: ir.IRBuilder, accesses: list[tuple[Affine, int]], inner: tuple[int, ...],
+                 idx: list[ir.Value], trips: int) -> tuple[ir.Value, ir.Value] | None:
+    """[lo, hi): the innermost loop's indices where every affine access (Affine, size) is inside
+    its value, given the outer loops' indices (`idx`, the inner axis at 0), so that stretch runs
+    unchecked and vectorizes; None when an access divides the inner index (a strided adjoint)."""
+    c = lambda v: ir.Constant(I64, v)
+    smax = lambda x, y: b.select(b.icmp_signed(">", x, y), x, y)
+    smin = lambda x, y: b.select(b.icmp_signed("<", x, y), x, y)
+    lo, hi = c(0), c(trips)
+    for a, size in accesses:
+        coef = sum(cf for ax, cf in a.terms if ax in inner)
+        rest = _affine(b, a, idx)  # the index at inner = 0
+        if a.div != 1:
+            if coef:
+                return None
+            q = b.sdiv(rest, c(a.div))
+            ok = b.and_(b.icmp_signed("==", b.mul(q, c(a.div)), rest), _inside(b, q, size))
+            hi = b.select(ok, hi, c(0))
+        elif coef == 0:
+            hi = b.select(_inside(b, rest, size), hi, c(0))
+        elif coef > 0:  # 0 <= rest + coef*i <= size - 1
+            lo = smax(lo, b.neg(_floor_div(b, rest, coef)))
+            hi = smin(hi, b.add(_floor_div(b, b.sub(c(size - 1), rest), coef), c(1)))
+        else:  # 0 <= rest - |coef|*i <= size - 1
+            lo = smax(lo, b.add(_floor_div(b, b.sub(rest, c(size)), -coef), c(1)))
+            hi = smin(hi, b.add(_floor_div(b, rest, -coef), c(1)))
+    return lo, hi
 
 
 def compute_dtype(k: Kernel) -> str:
@@ -112,13 +199,15 @@ def compute_dtype(k: Kernel) -> str:
 class Loops:
     """A kernel's loop nest. A reduction runs its kept axes outermost (each output element is finished
     in a register, and threads can split the outer loop) unless its innermost axis is kept (a column
-    sum): then the axes stay in memory order and whole rows accumulate in the output, vectorized.
-    Adjacent axes merge into one loop wherever every memory access walks them as one (a whole
-    elementwise chain: one flat loop)."""
+    sum, or col2im's sum over taps): then the axes stay in memory order and whole rows accumulate in
+    the output, vectorized; the kept axes before the first reduced one still come outermost and
+    split across threads, each zeroing and filling its own slice of the output. Adjacent axes merge
+    into one loop wherever every memory access walks them as one (a whole elementwise chain: one
+    flat loop)."""
 
     groups: tuple[tuple[int, ...], ...]  # the iteration-space axes each loop runs over
     space: tuple[int, ...]               # trip counts
-    kept: int                            # outer loops over kept axes, finished in a register
+    kept: int                            # leading loops over kept axes (threads split the first)
     in_memory: bool = False              # a reduction accumulates in its output, in memory order
 
     def squash(self, coef: list[int]) -> list[int]:
@@ -159,8 +248,7 @@ def loops(k: Kernel) -> Loops:
             groups[-1].append(a)
         else:
             groups.append([a])
-    # leading kept loops; none when accumulating in memory (every thread would zero the whole output)
-    kept = 0 if inner_kept else next((i for i, g in enumerate(groups) if g[0] in reduced), len(groups))
+    kept = next((i for i, g in enumerate(groups) if g[0] in reduced), len(groups))
     return Loops(tuple(map(tuple, groups)), tuple(math.prod(k.space[a] for a in g) for g in groups),
                  kept, inner_kept)
 
@@ -179,6 +267,10 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
     rank = len(k.space)
     red = k.nodes[-1] if k.kind == "reduce" else None
     lp = loops(k)
+    gathered = {(v, m) for n in k.nodes for v, m in zip(n.inputs, maps[n])
+                if v.const is None and any(isinstance(a, Affine) for a in m)}
+    accesses = list(dict.fromkeys((a, size) for v, m in gathered for a, size in zip(m, v.shape)
+                                  if isinstance(a, Affine)))
 
     def at(ptr: ir.Value, off: ir.Value, v: Value) -> ir.Value:
         """The address of element `off` of value `v` (checked against v's size in a bounds build)."""
@@ -190,7 +282,7 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
             b.store(ir.Constant(I64, fault[1] + 1), b.bitcast(fault[0], I64.as_pointer()))
         return b.gep(ptr, [b.select(ok, off, zero)])
 
-    def body(idx: list[ir.Value], store_reduce: Callable | None) -> None:
+    def body(idx: list[ir.Value], store_reduce: Callable | None, checked: bool) -> None:
         orig = lp.originals(b, idx, k.space)
         s = LLVMScalar(b, dtype, orig, k.space)
         loads, vals = {}, {}
@@ -200,33 +292,68 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
                     key = (v, m)
                     if key in loads:
                         continue
-                    if any(isinstance(a, Affine) for a in m):
+                    if key in gathered:
                         f = REGISTRY[n.op].lower.fill(n.attrs)
                         fill = ir.Constant(LLTYPES[v.dtype], f if v.type.is_float else int(f))
-                        loads[key] = gather(b, at, arg_of[v], v, m, orig, fill)
+                        loads[key] = gather(b, at, arg_of[v], v, m, orig, fill, checked)
                     else:
                         loads[key] = b.load(at(arg_of[v], offset(b, idx, lp.squash(access(v, m, rank))), v))
         for n in k.nodes:
             ops = [s.const(v.const) if v.const is not None else loads.get((v, m)) or vals[v]
                    for v, m in zip(n.inputs, maps[n])]
             if n is red:
-                store_reduce(ops[0])
+                store_reduce(idx, ops[0])
             else:
                 vals[n.out] = REGISTRY[n.op].lower.expr(s, *ops, **n.attrs)
         for v in k.outputs:
             if v is not (red.out if red else None):
                 b.store(vals[v], at(arg_of[v], offset(b, idx, lp.squash(strides(k.space))), v))
 
+    # the innermost loop runs the stretch where every gather is inside its value unchecked (a plain
+    # strided loop) and the edges checked, scalar, if edges are short; else it is one checked loop
+    # (where a gather is a masked load, for a loop of short rows that is cheaper than three loops)
+    edges = _edges(accesses, lp.groups[-1], k.space) if accesses else None
+    split = edges is not None and 4 * edges <= lp.space[-1]
+
+    def innermost(idx: list[ir.Value], lo, hi, store_reduce: Callable | None) -> None:
+        """The innermost loop over [lo, hi), split as above."""
+        step = lambda checked: lambda i: body(idx + [i], store_reduce, checked)
+        zero = ir.Constant(I64, 0)
+        clean = split and _clean_range(b, accesses, lp.groups[-1], lp.originals(b, idx + [zero], k.space),
+                                       lp.space[-1])
+        if not clean:
+            for_range(b, hi, step(True), lo)
+            return
+        as_value = lambda x: x if isinstance(x, ir.Value) else ir.Constant(I64, x)
+        clamp = lambda x, a, z: b.select(b.icmp_signed("<", x, a), a, b.select(b.icmp_signed(">", x, z), z, x))
+        lo, hi = as_value(lo), as_value(hi)
+        a = clamp(clean[0], lo, hi)
+        z = clamp(clean[1], a, hi)
+        for_range(b, a, step(True), lo, vectorize=False)
+        for_range(b, z, step(False), a)
+        for_range(b, hi, step(True), z, vectorize=False)
+
+    def run(dims: tuple[int, ...], prefix: list[ir.Value], store_reduce: Callable | None,
+            outer: tuple[ir.Value, ir.Value] | None = None) -> None:
+        """Loops over `dims` after the loop indices `prefix`, ending in the innermost loop."""
+        if not dims:
+            body(prefix, store_reduce, True)
+        elif len(dims) == 1:
+            innermost(prefix, *(outer or (0, dims[0])), store_reduce)
+        else:
+            nest(b, dims[:-1], lambda idx: innermost(idx, 0, dims[-1], store_reduce), tuple(prefix), outer)
+
     if red is None:
-        nest(b, lp.space, lambda idx: body(idx, None), outer=outer)
+        run(lp.space, [], None, outer)
     else:
-        _reduce(b, k, lp, red, dtype, body, lambda off: at(arg_of[red.out], off, red.out), outer)
+        _reduce(b, k, lp, red, dtype, run, lambda off: at(arg_of[red.out], off, red.out), outer)
     b.ret_void()
 
 
-def _reduce(b, k, lp, red, dtype, body, out_at, outer) -> None:
+def _reduce(b, k, lp, red, dtype, run, out_at, outer) -> None:
     """Kept loops outside, reduced loops inside: accumulate in a register, store each output once
-    (or, for `in_memory` loops, accumulate into the zeroed output)."""
+    (or, for `in_memory` loops, zero each leading iteration's slice of the output and accumulate
+    into it)."""
     t = FTYPES[dtype]
     kind = REGISTRY[red.op].lower.kind
     identity = ir.Constant(t, 0.0 if kind == "sum" else -math.inf)
@@ -244,21 +371,24 @@ def _reduce(b, k, lp, red, dtype, body, out_at, outer) -> None:
         coef[a] = st
     out_coef = lp.squash(coef)
     if lp.in_memory:
-        for_range(b, math.prod(k.space[a] for a in kept_axes), lambda i: b.store(identity, out_at(i)))
+        leading = {a for g in lp.groups[:lp.kept] for a in g}
+        slice_size = math.prod(k.space[a] for a in kept_axes if a not in leading)
 
-        def rmw(idx):
-            def accumulate(x):
-                p = out_at(offset(b, idx, out_coef))
-                b.store(combine(b.load(p), x), p)
-            body(idx, accumulate)
-        nest(b, lp.space, rmw)
+        def accumulate(idx, x):
+            p = out_at(offset(b, idx, out_coef))
+            b.store(combine(b.load(p), x), p)
+
+        def fill(oidx):
+            base = offset(b, oidx, out_coef[:lp.kept])
+            for_range(b, slice_size, lambda i: b.store(identity, out_at(b.add(base, i))))
+            run(lp.space[lp.kept:], oidx, accumulate)
+        nest(b, lp.space[:lp.kept], fill, outer=outer)
         return
     with b.goto_entry_block():
         acc = b.alloca(t)
 
     def kept(oidx):
         b.store(identity, acc)
-        nest(b, lp.space[lp.kept:],
-             lambda iidx: body(oidx + iidx, lambda x: b.store(combine(b.load(acc), x), acc)))
+        run(lp.space[lp.kept:], oidx, lambda idx, x: b.store(combine(b.load(acc), x), acc))
         b.store(b.load(acc), out_at(offset(b, oidx, out_coef[:lp.kept])))
     nest(b, lp.space[:lp.kept], kept, outer=outer)

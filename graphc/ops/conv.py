@@ -1,11 +1,12 @@
 """Convolution and pooling over NCHW images, built on one gather: `window` (im2col) and its adjoint.
 
-- `window(x)` lays out every kernel-sized patch of x: [N,C,H,W] -> [N,OH,OW,C,KH,KW], an elementwise
-  gather through affine index maps (padding reads `value`). Rows of its [N*OH*OW, C*KH*KW] reshape
-  are the im2col matrix, so a convolution is one GEMM with the weights; pooling is a reduction over
-  its last two axes, fused into the gather so patches are never written out.
+- `window(x)` lays out every kernel-sized patch of x: [N,C,H,W] -> [C,KH,KW,N,OH,OW], an elementwise
+  gather through affine index maps (padding reads `value`). Its [C*KH*KW, N*OH*OW] reshape is the
+  transposed im2col matrix, so a convolution is one GEMM with the weights whose B operand is read
+  row by row; pixels are innermost, so the gather walks the image's rows and vectorizes. Pooling
+  is a reduction over axes 1 and 2, fused into the gather so patches are never written out.
 - `fold(g)` is window's adjoint (col2im): each pixel sums the patch entries that read it. It lowers
-  to a gather of those taps (`fold_taps`) and a sum, so it needs no scatter.
+  to a gather of those taps (`fold_taps`, pixels innermost again) and a sum, so it needs no scatter.
 - conv2d, max_pool2d, avg_pool2d and global_avg_pool decompose into window, matmul, fold, reductions
   and transposes after autodiff; their vjps are written with the same ops.
 """
@@ -58,12 +59,12 @@ def _window_shape(ts, attrs):
     _image(x)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(attrs)
     n, c, h, w = x.shape
-    return TensorType(x.dtype, (n, _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw), c, kh, kw))
+    return TensorType(x.dtype, (c, kh, kw, n, _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)))
 
 
 def _window_maps(ts, out, attrs):
     _, (sh, sw), (ph, pw), (dh, dw) = _geometry(attrs)
-    return [(0, 3, Affine(((1, sh), (4, dh)), -ph), Affine(((2, sw), (5, dw)), -pw))]
+    return [(3, 0, Affine(((4, sh), (1, dh)), -ph), Affine(((5, sw), (2, dw)), -pw))]
 
 
 def _window_ref(x, kernel, stride, padding, dilation, value):
@@ -72,11 +73,11 @@ def _window_ref(x, kernel, stride, padding, dilation, value):
     n, c, h, w = x.shape
     oh, ow = _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
-    out = np.empty((n, oh, ow, c, kh, kw), x.dtype)
+    out = np.empty((c, kh, kw, n, oh, ow), x.dtype)
     for i in range(kh):
         for j in range(kw):
             patch = xp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
-            out[..., i, j] = patch.transpose(0, 2, 3, 1)
+            out[:, i, j] = patch.transpose(1, 0, 2, 3)
     return out
 
 
@@ -90,17 +91,17 @@ register(OpDef(
     _window_ref,
     Elementwise(lambda s, x, **attrs: x, _window_maps, fill=lambda attrs: attrs["value"]),
     {**_WINDOW, "value": 0.0},
-    "x: T[N,C,H,W], kernel, stride=1, padding=0, dilation=1, value=0 -> T[N,OH,OW,C,KH,KW]: every "
-    "patch (im2col); padding reads `value`"))
+    "x: T[N,C,H,W], kernel, stride=1, padding=0, dilation=1, value=0 -> T[C,KH,KW,N,OH,OW]: every "
+    "patch (transposed im2col); padding reads `value`"))
 
 
 def _fold_shape(ts, attrs):
     g = ts[0]
     float_type(g)
-    require(g.rank == 6, f"patches must be T[N,OH,OW,C,KH,KW], got {g}")
+    require(g.rank == 6, f"patches must be T[C,KH,KW,N,OH,OW], got {g}")
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(attrs)
     h, w = _pair(attrs["size"], "size")
-    n, oh, ow, c, gkh, gkw = g.shape
+    c, gkh, gkw, n, oh, ow = g.shape
     require(gkh in (1, kh) and gkw in (1, kw)
             and (oh, ow) == (_out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)),
             f"patches {g} do not match a {kh}x{kw} window over {h}x{w} pixels")
@@ -112,48 +113,48 @@ register(OpDef(
     lambda b, n, g: [sum_to(b, b.window(g, **_geo(n.attrs)), n.inputs[0].shape)],
     # every tap that reads a pixel, summed (window's vjp test checks this against window's ref)
     lambda g, size, kernel, stride, padding, dilation: _taps_ref(
-        g, size, kernel, stride, padding, dilation).sum(axis=(4, 5)),
-    Decompose(lambda b, g, **attrs: b.sum(b.fold_taps(g, **attrs), axes=(4, 5))),
+        g, size, kernel, stride, padding, dilation).sum(axis=(2, 3)),
+    Decompose(lambda b, g, **attrs: b.sum(b.fold_taps(g, **attrs), axes=(2, 3))),
     _WINDOW,
-    "g: T[N,OH,OW,C,KH,KW], size=[H,W], kernel, stride=1, padding=0, dilation=1 -> T[N,C,H,W]: the "
+    "g: T[C,KH,KW,N,OH,OW], size=[H,W], kernel, stride=1, padding=0, dilation=1 -> T[N,C,H,W]: the "
     "adjoint of window (col2im), each pixel sums the patch entries that read it (KH, KW may be 1: "
     "one value for the whole patch)"))
 
 
 def _taps_shape(ts, attrs):
     n, c, h, w = _fold_shape(ts, attrs).shape
-    return TensorType(ts[0].dtype, (n, c, h, w) + _pair(attrs["kernel"], "kernel"))
+    return TensorType(ts[0].dtype, (n, c, *_pair(attrs["kernel"], "kernel"), h, w))
 
 
 def _taps_maps(ts, out, attrs):
     _, (sh, sw), (ph, pw), (dh, dw) = _geometry(attrs)
     # pixel h is read by tap i of patch oh where oh * sh + i * dh - ph == h
-    taps = tuple(None if d == 1 else a for a, d in zip((4, 5), ts[0].shape[4:]))  # 1: one value per patch
-    return [(0, Affine(((2, 1), (4, -dh)), ph, sh), Affine(((3, 1), (5, -dw)), pw, sw), 1, *taps)]
+    taps = tuple(None if d == 1 else a for a, d in zip((2, 3), ts[0].shape[1:3]))  # 1: one value per patch
+    return [(1, *taps, 0, Affine(((4, 1), (2, -dh)), ph, sh), Affine(((5, 1), (3, -dw)), pw, sw))]
 
 
 def _taps_ref(g, size, kernel, stride, padding, dilation):
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(
         {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation})
-    n, oh, ow, c = g.shape[:4]
-    g = np.broadcast_to(g, (n, oh, ow, c, kh, kw))
+    c, _, _, n, oh, ow = g.shape
+    g = np.broadcast_to(g, (c, kh, kw, n, oh, ow))
     h, w = _pair(size, "size")
-    out = np.zeros((n, c, h, w, kh, kw), g.dtype)
+    out = np.zeros((n, c, kh, kw, h, w), g.dtype)
     for i in range(kh):
         for j in range(kw):
             th, tw = np.arange(h) + ph - i * dh, np.arange(w) + pw - j * dw
             vh = (th >= 0) & (th % sh == 0) & (th // sh < oh)
             vw = (tw >= 0) & (tw % sw == 0) & (tw // sw < ow)
             hs, ws = np.nonzero(vh)[0], np.nonzero(vw)[0]
-            taps = g[:, th[hs] // sh][:, :, tw[ws] // sw][..., i, j]  # [N, |hs|, |ws|, C]
-            out[:, :, hs[:, None], ws[None, :], i, j] = taps.transpose(0, 3, 1, 2)
+            taps = g[:, i, j][:, :, th[hs] // sh][..., tw[ws] // sw]  # [C, N, |hs|, |ws|]
+            out[:, :, i, j, hs[:, None], ws[None, :]] = taps.transpose(1, 0, 2, 3)
     return out
 
 
 register(OpDef(
     "fold_taps", 1, _taps_shape, None, _taps_ref,
     Elementwise(lambda s, g, **attrs: g, _taps_maps), _WINDOW,
-    "g: T[N,OH,OW,C,KH,KW], size, kernel, ... -> T[N,C,H,W,KH,KW]: for each pixel, the patch entries "
+    "g: T[C,KH,KW,N,OH,OW], size, kernel, ... -> T[N,C,KH,KW,H,W]: for each pixel, the patch entries "
     "that read it (0 where none); internal to fold, after autodiff"))
 
 
@@ -177,30 +178,30 @@ def _conv_shape(ts, attrs):
     require(x.shape[1] == ci * groups, f"input has {x.shape[1]} channels; weight {w} with groups={groups} "
             f"expects {ci * groups}")
     require(co % groups == 0, f"{co} output channels do not split into {groups} groups")
-    n, oh, ow, *_ = _window_shape([x], {**_conv_geo(x, w, attrs), "value": 0.0}).shape
+    *_, n, oh, ow = _window_shape([x], {**_conv_geo(x, w, attrs), "value": 0.0}).shape
     return TensorType(x.dtype, (n, co, oh, ow))
 
 
 def _cols(b, x, w, attrs):
-    """The im2col matrix of x: [N*OH*OW, C*KH*KW], one row per output pixel."""
+    """The transposed im2col matrix of x: [C*KH*KW, N*OH*OW], one column per output pixel."""
     win = b.window(x, **_conv_geo(x, w, attrs))
     return b.reshape(win, shape=(math.prod(win.shape[:3]), math.prod(win.shape[3:]))), win.shape
 
 
 def _conv1(b, x, w, attrs):
-    """One group: y^T = W[Co, C*KH*KW] @ cols^T, so the GEMM's long dimension is N*OH*OW."""
-    cols, (n, oh, ow, *_) = _cols(b, x, w, attrs)
+    """One group: y[Co, N*OH*OW] = W[Co, C*KH*KW] @ cols, so the GEMM's long dimension is the pixels."""
+    cols, (*_, n, oh, ow) = _cols(b, x, w, attrs)
     co = w.shape[0]
-    y = b.matmul(b.reshape(w, shape=(co, cols.shape[1])), cols, tb=True)
+    y = b.matmul(b.reshape(w, shape=(co, cols.shape[0])), cols)
     return b.transpose(b.reshape(y, shape=(co, n, oh, ow)), perm=(1, 0, 2, 3))
 
 
 def _conv1_vjp(b, x, w, g, attrs):
     cols, wshape = _cols(b, x, w, attrs)
     co = w.shape[0]
-    gt = b.reshape(b.transpose(g, perm=(1, 0, 2, 3)), shape=(co, cols.shape[0]))
-    dw = b.reshape(b.matmul(gt, cols), shape=tuple(w.shape))
-    dcols = b.matmul(gt, b.reshape(w, shape=(co, cols.shape[1])), ta=True)
+    gt = b.reshape(b.transpose(g, perm=(1, 0, 2, 3)), shape=(co, cols.shape[1]))
+    dw = b.reshape(b.matmul(gt, cols, tb=True), shape=tuple(w.shape))
+    dcols = b.matmul(b.reshape(w, shape=(co, cols.shape[0])), gt, ta=True)
     dx = b.fold(b.reshape(dcols, shape=wshape), size=tuple(x.shape[2:]), **_conv_geo(x, w, attrs))
     return dx, dw
 
@@ -238,10 +239,10 @@ def _conv_vjp(b, n, g):
 
 def _conv_ref(x, w, stride, padding, dilation, groups):
     co, ci, kh, kw = w.shape
-    win = _window_ref(x, (kh, kw), stride, padding, dilation, 0.0)  # [N,OH,OW,C,KH,KW]
-    n, oh, ow = win.shape[:3]
-    win = win.reshape(n, oh, ow, groups, ci, kh, kw)
-    y = np.einsum("nhwgcij,gocij->ngohw", win, w.reshape(groups, co // groups, ci, kh, kw))
+    win = _window_ref(x, (kh, kw), stride, padding, dilation, 0.0)  # [C,KH,KW,N,OH,OW]
+    n, oh, ow = win.shape[3:]
+    win = win.reshape(groups, ci, kh, kw, n, oh, ow)
+    y = np.einsum("gcijnhw,gocij->ngohw", win, w.reshape(groups, co // groups, ci, kh, kw))
     return y.reshape(n, co, oh, ow).astype(x.dtype)
 
 
@@ -263,19 +264,19 @@ def _pool_geo(attrs) -> dict:
 
 
 def _pool_shape(ts, attrs):
-    n, oh, ow, c, *_ = _window_shape(ts, {**_pool_geo(attrs), "value": 0.0}).shape
+    c, _, _, n, oh, ow = _window_shape(ts, {**_pool_geo(attrs), "value": 0.0}).shape
     return TensorType(ts[0].dtype, (n, c, oh, ow))
 
 
-def _nhwc(b, v):
-    """[N,C,OH,OW] as [N,OH,OW,C,1,1]: one value per patch, which fold and fold_taps broadcast."""
+def _per_patch(b, v):
+    """[N,C,OH,OW] as [C,1,1,N,OH,OW]: one value per patch, which fold and fold_taps broadcast."""
     n, c, oh, ow = v.shape
-    return b.reshape(b.transpose(v, perm=(0, 2, 3, 1)), shape=(n, oh, ow, c, 1, 1))
+    return b.reshape(b.transpose(v, perm=(1, 0, 2, 3)), shape=(c, 1, 1, n, oh, ow))
 
 
 def _unpatch(b, v):
-    """[N,OH,OW,C] pooled values back to NCHW."""
-    return b.transpose(v, perm=(0, 3, 1, 2))
+    """[C,N,OH,OW] pooled values back to NCHW."""
+    return b.transpose(v, perm=(1, 0, 2, 3))
 
 
 def _tiles(b, x, attrs):
@@ -300,7 +301,7 @@ def _pool(b, x, attrs, reduce, fill: float):
     t = _tiles(b, x, attrs)
     if t is not None:
         return b.op(reduce, t, axes=(3, 5))
-    return _unpatch(b, b.op(reduce, b.window(x, **_pool_geo(attrs), value=fill), axes=(4, 5)))
+    return _unpatch(b, b.op(reduce, b.window(x, **_pool_geo(attrs), value=fill), axes=(1, 2)))
 
 
 def _max_pool_vjp(b, n, g):
@@ -316,12 +317,12 @@ def _max_pool_vjp(b, n, g):
     # overlapping patches: one reduction over (pixel, tap) gives each pixel the g of every patch
     # whose first max it is; it gathers `first` and g per tap, so no patch-sized array is written
     win = b.window(x, **_pool_geo(n.attrs), value=-math.inf)
-    is_max = b.eq(win, b.broadcast_to(_nhwc(b, n.out), shape=tuple(win.shape)))
-    first = b.max(b.mul(is_max, _taps_left(b, win, (4, 5), kw)), axes=(4, 5), keepdims=True)
+    is_max = b.eq(win, b.broadcast_to(_per_patch(b, n.out), shape=tuple(win.shape)))
+    first = b.max(b.mul(is_max, _taps_left(b, win, (1, 2), kw)), axes=(1, 2), keepdims=True)
     geo = {"size": tuple(x.shape[2:]), **_pool_geo(n.attrs)}
     taps = b.fold_taps(first, **geo)  # 0 where the tap is outside every patch
-    mine = b.eq(taps, _taps_left(b, taps, (4, 5), kw))
-    return [b.sum(b.mul(mine, b.fold_taps(_nhwc(b, g), **geo)), axes=(4, 5))]
+    mine = b.eq(taps, _taps_left(b, taps, (2, 3), kw))
+    return [b.sum(b.mul(mine, b.fold_taps(_per_patch(b, g), **geo)), axes=(2, 3))]
 
 
 def _taps_left(b, v, axes: tuple[int, int], kw: int):
@@ -333,7 +334,7 @@ def _taps_left(b, v, axes: tuple[int, int], kw: int):
 def _pool_ref(reduce, fill):
     def ref(x, kernel, stride, padding):
         geo = _pool_geo({"kernel": kernel, "stride": stride, "padding": padding})
-        return reduce(_window_ref(x, value=fill, **geo), axis=(4, 5)).transpose(0, 3, 1, 2).astype(x.dtype)
+        return reduce(_window_ref(x, value=fill, **geo), axis=(1, 2)).transpose(1, 0, 2, 3).astype(x.dtype)
     return ref
 
 
@@ -353,7 +354,7 @@ def _avg_pool_vjp(b, n, g):
     t = _tiles(b, x, n.attrs)
     if t is not None:
         return [b.reshape(b.broadcast_to(_per_tile(b, g), shape=tuple(t.shape)), shape=tuple(x.shape))]
-    return [b.fold(_nhwc(b, g), size=tuple(x.shape[2:]), **_pool_geo(n.attrs))]
+    return [b.fold(_per_patch(b, g), size=tuple(x.shape[2:]), **_pool_geo(n.attrs))]
 
 
 register(OpDef(
