@@ -360,7 +360,12 @@ def _reduce(b, k, lp, red, dtype, run, out_at, outer) -> None:
 
     def combine(acc, x):
         if kind == "sum":
-            return b.fadd(acc, x)
+            total = b.fadd(acc, x)
+            # a register sum may be reassociated, so the loop vectorizer can keep partial sums in
+            # lanes (the order is fixed by the compiled code: every run gives the same bits)
+            if not lp.in_memory:
+                total.flags.append("reassoc")
+            return total
         return b.select(b.fcmp_unordered(">", x, acc), x, acc)  # NaN propagates
 
     # the output's stride along each loop (0 along reduced ones): kept axes in order, row-major
