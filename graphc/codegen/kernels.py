@@ -199,11 +199,11 @@ def compute_dtype(k: Kernel) -> str:
 class Loops:
     """A kernel's loop nest. A reduction runs its kept axes outermost (each output element is finished
     in a register, and threads can split the outer loop) unless its innermost axis is kept (a column
-    sum, or col2im's sum over taps): then the axes stay in memory order and whole rows accumulate in
-    the output, vectorized; the kept axes before the first reduced one still come outermost and
-    split across threads, each zeroing and filling its own slice of the output. Adjacent axes merge
-    into one loop wherever every memory access walks them as one (a whole elementwise chain: one
-    flat loop)."""
+    sum, or col2im's sum over taps): then that innermost kept loop stays innermost and whole rows
+    accumulate in the output, vectorized, with the reduced loops around it and the other kept ones
+    outermost (threads split those, each zeroing and filling its own rows of the output). Adjacent
+    axes merge into one loop wherever every memory access walks them as one (a whole elementwise
+    chain: one flat loop)."""
 
     groups: tuple[tuple[int, ...], ...]  # the iteration-space axes each loop runs over
     space: tuple[int, ...]               # trip counts
@@ -239,12 +239,17 @@ def loops(k: Kernel) -> Loops:
                 coefs.append(access(v, m, rank))
     reduced = set(norm_axes(k.nodes[-1].attrs["axes"], rank)) if k.kind == "reduce" else set()
     inner_kept = bool(reduced) and rank - 1 not in reduced
-    order = list(range(rank)) if inner_kept else [a for a in range(rank) if a not in reduced] + sorted(reduced)
+    mergeable = lambda p, a: not {p, a} & pinned and all(c[p] == c[a] * k.space[a] for c in coefs)
+    tail = [rank - 1] if inner_kept else []  # in memory: the innermost kept loop, vectorized
+    while tail and tail[0] > 0 and tail[0] - 1 not in reduced and mergeable(tail[0] - 1, tail[0]):
+        tail.insert(0, tail[0] - 1)
+    # kept axes outside, then reduced ones; for an in-memory sum the innermost kept loop comes last,
+    # so each output row takes every reduced term while it is in L1
+    order = [a for a in range(rank) if a not in reduced and a not in tail] + sorted(reduced) + tail
     groups: list[list[int]] = []
     for a in order:
         p = groups[-1][-1] if groups else None
-        if (p is not None and p == a - 1 and not {p, a} & pinned and (p in reduced) == (a in reduced)
-                and all(c[p] == c[a] * k.space[a] for c in coefs)):
+        if p is not None and p == a - 1 and (p in reduced) == (a in reduced) and mergeable(p, a):
             groups[-1].append(a)
         else:
             groups.append([a])
