@@ -1,4 +1,5 @@
-"""GFLOP/s of the generated f32 GEMM vs numpy.matmul, both single-threaded, on MLP training shapes.
+"""GFLOP/s of the generated f32 GEMM vs numpy.matmul, both single-threaded, on MLP and LeNet
+convolution training shapes.
 
 Run from the repository root: python bench/gemm_bench.py
 """
@@ -32,6 +33,14 @@ SHAPES = [
     ("Xᵀ·dY   (128x784)ᵀ · 128x256", 784, 256, 128, True, False),
     ("dY·Wᵀ   128x256 · (784x256)ᵀ", 128, 784, 256, False, True),
     ("512³", 512, 512, 512, False, False),
+    ("X·W     batch 8: 8x784 · 784x256", 8, 256, 784, False, False),
+    # LeNet's convolutions as GEMMs over im2col columns (batch 64): W·colsᵀ forward, dY·cols
+    # for the weight gradient (K split across threads), Wᵀ·dY for the input gradient
+    ("conv1   6x25 · 25x50176", 6, 50176, 25, False, False),
+    ("conv1 dW 6x50176 · (25x50176)ᵀ", 6, 25, 50176, False, True),
+    ("conv2   16x150 · 150x6400", 16, 6400, 150, False, False),
+    ("conv2 dW 16x6400 · (150x6400)ᵀ", 16, 150, 6400, False, True),
+    ("conv2 dX (16x150)ᵀ · 16x6400", 150, 6400, 16, True, False),
 ]
 _I64 = ctypes.c_int64
 _GEMM = ctypes.CFUNCTYPE(None, _I64, _I64, _I64, ctypes.c_void_p, _I64, ctypes.c_void_p, _I64,
@@ -39,13 +48,14 @@ _GEMM = ctypes.CFUNCTYPE(None, _I64, _I64, _I64, ctypes.c_void_p, _I64, ctypes.c
 
 
 def compile_kernels():
+    """One module holding each shape's kernel, its tile chosen for that shape (as the compiler
+    does for a matmul node); kernels with the same tile and transposes are one function."""
     target = host_target()
     module = ir.Module()
     module.triple = target.triple
-    variants = [(ta, tb) for ta in (False, True) for tb in (False, True)]
-    names = {v: define_gemm(module, target, "f32", *v).name for v in variants}
+    names = [define_gemm(module, target, "f32", ta, tb, (M, N)).name for _, M, N, _, ta, tb in SHAPES]
     native = Native(emit(module, target), target)
-    return native, {v: _GEMM(native.address(n)) for v, n in names.items()}
+    return native, [_GEMM(native.address(n)) for n in names]
 
 
 def median_seconds(fns, reps: int = 30) -> list[float]:
@@ -66,15 +76,15 @@ def main() -> None:
     target = host_target()
     blk = blocking(target, "f32")
     scratch = aligned((scratch_bytes(target, "f32"),), np.uint8)
-    print(f"target {target.cpu}, {target.vector_bits}-bit; tile {blk.mr}x{blk.nr}, "
+    print(f"target {target.cpu}, {target.vector_bits}-bit; default tile {blk.mr}x{blk.nr}, "
           f"MC {blk.mc} KC {blk.kc} NC {blk.nc}")
-    print(f"{'shape':32} {'generated':>10} {'numpy':>8}  GFLOP/s, 1 thread, median")
-    for label, M, N, K, ta, tb in SHAPES:
+    print(f"{'shape':32} {'tile':>6} {'generated':>10} {'numpy':>8}  GFLOP/s, 1 thread, median")
+    for (label, M, N, K, ta, tb), gemm in zip(SHAPES, kernels, strict=True):
+        tile = blocking(target, "f32", (M, N))
         a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
         b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
         c = np.empty((M, N), np.float32)
         op_a, op_b = (a.T if ta else a), (b.T if tb else b)
-        gemm = kernels[(ta, tb)]
         args = (M, N, K, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], c.ctypes.data, N, 0,
                 scratch.ctypes.data)
         gemm(*args)
@@ -83,7 +93,7 @@ def main() -> None:
         flops = 2.0 * M * N * K
         ours, theirs = (flops / t / 1e9 for t in median_seconds(
             [functools.partial(gemm, *args), functools.partial(np.matmul, op_a, op_b, out=c)]))
-        print(f"{label:32} {ours:10.1f} {theirs:8.1f}")
+        print(f"{label:32} {tile.mr:>3}x{tile.nr:<3} {ours:9.1f} {theirs:8.1f}")
     del engine
 
 

@@ -2,12 +2,15 @@
 
 Structure of the generated code, per dtype and transpose variant:
 
-- `graphc_gemm_{dtype}_{ta}{tb}`: the public entry point (see `define_gemm`).
+- `graphc_gemm_{dtype}_{ta}{tb}_{MR}x{NR}`: the public entry point (see `define_gemm`), named for
+  its register tile, which `blocking` picks from the shape of C: GEMMs with different tiles share
+  a module.
 - `..._range`: the whole GEMM restricted to output columns [n0, n1), packing into the caller's
   `scratch` (`scratch_bytes`, 64-byte aligned). Ranges are independent (each packs its own A and
   B), so a thread pool can split N across threads by calling it with disjoint column ranges and a
   scratch slot per thread; the single-threaded entry point calls it once with (0, N).
-- Shared per dtype: the micro-kernel and the packing routines (internal functions). The code has
+- Shared per dtype and tile: the micro-kernels and the packing routines (internal functions), named
+  for their tile or strip width (KC is the same for every tile). The code has
   no mutable globals: all state is in the caller's buffers, so independent callers may run at once.
 
 Loop nest (BLIS): column blocks of NC; K blocks of at most KC (the first overwrites C unless
@@ -35,11 +38,16 @@ _GEMM_NAMES = ["M", "N", "K", "A", "lda", "B", "ldb", "C", "ldc", "accumulate"]
 
 
 DIRECT_M = 16  # rows of C up to which a plain B is read in place instead of packed
+# Cache blocks: KC×NR of B stays in L1 across the A strips (a wide tile is one for few rows of C,
+# with one A strip), MC×KC of A in L2. KC is a multiple of 16 (every pack strip 64-byte aligned,
+# transposing packs on whole vectors); MC and NC are bounds, rounded down to whole tiles, so one
+# scratch size holds for every tile.
+_MC, _KC, _NC = 128, 256, 1024
 
 
 @dataclass(frozen=True)
 class Blocking:
-    """Register tile (MR×NR) and cache blocks (MC, KC, NC) for one target and dtype."""
+    """Register tile (MR×NR) and cache blocks (MC, KC, NC) for one target, dtype and shape of C."""
 
     lanes: int
     mr: int
@@ -49,28 +57,47 @@ class Blocking:
     nc: int
 
 
-def blocking(target: Target, dtype: str, narrow: bool = False) -> Blocking:
-    """The tile and cache blocking used for `dtype` kernels on `target`; `narrow`: for a C at most
-    one vector wide, where 8 rows × 2 vectors would leave half the tile empty."""
+def blocking(target: Target, dtype: str, shape: tuple[int, int] | None = None) -> Blocking:
+    """The tile and cache blocking of `dtype` kernels on `target` for a C of `shape` (M, N); None:
+    the target's default tile, for any shape.
+
+    The default tile fills C when M and N are large. When M is below its MR, the tile takes MR = M
+    rows and as many vectors of N as the registers hold (the default would leave rows of every
+    accumulator tile empty: conv weights with 6 output channels, batch-8 layers); its mirror image,
+    a C narrower than the default tile (logits), takes fewer vectors and as many more rows.
+    """
     lanes = target.lanes(dtype)
     if target.vector_bits == 512:
         # 16 zmm accumulators: 8 rows × 2 vectors (8 broadcasts + 2 B loads per 16 FMAs) keeps
         # two 512-bit FMA pipes fed: measured ~170 GFLOP/s f32 vs ~135 for 16×16 on a
         # Sapphire-Rapids-class core, and ~10% ahead of 16×16 on Zen 5 (225-243 vs 200-220, one
         # run each, alternating). On Zen 4 (one 512-bit FMA per cycle) 16×16 measured best.
-        mr, nv = (16, 1) if narrow or (dtype == "f32" and target.cpu == "znver4") else (8, 2)
+        mr, nv = (16, 1) if dtype == "f32" and target.cpu == "znver4" else (8, 2)
+        registers = 32
     else:
         # 16 vector registers: 8 accumulators leave room for B vectors and broadcasts.
         mr, nv = 4, 2
-    # KC×NR of B stays in L1 across the A strips, MC×KC of A in L2 (KC multiple of 16 keeps
-    # every pack strip 64-byte aligned and transposing packs on whole vectors).
-    return Blocking(lanes=lanes, mr=mr, nr=nv * lanes, mc=128, kc=256, nc=1024)
+        registers = 16
+    m, n = (max(x, 1) for x in shape) if shape else (mr, nv * lanes)
+    vectors = -(-n // lanes)  # in a row of C
+    if m < mr:
+        # Registers hold m·nv accumulators, the nv B vectors each row reuses and an A broadcast.
+        # Of the widths that fit, the one with the fewest vector FMAs per k over C, counting one
+        # more per strip for its B loads and loop; the widest of equals. (8 rows by 16 vectors:
+        # 8×2, 107 GFLOP/s on Zen 4, not 8×3, 86, its last strip two thirds empty.)
+        fits = range(1, (registers - 1) // (m + 1) + 1)
+        mr, nv = m, min(fits, key=lambda v: (-(-vectors // v) * (m * v + 1), -v))
+    elif vectors < nv:
+        # the mirror image: as many accumulators, in fewer vectors and more rows
+        mr, nv = min(m, mr * nv // vectors), vectors
+    nr = nv * lanes
+    return Blocking(lanes=lanes, mr=mr, nr=nr, mc=_MC // mr * mr, kc=_KC, nc=_NC // nr * nr)
 
 
 def scratch_bytes(target: Target, dtype: str) -> int:
-    """Bytes of packing scratch one GEMM call needs: an MC×KC panel of A and a KC×NC one of B."""
-    blk = blocking(target, dtype)
-    return (blk.mc + blk.nc) * blk.kc * ELEMENT_BYTES[dtype]
+    """Bytes of packing scratch one GEMM call needs, whatever its tile: an MC×KC panel of A and a
+    KC×NC one of B."""
+    return (_MC + _NC) * _KC * ELEMENT_BYTES[dtype]
 
 
 def _pack_lanes(width: int, lanes: int) -> int:
@@ -84,11 +111,11 @@ def _pack_lanes(width: int, lanes: int) -> int:
 class _Gen:
     """IR emission helpers bound to one module, dtype and blocking."""
 
-    def __init__(self, module: ir.Module, target: Target, dtype: str, narrow: bool = False) -> None:
+    def __init__(self, module: ir.Module, target: Target, dtype: str, blk: Blocking) -> None:
         self.module, self.dtype = module, dtype
         self.t = _FLOAT[dtype]
         self.size = ELEMENT_BYTES[dtype]
-        self.blk = blocking(target, dtype, narrow)
+        self.blk = blk
         self.ptr = self.t.as_pointer()
         self.gemm_args = [_I64, _I64, _I64, self.ptr, _I64, self.ptr, _I64, self.ptr, _I64, _I32]
 
@@ -315,38 +342,49 @@ class _Gen:
 
     def _pack_kblocks(self, b: ir.IRBuilder, src: ir.Value, ld: ir.Value, w: ir.Value,
                       kc: ir.Value, dst: ir.Value, width: int, transpose: bool) -> None:
-        # Source rows j (k contiguous) are read L values of k at a time; "transpose" turns
-        # each L×L block in registers into L k-major rows. Writes run up to kc rounded up to L,
-        # which stays inside the strip (KC % L == 0), and are zero past kc.
+        # Source rows j (k contiguous) are read L values of k at a time. "rows" copies them;
+        # "transpose" turns each L×L block in registers into L k-major rows, in groups of L rows
+        # (bounding register use) that each sweep K once: a wide strip's rows at once would
+        # overflow L1's ways when the row stride is a multiple of 4 KiB (48 rows: 1.5x slower).
+        if not transpose:
+            self._pack_group(b, src, ld, w, kc, dst, width, width, transpose)
+            return
+        L = self.blk.lanes
+        with self.loop(b, 0, _I64(width), L, "g") as g:
+            self._pack_group(b, self.gep(b, src, b.mul(g, ld)), ld, b.sub(w, g), kc,
+                             self.gep(b, dst, g), L, width, transpose)
+
+    def _pack_group(self, b: ir.IRBuilder, src: ir.Value, ld: ir.Value, w: ir.Value,
+                    kc: ir.Value, dst: ir.Value, rows: int, width: int, transpose: bool) -> None:
+        # Writes run up to kc rounded up to L, which stays inside the strip (KC % L == 0), and are
+        # zero past kc and past the w rows present.
         fn, L = b.function, self.blk.lanes
         with self.loop(b, 0, kc, L, "kb") as kb:
             kr = b.sub(kc, kb)
             full_bb, part_bb, done = _blocks(fn, "kb.full", "kb.part", "kb.done")
-            full = b.and_(b.icmp_signed("==", w, _I64(width)), b.icmp_signed(">=", kr, _I64(L)))
+            full = b.and_(b.icmp_signed(">=", w, _I64(rows)), b.icmp_signed(">=", kr, _I64(L)))
             b.cbranch(full, full_bb, part_bb)
             for masked, bb in ((False, full_bb), (True, part_bb)):
                 b.position_at_end(bb)
                 if masked:
                     kmask = self.lane_mask(b, 0, kr, L)
                     off = ir.VectorType(_I1, L)([0] * L)
-                group = L if transpose else width  # L rows per transpose bounds register use
-                for g in range(0, width, group):
-                    rows = []
-                    for j in range(g, g + group):
-                        p = self.gep(b, src, b.add(b.mul(_I64(j), ld), kb))
-                        if masked:
-                            m = b.select(b.icmp_signed("<", _I64(j), w), kmask, off)
-                            rows.append(self.masked_load(b, p, m, L))
-                        else:
-                            rows.append(self.load(b, p, L, self.size))
-                    if transpose:
-                        for t, x in enumerate(_transpose(b, rows)):
-                            out = b.add(b.mul(b.add(kb, _I64(t)), _I64(width)), _I64(g))
-                            self.store(b, x, self.gep(b, dst, out), L * self.size)
+                xs = []
+                for j in range(rows):
+                    p = self.gep(b, src, b.add(b.mul(_I64(j), ld), kb))
+                    if masked:
+                        m = b.select(b.icmp_signed("<", _I64(j), w), kmask, off)
+                        xs.append(self.masked_load(b, p, m, L))
                     else:
-                        for j, x in enumerate(rows, start=g):
-                            out = self.gep(b, dst, b.add(_I64(j * self.blk.kc), kb))
-                            self.store(b, x, out, L * self.size)
+                        xs.append(self.load(b, p, L, self.size))
+                if transpose:
+                    for t, x in enumerate(_transpose(b, xs)):
+                        out = self.gep(b, dst, b.mul(b.add(kb, _I64(t)), _I64(width)))
+                        self.store(b, x, out, L * self.size)
+                else:
+                    for j, x in enumerate(xs):
+                        out = self.gep(b, dst, b.add(_I64(j * self.blk.kc), kb))
+                        self.store(b, x, out, L * self.size)
                 b.branch(done)
             b.position_at_end(done)
 
@@ -358,8 +396,8 @@ class _Gen:
         # Plain A (M×K) is packed row-major by contiguous copies, Aᵀ (K×M) k-major: neither needs
         # a transpose since the micro-kernel reads A by scalar broadcasts at either layout.
         micro = self.micro(a_kmajor=trans_a)
-        # B unpacked: plain B (rows of whole NR strips) feeding at most DIRECT_M rows of C is read
-        # in place; packing it would cost more than the few micro-tiles that reuse it
+        # B unpacked: the whole NR strips of a plain B feeding at most DIRECT_M rows of C are read
+        # in place (packing them would cost more than the few micro-tiles that reuse them)
         direct = None if trans_b else self.micro(a_kmajor=trans_a, b_packed=False)
         pack_a = self.pack(blk.mr, "copy" if trans_a else "rows")
         pack_b = self.pack(blk.nr, "transpose" if trans_b else "copy")
@@ -388,11 +426,12 @@ class _Gen:
             kc = self.min(b, b.sub(K, pc), kstep)
             b_off = b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc)
             b_src = self.gep(b, B, b_off)
-            in_place = ir.Constant(_I1, 0) if direct is None else b.and_(
-                b.icmp_signed("<=", M, _I64(DIRECT_M)),
-                b.icmp_signed("==", b.srem(nc, _I64(blk.nr)), _I64(0)))
-            with b.if_then(b.not_(in_place)):
-                b.call(pack_b, [b_src, ldb, nc, kc, pb])
+            # columns [0, packed) are read in place, [packed, nc) packed (a partial strip at most)
+            packed = _I64(0) if direct is None else b.select(
+                b.icmp_signed("<=", M, _I64(DIRECT_M)), b.sub(nc, b.srem(nc, _I64(blk.nr))), _I64(0))
+            with b.if_then(b.icmp_signed("<", packed, nc)):
+                b.call(pack_b, [self.gep(b, b_src, packed), ldb, b.sub(nc, packed), kc,
+                                self.gep(b, pb, b.mul(packed, _I64(blk.kc)))])
             load_c = b.or_(accumulating, b.icmp_signed("!=", pc, _I64(0)))
             with self.loop(b, 0, M, blk.mc, "ic") as ic:
                 mc = self.min(b, b.sub(M, ic), blk.mc)
@@ -410,7 +449,7 @@ class _Gen:
                         if direct is None:
                             b.call(micro, args + [pbj, _I64(blk.nr)] + rest)
                         else:
-                            with b.if_else(in_place) as (then, otherwise):
+                            with b.if_else(b.icmp_signed("<", jr, packed)) as (then, otherwise):
                                 with then:
                                     b.call(direct, args + [self.gep(b, b_src, jr), ldb] + rest)
                                 with otherwise:
@@ -448,8 +487,8 @@ def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
 
 
 def define_gemm(module: ir.Module, target: Target, dtype: str, trans_a: bool,
-                trans_b: bool, narrow: bool = False) -> ir.Function:
-    """Define (once per module) `graphc_gemm_{dtype}_{ta}{tb}`:
+                trans_b: bool, shape: tuple[int, int] | None = None) -> ir.Function:
+    """Define (once per module) `graphc_gemm_{dtype}_{ta}{tb}_{MR}x{NR}`:
 
     void(i64 M, i64 N, i64 K, T* A, i64 lda, T* B, i64 ldb, T* C, i64 ldc, i32 accumulate,
          i8* scratch)
@@ -458,13 +497,15 @@ def define_gemm(module: ir.Module, target: Target, dtype: str, trans_a: bool,
     (stored K×N) or Bᵀ (stored N×K). K = 0 zeroes C (unless accumulating); M or N = 0 is a no-op.
     C must not overlap A or B (A and B may overlap each other). `scratch` holds the packed panels:
     `scratch_bytes(target, dtype)` bytes, 64-byte aligned, used by one call at a time.
-    One target per module: helpers are shared by name across variants. `narrow` (for N at most one
-    vector) uses the tall single-vector tile (`graphc_gemm_..._narrow`).
+    The register tile is `blocking(target, dtype, shape)`'s: `shape` is the (M, N) the kernel is
+    made for (None: any), though it computes any M and N correctly. One target per module: helpers
+    are shared by name across variants and tiles.
     """
-    name = f"graphc_gemm_{dtype}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}{'_narrow' if narrow else ''}"
+    blk = blocking(target, dtype, shape)
+    name = f"graphc_gemm_{dtype}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}_{blk.mr}x{blk.nr}"
     if name in module.globals:
         return module.globals[name]
-    g = _Gen(module, target, dtype, narrow)
+    g = _Gen(module, target, dtype, blk)
     rng = g.range_fn(name, trans_a, trans_b)
     fn, b, args = g.function(name, [*g.gemm_args, _I8P], [*_GEMM_NAMES, "scratch"], linkage="external")
     M, N = args[0], args[1]

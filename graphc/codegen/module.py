@@ -133,7 +133,7 @@ def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target:
     n = k.nodes[0]
     if k.kind == "contract":
         args, ta, tb = _gemm_args(n, arg_of)
-        b.call(define_gemm(m, target, n.out.dtype, ta, tb, _narrow(n, target)),
+        b.call(define_gemm(m, target, n.out.dtype, ta, tb, n.out.shape),
                args + [ir.Constant(I32, 0), fn.args[-1]])
     else:  # a view whose result lives elsewhere (a graph output): copy it
         src, dst = arg_of[n.inputs[0]], arg_of[n.out]
@@ -189,7 +189,7 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     n = k.nodes[0]
     (M, N, K, A, lda, B, ldb, C, ldc), ta, tb = _gemm_args(n, arg_of)
     dtype = n.out.dtype
-    rng = m.globals[define_gemm(m, target, dtype, ta, tb, _narrow(n, target)).name + "_range"]
+    rng = m.globals[define_gemm(m, target, dtype, ta, tb, n.out.shape).name + "_range"]
     nr = _blocking(n, target).nr
     acc = ir.Constant(I32, 0)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -217,13 +217,9 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     b.ret_void()
 
 
-def _narrow(n, target: Target) -> bool:
-    """A GEMM whose C is at most one vector wide (logits) gets the tall single-vector tile."""
-    return n.out.shape[1] <= target.lanes(n.out.dtype)
-
-
 def _blocking(n, target: Target):
-    return blocking(target, n.out.dtype, _narrow(n, target))
+    """The blocking of a matmul node's GEMM: its tile is chosen for the shape of C."""
+    return blocking(target, n.out.dtype, n.out.shape)
 
 
 def _k_split(n, target: Target, threads: int) -> bool:
