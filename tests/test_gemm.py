@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
-from graphc.codegen.gemm import blocking, define_gemm, scratch_bytes
+from graphc.codegen.gemm import blocking, define_gemm, dot_blocking, scratch_bytes
 from graphc.codegen.jit import Native, emit
 from graphc.codegen.module import _k_split
 from graphc.codegen.target import Target, host_target
@@ -36,13 +36,13 @@ _engines = []  # compiled code and scratch must outlive the ctypes function poin
 
 @functools.cache
 def kernel(target: Target, dtype: str, trans_a: bool, trans_b: bool,
-           tile: tuple[int, int] | None = None):
+           tile: tuple[int, int] | None = None, depth: int | None = None):
     """JIT-compile one transpose variant for `target`, with the register tile `blocking` picks
-    for a C of shape `tile` (None: the default tile); it is called with the GEMM args and passes
-    its packing scratch itself."""
+    for a C of shape `tile` (None: the default tile) and K `depth` (where the dot-product kernel
+    may be picked); it is called with the GEMM args and passes its packing scratch itself."""
     module = ir.Module()
     module.triple = target.triple
-    name = define_gemm(module, target, dtype, trans_a, trans_b, tile).name
+    name = define_gemm(module, target, dtype, trans_a, trans_b, tile, depth).name
     native = Native(emit(module, target), target)
     scratch = aligned((scratch_bytes(target, dtype),), np.uint8)
     _engines.append((native, scratch))
@@ -58,7 +58,7 @@ def stored(x: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
     return buf[:, : x.shape[1]]
 
 
-def run_gemm(target, dtype, M, N, K, trans_a, trans_b, accumulate, pad=0, seed=0, tile=None):
+def run_gemm(target, dtype, M, N, K, trans_a, trans_b, accumulate, pad=0, seed=0, tile=None, depth=None):
     rng = np.random.default_rng(seed)
     t = NP_DTYPE[dtype]
     op_a = rng.standard_normal((M, K)).astype(t)
@@ -68,7 +68,7 @@ def run_gemm(target, dtype, M, N, K, trans_a, trans_b, accumulate, pad=0, seed=0
     c_full = rng.standard_normal((M, N + 2 * pad)).astype(t)
     c = c_full[:, :N]
     before = c_full.copy()
-    kernel(target, dtype, trans_a, trans_b, tile)(
+    kernel(target, dtype, trans_a, trans_b, tile, depth)(
         M, N, K, a.ctypes.data, a.strides[0] // a.itemsize, b.ctypes.data,
         b.strides[0] // b.itemsize, c.ctypes.data, c_full.strides[0] // c.itemsize, int(accumulate))
     ref = op_a.astype(np.float64) @ op_b.astype(np.float64)
@@ -166,6 +166,22 @@ def test_tiles_coexist_in_one_module():
     llvm.parse_assembly(str(module)).verify()
 
 
+# C = A·Bᵀ small, K long: the dot-product kernel (conv weight gradients), every tile its rule picks
+DOT_SHAPES = [(6, 25, 5003), (16, 150, 1000), (5, 7, 3001), (1, 1, 71), (13, 9, 997), (3, 40, 400)]
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2], ids=["host", "avx2"])
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_dot_product_kernel(target, dtype):
+    for i, (M, N, K) in enumerate(DOT_SHAPES):
+        assert dot_blocking(target, dtype, False, True, M, N, K) is not None
+        for accumulate in (False, True):
+            run_gemm(target, dtype, M, N, K, False, True, accumulate, pad=i % 2 * 5, seed=i,
+                     tile=(M, N), depth=K)
+    assert dot_blocking(target, dtype, False, False, 6, 25, 5003) is None  # B not K-contiguous
+    assert dot_blocking(target, dtype, False, True, 128, 256, 784) is None  # C large: packed GEMM
+
+
 def matmul_step(M, N, K, ta, tb, threads):
     g = Graph("gemm")
     b = Builder(g)
@@ -176,7 +192,8 @@ def matmul_step(M, N, K, ta, tb, threads):
     return compile_graph(g, threads=threads)
 
 
-# Through the compiler on two threads: K split (C 5x23 over K 20011: partial Cs added), columns
+# Through the compiler on two threads: K split (C 5x23 over K 20011: partial Cs added; A·Bᵀ takes
+# the dot-product kernel instead, in column shares), columns
 # (6 rows: the 6-row tile in NR-aligned shares) and rows (700x20)
 @pytest.mark.parametrize("M,N,K,k_split", [(5, 23, 20011, True), (6, 5003, 101, False),
                                            (700, 20, 203, False)])
@@ -184,7 +201,8 @@ def matmul_step(M, N, K, ta, tb, threads):
 def test_compiled_gemm_split_across_threads(M, N, K, k_split, trans_a, trans_b):
     compiled = matmul_step(M, N, K, trans_a, trans_b, threads=2)
     (k,) = compiled.schedule.kernels
-    assert _k_split(k.nodes[0], HOST, 2) == k_split
+    dot = trans_b and not trans_a and k_split  # that C = A·Bᵀ takes the dot kernel, split by columns
+    assert _k_split(k.nodes[0], HOST, 2) == (k_split and not dot)
     rng = np.random.default_rng(M)
     op_a, op_b = rng.standard_normal((M, K)), rng.standard_normal((K, N))
     a, w = (op_a.T if trans_a else op_a), (op_b.T if trans_b else op_b)

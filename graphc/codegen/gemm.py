@@ -55,6 +55,7 @@ class Blocking:
     mc: int
     kc: int
     nc: int
+    dot: bool = False  # the dot-product kernel (see `dot_blocking`): an MR×NR tile of C, no packing
 
 
 def blocking(target: Target, dtype: str, shape: tuple[int, int] | None = None) -> Blocking:
@@ -92,6 +93,28 @@ def blocking(target: Target, dtype: str, shape: tuple[int, int] | None = None) -
         mr, nv = min(m, mr * nv // vectors), vectors
     nr = nv * lanes
     return Blocking(lanes=lanes, mr=mr, nr=nr, mc=_MC // mr * mr, kc=_KC, nc=_NC // nr * nr)
+
+
+DOT_MAX_C = 64 * 64  # elements of C up to which a long-K A·Bᵀ takes the dot-product kernel
+
+
+def dot_blocking(target: Target, dtype: str, trans_a: bool, trans_b: bool, m: int, n: int,
+                 k: int) -> Blocking | None:
+    """The dot-product kernel's tile for C[m,n] = A·Bᵀ with A (m×k) and B (n×k) both read along k
+    (a conv weight gradient: dY[Co, pixels] · colsᵀ), when C is small and k long (k ≥ 4·max(m, n)),
+    or None. Packing would cost as much as the multiply there: B's transposing pack touches each
+    element once for only m multiply-adds. Each of the MR×NR accumulators is a vector of k-lanes
+    (A and B rows load straight from memory), summed across lanes once at the end. MR×NR is the
+    cheapest tile over C, of those that fit the registers with the MR + NR row vectors each step
+    loads."""
+    if trans_a or not trans_b or m * n > DOT_MAX_C or k < 4 * max(m, n):
+        return None
+    budget = 28 if target.vector_bits == 512 else 14
+    tiles = [(r, c) for r in range(1, 9) for c in range(1, 9) if r * c + r + c <= budget]
+    # steps over C: an edge tile costs a whole one; a step is MR·NR FMAs or MR + NR loads
+    cost = lambda t: -(-m // t[0]) * -(-n // t[1]) * max(t[0] * t[1], t[0] + t[1])
+    mr, nr = min(tiles, key=lambda t: (cost(t), -t[0] * t[1]))
+    return Blocking(lanes=target.lanes(dtype), mr=mr, nr=nr, mc=mr, kc=_KC, nc=nr, dot=True)
 
 
 def scratch_bytes(target: Target, dtype: str) -> int:
@@ -390,6 +413,67 @@ class _Gen:
 
     # -- driver ----------------------------------------------------------------------------
 
+    def dot_range(self, name: str) -> ir.Function:
+        """The dot-product GEMM (C = A·Bᵀ, see `dot_blocking`) over output columns [n0, n1), with
+        the range function's signature (`scratch` unused). Per MR×NR tile of C: MR rows of A and
+        NR rows of B load L values of k at a time (the last partial vector masked) into MR·NR
+        vector accumulators; an edge tile reads its last row or column again for the missing ones
+        and stores only its own."""
+        blk, L = self.blk, self.blk.lanes
+        fn, b, (M, N, K, A, lda, B, ldb, C, ldc, accumulate, n0, n1, _) = self.function(
+            f"{name}_range", [*self.gemm_args, _I64, _I64, _I8P], [*_GEMM_NAMES, "n0", "n1", "scratch"],
+            linkage="external")
+        vt = self.vec(L)
+        hsum = self.intrinsic(f"llvm.vector.reduce.fadd.{self.suffix(L)}", self.t, [self.t, vt])
+        zero = vt(None)
+        full_k = b.mul(b.sdiv(K, _I64(L)), _I64(L))
+        with self.loop(b, n0, n1, blk.nr, "jt") as j0:
+            with self.loop(b, 0, M, blk.mr, "it") as i0:
+                rows = [self.gep(b, A, b.mul(self.min(b, b.add(i0, _I64(i)), b.sub(M, _I64(1))), lda))
+                        for i in range(blk.mr)]
+                cols = [self.gep(b, B, b.mul(self.min(b, b.add(j0, _I64(j)), b.sub(n1, _I64(1))), ldb))
+                        for j in range(blk.nr)]
+                pre = b.block
+                head, body, tail = _blocks(fn, "k.head", "k.body", "k.tail")
+                b.branch(head)
+                b.position_at_end(head)
+                k = b.phi(_I64, "k")
+                k.add_incoming(_I64(0), pre)
+                acc = [[b.phi(vt) for _ in range(blk.nr)] for _ in range(blk.mr)]
+                for row in acc:
+                    for x in row:
+                        x.add_incoming(zero, pre)
+
+                def step(load):
+                    av = [load(r) for r in rows]
+                    bv = [load(c) for c in cols]
+                    return [[self.fmuladd(b, av[i], bv[j], acc[i][j]) for j in range(blk.nr)]
+                            for i in range(blk.mr)]
+                b.cbranch(b.icmp_signed("<", k, full_k), body, tail)
+                b.position_at_end(body)
+                new = step(lambda p: self.load(b, self.gep(b, p, k), L, self.size))
+                k.add_incoming(b.add(k, _I64(L)), body)
+                for row, xs in zip(acc, new):
+                    for x, v in zip(row, xs):
+                        x.add_incoming(v, body)
+                b.branch(head)
+                b.position_at_end(tail)  # the last K % L values, masked (zeros past K)
+                mask = self.lane_mask(b, 0, b.sub(K, full_k), L)
+                last = step(lambda p: self.masked_load(b, self.gep(b, p, full_k), mask, L))
+                for i in range(blk.mr):
+                    for j in range(blk.nr):
+                        inside = b.and_(b.icmp_signed("<", b.add(i0, _I64(i)), M),
+                                        b.icmp_signed("<", b.add(j0, _I64(j)), n1))
+                        with b.if_then(inside):
+                            total = b.call(hsum, [ir.Constant(self.t, 0.0), last[i][j]])
+                            total.fastmath.add("reassoc")  # a tree across lanes
+                            p = self.gep(b, C, b.add(b.mul(b.add(i0, _I64(i)), ldc), b.add(j0, _I64(j))))
+                            old = b.select(b.icmp_signed("!=", accumulate, _I32(0)), b.load(p),
+                                           ir.Constant(self.t, 0.0))
+                            b.store(b.fadd(old, total), p)
+        b.ret_void()
+        return fn
+
     def range_fn(self, name: str, trans_a: bool, trans_b: bool) -> ir.Function:
         """The GEMM over output columns [n0, n1), packing into `scratch` (see module doc)."""
         blk = self.blk
@@ -487,7 +571,7 @@ def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
 
 
 def define_gemm(module: ir.Module, target: Target, dtype: str, trans_a: bool,
-                trans_b: bool, shape: tuple[int, int] | None = None) -> ir.Function:
+                trans_b: bool, shape: tuple[int, int] | None = None, k: int | None = None) -> ir.Function:
     """Define (once per module) `graphc_gemm_{dtype}_{ta}{tb}_{MR}x{NR}`:
 
     void(i64 M, i64 N, i64 K, T* A, i64 lda, T* B, i64 ldb, T* C, i64 ldc, i32 accumulate,
@@ -497,16 +581,19 @@ def define_gemm(module: ir.Module, target: Target, dtype: str, trans_a: bool,
     (stored K×N) or Bᵀ (stored N×K). K = 0 zeroes C (unless accumulating); M or N = 0 is a no-op.
     C must not overlap A or B (A and B may overlap each other). `scratch` holds the packed panels:
     `scratch_bytes(target, dtype)` bytes, 64-byte aligned, used by one call at a time.
-    The register tile is `blocking(target, dtype, shape)`'s: `shape` is the (M, N) the kernel is
-    made for (None: any), though it computes any M and N correctly. One target per module: helpers
+    The register tile is `blocking(target, dtype, shape)`'s, or with `k` (the K it is made for) the
+    dot-product kernel's where `dot_blocking` takes it: `shape` is the (M, N) the kernel is made
+    for (None: any), though it computes any M, N and K correctly. One target per module: helpers
     are shared by name across variants and tiles.
     """
-    blk = blocking(target, dtype, shape)
-    name = f"graphc_gemm_{dtype}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}_{blk.mr}x{blk.nr}"
+    blk = (shape and k is not None and dot_blocking(target, dtype, trans_a, trans_b, *shape, k)) \
+        or blocking(target, dtype, shape)
+    name = (f"graphc_gemm_{dtype}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}_"
+            f"{'dot' if blk.dot else ''}{blk.mr}x{blk.nr}")
     if name in module.globals:
         return module.globals[name]
     g = _Gen(module, target, dtype, blk)
-    rng = g.range_fn(name, trans_a, trans_b)
+    rng = g.dot_range(name) if blk.dot else g.range_fn(name, trans_a, trans_b)
     fn, b, args = g.function(name, [*g.gemm_args, _I8P], [*_GEMM_NAMES, "scratch"], linkage="external")
     M, N = args[0], args[1]
     work, done = _blocks(fn, "work", "done")

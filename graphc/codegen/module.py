@@ -17,7 +17,8 @@ import math
 
 from llvmlite import ir
 
-from graphc.codegen.gemm import ELEMENT_BYTES, blocking, define_gemm, scratch_bytes as gemm_scratch_bytes
+from graphc.codegen.gemm import (ELEMENT_BYTES, blocking, define_gemm, dot_blocking,
+                                 scratch_bytes as gemm_scratch_bytes)
 from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_mxcsr
 from graphc.codegen.kernels import emit_loop_kernel, for_range, loops
 from graphc.codegen.scalar import LLTYPES
@@ -133,7 +134,7 @@ def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target:
     n = k.nodes[0]
     if k.kind == "contract":
         args, ta, tb = _gemm_args(n, arg_of)
-        b.call(define_gemm(m, target, n.out.dtype, ta, tb, n.out.shape),
+        b.call(define_gemm(m, target, n.out.dtype, ta, tb, n.out.shape, _depth(n)),
                args + [ir.Constant(I32, 0), fn.args[-1]])
     else:  # a view whose result lives elsewhere (a graph output): copy it
         src, dst = arg_of[n.inputs[0]], arg_of[n.out]
@@ -141,9 +142,14 @@ def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target:
     b.ret_void()
 
 
-def _macs(n) -> int:
+def _depth(n) -> int:
+    """A matmul node's K."""
     a = n.inputs[0]
-    return math.prod(n.out.shape) * (a.shape[0] if n.attrs["ta"] else a.shape[1])
+    return a.shape[0] if n.attrs["ta"] else a.shape[1]
+
+
+def _macs(n) -> int:
+    return math.prod(n.out.shape) * _depth(n)
 
 
 def _gemm_args(n, arg_of) -> tuple[list, bool, bool]:
@@ -151,7 +157,7 @@ def _gemm_args(n, arg_of) -> tuple[list, bool, bool]:
     a, w = n.inputs
     ta, tb = n.attrs["ta"], n.attrs["tb"]
     mm, nn = n.out.shape
-    kk = a.shape[0] if ta else a.shape[1]
+    kk = _depth(n)
     c = lambda x: ir.Constant(I64, x)
     return [c(mm), c(nn), c(kk), arg_of[a], c(a.shape[1]), arg_of[w], c(w.shape[1]), arg_of[n.out], c(nn)], ta, tb
 
@@ -189,7 +195,7 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     n = k.nodes[0]
     (M, N, K, A, lda, B, ldb, C, ldc), ta, tb = _gemm_args(n, arg_of)
     dtype = n.out.dtype
-    rng = m.globals[define_gemm(m, target, dtype, ta, tb, n.out.shape).name + "_range"]
+    rng = m.globals[define_gemm(m, target, dtype, ta, tb, n.out.shape, _depth(n)).name + "_range"]
     nr = _blocking(n, target).nr
     acc = ir.Constant(I32, 0)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -219,16 +225,17 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
 
 def _blocking(n, target: Target):
     """The blocking of a matmul node's GEMM: its tile is chosen for the shape of C."""
-    return blocking(target, n.out.dtype, n.out.shape)
+    ta, tb = n.attrs["ta"], n.attrs["tb"]
+    return (dot_blocking(target, n.out.dtype, ta, tb, *n.out.shape, _depth(n))
+            or blocking(target, n.out.dtype, n.out.shape))
 
 
 def _k_split(n, target: Target, threads: int) -> bool:
     """Split K: C is too narrow for column shares and too short for row shares (each thread would
     pack all of the long operands), and K gives every thread whole KC blocks."""
     (m, nn), blk = n.out.shape, _blocking(n, target)
-    k = n.inputs[0].shape[0] if n.attrs["ta"] else n.inputs[0].shape[1]
     return nn < blk.nr * threads and m < 2 * blk.mr * threads and m * nn <= PARTIAL_MAX \
-        and k >= blk.kc * threads
+        and _depth(n) >= blk.kc * threads
 
 
 def _add_partials(b: ir.IRBuilder, n, c: ir.Value, scratch: ir.Value, target: Target, threads: int) -> None:
