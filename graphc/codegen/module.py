@@ -31,7 +31,7 @@ I8P = ir.IntType(8).as_pointer()
 I64, I32 = ir.IntType(64), ir.IntType(32)
 
 
-ELEMENTWISE_PARALLEL_MIN = 1 << 16  # iterations below which a loop kernel runs on one thread
+ELEMENTWISE_PARALLEL_MIN = 1 << 14  # iterations below which a loop kernel runs on one thread
 PARALLEL_MIN = 1 << 21  # multiply-adds below which a GEMM runs on one thread (batch-8 MLP GEMMs, 1.6M, lost)
 PARTIAL_MAX = 1 << 14  # outputs up to which a GEMM may split K (each thread fills a partial C)
 
@@ -232,9 +232,10 @@ def _blocking(n, target: Target):
 
 def _k_split(n, target: Target, threads: int) -> bool:
     """Split K: C is too narrow for column shares and too short for row shares (each thread would
-    pack all of the long operands), and K gives every thread whole KC blocks."""
+    pack all of the long operands), or the dot-product kernel's (each would read all of A or B,
+    in uneven shares of a small C), and K gives every thread whole KC blocks."""
     (m, nn), blk = n.out.shape, _blocking(n, target)
-    return nn < blk.nr * threads and m < 2 * blk.mr * threads and m * nn <= PARTIAL_MAX \
+    return (blk.dot or nn < blk.nr * threads and m < 2 * blk.mr * threads) and m * nn <= PARTIAL_MAX \
         and _depth(n) >= blk.kc * threads
 
 
