@@ -216,7 +216,7 @@ class Loops:
 
     def originals(self, b: ir.IRBuilder, idx: list[ir.Value], shape: tuple[int, ...]) -> list[ir.Value]:
         """Per iteration-space axis, its index (the optimizer drops the ones nothing uses)."""
-        out: list[ir.Value] = [None] * len(shape)
+        out: list[ir.Value] = [ir.Constant(I64, 0)] * len(shape)
         for i, g in zip(idx, self.groups):
             inner = math.prod(shape[a] for a in g)
             for a in g:
@@ -238,18 +238,20 @@ def loops(k: Kernel) -> Loops:
             elif v.const is None:
                 coefs.append(access(v, m, rank))
     reduced = set(norm_axes(k.nodes[-1].attrs["axes"], rank)) if k.kind == "reduce" else set()
-    inner_kept = bool(reduced) and rank - 1 not in reduced
+    axes = [a for a in range(rank) if k.space[a] > 1]  # a size-1 axis is always at 0: no loop
+    before = {a: p for p, a in zip(axes, axes[1:])}
+    inner_kept = bool(reduced & set(axes)) and axes[-1] not in reduced
     mergeable = lambda p, a: not {p, a} & pinned and all(c[p] == c[a] * k.space[a] for c in coefs)
-    tail = [rank - 1] if inner_kept else []  # in memory: the innermost kept loop, vectorized
-    while tail and tail[0] > 0 and tail[0] - 1 not in reduced and mergeable(tail[0] - 1, tail[0]):
-        tail.insert(0, tail[0] - 1)
+    tail = [axes[-1]] if inner_kept else []  # in memory: the innermost kept loop, vectorized
+    while tail and tail[0] in before and before[tail[0]] not in reduced and mergeable(before[tail[0]], tail[0]):
+        tail.insert(0, before[tail[0]])
     # kept axes outside, then reduced ones; for an in-memory sum the innermost kept loop comes last,
     # so each output row takes every reduced term while it is in L1
-    order = [a for a in range(rank) if a not in reduced and a not in tail] + sorted(reduced) + tail
+    order = [a for a in axes if a not in reduced and a not in tail] + [a for a in axes if a in reduced] + tail
     groups: list[list[int]] = []
     for a in order:
         p = groups[-1][-1] if groups else None
-        if p is not None and p == a - 1 and (p in reduced) == (a in reduced) and mergeable(p, a):
+        if p is not None and p == before.get(a) and (p in reduced) == (a in reduced) and mergeable(p, a):
             groups[-1].append(a)
         else:
             groups.append([a])
@@ -317,7 +319,7 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
     # the innermost loop runs the stretch where every gather is inside its value unchecked (a plain
     # strided loop) and the edges checked, scalar, if edges are short; else it is one checked loop
     # (where a gather is a masked load, for a loop of short rows that is cheaper than three loops)
-    edges = _edges(accesses, lp.groups[-1], k.space) if accesses else None
+    edges = _edges(accesses, lp.groups[-1], k.space) if accesses and lp.groups else None
     split = edges is not None and 4 * edges <= lp.space[-1]
 
     def innermost(idx: list[ir.Value], lo, hi, store_reduce: Callable | None) -> None:
