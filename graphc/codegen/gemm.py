@@ -230,7 +230,28 @@ class _Gen:
                 a.add_attribute("noalias")
         return fn, ir.IRBuilder(fn.append_basic_block("entry")), list(fn.args)
 
-    # -- micro-kernel ----------------------------------------------------------------------
+    # -- micro-kernels ---------------------------------------------------------------------
+
+    def k_loop(self, b: ir.IRBuilder, stop: ir.Value, rows: int, cols: int
+               ) -> tuple[ir.Value, list[list[ir.Value]], ir.Block, ir.Block]:
+        """Open `for (k = 0; k < stop;)` over a rows×cols tile of vector accumulators (loop phis,
+        zero on entry) and position `b` in its body. Returns (k, acc, head, tail): the caller adds
+        the body's next k and accumulators as incoming values, branches back to head and goes
+        on at tail."""
+        pre = b.block
+        head, body, tail = _blocks(b.function, "k.head", "k.body", "k.tail")
+        b.branch(head)
+        b.position_at_end(head)
+        k = b.phi(_I64, "k")
+        k.add_incoming(_I64(0), pre)
+        vt = self.vec(self.blk.lanes)
+        acc = [[b.phi(vt, f"c{i}_{j}") for j in range(cols)] for i in range(rows)]
+        for row in acc:
+            for a in row:
+                a.add_incoming(vt(None), pre)
+        b.cbranch(b.icmp_signed("<", k, stop), body, tail)
+        b.position_at_end(body)
+        return k, acc, head, tail
 
     def micro(self, a_kmajor: bool, b_packed: bool = True) -> ir.Function:
         """micro(kc, pa, pb, ldpb, c, ldc, mr, nr, load_c): C[0:mr, 0:nr] (+)= Apack·B over kc.
@@ -249,19 +270,8 @@ class _Gen:
         fn, b, (kc, pa, pb, ldpb, c, ldc, mr, nr, load_c) = self.function(
             name, [_I64, self.ptr, self.ptr, _I64, self.ptr, _I64, _I64, _I64, _I1],
             ["kc", "pa", "pb", "ldpb", "c", "ldc", "mr", "nr", "load_c"])
-        entry = b.block
-        head, body, tail = _blocks(fn, "k.head", "k.body", "tail")
-        b.branch(head)
-        b.position_at_end(head)
-        k = b.phi(_I64, "k")
-        k.add_incoming(_I64(0), entry)
-        acc = [[b.phi(self.vec(L), f"c{i}_{v}") for v in range(nv)] for i in range(blk.mr)]
-        for row in acc:
-            for a in row:
-                a.add_incoming(self.vec(L)(None), entry)
-        b.cbranch(b.icmp_signed("<", k, kc), body, tail)
-
-        b.position_at_end(body)
+        k, acc, head, tail = self.k_loop(b, kc, blk.mr, nv)
+        body = b.block
         pbk = self.gep(b, pb, b.mul(k, ldpb))
         align = L * self.size if b_packed else self.size
         bv = [self.load(b, self.gep(b, pbk, v * L), L, align) for v in range(nv)]
@@ -425,7 +435,6 @@ class _Gen:
             linkage="external")
         vt = self.vec(L)
         hsum = self.intrinsic(f"llvm.vector.reduce.fadd.{self.suffix(L)}", self.t, [self.t, vt])
-        zero = vt(None)
         full_k = b.mul(b.sdiv(K, _I64(L)), _I64(L))
         with self.loop(b, n0, n1, blk.nr, "jt") as j0:
             with self.loop(b, 0, M, blk.mr, "it") as i0:
@@ -433,24 +442,14 @@ class _Gen:
                         for i in range(blk.mr)]
                 cols = [self.gep(b, B, b.mul(self.min(b, b.add(j0, _I64(j)), b.sub(n1, _I64(1))), ldb))
                         for j in range(blk.nr)]
-                pre = b.block
-                head, body, tail = _blocks(fn, "k.head", "k.body", "k.tail")
-                b.branch(head)
-                b.position_at_end(head)
-                k = b.phi(_I64, "k")
-                k.add_incoming(_I64(0), pre)
-                acc = [[b.phi(vt) for _ in range(blk.nr)] for _ in range(blk.mr)]
-                for row in acc:
-                    for x in row:
-                        x.add_incoming(zero, pre)
+                k, acc, head, tail = self.k_loop(b, full_k, blk.mr, blk.nr)
+                body = b.block
 
                 def step(load):
                     av = [load(r) for r in rows]
                     bv = [load(c) for c in cols]
                     return [[self.fmuladd(b, av[i], bv[j], acc[i][j]) for j in range(blk.nr)]
                             for i in range(blk.mr)]
-                b.cbranch(b.icmp_signed("<", k, full_k), body, tail)
-                b.position_at_end(body)
                 new = step(lambda p: self.load(b, self.gep(b, p, k), L, self.size))
                 k.add_incoming(b.add(k, _I64(L)), body)
                 for row, xs in zip(acc, new):
