@@ -18,6 +18,10 @@ accumulating); pack the KC×NC slice of op(B) into NR-wide zero-padded strips; r
 pack the MC×KC slice of op(A) into MR-tall strips; then one MR×NR micro-tile per strip pair.
 Transposes happen only inside packing: Bᵀ by in-register shufflevector transposes of L×L blocks;
 A needs none, as the micro-kernel broadcasts A values from a k-major (Aᵀ) or row-major (A) strip.
+
+A small C = A·Bᵀ over a long K (a conv weight gradient) instead takes the dot-product kernel
+(`graphc_gemm_{dtype}_nt_dot{MR}x{NR}`, `dot_blocking`): no packing; each accumulator of its tile
+is a vector along K, summed across lanes at the end.
 """
 
 from __future__ import annotations
