@@ -1,6 +1,6 @@
 """Convolution and pooling beyond the generated op tests: gathers over images large enough to have
-both edges and a clean interior, max pooling's gradient at ties, and the threads' K-split of conv
-weight gradients."""
+both edges and a clean interior, max pooling's gradient at ties (and after relu, which pooling
+moves behind), and the threads' K-split of conv weight gradients."""
 
 from __future__ import annotations
 
@@ -42,19 +42,38 @@ def test_gathers_over_edges_and_interior_match_numpy(kernel, stride, padding, di
                                   np.pad(x, ((0, 0),) * 3 + ((3, 5),), constant_values=2.0))
 
 
-def _pool_grad(x: np.ndarray, **attrs) -> np.ndarray:
+def _pool_grad(x: np.ndarray, relu_first: bool = False, **attrs) -> np.ndarray:
     g = Graph("pool")
     b = Builder(g)
     v = Value("x", TensorType("f64", x.shape))
     g.inputs = [Input(v)]
-    y = b.max_pool2d(v, **attrs)
+    y = b.max_pool2d(b.relu(v) if relu_first else v, **attrs)
     r = Value("r", y.type)
     g.inputs.append(Input(r, nograd=True))
     g.outputs = {"loss": b.sum(b.mul(y, r))}
     g.loss = "loss"
     upstream = np.arange(1.0, 1 + np.prod(r.shape)).reshape(r.shape)  # distinct per patch
-    out = driver.compile_graph(gradient_graph(bind(g, {}, "f64"))).step(x=x, r=upstream)
+    gg = gradient_graph(bind(g, {}, "f64"))
+    if relu_first:  # reordered: pooling first, then relu on the pooled values
+        assert [n.op for n in gg.nodes][:2] == ["max_pool2d", "relu"]
+    out = driver.compile_graph(gg).step(x=x, r=upstream)
     return np.array(out["d.x"])
+
+
+def test_relu_then_max_pool_is_reordered_with_the_same_gradient():
+    rng = np.random.default_rng(3)
+    x = rng.integers(-2, 3, (2, 3, 6, 8)).astype(np.float64)  # ties, zeros and all-negative patches
+    dx = _pool_grad(x, relu_first=True, kernel=2)
+    # NumPy: the gradient of sum(r * max_pool(relu(x))): each patch's g to the first max of relu(x)
+    # there, times relu's derivative at that element
+    want = np.zeros_like(x)
+    r = np.arange(1.0, 1 + 2 * 3 * 3 * 4).reshape(2, 3, 3, 4)
+    for i in np.ndindex(2, 3, 3, 4):
+        patch = np.maximum(x[i[0], i[1], 2 * i[2]:2 * i[2] + 2, 2 * i[3]:2 * i[3] + 2], 0)
+        a, c = np.unravel_index(np.argmax(patch), patch.shape)
+        if x[i[0], i[1], 2 * i[2] + a, 2 * i[3] + c] > 0:
+            want[i[0], i[1], 2 * i[2] + a, 2 * i[3] + c] = r[i]
+    np.testing.assert_array_equal(dx, want)
 
 
 def test_max_pool_gradient_goes_to_the_first_max_like_pytorch():

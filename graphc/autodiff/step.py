@@ -9,6 +9,7 @@ from graphc.errors import GraphcError
 from graphc.ir.graph import Builder, Graph, Input, TensorType, Value
 from graphc.ir.rewrite import rewrite
 from graphc.passes.dce import dce
+from graphc.passes.reorder import reorder
 
 # losses whose first operand is the model's prediction, and what that operand is called
 PREDICTION_OF_LOSS = {"softmax_cross_entropy": "logits", "mse": "prediction"}
@@ -73,6 +74,6 @@ def inference_graph(fwd: Graph) -> Graph:
 
 def _copy(fwd: Graph, suffix: str) -> Graph:
     from graphc.ir.bind import bind
-    g = bind(fwd, {})
+    g = reorder(bind(fwd, {}))
     g.name = f"{fwd.name}.{suffix}"
     return g
