@@ -121,6 +121,14 @@ def dot_blocking(target: Target, dtype: str, trans_a: bool, trans_b: bool, m: in
     return Blocking(lanes=target.lanes(dtype), mr=mr, nr=nr, mc=mr, kc=_KC, nc=nr, dot=True)
 
 
+def gemm_blocking(target: Target, dtype: str, trans_a: bool, trans_b: bool,
+                  shape: tuple[int, int] | None = None, k: int | None = None) -> Blocking:
+    """The blocking a GEMM made for a C of `shape` over `k` uses: the dot-product kernel's where
+    `dot_blocking` takes it, else `blocking`'s tile for the shape (None: the default tile)."""
+    return (shape is not None and k is not None and dot_blocking(target, dtype, trans_a, trans_b, *shape, k)) \
+        or blocking(target, dtype, shape)
+
+
 def scratch_bytes(target: Target, dtype: str) -> int:
     """Bytes of packing scratch one GEMM call needs, whatever its tile: an MC×KC panel of A and a
     KC×NC one of B."""
@@ -584,13 +592,11 @@ def define_gemm(module: ir.Module, target: Target, dtype: str, trans_a: bool,
     (stored K×N) or Bᵀ (stored N×K). K = 0 zeroes C (unless accumulating); M or N = 0 is a no-op.
     C must not overlap A or B (A and B may overlap each other). `scratch` holds the packed panels:
     `scratch_bytes(target, dtype)` bytes, 64-byte aligned, used by one call at a time.
-    The register tile is `blocking(target, dtype, shape)`'s, or with `k` (the K it is made for) the
-    dot-product kernel's where `dot_blocking` takes it: `shape` is the (M, N) the kernel is made
-    for (None: any), though it computes any M, N and K correctly. One target per module: helpers
+    The tile is `gemm_blocking`'s for `shape`, the (M, N) the kernel is made for, and `k`, its K
+    (None: any), though it computes any M, N and K correctly. One target per module: helpers
     are shared by name across variants and tiles.
     """
-    blk = (shape and k is not None and dot_blocking(target, dtype, trans_a, trans_b, *shape, k)) \
-        or blocking(target, dtype, shape)
+    blk = gemm_blocking(target, dtype, trans_a, trans_b, shape, k)
     name = (f"graphc_gemm_{dtype}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}_"
             f"{'dot' if blk.dot else ''}{blk.mr}x{blk.nr}")
     if name in module.globals:

@@ -23,11 +23,14 @@ from graphc.passes.fuse import Kernel, identity_access, input_maps
 I64 = ir.IntType(64)
 
 
+def _i64(x: int | ir.Value) -> ir.Value:
+    return x if isinstance(x, ir.Value) else ir.Constant(I64, x)
+
+
 def for_range(b: ir.IRBuilder, n: int | ir.Value, body: Callable[[ir.Value], None],
               start: int | ir.Value = 0, vectorize: bool = True) -> None:
     """for i in [start, n): body(i); `vectorize=False` tells LLVM's loop vectorizer to leave it
     scalar (a loop of a few iterations, where entering vector code costs more than it saves)."""
-    as_value = lambda x: x if isinstance(x, ir.Value) else ir.Constant(I64, x)
     pre = b.block
     cond = b.append_basic_block("for.cond")
     blk = b.append_basic_block("for.body")
@@ -35,8 +38,8 @@ def for_range(b: ir.IRBuilder, n: int | ir.Value, body: Callable[[ir.Value], Non
     b.branch(cond)
     b.position_at_end(cond)
     i = b.phi(I64)
-    i.add_incoming(as_value(start), pre)
-    b.cbranch(b.icmp_signed("<", i, as_value(n)), blk, end)
+    i.add_incoming(_i64(start), pre)
+    b.cbranch(b.icmp_signed("<", i, _i64(n)), blk, end)
     b.position_at_end(blk)
     body(i)
     i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
@@ -143,12 +146,17 @@ def _floor_div(b: ir.IRBuilder, x: ir.Value, d: int) -> ir.Value:
     return b.select(b.icmp_signed("<", x, c(0)), b.sdiv(b.sub(x, c(d - 1)), c(d)), b.sdiv(x, c(d)))
 
 
+def _inner_coef(a: Affine, inner: tuple[int, ...]) -> int:
+    """How far access `a`'s index moves per step of the innermost loop (over axes `inner`)."""
+    return sum(cf for ax, cf in a.terms if ax in inner)
+
+
 def _edges(accesses: list[tuple[Affine, int]], inner: tuple[int, ...], space: tuple[int, ...]) -> int | None:
     """An upper bound on the innermost loop's iterations outside `_clean_range`, over all outer
     indices (interval arithmetic on each access's index at inner = 0); None where it has none."""
     trips, total = math.prod(space[a] for a in inner), 0
     for a, size in accesses:
-        coef = sum(cf for ax, cf in a.terms if ax in inner)
+        coef = _inner_coef(a, inner)
         if coef and a.div != 1:
             return None
         if not coef:
@@ -163,20 +171,18 @@ def _edges(accesses: list[tuple[Affine, int]], inner: tuple[int, ...], space: tu
 
 
 def _clean_range(b: ir.IRBuilder, accesses: list[tuple[Affine, int]], inner: tuple[int, ...],
-                 idx: list[ir.Value], trips: int) -> tuple[ir.Value, ir.Value] | None:
+                 idx: list[ir.Value], trips: int) -> tuple[ir.Value, ir.Value]:
     """[lo, hi): the innermost loop's indices where every affine access (Affine, size) is inside
     its value, given the outer loops' indices (`idx`, the inner axis at 0), so that stretch runs
-    unchecked and vectorizes; None when an access divides the inner index (a strided adjoint)."""
+    unchecked and vectorizes. No access may divide the inner index (`_edges` is None then)."""
     c = lambda v: ir.Constant(I64, v)
     smax = lambda x, y: b.select(b.icmp_signed(">", x, y), x, y)
     smin = lambda x, y: b.select(b.icmp_signed("<", x, y), x, y)
     lo, hi = c(0), c(trips)
     for a, size in accesses:
-        coef = sum(cf for ax, cf in a.terms if ax in inner)
+        coef = _inner_coef(a, inner)
         rest = _affine(b, a, idx)  # the index at inner = 0
-        if a.div != 1:
-            if coef:
-                return None
+        if a.div != 1:  # invariant along the row
             q = b.sdiv(rest, c(a.div))
             ok = b.and_(b.icmp_signed("==", b.mul(q, c(a.div)), rest), _inside(b, q, size))
             hi = b.select(ok, hi, c(0))
@@ -325,15 +331,13 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
     def innermost(idx: list[ir.Value], lo, hi, store_reduce: Callable | None) -> None:
         """The innermost loop over [lo, hi), split as above."""
         step = lambda checked: lambda i: body(idx + [i], store_reduce, checked)
-        zero = ir.Constant(I64, 0)
-        clean = split and _clean_range(b, accesses, lp.groups[-1], lp.originals(b, idx + [zero], k.space),
-                                       lp.space[-1])
-        if not clean:
+        if not split:
             for_range(b, hi, step(True), lo)
             return
-        as_value = lambda x: x if isinstance(x, ir.Value) else ir.Constant(I64, x)
+        clean = _clean_range(b, accesses, lp.groups[-1], lp.originals(b, idx + [_i64(0)], k.space),
+                             lp.space[-1])
         clamp = lambda x, a, z: b.select(b.icmp_signed("<", x, a), a, b.select(b.icmp_signed(">", x, z), z, x))
-        lo, hi = as_value(lo), as_value(hi)
+        lo, hi = _i64(lo), _i64(hi)
         a = clamp(clean[0], lo, hi)
         z = clamp(clean[1], a, hi)
         for_range(b, a, step(True), lo, vectorize=False)

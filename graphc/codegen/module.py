@@ -17,7 +17,7 @@ import math
 
 from llvmlite import ir
 
-from graphc.codegen.gemm import (ELEMENT_BYTES, blocking, define_gemm, dot_blocking,
+from graphc.codegen.gemm import (ELEMENT_BYTES, define_gemm, gemm_blocking,
                                  scratch_bytes as gemm_scratch_bytes)
 from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_mxcsr
 from graphc.codegen.kernels import emit_loop_kernel, for_range, loops
@@ -225,9 +225,7 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
 
 def _blocking(n, target: Target):
     """The blocking of a matmul node's GEMM: its tile is chosen for the shape of C."""
-    ta, tb = n.attrs["ta"], n.attrs["tb"]
-    return (dot_blocking(target, n.out.dtype, ta, tb, *n.out.shape, _depth(n))
-            or blocking(target, n.out.dtype, n.out.shape))
+    return gemm_blocking(target, n.out.dtype, n.attrs["ta"], n.attrs["tb"], tuple(n.out.shape), _depth(n))
 
 
 def _k_split(n, target: Target, threads: int) -> bool:
