@@ -281,16 +281,18 @@ class Graphc:
         if not warm.cache_hit:  # the first cached compile of this graph wrote the cache entry
             warm = compile_graph(g, params, threads=threads)
         self.warm = warm.seconds
-        self.run = warm.step.run
+        self.compiled = warm.step
         xin, yin = data_inputs(p.prog.graph)
-        self.xb, self.yb = warm.step.inputs[xin.value.name], warm.step.inputs[yin.value.name]
+        self.xin, self.yin = xin.value.name, yin.value.name
+        xb, yb = warm.step.inputs[self.xin], warm.step.inputs[self.yin]
         warm.step.inputs["lr"][...] = p.lr
-        self.x, self.y, self.loss = p.x.reshape((-1,) + self.xb.shape[1:]), p.y, p.prog.graph.loss
+        self.x = np.ascontiguousarray(p.x.reshape((-1,) + xb.shape[1:]), xb.dtype)
+        self.y, self.loss = np.ascontiguousarray(p.y, yb.dtype), p.prog.graph.loss
 
     def step(self, idx: np.ndarray) -> float:
-        np.take(self.x, idx, axis=0, out=self.xb)
-        np.take(self.y, idx, axis=0, out=self.yb)
-        return float(self.run()[self.loss])
+        self.compiled.gather(self.xin, self.x, idx)
+        self.compiled.gather(self.yin, self.y, idx)
+        return float(self.compiled.run()[self.loss])
 
     def mean(self, losses: list[float]) -> float:
         return float(np.mean(losses))

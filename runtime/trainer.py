@@ -167,7 +167,8 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
            f"arena {compiled.schedule.plan.arena_bytes / 1024:.0f} KiB")
     step = compiled.step
     evaluate = Evaluator(prog, params, opt.threads, opt.check_bounds)
-    xb, yb = step.inputs[xin.value.name], step.inputs[yin.value.name]
+    # check_labels: the labels fit the input's dtype
+    y_train = np.ascontiguousarray(data.y_train, step.inputs[yin.value.name].dtype)
     per_epoch = len(x_train) // opt.batch  # the remainder is dropped; shuffling covers it over epochs
     for name, v in {"lr": opt.lr, **horizon(per_epoch, opt.epochs)}.items():
         if name in step.inputs:  # a schedule has the run's length as inputs when it needs it
@@ -200,8 +201,8 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
                               unit="step", leave=False, disable=not opt.progress, file=sys.stderr,
                               initial=run.step, total=per_epoch):
                     idx = run.order[i * opt.batch:(i + 1) * opt.batch]
-                    np.take(x_train, idx, axis=0, out=xb)
-                    np.take(data.y_train, idx, axis=0, out=yb)
+                    step.gather(xin.value.name, x_train, idx)
+                    step.gather(yin.value.name, y_train, idx)
                     if rollback:
                         rollback.take()
                     loss = float(step.run()[g.loss])

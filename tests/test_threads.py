@@ -32,3 +32,24 @@ def test_two_threads_match_one_bit_for_bit(model, batch):
     assert l1 == l2 and l1[2] < l1[0]
     for name in p1:
         np.testing.assert_array_equal(p1[name], p2[name], err_msg=name)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gather_picks_rows_like_take(threads):
+    """Step.gather (the generated batch gather, split across the pool) copies the rows an index
+    picks, for the float features and the int labels, with an uneven share per thread."""
+    prog = driver.load(ROOT / "models/twolayer.net")
+    g = driver.train_graph(prog, 37)
+    step = driver.compile_graph(g, init_params(g.params, 0), threads=threads).step
+    rng = np.random.default_rng(1)
+    rows = rng.random((501, 784), dtype=np.float32)
+    labels = rng.integers(0, 10, 501).astype(step.inputs["y"].dtype)
+    idx = rng.permutation(501)[:37]
+    step.gather("x", rows, idx)
+    step.gather("y", labels, idx)
+    np.testing.assert_array_equal(step.inputs["x"], rows[idx])
+    np.testing.assert_array_equal(step.inputs["y"], labels[idx])
+    with pytest.raises(IndexError, match=r"37 row indices in \[0, 501\)"):
+        step.gather("x", rows, np.full(37, 501))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        step.gather("x", rows.astype(np.float64), idx)
