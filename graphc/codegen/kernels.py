@@ -60,14 +60,17 @@ def _scalar_loop(m: ir.Module) -> ir.MDValue:
     return m.get_named_metadata(name).operands[0]
 
 
+Ranges = tuple  # per loop from the outermost, (lo, hi) restricting it (a thread's share) or None
+
+
 def nest(b: ir.IRBuilder, dims: tuple[int, ...], body: Callable[[list[ir.Value]], None],
-         idx: tuple = (), outer: tuple[ir.Value, ir.Value] | None = None) -> None:
-    """Loops over `dims`; `outer` = (lo, hi) restricts the outermost one (a thread's share)."""
+         idx: tuple = (), ranges: Ranges = ()) -> None:
+    """Loops over `dims`, the first ones restricted to `ranges`."""
     if not dims:
         body(list(idx))
         return
-    lo, hi = outer or (0, dims[0])
-    for_range(b, hi, lambda i: nest(b, dims[1:], body, idx + (i,)), lo)
+    lo, hi = (ranges[0] if ranges else None) or (0, dims[0])
+    for_range(b, hi, lambda i: nest(b, dims[1:], body, idx + (i,), ranges[1:]), lo)
 
 
 def strides(shape: tuple[int, ...]) -> list[int]:
@@ -232,7 +235,8 @@ class Loops:
         return out
 
 
-def loops(k: Kernel) -> Loops:
+def loops(k: Kernel, merge: bool = True) -> Loops:
+    """The loop nest of `k`; `merge=False` keeps a loop per axis (a GEMM epilogue over a block)."""
     rank = len(k.space)
     coefs, pinned = [strides(k.space)], set()
     for n in k.nodes:
@@ -247,7 +251,7 @@ def loops(k: Kernel) -> Loops:
     axes = [a for a in range(rank) if k.space[a] > 1]  # a size-1 axis is always at 0: no loop
     before = {a: p for p, a in zip(axes, axes[1:])}
     inner_kept = bool(reduced & set(axes)) and axes[-1] not in reduced
-    mergeable = lambda p, a: not {p, a} & pinned and all(c[p] == c[a] * k.space[a] for c in coefs)
+    mergeable = lambda p, a: merge and not {p, a} & pinned and all(c[p] == c[a] * k.space[a] for c in coefs)
     tail = [axes[-1]] if inner_kept else []  # in memory: the innermost kept loop, vectorized
     while tail and tail[0] in before and before[tail[0]] not in reduced and mergeable(before[tail[0]], tail[0]):
         tail.insert(0, before[tail[0]])
@@ -266,20 +270,19 @@ def loops(k: Kernel) -> Loops:
                  kept, inner_kept)
 
 
-def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
-                     outer: tuple[ir.Value, ir.Value] | None = None,
-                     fault: tuple[ir.Value, int] | None = None) -> None:
+def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], ranges: Ranges = (),
+                     fault: tuple[ir.Value, int] | None = None, merge: bool = True) -> None:
     """The body of an elementwise or reduce kernel; `arg_of` maps stored/loaded values to pointers;
-    `outer` = (lo, hi) runs only that range of the outermost loop (a thread's share; for a
-    reduction, the outermost kept loop). With `fault` = (pointer, kernel index), every access is
-    bounds-checked: an offset outside its value is not made, and index + 1 is written to *pointer."""
+    `ranges` restricts the outermost loops of `loops(k, merge)` (a thread's share; for a reduction,
+    its kept loops). With `fault` = (pointer, kernel index), every access is bounds-checked: an
+    offset outside its value is not made, and index + 1 is written to *pointer."""
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     dtype = compute_dtype(k)
     members = set(k.nodes)
     maps = {n: input_maps(n) for n in k.nodes}
     rank = len(k.space)
     red = k.nodes[-1] if k.kind == "reduce" else None
-    lp = loops(k)
+    lp = loops(k, merge)
     gathered = {(v, m) for n in k.nodes for v, m in zip(n.inputs, maps[n])
                 if v.const is None and any(isinstance(a, Affine) for a in m)}
     accesses = list(dict.fromkeys((a, size) for v, m in gathered for a, size in zip(m, v.shape)
@@ -345,23 +348,22 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value],
         for_range(b, hi, step(True), z, vectorize=False)
 
     def run(dims: tuple[int, ...], prefix: list[ir.Value], store_reduce: Callable | None,
-            outer: tuple[ir.Value, ir.Value] | None = None) -> None:
+            ranges: Ranges = ()) -> None:
         """Loops over `dims` after the loop indices `prefix`, ending in the innermost loop."""
         if not dims:
             body(prefix, store_reduce, True)
-        elif len(dims) == 1:
-            innermost(prefix, *(outer or (0, dims[0])), store_reduce)
-        else:
-            nest(b, dims[:-1], lambda idx: innermost(idx, 0, dims[-1], store_reduce), tuple(prefix), outer)
+            return
+        last = (ranges[len(dims) - 1] if len(ranges) >= len(dims) else None) or (0, dims[-1])
+        nest(b, dims[:-1], lambda idx: innermost(idx, *last, store_reduce), tuple(prefix), ranges)
 
     if red is None:
-        run(lp.space, [], None, outer)
+        run(lp.space, [], None, ranges)
     else:
-        _reduce(b, k, lp, red, dtype, run, lambda off: at(arg_of[red.out], off, red.out), outer)
+        _reduce(b, k, lp, red, dtype, run, lambda off: at(arg_of[red.out], off, red.out), ranges)
     b.ret_void()
 
 
-def _reduce(b, k, lp, red, dtype, run, out_at, outer) -> None:
+def _reduce(b, k, lp, red, dtype, run, out_at, ranges) -> None:
     """Kept loops outside, reduced loops inside: accumulate in a register, store each output once
     (or, for `in_memory` loops, zero each leading iteration's slice of the output and accumulate
     into it)."""
@@ -398,7 +400,7 @@ def _reduce(b, k, lp, red, dtype, run, out_at, outer) -> None:
             base = offset(b, oidx, out_coef[:lp.kept])
             for_range(b, slice_size, lambda i: b.store(identity, out_at(b.add(base, i))))
             run(lp.space[lp.kept:], oidx, accumulate)
-        nest(b, lp.space[:lp.kept], fill, outer=outer)
+        nest(b, lp.space[:lp.kept], fill, ranges=ranges)
         return
     with b.goto_entry_block():
         acc = b.alloca(t)
@@ -407,4 +409,4 @@ def _reduce(b, k, lp, red, dtype, run, out_at, outer) -> None:
         b.store(identity, acc)
         run(lp.space[lp.kept:], oidx, lambda idx, x: b.store(combine(b.load(acc), x), acc))
         b.store(b.load(acc), out_at(offset(b, oidx, out_coef[:lp.kept])))
-    nest(b, lp.space[:lp.kept], kept, outer=outer)
+    nest(b, lp.space[:lp.kept], kept, ranges=ranges)

@@ -80,9 +80,9 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
             continue  # the view shares its source's buffer: nothing to run
         args = _distinct(k, s.plan.place)
         parallel = run is not None and _worth_splitting(k)
-        extra = [slot["scratch"]] if k.kind == "contract" else []  # after the buffer pointers
-        if check_bounds and k.kind in ("elementwise", "reduce"):
-            extra.append(slot["fault"])
+        # after the buffer pointers: the fault slot where loops are checked, a GEMM's scratch
+        checked = check_bounds and (k.kind in ("elementwise", "reduce") or _epilogue(k) is not None)
+        extra = [slot[name] for name, used in (("fault", checked), ("scratch", k.kind == "contract")) if used]
         types = ([LLTYPES[v.dtype].as_pointer() for v in args] + [I8P] * len(extra)
                  + ([I64, I64] if parallel else []))
         fn = ir.Function(m, ir.FunctionType(ir.VoidType(), types), f"k{i}_{k.name}")
@@ -94,13 +94,15 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
                 a.add_attribute("noalias")
         arg_of = {v: fn.args[args.index(_first(args, v, s.plan.place))] for v in k.inputs + k.outputs}
         ptrs = [pointer(v) for v in args] + extra
-        fault = (fn.args[len(args)], i) if check_bounds and k.kind in ("elementwise", "reduce") else None
+        fault = (fn.args[len(args)], i) if checked else None
         start = b.call(clock, []) if cycles else None
         if parallel:
             _emit_share(m, fn, k, arg_of, target, threads, fault)
             _post(b, run, slot["pool"], _task(fn), ptrs, threads)
             if k.kind == "contract" and _k_split(k.nodes[0], target, threads):
                 _add_partials(b, k.nodes[0], pointer(k.nodes[0].out), slot["scratch"], target, threads)
+                if _epilogue(k) is not None:  # on the summed C
+                    b.call(_serial_epilogue(m, fn, k, arg_of, fault), ptrs)
         else:
             _emit_kernel(m, fn, k, arg_of, target, fault)
             b.call(fn, ptrs)
@@ -136,6 +138,8 @@ def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target:
         args, ta, tb = _gemm_args(n, arg_of)
         b.call(define_gemm(m, target, n.out.dtype, ta, tb, n.out.shape, _depth(n)),
                args + [ir.Constant(I32, 0), fn.args[-1]])
+        _then_epilogue(b, fn, k, arg_of, {}, fault)
+        return
     else:  # a view whose result lives elsewhere (a graph output): copy it
         src, dst = arg_of[n.inputs[0]], arg_of[n.out]
         for_range(b, math.prod(n.out.shape), lambda i: b.store(b.load(b.gep(src, [i])), b.gep(dst, [i])))
@@ -188,7 +192,7 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     if k.kind in ("elementwise", "reduce"):
         b = ir.IRBuilder(fn.append_basic_block("share"))
         outer = _share(b, ir.Constant(I64, loops(k).space[0]), tid, nt)
-        emit_loop_kernel(fn, k, arg_of, outer=outer, fault=fault)
+        emit_loop_kernel(fn, k, arg_of, ranges=(outer,), fault=fault)
         b.position_at_end(b.block)  # after any alloca the loop nest hoisted into this block
         b.branch(fn.blocks[1])  # into the loop nest's own entry block
         return
@@ -210,17 +214,56 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
         a0 = b.gep(A, [b.mul(k0, lda) if ta else k0])
         b0 = b.gep(B, [k0 if tb else b.mul(k0, ldb)])
         b.call(rng, [M, N, b.sub(k1, k0), a0, lda, b0, ldb, c, ldc, acc, ir.Constant(I64, 0), N, scratch])
-    elif N.constant >= nr * threads and N.constant >= M.constant:
+        b.ret_void()  # the epilogue runs on the summed C, after the split
+        return
+    if N.constant >= nr * threads and N.constant >= M.constant:
         n0, n1 = _share(b, N, tid, nt, nr)
         with b.if_then(b.icmp_signed("<", n0, n1)):
             b.call(rng, [M, N, K, A, lda, B, ldb, C, ldc, acc, n0, n1, scratch])
+        block = {1: (n0, n1)}
     else:
         m0, m1 = _share(b, M, tid, nt)
         a0 = b.gep(A, [m0 if ta else b.mul(m0, lda)])
         with b.if_then(b.icmp_signed("<", m0, m1)):
             b.call(rng, [b.sub(m1, m0), N, K, a0, lda, B, ldb, b.gep(C, [b.mul(m0, ldc)]), ldc, acc,
                          ir.Constant(I64, 0), N, scratch])
-    b.ret_void()
+        block = {0: (m0, m1)}
+    _then_epilogue(b, fn, k, arg_of, block, fault)  # on this thread's block of C: no wait between
+
+
+def _epilogue(k: Kernel) -> Kernel | None:
+    """The elementwise nodes of a contract kernel after its GEMM, as a loop kernel that reads C."""
+    if k.kind != "contract" or len(k.nodes) == 1:
+        return None
+    c = k.nodes[0].out
+    return Kernel("elementwise", k.space, k.nodes[1:], k.inputs + [c], [v for v in k.outputs if v is not c])
+
+
+def _then_epilogue(b: ir.IRBuilder, fn: ir.Function, k: Kernel, arg_of: dict, block: dict, fault) -> None:
+    """Ends the GEMM code in `b`: the kernel's epilogue over the `block` of C (axis -> (lo, hi); an
+    axis not in it, whole) while it is in cache, then return."""
+    epi = _epilogue(k)
+    if epi is None:
+        b.ret_void()
+        return
+    first = len(fn.blocks)
+    lp = loops(epi, merge=False)  # a loop per axis, so a column share restricts the inner one
+    emit_loop_kernel(fn, epi, arg_of, tuple(block.get(g[0]) for g in lp.groups), fault, merge=False)
+    b.branch(fn.blocks[first])
+
+
+def _serial_epilogue(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, fault) -> ir.Function:
+    """fn's epilogue alone, over all of C, taking fn's arguments but (tid, nt): a GEMM that splits
+    K runs it once the partial Cs are summed."""
+    epi = ir.Function(m, ir.FunctionType(ir.VoidType(), fn.function_type.args[:-2]), f"{fn.name}_epilogue")
+    epi.linkage = "internal"
+    for a, e in zip(fn.args, epi.args):
+        for attr in a.attributes:
+            e.add_attribute(attr)
+    same = dict(zip(fn.args, epi.args))
+    emit_loop_kernel(epi, _epilogue(k), {v: same[a] for v, a in arg_of.items()},
+                     fault=fault and (same[fault[0]], fault[1]), merge=False)
+    return epi
 
 
 def _blocking(n, target: Target):

@@ -4,7 +4,12 @@
   space, identity index map), so elementwise chains become one loop; values used only inside the
   kernel never touch memory. Independent kernels that feed the same node that way merge into it.
 - A reduction closes the elementwise kernel that computes its input (its prologue).
-- Contractions (GEMM) and views are kernels of their own.
+- A contraction (GEMM) starts a kernel of its own, and elementwise nodes over its output join it
+  as its epilogue (bias, activation and its mask; an optimizer update of the weight it is the
+  gradient of): each thread runs them on its block of C while that block is in cache, with no
+  second pass. An epilogue that writes in place a value the GEMM reads would race with the other
+  threads' GEMM, so that node stays out.
+- Views are kernels of their own.
 Joining is refused when it would make the kernel depend on itself through another kernel.
 Kernels are then ordered topologically, with one more rule from the design: the kernel that writes
 a param or state in place runs after every kernel that reads its old value.
@@ -63,7 +68,10 @@ def fuse(g: Graph) -> list[Kernel]:
         return seen
 
     def can_join(k: Kernel, n: Node, space: tuple) -> bool:
-        if k.kind != "elementwise" or k.space != space:
+        if k.space != space or k.kind not in ("elementwise", "contract"):
+            return False
+        if k.kind == "contract" and (isinstance(REGISTRY[n.op].lower, Reduce)
+                                     or updated.get(n.out) in k.nodes[0].inputs):
             return False
         for v, m in zip(n.inputs, input_maps(n)):
             p = kernel_of.get(v.producer)
@@ -74,20 +82,26 @@ def fuse(g: Graph) -> list[Kernel]:
         return True
 
     order = {n: i for i, n in enumerate(g.nodes)}
+    updated = {new: target for target, new in g.updates}
     for n in g.nodes:
         lower = REGISTRY[n.op].lower
         if isinstance(lower, (Elementwise, Reduce)):
             space = tuple(n.inputs[0].shape) if isinstance(lower, Reduce) else tuple(n.out.shape)
-            feeders = [kernel_of[v.producer] for v, m in zip(n.inputs, input_maps(n))
-                       if v.producer in kernel_of and identity_access(v, m, space)]
+            # a GEMM's kernel first: the node, and the siblings below, become its epilogue
+            feeders = sorted((kernel_of[v.producer] for v, m in zip(n.inputs, input_maps(n))
+                              if v.producer in kernel_of and identity_access(v, m, space)),
+                             key=lambda k: k.kind != "contract")
             k = next((k for k in feeders if can_join(k, n, space)), None)
             if k is None:
                 k = Kernel("elementwise", space)
                 kernels.append(k)
             for other in feeders:  # sibling producers of n's operands join too: one loop, not two
-                if other is not k and other in kernels and can_join(other, n, space) \
+                if other is not k and other in kernels and other.kind == "elementwise" \
+                        and k.kind != "reduce" and can_join(other, n, space) \
                         and other not in deps(k) and k not in deps(other):
-                    k.nodes = sorted(k.nodes + other.nodes, key=order.get)
+                    # (a GEMM stays first: the nodes joining its epilogue do not read it)
+                    gemm = k.nodes[:1] if k.kind == "contract" else []
+                    k.nodes = gemm + sorted(k.nodes[len(gemm):] + other.nodes, key=order.get)
                     for m in other.nodes:
                         kernel_of[m] = k
                     kernels.remove(other)
@@ -109,7 +123,8 @@ def _connect(g: Graph, kernels: list[Kernel], kernel_of: dict[Node, Kernel]) -> 
     for k in kernels:
         inside = set(k.nodes)
         for n in k.nodes:
-            maps = input_maps(n) if k.kind in ("elementwise", "reduce") else [None] * len(n.inputs)
+            # a GEMM or a view reads its inputs whole; only an epilogue follows the loop's index
+            maps = [None] * len(n.inputs) if n is k.nodes[0] and k.kind in ("contract", "view") else input_maps(n)
             for v, m in zip(n.inputs, maps):
                 internal = v.producer in inside and m is not None and identity_access(v, m, k.space)
                 if v.const is None and not internal and v not in k.inputs:
@@ -121,8 +136,10 @@ def _connect(g: Graph, kernels: list[Kernel], kernel_of: dict[Node, Kernel]) -> 
         for n in k.nodes:
             if id(n.out) in stored and n.out not in k.outputs:
                 k.outputs.append(n.out)
-        if k.kind == "reduce" and k.nodes[-1].out not in k.outputs:
-            k.outputs.append(k.nodes[-1].out)
+        # a reduction's result, and the C a GEMM writes before its epilogue reads it
+        closing = {"reduce": k.nodes[-1].out, "contract": k.nodes[0].out}.get(k.kind)
+        if closing is not None and closing not in k.outputs:
+            k.outputs.append(closing)
     for k in kernels:  # keep outputs in node order (deterministic printing and codegen)
         order = {n.out: i for i, n in enumerate(k.nodes)}
         k.outputs.sort(key=lambda v: order[v])
