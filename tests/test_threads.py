@@ -36,8 +36,9 @@ def test_two_threads_match_one_bit_for_bit(model, batch):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_gather_picks_rows_like_take(threads):
-    """Step.gather (the generated batch gather, split across the pool) copies the rows an index
-    picks, for the float features and the int labels, with an uneven share per thread."""
+    """Step.gather copies the rows an index picks: a large batch (x, 116 KB) by the generated
+    gather, split across the pool in uneven shares; a small one (the labels), or any on one
+    thread, by np.take. An index out of range is refused either way."""
     prog = driver.load(ROOT / "models/twolayer.net")
     g = driver.train_graph(prog, 37)
     step = driver.compile_graph(g, init_params(g.params, 0), threads=threads).step
@@ -49,7 +50,7 @@ def test_gather_picks_rows_like_take(threads):
     step.gather("y", labels, idx)
     np.testing.assert_array_equal(step.inputs["x"], rows[idx])
     np.testing.assert_array_equal(step.inputs["y"], labels[idx])
-    with pytest.raises(IndexError, match=r"37 row indices in \[0, 501\)"):
+    with pytest.raises(IndexError, match="501"):
         step.gather("x", rows, np.full(37, 501))
     with pytest.raises(ValueError, match="C-contiguous float32"):
         step.gather("x", rows.astype(np.float64), idx)
