@@ -120,11 +120,12 @@ def test_other_targets(target, dtype):
 
 
 def tiles(target: Target, dtype: str) -> dict:
-    """A C shape for each register tile the rule picks, M from 1 to past the default MR, C
-    narrower than a vector and several vectors wide (neither a multiple of one)."""
+    """A C shape for each register tile the rule picks, M from 1 to four times the default MR
+    (past it, tiles of fewer rows that fill M), C narrower than a vector and several vectors wide
+    (neither a multiple of one)."""
     default, lanes = blocking(target, dtype), target.lanes(dtype)
     out = {}
-    for m in range(1, default.mr + 3):
+    for m in range(1, 4 * default.mr):
         for n in (lanes // 2 + 1, 7 * lanes + 3):
             blk = blocking(target, dtype, (m, n))
             out.setdefault((blk.mr, blk.nr), (m, n))
