@@ -92,21 +92,17 @@ def fuse(g: Graph) -> list[Kernel]:
         lower = REGISTRY[n.op].lower
         if isinstance(lower, (Elementwise, Reduce)):
             space = tuple(n.inputs[0].shape) if isinstance(lower, Reduce) else tuple(n.out.shape)
-            # a GEMM's kernel first: the node, and the siblings below, become its epilogue
-            feeders = sorted((kernel_of[v.producer] for v, m in zip(n.inputs, input_maps(n))
-                              if v.producer in kernel_of and identity_access(v, m, space)),
-                             key=lambda k: k.kind != "contract")
+            feeders = [kernel_of[v.producer] for v, m in zip(n.inputs, input_maps(n))
+                       if v.producer in kernel_of and identity_access(v, m, space)]
             k = next((k for k in feeders if can_join(k, n, space)), None)
             if k is None:
                 k = Kernel("elementwise", space)
                 kernels.append(k)
             for other in feeders:  # sibling producers of n's operands join too: one loop, not two
-                if other is not k and other in kernels and other.kind == "elementwise" \
-                        and k.kind != "reduce" and can_join(other, n, space) \
-                        and other not in deps(k) and k not in deps(other):
-                    # (a GEMM stays first: the nodes joining its epilogue do not read it)
-                    gemm = k.nodes[:1] if k.kind == "contract" else []
-                    k.nodes = gemm + sorted(k.nodes[len(gemm):] + other.nodes, key=order.get)
+                # (never into an epilogue: a sibling's value is as large as C, which bars n)
+                if other is not k and other in kernels and k.kind == other.kind == "elementwise" \
+                        and can_join(other, n, space) and other not in deps(k) and k not in deps(other):
+                    k.nodes = sorted(k.nodes + other.nodes, key=order.get)
                     for m in other.nodes:
                         kernel_of[m] = k
                     kernels.remove(other)
