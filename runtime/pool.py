@@ -10,12 +10,11 @@ from __future__ import annotations
 import atexit
 import ctypes
 import functools
-import hashlib
 import os
 import threading
 
 
-from graphc.codegen.jit import compile_cached, source_hash
+from graphc.codegen.jit import compile_host
 from graphc.codegen.pool import build_pool, state_bytes
 from graphc.codegen.target import host_target
 
@@ -23,8 +22,7 @@ from graphc.codegen.target import host_target
 class Pool:
     def __init__(self, threads: int) -> None:
         target = host_target()
-        key = hashlib.sha256(f"{source_hash()}|{target.key()}|pool".encode()).hexdigest()
-        self.native, _ = compile_cached(key, lambda: build_pool(target), target)
+        self.native = compile_host("pool", build_pool)
         self.threads = threads
         addr = self.native.address
         self.run_address = addr("graphc_pool_run")

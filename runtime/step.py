@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 
 import numpy as np
 
 from graphc.codegen.feed import build_feed
-from graphc.codegen.jit import Native, compile_cached, source_hash
+from graphc.codegen.jit import Native, compile_host
 from graphc.codegen.module import scratch_bytes, table_slots
-from graphc.codegen.target import Target, host_target
+from graphc.codegen.target import Target
 from graphc.ir.graph import NP_DTYPES, Param, Value
 from graphc.passes.pipeline import Schedule
 from graphc.runtime.init import init_params
@@ -40,9 +39,7 @@ SPLIT_GATHER_BYTES = 1 << 16
 @functools.cache
 def _gather_task() -> tuple[Native, int]:
     """The compiled batch gather (codegen/feed.py) and its task's address."""
-    target = host_target()
-    key = hashlib.sha256(f"{source_hash()}|{target.key()}|feed".encode()).hexdigest()
-    native, _ = compile_cached(key, lambda: build_feed(target), target)
+    native = compile_host("feed", build_feed)
     return native, native.address("graphc_gather_task")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from graphc.codegen.pool import TASK
+from graphc.codegen.pool import TASK, share
 from graphc.codegen.target import Target
 
 I8P = ir.IntType(8).as_pointer()
@@ -32,11 +32,7 @@ def build_feed(target: Target) -> ir.Module:
     p = b.bitcast(arg, GATHER.as_pointer())
     dst, src, idx, rows, row_bytes = (b.load(b.gep(p, [ir.Constant(I32, 0), ir.Constant(I32, i)]))
                                       for i in range(len(GATHER.elements)))
-    one = ir.Constant(I64, 1)
-    chunk = b.sdiv(b.add(rows, b.sub(nt, one)), nt)
-    lo = b.mul(tid, chunk)
-    hi = b.add(lo, chunk)
-    hi = b.select(b.icmp_signed("<", hi, rows), hi, rows)
+    lo, hi = share(b, rows, tid, nt)
     row = lambda r: b.gep(src, [b.mul(b.load(b.gep(idx, [r])), row_bytes)])
 
     head, body, fetch, copy, done = (f.append_basic_block(n) for n in ("head", "body", "fetch", "copy", "done"))
@@ -62,7 +58,7 @@ def build_feed(target: Target) -> ir.Module:
     b.cbranch(b.icmp_signed("<", nxt, row_bytes), line, copy)
     b.position_at_end(copy)
     b.call(memcpy, [b.gep(dst, [b.mul(r, row_bytes)]), row(r), row_bytes, ir.Constant(ir.IntType(1), 0)])
-    r.add_incoming(b.add(r, one), copy)
+    r.add_incoming(b.add(r, ir.Constant(I64, 1)), copy)
     b.branch(head)
     b.position_at_end(done)
     b.ret_void()

@@ -19,7 +19,7 @@ from llvmlite import ir
 
 import graphc
 
-from graphc.codegen.target import Target
+from graphc.codegen.target import Target, host_target
 
 _MAGIC = b"graphc-obj1"
 
@@ -104,6 +104,14 @@ def emit(module: ir.Module | llvm.ModuleRef, target: Target, shared: bool = Fals
             if not f.is_declaration and f.linkage == llvm.Linkage.external:
                 f.visibility = "hidden"
     return target.target_machine(reloc="pic" if shared else "default").emit_object(mod)
+
+
+def compile_host(name: str, build: Callable[[Target], ir.Module]) -> Native:
+    """The host's object for a module that depends only on graphc's own code (the worker pool, the
+    batch gather), from the cache or built once."""
+    target = host_target()
+    key = hashlib.sha256(f"{source_hash()}|{target.key()}|{name}".encode()).hexdigest()
+    return compile_cached(key, lambda: build(target), target)[0]
 
 
 def compile_cached(key: str, build: Callable[[], ir.Module], target: Target,

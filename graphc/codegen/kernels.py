@@ -27,6 +27,14 @@ def _i64(x: int | ir.Value) -> ir.Value:
     return x if isinstance(x, ir.Value) else ir.Constant(I64, x)
 
 
+def _smax(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed(">", x, y), x, y)
+
+
+def _smin(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
 def for_range(b: ir.IRBuilder, n: int | ir.Value, body: Callable[[ir.Value], None],
               start: int | ir.Value = 0, vectorize: bool = True) -> None:
     """for i in [start, n): body(i); `vectorize=False` tells LLVM's loop vectorizer to leave it
@@ -100,14 +108,14 @@ def access(v: Value, m: tuple, rank: int) -> list[int]:
 
 def _affine(b: ir.IRBuilder, a: Affine, idx: list[ir.Value]) -> ir.Value:
     """Σ coef · idx[axis] + offset (before the division)."""
-    t = ir.Constant(I64, a.offset)
+    t = _i64(a.offset)
     for axis, coef in a.terms:
-        t = b.add(t, b.mul(idx[axis], ir.Constant(I64, coef)))
+        t = b.add(t, b.mul(idx[axis], _i64(coef)))
     return t
 
 
 def _inside(b: ir.IRBuilder, t: ir.Value, size: int) -> ir.Value:
-    return b.and_(b.icmp_signed(">=", t, ir.Constant(I64, 0)), b.icmp_signed("<", t, ir.Constant(I64, size)))
+    return b.and_(b.icmp_signed(">=", t, _i64(0)), b.icmp_signed("<", t, _i64(size)))
 
 
 def gather(b: ir.IRBuilder, at: Callable, ptr: ir.Value, v: Value, m: tuple, idx: list[ir.Value],
@@ -115,22 +123,21 @@ def gather(b: ir.IRBuilder, at: Callable, ptr: ir.Value, v: Value, m: tuple, idx
     """Load `v` through a map with `Affine` axes: compute each such index, and read `fill` where it
     falls outside `v` (the load itself always uses a valid address). Unchecked, every index is
     known to be inside: a plain load."""
-    c = lambda x: ir.Constant(I64, x)
     ok = ir.Constant(ir.IntType(1), 1)
-    lin = c(0)
+    lin = _i64(0)
     for a, size, stride in zip(m, v.shape, strides(tuple(v.shape))):
         if a is None:
             continue
         if isinstance(a, Affine):
             t = _affine(b, a, idx)
             if a.div != 1:
-                q = b.sdiv(t, c(a.div))
-                ok = b.and_(ok, b.icmp_signed("==", b.mul(q, c(a.div)), t))
+                q = b.sdiv(t, _i64(a.div))
+                ok = b.and_(ok, b.icmp_signed("==", b.mul(q, _i64(a.div)), t))
                 t = q
             ok = b.and_(ok, _inside(b, t, size))
         else:
             t = idx[a]
-        lin = b.add(lin, b.mul(t, c(stride)))
+        lin = b.add(lin, b.mul(t, _i64(stride)))
     if not checked:
         return b.load(at(ptr, lin, v))
     # a branch, not a select of the address: the loop vectorizer turns it into a masked load
@@ -145,8 +152,7 @@ def gather(b: ir.IRBuilder, at: Callable, ptr: ir.Value, v: Value, m: tuple, idx
 
 def _floor_div(b: ir.IRBuilder, x: ir.Value, d: int) -> ir.Value:
     """floor(x / d) for d > 0 (sdiv rounds toward zero)."""
-    c = lambda v: ir.Constant(I64, v)
-    return b.select(b.icmp_signed("<", x, c(0)), b.sdiv(b.sub(x, c(d - 1)), c(d)), b.sdiv(x, c(d)))
+    return b.select(b.icmp_signed("<", x, _i64(0)), b.sdiv(b.sub(x, _i64(d - 1)), _i64(d)), b.sdiv(x, _i64(d)))
 
 
 def _inner_coef(a: Affine, inner: tuple[int, ...]) -> int:
@@ -178,25 +184,22 @@ def _clean_range(b: ir.IRBuilder, accesses: list[tuple[Affine, int]], inner: tup
     """[lo, hi): the innermost loop's indices where every affine access (Affine, size) is inside
     its value, given the outer loops' indices (`idx`, the inner axis at 0), so that stretch runs
     unchecked and vectorizes. No access may divide the inner index (`_edges` is None then)."""
-    c = lambda v: ir.Constant(I64, v)
-    smax = lambda x, y: b.select(b.icmp_signed(">", x, y), x, y)
-    smin = lambda x, y: b.select(b.icmp_signed("<", x, y), x, y)
-    lo, hi = c(0), c(trips)
+    lo, hi = _i64(0), _i64(trips)
     for a, size in accesses:
         coef = _inner_coef(a, inner)
         rest = _affine(b, a, idx)  # the index at inner = 0
         if a.div != 1:  # invariant along the row
-            q = b.sdiv(rest, c(a.div))
-            ok = b.and_(b.icmp_signed("==", b.mul(q, c(a.div)), rest), _inside(b, q, size))
-            hi = b.select(ok, hi, c(0))
+            q = b.sdiv(rest, _i64(a.div))
+            ok = b.and_(b.icmp_signed("==", b.mul(q, _i64(a.div)), rest), _inside(b, q, size))
+            hi = b.select(ok, hi, _i64(0))
         elif coef == 0:
-            hi = b.select(_inside(b, rest, size), hi, c(0))
+            hi = b.select(_inside(b, rest, size), hi, _i64(0))
         elif coef > 0:  # 0 <= rest + coef*i <= size - 1
-            lo = smax(lo, b.neg(_floor_div(b, rest, coef)))
-            hi = smin(hi, b.add(_floor_div(b, b.sub(c(size - 1), rest), coef), c(1)))
+            lo = _smax(b, lo, b.neg(_floor_div(b, rest, coef)))
+            hi = _smin(b, hi, b.add(_floor_div(b, b.sub(_i64(size - 1), rest), coef), _i64(1)))
         else:  # 0 <= rest - |coef|*i <= size - 1
-            lo = smax(lo, b.add(_floor_div(b, b.sub(rest, c(size)), -coef), c(1)))
-            hi = smin(hi, b.add(_floor_div(b, rest, -coef), c(1)))
+            lo = _smax(b, lo, b.add(_floor_div(b, b.sub(rest, _i64(size)), -coef), _i64(1)))
+            hi = _smin(b, hi, b.add(_floor_div(b, rest, -coef), _i64(1)))
     return lo, hi
 
 
@@ -339,10 +342,9 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
             return
         clean = _clean_range(b, accesses, lp.groups[-1], lp.originals(b, idx + [_i64(0)], k.space),
                              lp.space[-1])
-        clamp = lambda x, a, z: b.select(b.icmp_signed("<", x, a), a, b.select(b.icmp_signed(">", x, z), z, x))
         lo, hi = _i64(lo), _i64(hi)
-        a = clamp(clean[0], lo, hi)
-        z = clamp(clean[1], a, hi)
+        a = _smin(b, _smax(b, clean[0], lo), hi)  # lo <= a <= z <= hi
+        z = _smin(b, _smax(b, clean[1], a), hi)
         for_range(b, a, step(True), lo, vectorize=False)
         for_range(b, z, step(False), a)
         for_range(b, hi, step(True), z, vectorize=False)

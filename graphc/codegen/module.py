@@ -19,7 +19,7 @@ from llvmlite import ir
 
 from graphc.codegen.gemm import (ELEMENT_BYTES, define_gemm, gemm_blocking,
                                  scratch_bytes as gemm_scratch_bytes)
-from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_mxcsr
+from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_mxcsr, share
 from graphc.codegen.kernels import emit_loop_kernel, for_range, loops
 from graphc.codegen.scalar import LLTYPES
 from graphc.codegen.target import Target
@@ -175,23 +175,13 @@ def _worth_splitting(k: Kernel) -> bool:
             and loops(k).kept > 0)
 
 
-def _share(b: ir.IRBuilder, size: ir.Value, tid: ir.Value, nt: ir.Value, align: int = 1):
-    """Thread tid's range [lo, hi) of [0, size): equal shares rounded up to multiples of `align`."""
-    one, al = ir.Constant(I64, 1), ir.Constant(I64, align)
-    ceil_div = lambda x, y: b.sdiv(b.add(x, b.sub(y, one)), y)
-    clamp = lambda x: b.select(b.icmp_signed("<", x, size), x, size)
-    chunk = b.mul(ceil_div(ceil_div(size, nt), al), al)
-    lo = clamp(b.mul(tid, chunk))
-    return lo, clamp(b.add(lo, chunk))
-
-
 def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target,
                 threads: int, fault=None) -> None:
     """The body of a split kernel fn(ptrs..., [scratch,] tid, nt): thread tid's share of the work."""
     tid, nt = fn.args[-2:]
     if k.kind in ("elementwise", "reduce"):
         b = ir.IRBuilder(fn.append_basic_block("share"))
-        outer = _share(b, ir.Constant(I64, loops(k).space[0]), tid, nt)
+        outer = share(b, ir.Constant(I64, loops(k).space[0]), tid, nt)
         emit_loop_kernel(fn, k, arg_of, ranges=(outer,), fault=fault)
         b.position_at_end(b.block)  # after any alloca the loop nest hoisted into this block
         b.branch(fn.blocks[1])  # into the loop nest's own entry block
@@ -208,7 +198,7 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     # smaller; columns go in whole NR strips. When C is small both ways, share K (whole KC blocks):
     # thread 0 writes C, the others a partial C in their slot, added in after the split
     if _k_split(n, target, threads):
-        k0, k1 = _share(b, K, tid, nt, _blocking(n, target).kc)
+        k0, k1 = share(b, K, tid, nt, _blocking(n, target).kc)
         partial = b.bitcast(b.gep(scratch, [ir.Constant(I64, gemm_scratch_bytes(target, dtype))]), C.type)
         c = b.select(b.icmp_signed("==", tid, ir.Constant(I64, 0)), C, partial)
         a0 = b.gep(A, [b.mul(k0, lda) if ta else k0])
@@ -217,12 +207,12 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
         b.ret_void()  # the epilogue runs on the summed C, after the split
         return
     if N.constant >= nr * threads and N.constant >= M.constant:
-        n0, n1 = _share(b, N, tid, nt, nr)
+        n0, n1 = share(b, N, tid, nt, nr)
         with b.if_then(b.icmp_signed("<", n0, n1)):
             b.call(rng, [M, N, K, A, lda, B, ldb, C, ldc, acc, n0, n1, scratch])
         block = {1: (n0, n1)}
     else:
-        m0, m1 = _share(b, M, tid, nt)
+        m0, m1 = share(b, M, tid, nt)
         a0 = b.gep(A, [m0 if ta else b.mul(m0, lda)])
         with b.if_then(b.icmp_signed("<", m0, m1)):
             b.call(rng, [b.sub(m1, m0), N, K, a0, lda, B, ldb, b.gep(C, [b.mul(m0, ldc)]), ldc, acc,

@@ -62,6 +62,17 @@ def restore_mxcsr(b: ir.IRBuilder, old: ir.Value | None) -> None:
     b.call(b.module.globals["llvm.x86.sse.ldmxcsr"], [b.bitcast(slot, I8P)])
 
 
+def share(b: ir.IRBuilder, size: ir.Value, tid: ir.Value, nt: ir.Value, align: int = 1
+          ) -> tuple[ir.Value, ir.Value]:
+    """Thread tid's range [lo, hi) of [0, size): equal shares rounded up to multiples of `align`."""
+    one, al = ir.Constant(I64, 1), ir.Constant(I64, align)
+    ceil_div = lambda x, y: b.sdiv(b.add(x, b.sub(y, one)), y)
+    clamp = lambda x: b.select(b.icmp_signed("<", x, size), x, size)
+    chunk = b.mul(ceil_div(ceil_div(size, nt), al), al)
+    lo = clamp(b.mul(tid, chunk))
+    return lo, clamp(b.add(lo, chunk))
+
+
 def state_bytes(target: Target) -> int:
     """Bytes of a pool's state."""
     return STATE.get_abi_size(target.target_machine().target_data)
