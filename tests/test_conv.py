@@ -10,9 +10,11 @@ import pytest
 
 from graphc import driver
 from graphc.autodiff.step import gradient_graph
+from graphc.codegen.kernels import loops
 from graphc.ir.bind import bind
 from graphc.ir.graph import Builder, Graph, Input, TensorType, Value
 from graphc.ops import REGISTRY
+from graphc.passes.pipeline import schedule
 from graphc.runtime.init import init_params
 
 
@@ -42,7 +44,8 @@ def test_gathers_over_edges_and_interior_match_numpy(kernel, stride, padding, di
                                   np.pad(x, ((0, 0),) * 3 + ((3, 5),), constant_values=2.0))
 
 
-def _pool_grad(x: np.ndarray, relu_first: bool = False, **attrs) -> np.ndarray:
+def _pool_graph(x: np.ndarray, relu_first: bool = False, **attrs) -> Graph:
+    """The gradient graph of sum(r * max_pool2d(x)), r an input."""
     g = Graph("pool")
     b = Builder(g)
     v = Value("x", TensorType("f64", x.shape))
@@ -52,12 +55,32 @@ def _pool_grad(x: np.ndarray, relu_first: bool = False, **attrs) -> np.ndarray:
     g.inputs.append(Input(r, nograd=True))
     g.outputs = {"loss": b.sum(b.mul(y, r))}
     g.loss = "loss"
-    upstream = np.arange(1.0, 1 + np.prod(r.shape)).reshape(r.shape)  # distinct per patch
     gg = gradient_graph(bind(g, {}, "f64"))
     if relu_first:  # reordered: pooling first, then relu on the pooled values
         assert [n.op for n in gg.nodes][:2] == ["max_pool2d", "relu"]
-    out = driver.compile_graph(gg).step(x=x, r=upstream)
-    return np.array(out["d.x"])
+    return gg
+
+
+def _pool_grad(x: np.ndarray, relu_first: bool = False, **attrs) -> np.ndarray:
+    gg = _pool_graph(x, relu_first, **attrs)
+    r = gg.inputs[1].value
+    upstream = np.arange(1.0, 1 + np.prod(r.shape)).reshape(r.shape)  # distinct per patch
+    return np.array(driver.compile_graph(gg).step(x=x, r=upstream)["d.x"])
+
+
+def _first_max_grad(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
+    """NumPy: each patch sends its upstream gradient (1, 2, ... in patch order) to its first max."""
+    n, c, h, w = x.shape
+    p = padding
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
+    want = np.zeros_like(xp)
+    oh, ow = (h + 2 * p - kernel) // stride + 1, (w + 2 * p - kernel) // stride + 1
+    r = np.arange(1.0, 1 + n * c * oh * ow).reshape(n, c, oh, ow)
+    for i in np.ndindex(n, c, oh, ow):
+        patch = xp[i[0], i[1], stride * i[2]:stride * i[2] + kernel, stride * i[3]:stride * i[3] + kernel]
+        a, bb = np.unravel_index(np.argmax(patch), patch.shape)
+        want[i[0], i[1], stride * i[2] + a, stride * i[3] + bb] += r[i]
+    return want[:, :, p:p + h, p:p + w]
 
 
 def test_relu_then_max_pool_is_reordered_with_the_same_gradient():
@@ -91,18 +114,21 @@ def test_max_pool_gradient_goes_to_the_first_max_like_pytorch():
 def test_overlapping_padded_patches_each_pick_one_max():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 3, (2, 3, 7, 5)).astype(np.float64)  # many ties
-    dx = _pool_grad(x, kernel=3, stride=2, padding=1)
-    # a NumPy reference of the rule: each patch sends its g to its first max
-    n, c, h, w = x.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    want = np.zeros_like(xp)
-    oh, ow = (h + 2 - 3) // 2 + 1, (w + 2 - 3) // 2 + 1
-    r = np.arange(1.0, 1 + n * c * oh * ow).reshape(n, c, oh, ow)
-    for i in np.ndindex(n, c, oh, ow):
-        patch = xp[i[0], i[1], 2 * i[2]:2 * i[2] + 3, 2 * i[3]:2 * i[3] + 3]
-        a, bb = np.unravel_index(np.argmax(patch), patch.shape)
-        want[i[0], i[1], 2 * i[2] + a, 2 * i[3] + bb] += r[i]
-    np.testing.assert_array_equal(dx, want[:, :, 1:-1, 1:-1])
+    np.testing.assert_array_equal(_pool_grad(x, kernel=3, stride=2, padding=1),
+                                  _first_max_grad(x, kernel=3, stride=2, padding=1))
+
+
+@pytest.mark.parametrize("width", [38, 10])
+def test_pool_windows_unrolled_into_vectorized_rows_match_numpy(width):
+    # 2x2 windows tiling the image: the window's loops are unrolled into the row of pooled pixels
+    # (19: vector iterations and a remainder; 5: shorter than a vector), forward and backward
+    rng = np.random.default_rng(5)
+    x = rng.integers(-3, 4, (2, 3, 6, width)).astype(np.float64)  # ties
+    gg = _pool_graph(x, kernel=2)
+    unrolled = {(k.kind, loops(k).unrolled) for k in schedule(gg).kernels
+                if any(n.op in ("max", "eq") for n in k.nodes) and k.space[-1] == 2}
+    assert unrolled == {("reduce", 2), ("elementwise", 1)}  # the maxima, the gradient's scatter
+    np.testing.assert_array_equal(_pool_grad(x, kernel=2), _first_max_grad(x, kernel=2, stride=2, padding=0))
 
 
 def test_conv_weight_gradient_split_over_k_matches_one_thread():
