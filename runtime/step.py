@@ -128,8 +128,8 @@ class Step:
 
     def gather(self, name: str, rows: np.ndarray, idx: np.ndarray) -> None:
         """inputs[name][i] = rows[idx[i]]: a batch picked from a dataset, copied by generated code
-        on the step's threads where it is large (random MNIST rows: 55 us for 128 against np.take's
-        85). `rows` must be C-contiguous, with the input's dtype and row shape."""
+        on the step's threads where it is large (codegen/feed.py says why and by how much), else by
+        np.take. `rows` must be C-contiguous, with the input's dtype and row shape."""
         dst = self.inputs[name]
         if rows.dtype != dst.dtype or rows.shape[1:] != dst.shape[1:] or not rows.flags.c_contiguous:
             raise ValueError(f"input {name}: rows must be C-contiguous {dst.dtype}[n, "
