@@ -67,7 +67,7 @@ import resource  # noqa: E402
 import statistics  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Protocol  # noqa: E402
 
@@ -84,7 +84,7 @@ from graphc.autodiff.step import training_graph  # noqa: E402
 from graphc.driver import compile_graph, forward, load  # noqa: E402
 from graphc.runtime.data import load_dataset  # noqa: E402
 from graphc.runtime.init import init_params  # noqa: E402
-from graphc.runtime.trainer import data_inputs, fit_features  # noqa: E402
+from graphc.runtime.trainer import data_inputs, fit_features, train_rows  # noqa: E402
 
 MOMENTUM = 0.9
 SEED = 0
@@ -228,6 +228,7 @@ class Problem:
     spec: NetSpec                  # the layers, as the peers build them
     init: dict[str, np.ndarray]    # graphc's initial params by name
     x: np.ndarray                  # [N, *spec.input_shape] float32
+    rows: np.ndarray | tuple[np.ndarray, float]  # the same samples as graphc's trainer feeds them
     y: np.ndarray                  # [N] int32
     lr: float
 
@@ -248,9 +249,10 @@ def make_problem(net: Network, data: Any, samples: int | None) -> Problem:
     init = init_params(prog.graph.params, prog.train.seed)
     spec = read_spec(forward(prog, net.batch))
     xin, _ = data_inputs(prog.graph)
-    x = fit_features(data.x_train[:samples], xin, data.name).reshape((-1,) + spec.input_shape)
+    data = replace(data, raw_train=data.raw_train[:samples], y_train=data.y_train[:samples])
+    x = fit_features(data.x_train, xin, data.name).reshape((-1,) + spec.input_shape)
     lr = float(prog.train.opt_args["lr"]) * net.batch / prog.train.batch  # the linear scaling rule
-    return Problem(net, prog, spec, init, x, data.y_train[:samples], lr)
+    return Problem(net, prog, spec, init, x, train_rows(data, xin), data.y_train, lr)
 
 
 # ---- the frameworks -------------------------------------------------------------------------
@@ -283,15 +285,13 @@ class Graphc:
         self.warm = warm.seconds
         self.compiled = warm.step
         xin, yin = data_inputs(p.prog.graph)
-        self.xin, self.yin = xin.value.name, yin.value.name
-        xb, yb = warm.step.inputs[self.xin], warm.step.inputs[self.yin]
         warm.step.inputs["lr"][...] = p.lr
-        self.x = np.ascontiguousarray(p.x.reshape((-1,) + xb.shape[1:]), xb.dtype)
-        self.y, self.loss = np.ascontiguousarray(p.y, yb.dtype), p.prog.graph.loss
+        self.feed = warm.step.feeder(**{xin.value.name: p.rows, yin.value.name: np.ascontiguousarray(
+            p.y, warm.step.inputs[yin.value.name].dtype)})
+        self.loss = p.prog.graph.loss
 
     def step(self, idx: np.ndarray) -> float:
-        self.compiled.gather(self.xin, self.x, idx)
-        self.compiled.gather(self.yin, self.y, idx)
+        self.feed(idx)
         return float(self.compiled.run()[self.loss])
 
     def mean(self, losses: list[float]) -> float:

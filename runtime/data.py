@@ -11,19 +11,24 @@
 CSV files and single-split NPZ files (x, y) are split deterministically: a fixed permutation from
 np.random.default_rng(0), whose last 20% (at least one sample) is the test set.
 
-Features come back float32 and C-contiguous, shaped [N, ...] by the sample's natural shape (MNIST
-[N, 28, 28], CSV [N, F]); labels come back int32. Features are scaled so that raw pixel data lands
-in [0, 1] without the user choosing a transform:
+Features (`x_train`, `x_test`) are float32 and C-contiguous, shaped [N, ...] by the sample's natural
+shape (MNIST [N, 28, 28], CSV [N, F]); labels come back int32. Features are scaled so that raw pixel
+data lands in [0, 1] without the user choosing a transform:
   * IDX data (uint8) is divided by 255;
   * integer-valued CSV features and integer-dtype NPZ features are divided by their maximum over
     the whole file when that maximum is > 1 (the bundled digits: / 16);
   * float features (non-integral CSV values, float NPZ arrays) are used as given.
+Integer data in [0, 255] is kept as its bytes (`raw_train`, `raw_test`: uint8, with `divisor`), a
+quarter of float32's memory; the trainer's feed converts each batch (codegen/feed.py), and the
+float features are made, float32(byte) / divisor, only when asked for. Other data is kept as its
+float32 features (divisor 1).
 
 Every problem with a file raises DataError naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.resources
 import math
@@ -56,11 +61,26 @@ _INT32_MAX = np.iinfo(np.int32).max
 @dataclass
 class Dataset:
     name: str
-    x_train: np.ndarray  # float32, [N, ...] natural sample shape
-    y_train: np.ndarray  # int32 [N]
-    x_test: np.ndarray
+    raw_train: np.ndarray  # [N, ...] natural sample shape: uint8 bytes, or float32 features
+    y_train: np.ndarray    # int32 [N]
+    raw_test: np.ndarray
     y_test: np.ndarray
-    num_classes: int  # max label + 1 over both splits
+    num_classes: int       # max label + 1 over both splits
+    divisor: float = 1.0   # features = float32(raw) / divisor
+
+    @functools.cached_property
+    def x_train(self) -> np.ndarray:
+        """The training features, float32."""
+        return self.features(self.raw_train)
+
+    @functools.cached_property
+    def x_test(self) -> np.ndarray:
+        """The test features, float32."""
+        return self.features(self.raw_test)
+
+    def features(self, raw: np.ndarray) -> np.ndarray:
+        """float32 features of some of this data set's raw samples."""
+        return raw if raw.dtype == np.float32 else np.divide(raw, np.float32(self.divisor), dtype=np.float32)
 
 
 def load_dataset(spec: str | os.PathLike) -> Dataset:
@@ -139,9 +159,7 @@ def _load_idx_dir(path: Path, name: str) -> Dataset:
                             f"{files[f'y_{split}']} holds {len(labels)} labels")
         if len(images) == 0:
             raise DataError(f"{files[f'x_{split}']}: holds no images")
-    x_train, x_test = (np.divide(arrays[k], np.float32(255), dtype=np.float32)
-                       for k in ("x_train", "x_test"))
-    return _dataset(name, x_train, arrays["y_train"], x_test, arrays["y_test"])
+    return _dataset(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], 255)
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
@@ -197,8 +215,8 @@ def _load_csv(path: Path, name: str) -> Dataset:
     x = table[:, :-1]
     _check_finite(path, x, line_of)
     y = _labels(path, table[:, -1], line_of)
-    (x,) = _to_float32([x], integral=bool(np.array_equal(x, np.floor(x))))
-    return _split(path, name, x, y)
+    (x,), divisor = _stored([x], integral=bool(np.array_equal(x, np.floor(x))))
+    return _split(path, name, x, y, divisor)
 
 
 # ---- NPZ ----
@@ -225,10 +243,10 @@ def _load_npz(path: Path, name: str) -> Dataset:
         raise DataError(f"{path}: x_train has samples of shape {xs['x_train'].shape[1:]} but "
                         f"x_test has {xs['x_test'].shape[1:]}")
     integral = all(x.dtype.kind in "biu" for x in xs.values())
-    x_arrays = _to_float32(list(xs.values()), integral)
+    x_arrays, divisor = _stored(list(xs.values()), integral)
     if "x" in xs:
-        return _split(path, name, x_arrays[0], ys["y"])
-    return _dataset(name, x_arrays[0], ys["y_train"], x_arrays[1], ys["y_test"])
+        return _split(path, name, x_arrays[0], ys["y"], divisor)
+    return _dataset(name, x_arrays[0], ys["y_train"], x_arrays[1], ys["y_test"], divisor)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -275,17 +293,17 @@ def _labels(path: Path, y: np.ndarray, where: Callable[[int], str]) -> np.ndarra
     return y.astype(np.int32)
 
 
-def _to_float32(xs: list[np.ndarray], integral: bool) -> list[np.ndarray]:
-    """float32 copies, integer data divided by its maximum over the file when that is > 1."""
+def _stored(xs: list[np.ndarray], integral: bool) -> tuple[list[np.ndarray], float]:
+    """The arrays as a Dataset keeps them, and their divisor: integer data is divided by its maximum
+    over the file when that is > 1, and kept as bytes when it fits them; other data as float32."""
     peak = max(float(x.max()) for x in xs)
-    out = [x.astype(np.float32) for x in xs]
-    if integral and peak > 1:
-        for x in out:
-            x /= peak
-    return out
+    divisor = peak if integral and peak > 1 else 1.0
+    if integral and min(float(x.min()) for x in xs) >= 0 and peak <= 255:
+        return [x.astype(np.uint8) for x in xs], divisor
+    return [np.divide(x, np.float32(divisor), dtype=np.float32) for x in xs], 1.0
 
 
-def _split(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> Dataset:
+def _split(path: Path, name: str, x: np.ndarray, y: np.ndarray, divisor: float) -> Dataset:
     """Splits one sample set by a fixed permutation: the last TEST_FRACTION is the test set."""
     n = len(x)
     if n < 2:
@@ -293,16 +311,17 @@ def _split(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> Dataset:
     order = np.random.default_rng(0).permutation(n)
     n_test = max(1, int(n * TEST_FRACTION))
     train, test = order[:-n_test], order[-n_test:]
-    return _dataset(name, x[train], y[train], x[test], y[test])
+    return _dataset(name, x[train], y[train], x[test], y[test], divisor)
 
 
 def _dataset(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-             y_test: np.ndarray) -> Dataset:
+             y_test: np.ndarray, divisor: float) -> Dataset:
     return Dataset(
         name=name,
-        x_train=np.ascontiguousarray(x_train, dtype=np.float32),
+        raw_train=np.ascontiguousarray(x_train),
         y_train=np.ascontiguousarray(y_train, dtype=np.int32),
-        x_test=np.ascontiguousarray(x_test, dtype=np.float32),
+        raw_test=np.ascontiguousarray(x_test),
         y_test=np.ascontiguousarray(y_test, dtype=np.int32),
         num_classes=int(max(y_train.max(), y_test.max())) + 1,
+        divisor=divisor,
     )

@@ -31,7 +31,7 @@ def _feeds(prog: Program, g: Graph, batch: int, seed: int) -> dict[str, np.ndarr
         from graphc.runtime.trainer import data_inputs, fit_features
         data = load_dataset(prog.train.data)
         xin, yin = data_inputs(prog.graph)
-        feeds[xin.value.name] = fit_features(data.x_train[:batch], xin, data.name).astype(np.float64)
+        feeds[xin.value.name] = fit_features(data.features(data.raw_train[:batch]), xin, data.name).astype(np.float64)
         feeds[yin.value.name] = data.y_train[:batch]
     for i in g.inputs:
         v = i.value

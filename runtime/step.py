@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from graphc.codegen.feed import build_feed
+from graphc.codegen.feed import KINDS, build_feed
 from graphc.codegen.jit import Native, compile_host
 from graphc.codegen.module import scratch_bytes, table_slots
 from graphc.codegen.target import Target
@@ -24,23 +24,30 @@ from graphc.runtime.pool import Pool
 
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p))
 _RUN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+_TASK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 
 
-class _Gather(ctypes.Structure):
-    """feed.GATHER: what the gather task copies."""
-    _fields_ = [("dst", ctypes.c_void_p), ("src", ctypes.c_void_p), ("idx", ctypes.c_void_p),
-                ("rows", ctypes.c_int64), ("row_bytes", ctypes.c_int64)]
+class _Source(ctypes.Structure):
+    """feed.SOURCE: one input a feed fills."""
+    _fields_ = [("dst", ctypes.c_void_p), ("src", ctypes.c_void_p), ("src_rows", ctypes.c_int64),
+                ("row_bytes", ctypes.c_int64), ("divisor", ctypes.c_float), ("kind", ctypes.c_int32)]
 
 
-# a smaller batch gains nothing from a second thread: np.take copies it (its call costs less)
-SPLIT_GATHER_BYTES = 1 << 16
+class _Feed(ctypes.Structure):
+    """feed.FEED: a batch's row indices and the sources they pick from."""
+    _fields_ = [("idx", ctypes.c_void_p), ("rows", ctypes.c_int64), ("sources", ctypes.c_void_p),
+                ("count", ctypes.c_int64), ("fault", ctypes.c_void_p)]
+
+
+# a smaller batch gains nothing from a second thread: this thread copies it (no hand-off)
+SPLIT_FEED_BYTES = 1 << 16
 
 
 @functools.cache
-def _gather_task() -> tuple[Native, int]:
-    """The compiled batch gather (codegen/feed.py) and its task's address."""
+def _feed_task() -> tuple[Native, int]:
+    """The compiled batch feed (codegen/feed.py) and its task's address."""
     native = compile_host("feed", build_feed)
-    return native, native.address("graphc_gather_task")
+    return native, native.address("graphc_feed_task")
 
 
 class BoundsError(RuntimeError):
@@ -126,25 +133,60 @@ class Step:
                               f"{' '.join(n.op for n in k.nodes)}) indexed outside a buffer")
         return self.outputs
 
-    def gather(self, name: str, rows: np.ndarray, idx: np.ndarray) -> None:
-        """inputs[name][i] = rows[idx[i]]: a batch picked from a dataset, copied by generated code
-        on the step's threads where it is large (codegen/feed.py says why and by how much), else by
-        np.take. `rows` must be C-contiguous, with the input's dtype and row shape."""
-        dst = self.inputs[name]
-        if rows.dtype != dst.dtype or rows.shape[1:] != dst.shape[1:] or not rows.flags.c_contiguous:
-            raise ValueError(f"input {name}: rows must be C-contiguous {dst.dtype}[n, "
-                             f"{', '.join(map(str, dst.shape[1:]))}], got {rows.dtype}{list(rows.shape)}")
-        if not self._run or dst.nbytes < SPLIT_GATHER_BYTES:
-            np.take(rows, idx, axis=0, out=dst)
-            return
-        idx = np.ascontiguousarray(idx, np.int64)
-        # one reduction checks both ends: a negative index is a huge unsigned one
-        if idx.shape != dst.shape[:1] or idx.view(np.uint64).max() >= len(rows):
-            raise IndexError(f"input {name}: need {len(dst)} row indices in [0, {len(rows)}), "
-                             f"got {idx.shape[0] if idx.ndim else 'a scalar'} in "
-                             f"[{idx.min()}, {idx.max()}]")
-        args = _Gather(dst.ctypes.data, rows.ctypes.data, idx.ctypes.data, len(idx), dst[0].nbytes)
-        self._run(self.pool.state_address, _gather_task()[1], ctypes.addressof(args), self.pool.threads)
+    def feeder(self, **sources: np.ndarray | tuple[np.ndarray, float]) -> Feeder:
+        """A Feeder that fills each named input with the rows a batch's indices pick from its source."""
+        return Feeder(self, sources)
 
     def __call__(self, **feeds: np.ndarray | float) -> dict[str, np.ndarray]:
         return self.run(**feeds)
+
+
+class Feeder:
+    """Fills a step's inputs with a batch of dataset rows: feeder(idx) sets inputs[name][i] =
+    rows[idx[i]] for every source, in one native call on the step's threads (codegen/feed.py).
+
+    A source is rows of the input's dtype, copied as they are, or (bytes, divisor): uint8 rows for
+    a float input, which receives float32(byte) / divisor. Rows are C-contiguous with the input's
+    row shape; the feeder keeps them, so they must not change shape while it is in use.
+    """
+
+    def __init__(self, step: Step, sources: dict[str, np.ndarray | tuple[np.ndarray, float]]) -> None:
+        specs, rows_kept, dsts = [], [], []  # kept: the native sources point into them
+        for name, source in sources.items():
+            rows, divisor = source if isinstance(source, tuple) else (source, 1.0)
+            dst = step.inputs[name]
+            kind = f"u8_f{8 * dst.itemsize}" if rows.dtype == np.uint8 and dst.dtype.kind == "f" else "copy"
+            if (kind not in KINDS or kind == "copy" and (rows.dtype != dst.dtype or divisor != 1)
+                    or rows.shape[1:] != dst.shape[1:] or not rows.flags.c_contiguous):
+                raise ValueError(f"input {name}: rows must be C-contiguous {dst.dtype}, or uint8 with a "
+                                 f"divisor, shaped [n, {', '.join(map(str, dst.shape[1:]))}]; got "
+                                 f"{rows.dtype}{list(rows.shape)}, divisor {divisor}")
+            rows_kept.append(rows)
+            dsts.append(dst)
+            specs.append(_Source(dst.ctypes.data, rows.ctypes.data, len(rows), rows[:1].nbytes,
+                                 divisor, list(KINDS).index(kind)))
+        self._keep = rows_kept + dsts
+        batches = {len(dst) for dst in dsts}
+        if len(batches) != 1:
+            raise ValueError(f"a feeder needs inputs of one batch size, got {sorted(batches)}")
+        (self.batch,) = batches
+        self._sources = (_Source * len(specs))(*specs)
+        self._fault = np.zeros(1, np.int64)
+        self._args = _Feed(None, self.batch, ctypes.addressof(self._sources), len(specs),
+                           self._fault.ctypes.data)
+        task, arg = _feed_task()[1], ctypes.addressof(self._args)
+        if step.pool and sum(dst.nbytes for dst in dsts) >= SPLIT_FEED_BYTES:
+            self._go = functools.partial(step._run, step.pool.state_address, task, arg, step.pool.threads)
+        else:
+            self._go = functools.partial(_TASK(task), arg, 0, 1)
+
+    def __call__(self, idx: np.ndarray) -> None:
+        idx = np.ascontiguousarray(idx, np.int64)
+        if idx.shape != (self.batch,):
+            raise IndexError(f"a batch takes {self.batch} row indices, got shape {list(idx.shape)}")
+        self._args.idx = idx.ctypes.data
+        self._go()
+        if self._fault[0]:
+            self._fault[0] = 0
+            raise IndexError(f"row indices out of range: {idx.min()} to {idx.max()} "
+                             f"(sources hold {', '.join(str(s.src_rows) for s in self._sources)} rows)")

@@ -1,7 +1,8 @@
 """The trainer: feeds batches of a dataset to a compiled training step, evaluates, logs, saves.
 
-Python only moves data here: each batch is copied into the step's input buffers and the whole
-training step (forward, backward, update) runs as one native call.
+Python only orders the work here: each batch is picked into the step's input buffers by the
+generated feed (runtime/step.py's Feeder) and the whole training step (forward, backward, update)
+runs as one native call.
 """
 
 from __future__ import annotations
@@ -40,14 +41,27 @@ def data_inputs(g: Graph) -> tuple[Input, Input]:
     return x, y
 
 
-def fit_features(x: np.ndarray, inp: Input, source: str) -> np.ndarray:
+def fit_shape(x: np.ndarray, inp: Input, source: str) -> np.ndarray:
     """Reshape a dataset's samples to the model's per-sample input shape, or say why not."""
     shape = tuple(inp.value.shape[1:])
     if any(not isinstance(d, int) for d in shape) or math.prod(shape) != math.prod(x.shape[1:]):
         raise DataError(f"{source}: samples have shape {list(x.shape[1:])} but input "
                         f"{inp.value.name} takes {list(shape)} per sample", inp.loc)
-    return np.ascontiguousarray(x.reshape((len(x),) + shape), dtype=np.float32
+    return x.reshape((len(x),) + shape)
+
+
+def fit_features(x: np.ndarray, inp: Input, source: str) -> np.ndarray:
+    """Float features reshaped to the model's per-sample input shape, in the input's dtype."""
+    return np.ascontiguousarray(fit_shape(x, inp, source), dtype=np.float32
                                 if inp.value.dtype == "f32" else np.float64)
+
+
+def train_rows(data: Dataset, inp: Input) -> np.ndarray | tuple[np.ndarray, float]:
+    """The training samples as a Feeder reads them: the bytes and their divisor where the data set
+    keeps bytes (the feed converts each batch), else features in the input's dtype."""
+    if data.raw_train.dtype == np.uint8:
+        return fit_shape(data.raw_train, inp, data.name), data.divisor
+    return fit_features(data.raw_train, inp, data.name)
 
 
 def check_labels(y: np.ndarray, g: Graph, yin: Input, source: str, split: str) -> None:
@@ -147,13 +161,14 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
     """Train `prog` on `data`; returns one metrics record per epoch."""
     g = prog.graph
     xin, yin = data_inputs(g)
-    x_train = fit_features(data.x_train, xin, data.name)
+    x_train = train_rows(data, xin)
     x_test = fit_features(data.x_test, xin, data.name)
     check_labels(data.y_train, g, yin, data.name, "training")
     check_labels(data.y_test, g, yin, data.name, "test")
-    if len(x_train) < opt.batch:
+    samples = len(data.raw_train)
+    if samples < opt.batch:
         written = prog.train.locs.get("batch") if opt.batch == prog.train.batch else None
-        raise DataError(f"{data.name}: {len(x_train)} training samples, fewer than one batch of "
+        raise DataError(f"{data.name}: {samples} training samples, fewer than one batch of "
                         f"{opt.batch}", written)
     step_graph = train_graph(prog, opt.batch, opt.optimizer, opt.opt_args)
     # the model's arrays: its params and its state (batch norm's running statistics, dropout's step
@@ -168,14 +183,15 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
     step = compiled.step
     evaluate = Evaluator(prog, params, opt.threads, opt.check_bounds)
     # check_labels: the labels fit the input's dtype
-    y_train = np.ascontiguousarray(data.y_train, step.inputs[yin.value.name].dtype)
-    per_epoch = len(x_train) // opt.batch  # the remainder is dropped; shuffling covers it over epochs
+    feed = step.feeder(**{xin.value.name: x_train, yin.value.name: np.ascontiguousarray(
+        data.y_train, step.inputs[yin.value.name].dtype)})
+    per_epoch = samples // opt.batch  # the remainder is dropped; shuffling covers it over epochs
     for name, v in {"lr": opt.lr, **horizon(per_epoch, opt.epochs)}.items():
         if name in step.inputs:  # a schedule has the run's length as inputs when it needs it
             step.inputs[name][...] = v
     config = {"model": g.name, "batch": opt.batch, "lr": opt.lr, "seed": opt.seed,
               "optimizer": opt.optimizer, "opt_args": opt.opt_args, "data": data.name,
-              "samples": len(x_train)}
+              "samples": samples}
     if "total_steps" in step.inputs:  # a schedule over the run's length: it must not change
         config["epochs"] = opt.epochs
     run = RunState(params, {k: v for k, v in step.state.items() if k not in params},
@@ -196,13 +212,11 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
             while run.epoch <= opt.epochs:
                 epoch, t0 = run.epoch, time.perf_counter()
                 before = (epoch - 1) * per_epoch  # steps done in earlier epochs
-                run.start_epoch(len(x_train), per_epoch)
+                run.start_epoch(samples, per_epoch)
                 for i in tqdm(range(run.step, per_epoch), desc=f"epoch {epoch}/{opt.epochs}",
                               unit="step", leave=False, disable=not opt.progress, file=sys.stderr,
                               initial=run.step, total=per_epoch):
-                    idx = run.order[i * opt.batch:(i + 1) * opt.batch]
-                    step.gather(xin.value.name, x_train, idx)
-                    step.gather(yin.value.name, y_train, idx)
+                    feed(run.order[i * opt.batch:(i + 1) * opt.batch])
                     if rollback:
                         rollback.take()
                     loss = float(step.run()[g.loss])

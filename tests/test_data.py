@@ -19,6 +19,8 @@ from graphc.runtime.data import Dataset, load_dataset
 def _check_types(ds: Dataset) -> None:
     for x in (ds.x_train, ds.x_test):
         assert x.dtype == np.float32 and x.flags.c_contiguous
+    for raw, x in ((ds.raw_train, ds.x_train), (ds.raw_test, ds.x_test)):
+        assert raw.dtype in (np.uint8, np.float32) and raw.flags.c_contiguous and raw.shape == x.shape
     for y in (ds.y_train, ds.y_test):
         assert y.dtype == np.int32 and y.ndim == 1
 
@@ -41,6 +43,9 @@ def test_mnist_shapes_and_ranges(mnist: Dataset) -> None:
     assert set(np.unique(mnist.y_train)) == set(range(10))
     assert set(np.unique(mnist.y_test)) == set(range(10))
     assert mnist.num_classes == 10
+    # kept as the files' bytes, a quarter of the memory; the features are float32(byte) / 255
+    assert mnist.raw_train.dtype == np.uint8 and mnist.divisor == 255
+    assert np.array_equal(mnist.x_test, mnist.raw_test.astype(np.float32) / np.float32(255))
     # The canonical first test labels: scaling/reading must not shuffle or shift the data.
     assert mnist.y_test[:5].tolist() == [7, 2, 1, 0, 4]
 
@@ -170,6 +175,22 @@ def test_npz_with_splits(tmp_path: Path) -> None:
     np.testing.assert_allclose(ds.x_test, x_test / 255, rtol=1e-6)
     assert ds.y_train.tolist() == y_train.tolist() and ds.y_test.tolist() == y_test.tolist()
     assert ds.num_classes == 5
+
+
+@pytest.mark.parametrize("low, high, kept", [(0, 1000, np.float32), (-3, 200, np.float32),
+                                             (0, 200, np.uint8), (0, 1, np.uint8)])
+def test_integer_data_kept_as_bytes_only_when_they_hold_it(tmp_path: Path, low, high, kept) -> None:
+    """Integers in [0, 255] stay bytes; others are stored as their float32 features. Either way the
+    features are the integers divided by the file's maximum when it is > 1, in float32."""
+    x = np.random.default_rng(5).integers(low, high + 1, size=(30, 7)).astype(np.int32)
+    x[0, 0] = high
+    path = tmp_path / "ints.npz"
+    np.savez(path, x=x, y=np.arange(30) % 2)
+    ds = load_dataset(path)
+    _check_types(ds)
+    assert ds.raw_train.dtype == kept and ds.divisor == (high if kept == np.uint8 and high > 1 else 1)
+    got = np.sort(np.concatenate([ds.x_train, ds.x_test]), axis=None)
+    assert np.array_equal(got, np.sort(x.astype(np.float32) / np.float32(max(high, 1)), axis=None))
 
 
 def test_npz_single_split_float(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def poisoned(data):
     x[POISONED] = np.inf
     position = int(np.flatnonzero(np.random.default_rng(SEED + 1).permutation(len(x)) == POISONED)[0])
     assert position < len(x) // BATCH * BATCH  # not in the dropped remainder
-    return replace(data, x_train=x), position // BATCH + 1
+    return replace(data, raw_train=x, divisor=1.0), position // BATCH + 1
 
 
 def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_the_last_checkpoint(digits, tmp_path):

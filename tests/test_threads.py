@@ -35,25 +35,40 @@ def test_two_threads_match_one_bit_for_bit(model, batch):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_gather_picks_rows_like_take(threads):
-    """Step.gather copies the rows an index picks: a large batch (x, 116 KB) by the generated
-    gather, split across the pool in uneven shares; a small one (the labels), or any on one
-    thread, by np.take. An index out of range is refused either way."""
+def test_feeder_picks_rows_like_take(threads):
+    """A Feeder fills the inputs with the rows an index picks, in one native call: float rows copied,
+    byte rows converted to float32(byte) / divisor exactly as data.py converts them, labels
+    copied; a large batch (x, 116 KB) split across the pool in uneven shares, a small one (the
+    labels alone) on the calling thread. Indices out of range and mismatched rows are refused."""
     prog = driver.load(ROOT / "models/twolayer.net")
     g = driver.train_graph(prog, 37)
     step = driver.compile_graph(g, init_params(g.params, 0), threads=threads).step
     rng = np.random.default_rng(1)
     rows = rng.random((501, 784), dtype=np.float32)
+    raw = rng.integers(0, 256, (501, 784)).astype(np.uint8)
     labels = rng.integers(0, 10, 501).astype(step.inputs["y"].dtype)
     idx = rng.permutation(501)[:37]
-    step.gather("x", rows, idx)
-    step.gather("y", labels, idx)
+    step.feeder(x=rows, y=labels)(idx)
     np.testing.assert_array_equal(step.inputs["x"], rows[idx])
     np.testing.assert_array_equal(step.inputs["y"], labels[idx])
-    with pytest.raises(IndexError, match="501"):
-        step.gather("x", rows, np.full(37, 501))
+    feed = step.feeder(x=(raw, 255.0), y=labels)
+    feed(idx[::-1])
+    np.testing.assert_array_equal(step.inputs["x"], raw[idx[::-1]].astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(step.inputs["y"], labels[idx[::-1]])
+    for bad in (np.full(37, 501), np.full(37, -1)):
+        with pytest.raises(IndexError, match="501 rows"):
+            feed(bad)
+    feed(idx)  # a refused batch leaves nothing behind
+    np.testing.assert_array_equal(step.inputs["x"], raw[idx].astype(np.float32) / np.float32(255))
+    labels_only = step.feeder(y=labels)
+    labels_only(np.roll(idx, 1))
+    np.testing.assert_array_equal(step.inputs["y"], labels[np.roll(idx, 1)])
+    with pytest.raises(IndexError, match="takes 37 row indices"):
+        labels_only(idx[:5])
     with pytest.raises(ValueError, match="C-contiguous float32"):
-        step.gather("x", rows.astype(np.float64), idx)
+        step.feeder(x=rows.astype(np.float64))
+    with pytest.raises(ValueError, match="divisor 3"):
+        step.feeder(x=(rows, 3.0))
 
 
 KSPLIT_NET = """
