@@ -83,7 +83,7 @@ unary("tanh", lambda b, n, g: [b.mul(g, b.sub(1.0, b.mul(n.out, n.out)))], np.ta
 unary("sigmoid", lambda b, n, g: [b.mul(g, b.mul(n.out, b.sub(1.0, n.out)))],
       lambda x: 1 / (1 + np.exp(-x)),
       lambda s, x: s.div(s.const(1.0), s.add(s.const(1.0), s.exp(s.neg(x)))))
-unary("relu", lambda b, n, g: [b.mul(g, b.gt(n.inputs[0], 0.0))], lambda x: np.maximum(x, 0),
+unary("relu", lambda b, n, g: [b.mul(g, b.gt(n.out, 0.0))], lambda x: np.maximum(x, 0),
       lambda s, x: s.max(x, s.const(0.0)))
 unary("leaky_relu",
       lambda b, n, g: [b.mul(g, b.add(b.mul(b.gt(n.inputs[0], 0.0), 1.0 - n.attrs["alpha"]),

@@ -5,11 +5,14 @@
   kernel never touch memory. Independent kernels that feed the same node that way merge into it.
 - A reduction closes the elementwise kernel that computes its input (its prologue).
 - A contraction (GEMM) starts a kernel of its own, and elementwise nodes over its output that
-  read nothing else as large as C join it as its epilogue (bias, activation and its mask): each
-  thread runs them on its block of C while that block is in cache, with no second pass. A node
-  that streams another array the size of C (an optimizer's weights and moments, a saved mask)
-  stays a loop kernel of its own: fused into the weight gradient's GEMM, the momentum update made
-  an mlp.net step 4% slower at batch 128 (A/B in one process), though 6% faster at batch 8.
+  read nothing else as large as C join it as its epilogue (bias, activation): each thread runs
+  them on its block of C while that block is in cache, with no second pass. A node that streams
+  another array the size of C (an optimizer's weights and moments) stays a loop kernel of its own:
+  fused into the weight gradient's GEMM, the momentum update made an mlp.net step 4% slower at
+  batch 128 (A/B in one process), though 6% faster at batch 8. So does a node that reads only
+  values written to memory anyway (relu's mask, gt(relu(x), 0), for the backward pass): in the
+  epilogue it would write one more array; its consumer's loop computes it from what it reads
+  (mlp.net: 870 -> 840 us a step).
 - Views are kernels of their own.
 Joining is refused when it would make the kernel depend on itself through another kernel.
 Kernels are then ordered topologically, with one more rule from the design: the kernel that writes
@@ -76,7 +79,8 @@ def fuse(g: Graph) -> list[Kernel]:
                 isinstance(REGISTRY[n.op].lower, Reduce) or any(
                     v.const is None and v.producer not in k.nodes and v.type.size() >= math.prod(space)
                     for v in n.inputs)
-                or updated.get(n.out) in k.nodes[0].inputs):  # in place: would race the GEMM's reads
+                or updated.get(n.out) in k.nodes[0].inputs  # in place: would race the GEMM's reads
+                or not any(v is k.nodes[0].out or v.producer in k.nodes and not stored(v) for v in n.inputs)):
             return False
         for v, m in zip(n.inputs, input_maps(n)):
             p = kernel_of.get(v.producer)
@@ -88,6 +92,13 @@ def fuse(g: Graph) -> list[Kernel]:
 
     order = {n: i for i, n in enumerate(g.nodes)}
     updated = {new: target for target, new in g.updates}
+    kept = {id(v) for v in g.outputs.values()} | {id(new) for _, new in g.updates}
+    whole = {id(v) for n in g.nodes if not isinstance(REGISTRY[n.op].lower, Elementwise) for v in n.inputs}
+
+    def stored(v: Value) -> bool:
+        """v is written to memory whatever is fused: an output, or read by a GEMM, view or reduction."""
+        return id(v) in kept or id(v) in whole
+
     for n in g.nodes:
         lower = REGISTRY[n.op].lower
         if isinstance(lower, (Elementwise, Reduce)):
