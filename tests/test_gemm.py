@@ -83,7 +83,8 @@ def run_gemm(target, dtype, M, N, K, trans_a, trans_b, accumulate, pad=0, seed=0
 
 SHAPES = [(127, 255, 783), (127, 783, 255), (1, 10, 1), (17, 1, 33), (33, 65, 17), (200, 300, 50),
           (1, 1, 1), (9, 33, 300),
-          (8, 64, 300), (16, 256, 784), (13, 96, 40)]  # few rows, whole strips: B read in place
+          (8, 64, 300), (16, 256, 784), (13, 96, 40),  # few rows, whole strips: B read in place
+          (48, 40, 512)]  # A's rows 2 KiB apart (f32): packed, not read in place
 
 
 @pytest.mark.parametrize("trans_a,trans_b", VARIANTS)

@@ -15,9 +15,10 @@ Structure of the generated code, per dtype and transpose variant:
 
 Loop nest (BLIS): column blocks of NC; K blocks of at most KC (the first overwrites C unless
 accumulating); pack the KC×NC slice of op(B) into NR-wide zero-padded strips; row blocks of MC;
-pack the MC×KC slice of op(A) into MR-tall strips; then one MR×NR micro-tile per strip pair.
-Transposes happen only inside packing: Bᵀ by in-register shufflevector transposes of L×L blocks;
-A needs none, as the micro-kernel broadcasts A values from a k-major (Aᵀ) or row-major (A) strip.
+pack the MC×KC slice of Aᵀ into MR-tall strips (A's rows are read in place, unless their stride
+aliases in L1); then one MR×NR micro-tile per strip pair. Transposes happen only inside packing:
+Bᵀ by in-register shufflevector transposes of L×L blocks; A needs none, as the micro-kernel
+broadcasts A values from a k-major (Aᵀ) or row-major (A) strip.
 
 A small C = A·Bᵀ over a long K (a conv weight gradient) instead takes the dot-product kernel
 (`graphc_gemm_{dtype}_nt_dot{MR}x{NR}`, `dot_blocking`): no packing; each accumulator of its tile
@@ -272,12 +273,13 @@ class _Gen:
         return k, acc, head, tail
 
     def micro(self, a_kmajor: bool, b_packed: bool = True) -> ir.Function:
-        """micro(kc, pa, pb, ldpb, c, ldc, mr, nr, load_c): C[0:mr, 0:nr] (+)= Apack·B over kc.
+        """micro(kc, pa, ldpa, pb, ldpb, c, ldc, mr, nr, load_c): C[0:mr, 0:nr] (+)= A·B over kc.
 
         The MR×NR accumulator tile lives in vector registers as loop phis; A values are
-        broadcast from the packed strip (folded into the FMA's memory operand by the backend),
-        which is k-major (A[i, k] at pa[k·MR + i]) or row-major (at pa[i·KC + k]). Row k of B's
-        strip is at pb + k·ldpb: a packed strip (ldpb = NR, aligned loads) or, unpacked, B itself.
+        broadcast from A's strip (folded into the FMA's memory operand by the backend), which is
+        k-major (A[i, k] at pa[k·MR + i], packed) or row-major (at pa[i·ldpa + k]: packed, ldpa =
+        KC, or A itself). Row k of B's strip is at pb + k·ldpb: a packed strip (ldpb = NR, aligned
+        loads) or, unpacked, B itself.
         """
         name = (f"graphc_gemm_{self.dtype}_micro{self.blk.mr}x{self.blk.nr}_{'k' if a_kmajor else 'r'}"
                 f"{'' if b_packed else '_b'}")
@@ -285,9 +287,9 @@ class _Gen:
             return self.module.globals[name]
         blk, L = self.blk, self.blk.lanes
         nv = blk.nr // L
-        fn, b, (kc, pa, pb, ldpb, c, ldc, mr, nr, load_c) = self.function(
-            name, [_I64, self.ptr, self.ptr, _I64, self.ptr, _I64, _I64, _I64, _I1],
-            ["kc", "pa", "pb", "ldpb", "c", "ldc", "mr", "nr", "load_c"])
+        fn, b, (kc, pa, ldpa, pb, ldpb, c, ldc, mr, nr, load_c) = self.function(
+            name, [_I64, self.ptr, _I64, self.ptr, _I64, self.ptr, _I64, _I64, _I64, _I1],
+            ["kc", "pa", "ldpa", "pb", "ldpb", "c", "ldc", "mr", "nr", "load_c"])
         k, acc, head, tail = self.k_loop(b, kc, blk.mr, nv)
         body = b.block
         pbk = self.gep(b, pb, b.mul(k, ldpb))
@@ -295,7 +297,7 @@ class _Gen:
         bv = [self.load(b, self.gep(b, pbk, v * L), L, align) for v in range(nv)]
         pak = self.gep(b, pa, b.mul(k, _I64(blk.mr)) if a_kmajor else k)
         for i in range(blk.mr):
-            ai = self.gep(b, pak, i if a_kmajor else i * blk.kc)
+            ai = self.gep(b, pak, i if a_kmajor else b.mul(_I64(i), ldpa))
             ai = self.splat(b, b.load(ai, align=self.size), L)
             for v in range(nv):
                 acc[i][v].add_incoming(self.fmuladd(b, ai, bv[v], acc[i][v]), body)
@@ -515,6 +517,11 @@ class _Gen:
         kstep = b.and_(b.add(kstep, _I64(15)), _I64(-16))
         kstep = self.min(b, kstep, blk.kc)
         accumulating = b.icmp_signed("!=", accumulate, _I32(0))
+        # A (not Aᵀ) is read in place unless its rows are a multiple of 2 KiB apart, where 16 rows
+        # would share a few of L1's sets (packed, they are KC = 1 KiB apart, as 256-float rows
+        # are): mlp.net's x·W1 267 -> 257 us, its step 858 -> 838 (A/B in one process)
+        a_in_place = _I1(0) if trans_a else b.icmp_signed(
+            "!=", b.and_(b.mul(lda, _I64(self.size)), _I64(2047)), _I64(0))
         with self.loop(b, n0, n1, blk.nc, "jc") as jc:
             nc = self.min(b, b.sub(n1, jc), blk.nc)
             # do { ... } while (pc += kstep) < K: runs once when K == 0.
@@ -538,14 +545,18 @@ class _Gen:
                 mc = self.min(b, b.sub(M, ic), blk.mc)
                 a_off = b.add(b.mul(pc, lda), ic) if trans_a else b.add(b.mul(ic, lda), pc)
                 a_src = self.gep(b, A, a_off)
-                b.call(pack_a, [a_src, lda, mc, kc, pa])
+                # the micro-kernel reads all MR rows of a strip: a partial one is packed (zero-padded)
+                in_place = b.and_(a_in_place, b.icmp_signed("==", b.srem(mc, _I64(blk.mr)), _I64(0)))
+                with b.if_then(b.not_(in_place)):
+                    b.call(pack_a, [a_src, lda, mc, kc, pa])
+                a_strip, lda_strip = b.select(in_place, a_src, pa), b.select(in_place, lda, _I64(blk.kc))
                 with self.loop(b, 0, nc, blk.nr, "jr") as jr:
                     nr = self.min(b, b.sub(nc, jr), blk.nr)
                     pbj = self.gep(b, pb, b.mul(jr, _I64(blk.kc)))
                     cj = self.gep(b, C, b.add(b.mul(ic, ldc), b.add(jc, jr)))
                     with self.loop(b, 0, mc, blk.mr, "ir") as ir_:
                         mr = self.min(b, b.sub(mc, ir_), blk.mr)
-                        args = [kc, self.gep(b, pa, b.mul(ir_, _I64(blk.kc)))]
+                        args = [kc, self.gep(b, a_strip, b.mul(ir_, lda_strip)), lda_strip]
                         rest = [self.gep(b, cj, b.mul(ir_, ldc)), ldc, mr, nr, load_c]
                         if direct is None:
                             b.call(micro, args + [pbj, _I64(blk.nr)] + rest)

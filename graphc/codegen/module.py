@@ -32,7 +32,10 @@ I64, I32 = ir.IntType(64), ir.IntType(32)
 
 
 ELEMENTWISE_PARALLEL_MIN = 1 << 14  # iterations below which a loop kernel runs on one thread
-PARALLEL_MIN = 1 << 21  # multiply-adds below which a GEMM runs on one thread (batch-8 MLP GEMMs, 1.6M, lost)
+# multiply-adds below which a GEMM runs on one thread: splitting mlp.net's 327K-MAC logit GEMMs at
+# batch 128 saves ~15 us a step, its 0.5-1.6M ones at batch 8 ~45 us of 175 (A/B in one process);
+# twolayer's 50K ones gain nothing
+PARALLEL_MIN = 1 << 18
 PARTIAL_MAX = 1 << 14  # outputs up to which a GEMM may split K (each thread fills a partial C)
 
 
