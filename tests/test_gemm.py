@@ -169,7 +169,8 @@ def test_tiles_coexist_in_one_module():
 
 
 # C = A·Bᵀ small, K long: the dot-product kernel (conv weight gradients), every tile its rule picks
-DOT_SHAPES = [(6, 25, 5003), (16, 150, 1000), (5, 7, 3001), (1, 1, 71), (13, 9, 997), (3, 40, 400)]
+DOT_SHAPES = [(6, 25, 5003), # K blocks of 4224 (f32) and 2112 (f64)
+              (16, 150, 1000), (5, 7, 3001), (1, 1, 71), (13, 9, 997), (3, 40, 400)]
 
 
 @pytest.mark.parametrize("target", [HOST, AVX2], ids=["host", "avx2"])

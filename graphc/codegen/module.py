@@ -193,15 +193,16 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     (M, N, K, A, lda, B, ldb, C, ldc), ta, tb = _gemm_args(n, arg_of)
     dtype = n.out.dtype
     rng = m.globals[define_gemm(m, target, dtype, ta, tb, n.out.shape, _depth(n)).name + "_range"]
-    nr = _blocking(n, target).nr
+    blk = _blocking(n, target)
     acc = ir.Constant(I32, 0)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     scratch = b.gep(fn.args[-3], [b.mul(tid, ir.Constant(I64, _slot_bytes(target, dtype)))])
     # each thread packs all of A for a column share, all of B for a row share: duplicate the
-    # smaller; columns go in whole NR strips. When C is small both ways, share K (whole KC blocks):
-    # thread 0 writes C, the others a partial C in their slot, added in after the split
+    # smaller; columns go in whole NR strips. When C is small both ways, share K (whole KC blocks,
+    # or vectors for the dot kernel): thread 0 writes C, the others a partial C in their slot,
+    # added in after the split
     if _k_split(n, target, threads):
-        k0, k1 = share(b, K, tid, nt, _blocking(n, target).kc)
+        k0, k1 = share(b, K, tid, nt, blk.lanes if blk.dot else blk.kc)
         partial = b.bitcast(b.gep(scratch, [ir.Constant(I64, gemm_scratch_bytes(target, dtype))]), C.type)
         c = b.select(b.icmp_signed("==", tid, ir.Constant(I64, 0)), C, partial)
         a0 = b.gep(A, [b.mul(k0, lda) if ta else k0])
@@ -209,8 +210,8 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
         b.call(rng, [M, N, b.sub(k1, k0), a0, lda, b0, ldb, c, ldc, acc, ir.Constant(I64, 0), N, scratch])
         b.ret_void()  # the epilogue runs on the summed C, after the split
         return
-    if N.constant >= nr * threads and N.constant >= M.constant:
-        n0, n1 = share(b, N, tid, nt, nr)
+    if N.constant >= blk.nr * threads and N.constant >= M.constant:
+        n0, n1 = share(b, N, tid, nt, blk.nr)
         with b.if_then(b.icmp_signed("<", n0, n1)):
             b.call(rng, [M, N, K, A, lda, B, ldb, C, ldc, acc, n0, n1, scratch])
         block = {1: (n0, n1)}
