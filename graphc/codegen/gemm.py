@@ -243,6 +243,23 @@ class _Gen:
         b.branch(head)
         b.position_at_end(done)
 
+    @staticmethod
+    @contextlib.contextmanager
+    def k_blocks(b: ir.IRBuilder, stop: ir.Value, step: ir.Value | int, name: str) -> Iterator[ir.Value]:
+        """do { ... } while ((k += step) < stop): K blocks, run once when K = 0 (which zeroes C)."""
+        step = step if isinstance(step, ir.Value) else _I64(step)
+        pre = b.block
+        body, done = _blocks(b.function, f"{name}.body", f"{name}.done")
+        b.branch(body)
+        b.position_at_end(body)
+        k = b.phi(_I64, name)
+        k.add_incoming(_I64(0), pre)
+        yield k
+        k_next = b.add(k, step)
+        k.add_incoming(k_next, b.block)
+        b.cbranch(b.icmp_signed("<", k_next, stop), body, done)
+        b.position_at_end(done)
+
     def function(self, name: str, args: list[ir.Type], names: list[str],
                  linkage: str = "internal") -> tuple[ir.Function, ir.IRBuilder, list[ir.Value]]:
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), args), name)
@@ -462,62 +479,54 @@ class _Gen:
         # K blocks of KC, whose rows of A and B stay in L2 (a long K's would stream from L3 once per
         # tile); in a block, each MR rows of A (in L1) meet every NR rows of B. Single-threaded,
         # L2 flushed: 16x150 over K 6400 67 -> 88 GFLOP/s, 6x25 over 50176 62 -> 78 (B rows in L1,
-        # A's streaming, unblocked, before). do { ... } while (kb += KC) < K: once when K == 0.
-        pre = b.block
-        kblock, kdone = _blocks(fn, "kb.body", "kb.done")
-        b.branch(kblock)
-        b.position_at_end(kblock)
-        kb = b.phi(_I64, "kb")
-        kb.add_incoming(_I64(0), pre)
-        kn = self.min(b, b.sub(K, kb), blk.kc)
-        full_k = b.mul(b.sdiv(kn, _I64(L)), _I64(L))
-        # C is added to from the second block on, or from the first when accumulating
-        load_c = b.or_(b.icmp_signed("!=", accumulate, _I32(0)), b.icmp_signed("!=", kb, _I64(0)))
-        with self.loop(b, 0, M, blk.mr, "it") as i0:
-            with self.loop(b, n0, n1, blk.nr, "jt") as j0:
-                rows = [self.gep(b, A, b.add(b.mul(self.min(b, b.add(i0, _I64(i)), b.sub(M, _I64(1))), lda), kb))
-                        for i in range(blk.mr)]
-                cols = [self.gep(b, B, b.add(b.mul(self.min(b, b.add(j0, _I64(j)), b.sub(n1, _I64(1))), ldb), kb))
-                        for j in range(blk.nr)]
-                k, acc, head, tail = self.k_loop(b, full_k, blk.mr, blk.nr)
-                body = b.block
+        # A's streaming, unblocked, before).
+        with self.k_blocks(b, K, blk.kc, "kb") as kb:
+            kn = self.min(b, b.sub(K, kb), blk.kc)
+            full_k = b.mul(b.sdiv(kn, _I64(L)), _I64(L))
+            # C is added to from the second block on, or from the first when accumulating
+            load_c = b.or_(b.icmp_signed("!=", accumulate, _I32(0)), b.icmp_signed("!=", kb, _I64(0)))
+            with self.loop(b, 0, M, blk.mr, "it") as i0:
+                with self.loop(b, n0, n1, blk.nr, "jt") as j0:
+                    # row r (at most `last`) of a matrix, from the block's first k
+                    row = lambda p, r, last, ld: self.gep(b, p, b.add(b.mul(self.min(b, r, last), ld), kb))
+                    rows = [row(A, b.add(i0, _I64(i)), b.sub(M, _I64(1)), lda) for i in range(blk.mr)]
+                    cols = [row(B, b.add(j0, _I64(j)), b.sub(n1, _I64(1)), ldb) for j in range(blk.nr)]
+                    k, acc, head, tail = self.k_loop(b, full_k, blk.mr, blk.nr)
+                    body = b.block
 
-                def step(load):
-                    av = [load(r) for r in rows]
-                    bv = [load(c) for c in cols]
-                    return [[self.fmuladd(b, av[i], bv[j], acc[i][j]) for j in range(blk.nr)]
-                            for i in range(blk.mr)]
-                new = step(lambda p: self.load(b, self.gep(b, p, k), L, self.size))
-                k.add_incoming(b.add(k, _I64(L)), body)
-                for row, xs in zip(acc, new):
-                    for x, v in zip(row, xs):
-                        x.add_incoming(v, body)
-                b.branch(head)
-                b.position_at_end(tail)  # the block's last kn % L values, masked (zeros past K)
-                mask = self.lane_mask(b, 0, b.sub(kn, full_k), L)
-                last = step(lambda p: self.masked_load(b, self.gep(b, p, full_k), mask, L))
-                for i in range(blk.mr):
-                    for j in range(blk.nr):
-                        inside = b.and_(b.icmp_signed("<", b.add(i0, _I64(i)), M),
-                                        b.icmp_signed("<", b.add(j0, _I64(j)), n1))
-                        with b.if_then(inside):
-                            total = b.call(hsum, [ir.Constant(self.t, 0.0), last[i][j]])
-                            total.fastmath.add("reassoc")  # a tree across lanes
-                            p = self.gep(b, C, b.add(b.mul(b.add(i0, _I64(i)), ldc), b.add(j0, _I64(j))))
-                            old = b.select(load_c, b.load(p), ir.Constant(self.t, 0.0))
-                            b.store(b.fadd(old, total), p)
-        kb_next = b.add(kb, _I64(blk.kc))
-        kb.add_incoming(kb_next, b.block)
-        b.cbranch(b.icmp_signed("<", kb_next, K), kblock, kdone)
-        b.position_at_end(kdone)
+                    def step(load):
+                        av = [load(r) for r in rows]
+                        bv = [load(c) for c in cols]
+                        return [[self.fmuladd(b, av[i], bv[j], acc[i][j]) for j in range(blk.nr)]
+                                for i in range(blk.mr)]
+                    new = step(lambda p: self.load(b, self.gep(b, p, k), L, self.size))
+                    k.add_incoming(b.add(k, _I64(L)), body)
+                    for row, xs in zip(acc, new):
+                        for x, v in zip(row, xs):
+                            x.add_incoming(v, body)
+                    b.branch(head)
+                    b.position_at_end(tail)  # the block's last kn % L values, masked (zeros past K)
+                    mask = self.lane_mask(b, 0, b.sub(kn, full_k), L)
+                    last = step(lambda p: self.masked_load(b, self.gep(b, p, full_k), mask, L))
+                    for i in range(blk.mr):
+                        for j in range(blk.nr):
+                            inside = b.and_(b.icmp_signed("<", b.add(i0, _I64(i)), M),
+                                            b.icmp_signed("<", b.add(j0, _I64(j)), n1))
+                            with b.if_then(inside):
+                                total = b.call(hsum, [ir.Constant(self.t, 0.0), last[i][j]])
+                                total.fastmath.add("reassoc")  # a tree across lanes
+                                p = self.gep(b, C, b.add(b.mul(b.add(i0, _I64(i)), ldc), b.add(j0, _I64(j))))
+                                old = b.select(load_c, b.load(p), ir.Constant(self.t, 0.0))
+                                b.store(b.fadd(old, total), p)
         b.ret_void()
         return fn
 
     def range_fn(self, name: str, trans_a: bool, trans_b: bool) -> ir.Function:
         """The GEMM over output columns [n0, n1), packing into `scratch` (see module doc)."""
         blk = self.blk
-        # Plain A (M×K) is packed row-major by contiguous copies, Aᵀ (K×M) k-major: neither needs
-        # a transpose since the micro-kernel reads A by scalar broadcasts at either layout.
+        # Plain A (M×K) is read in place or packed row-major by contiguous copies, Aᵀ (K×M) packed
+        # k-major: neither needs a transpose since the micro-kernel reads A by scalar broadcasts
+        # at either layout.
         micro = self.micro(a_kmajor=trans_a)
         # B unpacked: the whole NR strips of a plain B feeding at most DIRECT_M rows of C are read
         # in place (packing them would cost more than the few micro-tiles that reuse them)
@@ -544,52 +553,42 @@ class _Gen:
             "!=", b.and_(b.mul(lda, _I64(self.size)), _I64(2047)), _I64(0))
         with self.loop(b, n0, n1, blk.nc, "jc") as jc:
             nc = self.min(b, b.sub(n1, jc), blk.nc)
-            # do { ... } while (pc += kstep) < K: runs once when K == 0.
-            pre = b.block
-            kblock, kdone = _blocks(fn, "pc.body", "pc.done")
-            b.branch(kblock)
-            b.position_at_end(kblock)
-            pc = b.phi(_I64, "pc")
-            pc.add_incoming(_I64(0), pre)
-            kc = self.min(b, b.sub(K, pc), kstep)
-            b_off = b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc)
-            b_src = self.gep(b, B, b_off)
-            # columns [0, packed) are read in place, [packed, nc) packed (a partial strip at most)
-            packed = _I64(0) if direct is None else b.select(
-                b.icmp_signed("<=", M, _I64(DIRECT_M)), b.sub(nc, b.srem(nc, _I64(blk.nr))), _I64(0))
-            with b.if_then(b.icmp_signed("<", packed, nc)):
-                b.call(pack_b, [self.gep(b, b_src, packed), ldb, b.sub(nc, packed), kc,
-                                self.gep(b, pb, b.mul(packed, _I64(blk.kc)))])
-            load_c = b.or_(accumulating, b.icmp_signed("!=", pc, _I64(0)))
-            with self.loop(b, 0, M, blk.mc, "ic") as ic:
-                mc = self.min(b, b.sub(M, ic), blk.mc)
-                a_off = b.add(b.mul(pc, lda), ic) if trans_a else b.add(b.mul(ic, lda), pc)
-                a_src = self.gep(b, A, a_off)
-                # the micro-kernel reads all MR rows of a strip: a partial one is packed (zero-padded)
-                in_place = b.and_(a_in_place, b.icmp_signed("==", b.srem(mc, _I64(blk.mr)), _I64(0)))
-                with b.if_then(b.not_(in_place)):
-                    b.call(pack_a, [a_src, lda, mc, kc, pa])
-                a_strip, lda_strip = b.select(in_place, a_src, pa), b.select(in_place, lda, _I64(blk.kc))
-                with self.loop(b, 0, nc, blk.nr, "jr") as jr:
-                    nr = self.min(b, b.sub(nc, jr), blk.nr)
-                    pbj = self.gep(b, pb, b.mul(jr, _I64(blk.kc)))
-                    cj = self.gep(b, C, b.add(b.mul(ic, ldc), b.add(jc, jr)))
-                    with self.loop(b, 0, mc, blk.mr, "ir") as ir_:
-                        mr = self.min(b, b.sub(mc, ir_), blk.mr)
-                        args = [kc, self.gep(b, a_strip, b.mul(ir_, lda_strip)), lda_strip]
-                        rest = [self.gep(b, cj, b.mul(ir_, ldc)), ldc, mr, nr, load_c]
-                        if direct is None:
-                            b.call(micro, args + [pbj, _I64(blk.nr)] + rest)
-                        else:
-                            with b.if_else(b.icmp_signed("<", jr, packed)) as (then, otherwise):
-                                with then:
-                                    b.call(direct, args + [self.gep(b, b_src, jr), ldb] + rest)
-                                with otherwise:
-                                    b.call(micro, args + [pbj, _I64(blk.nr)] + rest)
-            pc_next = b.add(pc, kstep)
-            pc.add_incoming(pc_next, b.block)
-            b.cbranch(b.icmp_signed("<", pc_next, K), kblock, kdone)
-            b.position_at_end(kdone)
+            with self.k_blocks(b, K, kstep, "pc") as pc:
+                kc = self.min(b, b.sub(K, pc), kstep)
+                b_off = b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc)
+                b_src = self.gep(b, B, b_off)
+                # columns [0, packed) are read in place, [packed, nc) packed (a partial strip at most)
+                packed = _I64(0) if direct is None else b.select(
+                    b.icmp_signed("<=", M, _I64(DIRECT_M)), b.sub(nc, b.srem(nc, _I64(blk.nr))), _I64(0))
+                with b.if_then(b.icmp_signed("<", packed, nc)):
+                    b.call(pack_b, [self.gep(b, b_src, packed), ldb, b.sub(nc, packed), kc,
+                                    self.gep(b, pb, b.mul(packed, _I64(blk.kc)))])
+                load_c = b.or_(accumulating, b.icmp_signed("!=", pc, _I64(0)))
+                with self.loop(b, 0, M, blk.mc, "ic") as ic:
+                    mc = self.min(b, b.sub(M, ic), blk.mc)
+                    a_off = b.add(b.mul(pc, lda), ic) if trans_a else b.add(b.mul(ic, lda), pc)
+                    a_src = self.gep(b, A, a_off)
+                    # the micro-kernel reads all MR rows of a strip: a partial one is packed (zero-padded)
+                    in_place = b.and_(a_in_place, b.icmp_signed("==", b.srem(mc, _I64(blk.mr)), _I64(0)))
+                    with b.if_then(b.not_(in_place)):
+                        b.call(pack_a, [a_src, lda, mc, kc, pa])
+                    a_strip, lda_strip = b.select(in_place, a_src, pa), b.select(in_place, lda, _I64(blk.kc))
+                    with self.loop(b, 0, nc, blk.nr, "jr") as jr:
+                        nr = self.min(b, b.sub(nc, jr), blk.nr)
+                        pbj = self.gep(b, pb, b.mul(jr, _I64(blk.kc)))
+                        cj = self.gep(b, C, b.add(b.mul(ic, ldc), b.add(jc, jr)))
+                        with self.loop(b, 0, mc, blk.mr, "ir") as ir_:
+                            mr = self.min(b, b.sub(mc, ir_), blk.mr)
+                            args = [kc, self.gep(b, a_strip, b.mul(ir_, lda_strip)), lda_strip]
+                            rest = [self.gep(b, cj, b.mul(ir_, ldc)), ldc, mr, nr, load_c]
+                            if direct is None:
+                                b.call(micro, args + [pbj, _I64(blk.nr)] + rest)
+                            else:
+                                with b.if_else(b.icmp_signed("<", jr, packed)) as (then, otherwise):
+                                    with then:
+                                        b.call(direct, args + [self.gep(b, b_src, jr), ldb] + rest)
+                                    with otherwise:
+                                        b.call(micro, args + [pbj, _I64(blk.nr)] + rest)
         b.ret_void()
         return fn
 
