@@ -147,13 +147,15 @@ class Feeder:
 
     A source is rows of the input's dtype, copied as they are, or (bytes, divisor): uint8 rows for
     a float input, which receives float32(byte) / divisor. Rows are C-contiguous with the input's
-    row shape; the feeder keeps them, so they must not change shape while it is in use.
+    row shape; the feeder holds on to them and reads their current values at each call.
     """
 
     def __init__(self, step: Step, sources: dict[str, np.ndarray | tuple[np.ndarray, float]]) -> None:
         specs, rows_kept, dsts = [], [], []  # kept: the native sources point into them
         for name, source in sources.items():
             rows, divisor = source if isinstance(source, tuple) else (source, 1.0)
+            if name not in step.inputs:
+                raise ValueError(f"no input {name} to feed (inputs: {', '.join(step.inputs)})")
             dst = step.inputs[name]
             kind = f"u8_f{8 * dst.itemsize}" if rows.dtype == np.uint8 and dst.dtype.kind == "f" else "copy"
             if (kind not in KINDS or kind == "copy" and (rows.dtype != dst.dtype or divisor != 1)

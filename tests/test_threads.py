@@ -69,6 +69,8 @@ def test_feeder_picks_rows_like_take(threads):
         step.feeder(x=rows.astype(np.float64))
     with pytest.raises(ValueError, match="divisor 3"):
         step.feeder(x=(rows, 3.0))
+    with pytest.raises(ValueError, match="no input z"):
+        step.feeder(z=rows)
 
 
 KSPLIT_NET = """
