@@ -488,9 +488,9 @@ class _Gen:
             with self.loop(b, 0, M, blk.mr, "it") as i0:
                 with self.loop(b, n0, n1, blk.nr, "jt") as j0:
                     # row r (at most `last`) of a matrix, from the block's first k
-                    row = lambda p, r, last, ld: self.gep(b, p, b.add(b.mul(self.min(b, r, last), ld), kb))
-                    rows = [row(A, b.add(i0, _I64(i)), b.sub(M, _I64(1)), lda) for i in range(blk.mr)]
-                    cols = [row(B, b.add(j0, _I64(j)), b.sub(n1, _I64(1)), ldb) for j in range(blk.nr)]
+                    at = lambda p, r, last, ld: self.gep(b, p, b.add(b.mul(self.min(b, r, last), ld), kb))
+                    rows = [at(A, b.add(i0, _I64(i)), b.sub(M, _I64(1)), lda) for i in range(blk.mr)]
+                    cols = [at(B, b.add(j0, _I64(j)), b.sub(n1, _I64(1)), ldb) for j in range(blk.nr)]
                     k, acc, head, tail = self.k_loop(b, full_k, blk.mr, blk.nr)
                     body = b.block
 

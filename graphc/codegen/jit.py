@@ -108,7 +108,7 @@ def emit(module: ir.Module | llvm.ModuleRef, target: Target, shared: bool = Fals
 
 def compile_host(name: str, build: Callable[[Target], ir.Module]) -> Native:
     """The host's object for a module that depends only on graphc's own code (the worker pool, the
-    batch gather), from the cache or built once."""
+    batch feed), from the cache or built once."""
     target = host_target()
     key = hashlib.sha256(f"{source_hash()}|{target.key()}|{name}".encode()).hexdigest()
     return compile_cached(key, lambda: build(target), target)[0]

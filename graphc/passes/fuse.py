@@ -92,12 +92,10 @@ def fuse(g: Graph) -> list[Kernel]:
 
     order = {n: i for i, n in enumerate(g.nodes)}
     updated = {new: target for target, new in g.updates}
-    kept = {id(v) for v in g.outputs.values()} | {id(new) for _, new in g.updates}
-    whole = {id(v) for n in g.nodes if not isinstance(REGISTRY[n.op].lower, Elementwise) for v in n.inputs}
-
-    def stored(v: Value) -> bool:
-        """v is written to memory whatever is fused: an output, or read by a GEMM, view or reduction."""
-        return id(v) in kept or id(v) in whole
+    # written to memory whatever is fused: a step's result, or read by a GEMM, view or reduction
+    always = _results(g) | {id(v) for n in g.nodes if not isinstance(REGISTRY[n.op].lower, Elementwise)
+                            for v in n.inputs}
+    stored = lambda v: id(v) in always
 
     for n in g.nodes:
         lower = REGISTRY[n.op].lower
@@ -130,8 +128,13 @@ def fuse(g: Graph) -> list[Kernel]:
     return _order(g, kernels, kernel_of)
 
 
+def _results(g: Graph) -> set[int]:
+    """ids of the values a step keeps: its outputs and its updated params and state."""
+    return {id(v) for v in g.outputs.values()} | {id(new) for _, new in g.updates}
+
+
 def _connect(g: Graph, kernels: list[Kernel], kernel_of: dict[Node, Kernel]) -> None:
-    stored = {id(v) for v in g.outputs.values()} | {id(v) for _, v in g.updates}
+    stored = _results(g)
     for k in kernels:
         inside = set(k.nodes)
         for n in k.nodes:
