@@ -73,6 +73,9 @@ def test_feeder_picks_rows_like_take(threads):
         step.feeder(z=rows)
 
 
+# each tuning graphc has (CPU name, vector bits), whatever the host
+TUNINGS = [("znver4", 512), ("znver5", 512), ("rocketlake", 512), ("x86-64-v3", 256), ("x86-64", 128)]
+
 KSPLIT_NET = """
 net ksplit
 dim B
@@ -83,10 +86,10 @@ layer dense(h: f32[B, I], units: int, act: fn = relu) -> f32[B, units] {
   param b : f32[units]    = zeros()
   return act(h @ W + b)
 }
-h      = dense(x, units=30) as fc
+h      = dense(x, units=12) as fc
 logits = dense(h, units=10, act=id) as out
 loss   = softmax_cross_entropy(logits, y)
-train { optimizer = sgd(lr=0.1, momentum=0.9)  batch = 20  epochs = 1  seed = 0  data = mnist }
+train { optimizer = sgd(lr=0.1, momentum=0.9)  batch = 8  epochs = 1  seed = 0  data = mnist }
 """
 
 
@@ -94,10 +97,10 @@ def test_gemm_epilogues_fuse_and_split(tmp_path):
     """Bias and relu join the forward GEMM's kernel; the momentum update, which streams weights and
     velocities as large as C, stays a loop kernel, and so does relu's mask, gt(relu(x), 0), which
     reads only the stored relu: the backward loop that uses it computes it. Split across threads by rows, by
-    columns (mlp.net), or by K (x·W, a 20x30 C over K = 4096), with the epilogue on the summed C,
-    a step computes what one thread computes."""
+    columns (mlp.net), or by K (x·W, an 8x12 C over K = 4096: split on every target's tuning), with
+    the epilogue on the summed C, a step computes what one thread computes."""
     from graphc.codegen.module import _k_split
-    from graphc.codegen.target import host_target
+    from graphc.codegen.target import Target, host_target
     from graphc.passes.pipeline import schedule
     ops = lambda k: [n.op for n in k.nodes]
     kernels = schedule(driver.train_graph(driver.load(ROOT / "models/mlp.net"), 128)).kernels
@@ -107,15 +110,18 @@ def test_gemm_epilogues_fuse_and_split(tmp_path):
     (tmp_path / "ksplit.net").write_text(KSPLIT_NET)
     prog = driver.load(tmp_path / "ksplit.net")
     rng = np.random.default_rng(0)
-    x = rng.random((20, 4096), dtype=np.float32)
-    y = rng.integers(0, 10, 20).astype(np.int32)
+    x = rng.random((8, 4096), dtype=np.float32)
+    y = rng.integers(0, 10, 8).astype(np.int32)
+    host = host_target()
+    targets = [host] + [Target(host.triple, cpu, "", bits) for cpu, bits in TUNINGS]
     params = []
     for threads in (1, 2):
-        g = driver.train_graph(prog, 20)
+        g = driver.train_graph(prog, 8)
         p = init_params(g.params, 0)
         step = driver.compile_graph(g, p, threads=threads).step
         first = step.schedule.kernels[0]
-        assert ops(first) == ["matmul", "add", "relu"] and _k_split(first.nodes[0], host_target(), 2)
+        assert ops(first) == ["matmul", "add", "relu"]
+        assert all(_k_split(first.nodes[0], t, 2) for t in targets)
         losses = [float(step(x=x, y=y, lr=0.005)["loss"]) for _ in range(3)]
         params.append((losses, p))
     (l1, p1), (l2, p2) = params
