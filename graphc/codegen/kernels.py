@@ -131,10 +131,15 @@ def _inside(b: ir.IRBuilder, t: ir.Value, size: int) -> ir.Value:
     return b.and_(b.icmp_signed(">=", t, _i64(0)), b.icmp_signed("<", t, _i64(size)))
 
 
-def gather(b: ir.IRBuilder, at: Callable, ptr: ir.Value, v: Value, m: tuple, idx: list[ir.Value],
-           fill: ir.Value, checked: bool = True) -> ir.Value:
-    """Load `v` through a map with `Affine` axes: compute each such index, and read `fill` where it
-    falls outside `v` (the load itself always uses a valid address). Unchecked, every index is
+def element(v: Value, x: float) -> ir.Constant:
+    """`x` as one element of `v`'s dtype."""
+    return ir.Constant(LLTYPES[v.dtype], x if v.type.is_float else int(x))
+
+
+def gather(b: ir.IRBuilder, load: Callable[[ir.Value], ir.Value], v: Value, m: tuple,
+           idx: list[ir.Value], fill: ir.Value, checked: bool = True) -> ir.Value:
+    """Read `v` through a map with `Affine` axes: compute each such index, and read `fill` where it
+    falls outside `v` (`load` of a flat offset always gets a valid one). Unchecked, every index is
     known to be inside: a plain load."""
     ok = ir.Constant(ir.IntType(1), 1)
     lin = _i64(0)
@@ -152,11 +157,11 @@ def gather(b: ir.IRBuilder, at: Callable, ptr: ir.Value, v: Value, m: tuple, idx
             t = idx[a]
         lin = b.add(lin, b.mul(t, _i64(stride)))
     if not checked:
-        return b.load(at(ptr, lin, v))
+        return load(lin)
     # a branch, not a select of the address: the loop vectorizer turns it into a masked load
     pre = b.block
     with b.if_then(ok):
-        x, inside = b.load(at(ptr, lin, v)), b.block
+        x, inside = load(lin), b.block
     out = b.phi(x.type)
     out.add_incoming(x, inside)
     out.add_incoming(fill, pre)
@@ -265,7 +270,7 @@ def loops(k: Kernel, merge: bool = True) -> Loops:
     coefs, pinned, gathers = [strides(k.space)], set(), False
     for n in k.nodes:
         for v, m in zip(n.inputs, input_maps(n)):
-            if v.const is None and any(isinstance(a, Affine) for a in m):
+            if any(isinstance(a, Affine) for a in m):
                 # computed indices keep their own loops
                 gathers = True
                 pinned |= {a for a in m if isinstance(a, int)}
@@ -318,8 +323,8 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
     # thread's range covers them, and not forced where bounds checks branch (LLVM would refuse)
     unrolled = lp.unrolled if len(ranges) <= len(lp.space) - lp.unrolled else 0
     vector = True if unrolled and fault is None else None
-    gathered = {(v, m) for n in k.nodes for v, m in zip(n.inputs, maps[n])
-                if v.const is None and any(isinstance(a, Affine) for a in m)}
+    # a constant reads like any value of its shape: through its map, `fill` outside it
+    gathered = {(v, m) for n in k.nodes for v, m in zip(n.inputs, maps[n]) if any(isinstance(a, Affine) for a in m)}
     accesses = list(dict.fromkeys((a, size) for v, m in gathered for a, size in zip(m, v.shape)
                                   if isinstance(a, Affine)))
 
@@ -339,18 +344,18 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
         loads, vals = {}, {}
         for n in k.nodes:  # loads first
             for v, m in zip(n.inputs, maps[n]):
-                if v.const is None and not (v.producer in members and identity_access(v, m, k.space)):
-                    key = (v, m)
-                    if key in loads:
-                        continue
-                    if key in gathered:
-                        f = REGISTRY[n.op].lower.fill(n.attrs)
-                        fill = ir.Constant(LLTYPES[v.dtype], f if v.type.is_float else int(f))
-                        loads[key] = gather(b, at, arg_of[v], v, m, orig, fill, checked)
-                    else:
-                        loads[key] = b.load(at(arg_of[v], offset(b, idx, lp.squash(access(v, m, rank))), v))
+                key = (v, m)
+                if key in loads or v.producer in members and identity_access(v, m, k.space):
+                    continue
+                if key in gathered:
+                    fill = element(v, REGISTRY[n.op].lower.fill(n.attrs))
+                    load = (lambda lin, c=element(v, v.const): c) if v.const is not None else \
+                        (lambda lin, v=v: b.load(at(arg_of[v], lin, v)))
+                    loads[key] = gather(b, load, v, m, orig, fill, checked)
+                elif v.const is None:
+                    loads[key] = b.load(at(arg_of[v], offset(b, idx, lp.squash(access(v, m, rank))), v))
         for n in k.nodes:
-            ops = [s.const(v.const) if v.const is not None else loads.get((v, m)) or vals[v]
+            ops = [loads[v, m] if (v, m) in loads else s.const(v.const) if v.const is not None else vals[v]
                    for v, m in zip(n.inputs, maps[n])]
             if n is red:
                 store_reduce(idx, ops[0])

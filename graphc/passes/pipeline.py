@@ -10,6 +10,7 @@ from graphc.ir.verify import verify
 from graphc.passes.dce import dce
 from graphc.passes.decompose import decompose
 from graphc.passes.fuse import Kernel, fuse
+from graphc.passes.materialize import materialize
 from graphc.passes.memory import Plan, plan_memory
 from graphc.passes.simplify import simplify
 
@@ -23,7 +24,7 @@ class Schedule:
 
 def schedule(g: Graph) -> Schedule:
     verify(g)
-    g = dce(simplify(decompose(g)))
+    g = materialize(dce(simplify(decompose(g))))
     verify(g)
     kernels = fuse(g)
     return Schedule(g, kernels, plan_memory(g, kernels))

@@ -1,0 +1,25 @@
+"""Constants an op reads from memory get a buffer.
+
+A constant is a value with a shape like any other; a loop kernel reads it inline, through its
+index map like a stored value (outside a slice or a padded window it reads the op's fill). A GEMM
+or a view reads its operands from memory, so a constant operand there (the cotangent of a plain
+`sum(x @ w)`, a tensor of ones) is first written out by a fill node: a broadcast of the scalar.
+"""
+
+from __future__ import annotations
+
+from graphc.ir.graph import Builder, Graph, Node, Value
+from graphc.ir.rewrite import rewrite
+from graphc.ops import REGISTRY
+from graphc.ops.lowering import Elementwise, Reduce
+
+
+def materialize(g: Graph) -> Graph:
+    def rule(b: Builder, n: Node, args: list[Value], attrs: dict) -> Value | None:
+        if isinstance(REGISTRY[n.op].lower, (Elementwise, Reduce)) or all(a.const is None for a in args):
+            return None
+        filled = [b.broadcast_to(b.const(a.const, a.dtype), shape=a.shape) if a.const is not None else a
+                  for a in args]
+        return b.op(n.op, *filled, name_out=n.out.name, **attrs)
+
+    return rewrite(g, rule)
