@@ -1,5 +1,5 @@
 """The `graphc` command line: ir, grad, check, profile, compile, export, viz, train, eval (each also a
-Python API)."""
+Python API), and cache."""
 
 from __future__ import annotations
 
@@ -49,19 +49,20 @@ def _ir(a) -> None:
 
 
 def _values(prog, sets: list[str]) -> dict[str, np.ndarray]:
-    """Input values: defaults from the model, overridden by --set NAME=NUMBER|FILE.npy."""
+    """Values of inputs (defaults from the model) and params, from --set NAME=NUMBER|FILE.npy."""
     from graphc.errors import DataError
     vals = {i.value.name: np.float64(i.default) for i in prog.graph.inputs if i.default is not None}
-    names = {i.value.name for i in prog.graph.inputs}
+    inputs = [i.value.name for i in prog.graph.inputs]
+    names = inputs + [p.value.name for p in prog.graph.params]
     for s in sets:
         name, eq, text = s.partition("=")
         if not eq or name not in names:
-            raise GraphcError(f"--set {s}: expected NAME=VALUE with NAME one of {', '.join(sorted(names))}")
+            raise GraphcError(f"--set {s}: expected NAME=VALUE with NAME an input or param: {', '.join(names)}")
         try:
             vals[name] = np.load(text, allow_pickle=False) if text.endswith(".npy") else np.float64(text)
         except (OSError, ValueError) as e:
             raise DataError(f"--set {s}: {e}") from None
-    missing = [n for n in names if n not in vals]
+    missing = [n for n in inputs if n not in vals]
     if missing:
         raise GraphcError(f"input {missing[0]} has no value: give it one with --set {missing[0]}=VALUE "
                           f"(a number or a .npy file)")
@@ -71,6 +72,8 @@ def _values(prog, sets: list[str]) -> dict[str, np.ndarray]:
 def _grad(a) -> None:
     from graphc import driver
     from graphc.autodiff.step import gradient_graph
+    from graphc.errors import DataError
+    from graphc.ir.graph import NP_DTYPES
     from graphc.runtime.init import init_params
 
     prog = driver.load(a.model)
@@ -79,6 +82,19 @@ def _grad(a) -> None:
                   if i.value.shape and i.value.name in vals), None)
     g = gradient_graph(driver.forward(prog, batch))
     params = init_params(g.params, a.seed)
+    for v in g.leaves():  # a number fills the value; an array must have its shape
+        given = vals.get(v.name)
+        if given is None:
+            continue
+        if given.shape and given.shape != tuple(v.shape):
+            raise DataError(f"--set {v.name}: {v.name} is {v.type}, the file holds shape "
+                            f"[{','.join(map(str, given.shape))}]")
+        if v.dtype == "i32" and not np.all((given == np.round(given)) & (np.abs(given) < 2**31)):
+            raise DataError(f"--set {v.name}: {v.name} is {v.type}: whole numbers only")
+        vals[v.name] = given.astype(NP_DTYPES[v.dtype])
+    for p in g.params:
+        if p.value.name in vals:
+            params[p.value.name][...] = vals.pop(p.value.name)
     out = driver.compile_graph(g, params).step(**vals)
     result = {k: np.array(v).tolist() for k, v in out.items()}
     if a.json:
@@ -134,7 +150,7 @@ def _opts(a, prog):
                         progress=not a.no_progress, threads=a.threads,
                         resume=Path(a.resume) if a.resume else None,
                         checkpoint_every=a.checkpoint_every, on_nonfinite=a.on_nonfinite,
-                        check_bounds=a.check_bounds)
+                        check_bounds=a.check_bounds, force=a.force)
 
 
 def _data(a, prog):
@@ -163,7 +179,7 @@ def _train(a) -> None:
         check_plot_path(plots[0])  # before training, not after it
     t0 = time.perf_counter()
     data = _data(a, prog)
-    print(f"data {data.name}: {len(data.x_train)} train, {len(data.x_test)} test samples "
+    print(f"data {data.name}: {len(data.raw_train)} train, {len(data.raw_test)} test samples "
           f"({time.perf_counter() - t0:.2f} s)")
     history = train(prog, data, opts)
     if opts.out:
@@ -210,6 +226,17 @@ def _viz(a) -> None:
     g = driver.train_graph(prog, a.batch) if a.grad else prog.eval_graph if a.eval else prog.graph
     write_picture(g, Path(a.output))
     print(f"wrote {a.output}: {g.name}, {len(g.nodes)} nodes")
+
+
+def _cache(a) -> None:
+    from graphc.codegen import cache
+
+    if a.clear:
+        directory, count, size = cache.clear()
+        print(f"removed {count} entries ({size} bytes) from {directory}")
+    else:
+        directory, count, size = cache.usage()
+        print(f"{directory}: {count} entries, {size} bytes (limit {cache.max_bytes()}, GRAPHC_CACHE_MAX_BYTES)")
 
 
 def _source(e: GraphcError) -> str | None:
@@ -263,7 +290,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("grad", help="evaluate once; print outputs and gradients of every input and param")
     s.add_argument("model")
-    s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a number or a .npy file")
+    s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="an input's or param's value (params by full name, e.g. fc1.W): a number or a .npy file")
     s.add_argument("--seed", type=_whole(0), default=0, help="seed for param initialization")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_grad)
@@ -308,6 +336,10 @@ def parser() -> argparse.ArgumentParser:
                    help="bind the batch dim of the training step (default: the train block's)")
     s.set_defaults(fn=_viz)
 
+    s = sub.add_parser("cache", help="show the object cache's directory and size, or clear it")
+    s.add_argument("--clear", action="store_true", help="remove graphc's entries")
+    s.set_defaults(fn=_cache)
+
     for name, fn, helptext in (("train", _train, "train a model"), ("eval", _eval, "evaluate saved params")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("model")
@@ -323,6 +355,8 @@ def parser() -> argparse.ArgumentParser:
                            help="also checkpoint every N steps (needs --out or --resume)")
             s.add_argument("--resume", metavar="DIR",
                            help="continue the run checkpointed in DIR (and keep checkpointing there)")
+            s.add_argument("--force", action="store_true",
+                           help="replace a run already in --out (otherwise refused: --resume continues it)")
             s.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
                            help="a NaN/Inf loss stops training (default) or its batch is skipped")
             s.add_argument("--plot", help="draw loss and accuracy per epoch into this picture (.png, .svg, ...;"
@@ -332,7 +366,8 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--check-bounds", action="store_true",
                            help="check every index the generated loops compute (slower; for debugging graphc)")
         else:
-            s.add_argument("--params", required=True, help="a params.npz written by graphc train --out")
+            s.add_argument("--params", required=True,
+                           help="a params.npz or checkpoint.npz written by graphc train --out")
         s.set_defaults(fn=fn)
     return p
 

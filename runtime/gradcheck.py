@@ -48,13 +48,19 @@ def _feeds(prog: Program, g: Graph, batch: int, seed: int) -> dict[str, np.ndarr
 
 
 def gradcheck(prog: Program, batch: int | None = None, seed: int = 0) -> dict:
+    """The report of `graphc check` on a model: its params initialized from `seed`, its inputs fed
+    with `batch` samples of its data (or seeded random values)."""
     batch = batch or min(8, prog.train.batch)
     fwd = forward(prog, batch, "f64")
+    params = init_params(fwd.params, seed)
+    return {"model": prog.graph.name, "batch": batch, **check_graph(fwd, params, _feeds(prog, fwd, batch, seed))}
+
+
+def check_graph(fwd: Graph, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> dict:
+    """Backprop against central differences for a bound float64 forward graph, at `params` (changed
+    in place while differencing, restored after) and `feeds`: every param and float input."""
     fwd.updates = []  # like the gradient graph: every run sees the same state (dropout masks)
-    gg = gradient_graph(fwd)
-    params = init_params(gg.params, seed)
-    feeds = _feeds(prog, fwd, batch, seed)
-    back = compile_graph(gg, params).step
+    back = compile_graph(gradient_graph(fwd), params).step
     front = compile_graph(fwd, params).step
     loss = fwd.loss
 
@@ -99,8 +105,7 @@ def gradcheck(prog: Program, batch: int | None = None, seed: int = 0) -> dict:
                      "max_rel_error": float(rel.max(initial=0)), "kinks": int(kinks[name].sum())})
     back_s = float(np.median(runs))
     worst = max((r["max_rel_error"] for r in rows), default=0.0)
-    return {"model": prog.graph.name, "batch": batch, "dtype": "f64", "step": STEP, "params": rows,
-            "max_rel_error": worst, "ok": worst <= TOLERANCE, "backprop_seconds": back_s,
+    return {"dtype": "f64", "step": STEP, "loss": f0, "params": rows, "max_rel_error": worst, "ok": worst <= TOLERANCE, "backprop_seconds": back_s,
             "numerical_seconds": numeric_s, "speedup": numeric_s / back_s if back_s else float("inf"),
             "evaluations": calls[0], "elements": sum(int(np.prod(r["shape"])) for r in rows)}
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,58 @@ def test_apples_gradients_follow_the_chain_rule(tmp_path):
     assert out["d.orange"] == pytest.approx(3.24, rel=1e-6)        # orange_count * tax
     assert out["d.orange_count"] == pytest.approx(162.0, rel=1e-6) # orange * tax
     assert out["d.tax"] == pytest.approx(950.0, rel=1e-6)          # the pre-tax total
+
+
+X23 = np.arange(6.0).reshape(2, 3)
+X1145 = np.arange(20.0).reshape(1, 1, 4, 5)
+POOLED = np.array([[1, 2, 3, 2, 1], [2, 4, 6, 4, 2], [2, 4, 6, 4, 2], [1, 2, 3, 2, 1]]) / 9
+
+
+@pytest.mark.parametrize("source,feeds,want", [
+    ("input x : f64[2, 3]\nloss = sum(slice(x, axis=1, start=1, stop=2))", {"x": X23},
+     {"d.x": [[0, 1, 0], [0, 1, 0]], "loss": 5.0}),
+    ("input x : f64[2, 3]\nloss = mean(slice(x, axis=1, start=1, stop=2))", {"x": X23},
+     {"d.x": [[0, 0.5, 0], [0, 0.5, 0]]}),
+    ("input x : f64[1, 1, 4, 5]\nloss = sum(avg_pool2d(x, kernel=3, stride=1))", {"x": X1145},
+     {"d.x": POOLED[None, None]}),
+    ("input x : f64[1, 1, 4, 5]\nloss = sum(avg_pool2d(x, kernel=2, stride=2, padding=1))", {"x": X1145},
+     {"d.x": np.full((1, 1, 4, 5), 0.25)}),
+    ("input x : f64[3, 5]\ninput w : f64[5, 4]\nloss = sum(x @ w)",
+     {"x": np.arange(15.0).reshape(3, 5), "w": np.arange(20.0).reshape(5, 4)},
+     {"d.x": np.tile(np.arange(20.0).reshape(5, 4).sum(1), (3, 1)),
+      "d.w": np.tile(np.arange(15.0).reshape(3, 5).sum(0)[:, None], (1, 4))}),
+    ("input x : f64[3, 5]\ninput w : f64[5, 4]\nloss = mean(x @ w * 0.5)",
+     {"x": np.ones((3, 5)), "w": np.arange(20.0).reshape(5, 4)},
+     {"d.x": np.tile(np.arange(20.0).reshape(5, 4).sum(1), (3, 1)) / 24, "d.w": np.full((5, 4), 3 / 24)}),
+    ("input x : f64[2, 3, 6, 5]\ninput w : f64[4, 3, 3, 2]\nloss = sum(conv2d(x, w))",
+     {"x": np.ones((2, 3, 6, 5)), "w": np.ones((4, 3, 3, 2))}, {"d.w": np.full((4, 3, 3, 2), 32.0)}),
+])
+def test_gradients_under_a_plain_sum_or_mean(tmp_path, source, feeds, want):
+    """The cotangent reaching the op is a constant (issue #15): it reads through the op's index map
+    (zero outside a slice, the window counts of a pooling) and feeds a GEMM as a tensor of ones."""
+    (tmp_path / "m.net").write_text(source + "\n")
+    sets = []
+    for name, value in feeds.items():
+        np.save(tmp_path / f"{name}.npy", value)
+        sets += ["--set", f"{name}={tmp_path / name}.npy"]
+    out = json.loads(graphc("grad", str(tmp_path / "m.net"), *sets, "--json").stdout)
+    for name, value in want.items():
+        np.testing.assert_allclose(out[name], value, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_grad_sets_params_by_name(tmp_path):
+    w = np.full((784, 256), 0.001)
+    np.save(tmp_path / "w.npy", w)
+    base = ["grad", "models/mlp.net", "--set", "x=0.5", "--set", "y=1", "--json"]
+    out = json.loads(graphc(*base, "--set", f"fc1.W={tmp_path / 'w.npy'}", "--set", "fc1.b=0.25").stdout)
+    # every hidden unit of fc1 sees the same 784 * 0.5 * 0.001 + 0.25, so d.x is the same everywhere
+    assert np.ptp(out["d.x"]) == 0 and out["d.x"][0][0] != 0
+    np.save(tmp_path / "bad.npy", np.ones((3, 5)))
+    p = graphc(*base, "--set", f"fc1.W={tmp_path / 'bad.npy'}", check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == "error: --set fc1.W: fc1.W is f32[784,256], the file holds shape [3,5]"
+    p = graphc(*base, "--set", "y=1.5", check=False)
+    assert p.returncode != 0 and "whole numbers only" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_apples_text_output_and_set():

@@ -89,14 +89,27 @@ def sample(t: TensorType, rng, name, classes=5):
     return np.asarray(x, np.float64)
 
 
-def build(name, types, attrs):
+# How the op's output y becomes the loss, with its NumPy twin: weighted by a random input r (a
+# cotangent that is a tensor), or unweighted, where the cotangent reaching y is a constant: a plain
+# sum, a mean, and a linear chain after the op (scale, shift, flatten), as users write losses.
+LOSSES = {
+    "weighted": (lambda b, y, r: b.sum(b.mul(y, r)), lambda y, r: np.sum(y * r)),
+    "sum": (lambda b, y, r: b.sum(y), lambda y, r: np.sum(y)),
+    "mean": (lambda b, y, r: b.mean(y), lambda y, r: np.mean(y)),
+    "chain": (lambda b, y, r: b.sum(b.reshape(b.sub(b.neg(b.mul(y, 0.5)), 1.0), shape=(-1,))),
+              lambda y, r: np.sum(-(y * 0.5) - 1.0)),
+}
+
+
+def build(name, types, attrs, loss="weighted"):
     g = Graph(name)
     b = Builder(g)
     g.inputs = [Input(Value(f"x{i}", t), nograd=t.dtype == "i32") for i, t in enumerate(types)]
     y = b.op(name, *[i.value for i in g.inputs], name_out="y", **attrs)
     r = Value("r", y.type)
-    g.inputs.append(Input(r, nograd=True))
-    g.outputs = {"loss": b.sum(b.mul(y, r)), "y": y}
+    if loss == "weighted":
+        g.inputs.append(Input(r, nograd=True))
+    g.outputs = {"loss": LOSSES[loss][0](b, y, r), "y": y}
     g.loss = "loss"
     return g
 
@@ -141,13 +154,15 @@ def test_compiled_kernel_matches_ref(name, i, case, dtype):
 GRAD = [(n, i, c) for n, i, c in ALL if REGISTRY[n].vjp is not None]
 
 
+@pytest.mark.parametrize("loss", list(LOSSES))
 @pytest.mark.parametrize("name,i,case", GRAD, ids=[f"{n}-{i}" for n, i, _ in GRAD])
-def test_vjp_matches_numerical_gradient(name, i, case):
+def test_vjp_matches_numerical_gradient(name, i, case, loss):
     types, attrs = case
     xs, r = feeds_for(name, types, attrs)
-    g = gradient_graph(bind(build(name, types, attrs), {}, "f64"))
-    feeds = {f"x{j}": x for j, x in enumerate(xs)}
-    out = compile_graph(g).step(**feeds, r=r)
+    g = gradient_graph(bind(build(name, types, attrs, loss), {}, "f64"))
+    feeds = {f"x{j}": x for j, x in enumerate(xs)} | ({"r": r} if loss == "weighted" else {})
+    out = compile_graph(g, threads=1).step(**feeds)
+    f = lambda xp: float(LOSSES[loss][1](ref(name, xp, attrs), r))
     h = 1e-6
     for j, (x, t) in enumerate(zip(xs, types)):
         if not t.is_float:
@@ -158,7 +173,7 @@ def test_vjp_matches_numerical_gradient(name, i, case):
             for d in (h, -h):
                 xp = [a.copy() for a in xs]
                 xp[j][k] += d
-                vals.append(float(np.sum(ref(name, xp, attrs) * r)))
+                vals.append(f(xp))
             num[k] = (vals[0] - vals[1]) / (2 * h)
         np.testing.assert_allclose(out[f"d.x{j}"], num, rtol=1e-6, atol=1e-7, err_msg=f"d/d x{j}")
 

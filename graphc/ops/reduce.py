@@ -49,10 +49,18 @@ register(OpDef(
     lambda x, axes, keepdims: np.sum(x, axis=_np_axes(x, axes), keepdims=keepdims),
     Reduce("sum"), _DEFAULTS, _DOC))
 
+def _max_vjp(b, n, g):
+    """Elements equal to the max share its gradient evenly (as in PyTorch and JAX): where ties are
+    copies of one value (a max over overlapping pooling windows), the copies' shares add up to it."""
+    x, axes = n.inputs[0], n.attrs["axes"]
+    hit = b.eq(x, _expand(b, n.out, n))
+    share = b.div(_expand(b, g, n), _expand(b, b.sum(hit, axes=axes, keepdims=n.attrs["keepdims"]), n))
+    return [b.mul(share, hit)]
+
+
 register(OpDef(
     "max", 1, _reduce_shape,
-    # the gradient flows to every element equal to the max
-    lambda b, n, g: [b.mul(_expand(b, g, n), b.eq(n.inputs[0], _expand(b, n.out, n)))],
+    _max_vjp,
     lambda x, axes, keepdims: np.max(x, axis=_np_axes(x, axes), keepdims=keepdims),
     Reduce("max"), _DEFAULTS, _DOC))
 
