@@ -62,7 +62,7 @@ register(OpDef(
     "max", 1, _reduce_shape,
     _max_vjp,
     lambda x, axes, keepdims: np.max(x, axis=_np_axes(x, axes), keepdims=keepdims),
-    Reduce("max"), _DEFAULTS, _DOC))
+    Reduce("max"), _DEFAULTS, _DOC + ", the gradient shared evenly among ties"))
 
 register(OpDef(
     "mean", 1, _reduce_shape,
