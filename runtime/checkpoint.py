@@ -24,6 +24,7 @@ import numpy as np
 
 from graphc.errors import DataError
 from graphc.ir.graph import NP_DTYPES, Param
+from graphc.runtime.data import check_finite
 
 META_KEY = "__meta__"
 
@@ -85,7 +86,7 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
         return arrays, {}
     try:
         meta = json.loads(raw.tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # nested thousands deep
         raise DataError(f"{path}: corrupt checkpoint metadata ({e})") from None
     if not isinstance(meta, dict):
         raise DataError(f"{path}: checkpoint metadata is a {type(meta).__name__}, not an object")
@@ -94,16 +95,19 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
 
 def load_params(path: str | os.PathLike, params: list[Param]) -> dict[str, np.ndarray]:
     """The arrays a model's `params` need, read from a file written by save_arrays (graphc train
-    --out); each must be present with the param's shape."""
+    --out); each must be present with the param's shape, hold floats (converted to the param's
+    dtype: float64 to float32 is fine where the values fit) and be finite."""
     arrays, _ = load_arrays(path)
     out = {}
     for p in params:
-        arr = arrays.get(p.value.name)
-        if arr is None or arr.shape != tuple(p.value.shape):
-            raise DataError(f"{path}: param {p.value.name} "
-                            f"{'missing' if arr is None else f'has shape {list(arr.shape)}'}, "
-                            f"model wants {p.value.type}")
-        out[p.value.name] = np.ascontiguousarray(arr, dtype=NP_DTYPES[p.value.dtype])
+        name, arr = p.value.name, arrays.get(p.value.name)
+        if arr is None or arr.shape != tuple(p.value.shape) or arr.dtype.kind != "f":
+            got = ("missing" if arr is None else f"has shape {list(arr.shape)}"
+                   if arr.shape != tuple(p.value.shape) else f"has dtype {arr.dtype} (not floats)")
+            raise DataError(f"{path}: param {name} {got}, model wants {p.value.type}")
+        with np.errstate(over="ignore"):  # check_finite names a value that overflows
+            out[name] = np.ascontiguousarray(arr, dtype=NP_DTYPES[p.value.dtype])
+        check_finite(path, arr, out[name], lambda i, name=name: f"param {name}{list(i) if i else ''}")
     return out
 
 

@@ -23,11 +23,16 @@ quarter of float32's memory; the trainer's feed converts each batch (codegen/fee
 float features are made, float32(byte) / divisor, only when asked for. Other data is kept as its
 float32 features (divisor 1).
 
-Every problem with a file raises DataError naming the file and what is wrong.
+Every problem with a file raises DataError naming the file and what is wrong: among them a feature
+that is not finite as the model reads it (1e39 is finite in float64 but not in float32), and data
+whose numbers would not fit in memory. The loaders check that before reading the numbers, against the
+sizes files declare (NPZ and IDX headers) or, for CSV, read a line at a time, as the table grows; a
+small compressed file may declare or decompress to many gigabytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import importlib.resources
@@ -35,9 +40,11 @@ import math
 import os
 import zipfile
 import zlib
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -56,6 +63,12 @@ _IDX_FILES = {
 _NPZ_SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 TEST_FRACTION = 0.2
 _INT32_MAX = np.iinfo(np.int32).max
+# Loading holds up to about this many times the numbers' size at once (a CSV's rows and their
+# concatenation; the float32 copy and the split's).
+_PEAK = 3
+# Parsing a CSV line can take this many bytes of memory per byte of text (a Python str per field).
+_LINE_COST = 64
+_CSV_BLOCK = 1 << 20  # bytes of float64 rows parsed into one block
 
 
 @dataclass
@@ -86,16 +99,20 @@ class Dataset:
 def load_dataset(spec: str | os.PathLike) -> Dataset:
     """Loads a bundled data set by name, or an MNIST directory / .csv / .csv.gz / .npz path."""
     if isinstance(spec, str) and spec in BUNDLED:
-        return _load_path(_bundled_dir() / BUNDLED[spec], spec)
-    path = Path(spec)
-    if isinstance(spec, str) and not path.exists() and path.name == spec and not path.suffix:
-        raise DataError(f"unknown data set '{spec}': not a bundled name "
-                        f"(known: {', '.join(sorted(BUNDLED))}) and no such file or directory")
-    name = path.resolve().name
-    for suffix in (".csv.gz", ".csv", ".npz"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    return _load_path(path, name)
+        path, name = _bundled_dir() / BUNDLED[spec], spec
+    else:
+        path = Path(spec)
+        if isinstance(spec, str) and not path.exists() and path.name == spec and not path.suffix:
+            raise DataError(f"unknown data set '{spec}': not a bundled name "
+                            f"(known: {', '.join(sorted(BUNDLED))}) and no such file or directory")
+        name = path.resolve().name
+        for suffix in (".csv.gz", ".csv", ".npz"):
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+    try:
+        return _load_path(path, name)
+    except MemoryError:
+        raise DataError(f"{path}: out of memory loading this data set") from None
 
 
 def _bundled_dir() -> Path:
@@ -124,18 +141,43 @@ def _load_path(path: Path, name: str) -> Dataset:
                     "a .csv / .csv.gz file, or a .npz file)")
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's contents, gunzipped when the name ends in .gz."""
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[BinaryIO]:
+    """The file as a binary stream, gunzipped as it is read when the name ends in .gz (never whole:
+    a few MB of gzip can hold gigabytes); errors opening or reading it become DataError."""
+    gz = path.name.lower().endswith(".gz")
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f, gzip.GzipFile(fileobj=f) if gz else contextlib.nullcontext(f) as s:
+            yield s
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: truncated or corrupt gzip data ({e})") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read file ({e.strerror or e})") from None
-    if not path.name.lower().endswith(".gz"):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (EOFError, zlib.error, OSError) as e:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path}: truncated or corrupt gzip data ({e})") from None
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory a data set may take: what the kernel calls available, capped by a cgroup's
+    limit (a container's own, v2 or v1); None where neither is known."""
+    found = []
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            found.append(int(Path(limit).read_text()))  # "max" (no limit) is a ValueError
+    return min(found, default=None)
+
+
+def _check_memory(path: Path, nbytes: int, what: str) -> None:
+    """Refuses to load `nbytes` of numbers (described by `what`) unless loading them fits in memory."""
+    free = _available_memory()
+    if free is not None and _PEAK * nbytes > free:
+        raise DataError(f"{path}: {what} {_gib(nbytes)} of numbers; loading needs about {_PEAK} "
+                        f"times that, more than the {_gib(free)} of memory available")
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.3g} GiB"
 
 
 # ---- MNIST IDX ----
@@ -163,60 +205,89 @@ def _load_idx_dir(path: Path, name: str) -> Dataset:
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
-    buf = _read_bytes(path)
     ndim = magic & 0xFF
     kind = "images" if ndim == 3 else "labels"
-    got = int.from_bytes(buf[:4], "big") if len(buf) >= 4 else None
-    if got != magic:
-        shown = "none (file shorter than 4 bytes)" if got is None else f"0x{got:08x}"
-        raise DataError(f"{path}: wrong IDX magic number {shown}; expected 0x{magic:08x} "
-                        f"(uint8 {kind}, {ndim}-D)")
-    header = 4 + 4 * ndim
-    if len(buf) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(buf)} bytes, need {header})")
-    dims = tuple(int(d) for d in np.frombuffer(buf, ">u4", ndim, 4))
-    size = math.prod(dims)
-    have = len(buf) - header
+    with _open(path) as f:
+        head = f.read(4)
+        got = int.from_bytes(head, "big") if len(head) == 4 else None
+        if got != magic:
+            shown = "none (file shorter than 4 bytes)" if got is None else f"0x{got:08x}"
+            raise DataError(f"{path}: wrong IDX magic number {shown}; expected 0x{magic:08x} "
+                            f"(uint8 {kind}, {ndim}-D)")
+        header = 4 + 4 * ndim
+        raw_dims = f.read(header - 4)
+        if len(raw_dims) < header - 4:
+            raise DataError(f"{path}: truncated IDX header ({4 + len(raw_dims)} bytes, need {header})")
+        dims = tuple(int(d) for d in np.frombuffer(raw_dims, ">u4"))
+        size = math.prod(dims)
+        _check_memory(path, size, "header declares")
+        data = f.read(size)
+        have = len(data) + sum(map(len, iter(lambda: f.read(1 << 20), b"")))  # counted, not kept
     if have != size:
         relation = "shorter" if have < size else "longer"
         raise DataError(f"{path}: data is {relation} than the header says: header gives "
                         f"{' x '.join(map(str, dims))} = {size} bytes, file has {have}")
-    return np.frombuffer(buf, np.uint8, size, header).reshape(dims)
+    return np.frombuffer(data, np.uint8).reshape(dims)
 
 
 # ---- CSV ----
 
 def _load_csv(path: Path, name: str) -> Dataset:
-    try:
-        text = _read_bytes(path).decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
-    rows = [(n, line.split(",")) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not rows:
-        raise DataError(f"{path}: no data rows")
-    first_line, first = rows[0]
-    width = len(first)
-    if width < 2:
-        raise DataError(f"{path}: line {first_line}: need at least one feature and a label, "
-                        f"found {width} field")
-    table = np.empty((len(rows), width))
-    for i, (line, fields) in enumerate(rows):
-        if len(fields) != width:
-            raise DataError(f"{path}: line {line}: expected {width} comma-separated fields "
-                            f"(as on line {first_line}), found {len(fields)}")
-        try:
-            table[i] = fields  # numpy parses the strings; row-wise keeps the line number at hand
-        except ValueError as e:
-            hint = " (CSV files must not have a header row)" if i == 0 else ""
-            raise DataError(f"{path}: line {line}: non-numeric field: {e}{hint}") from None
-    def line_of(i: int) -> str:
-        return f"line {rows[i][0]}"
-
+    table, lines = _read_csv(path)
     x = table[:, :-1]
-    _check_finite(path, x, line_of)
-    y = _labels(path, table[:, -1], line_of)
-    (x,), divisor = _stored([x], integral=bool(np.array_equal(x, np.floor(x))))
-    return _split(path, name, x, y, divisor)
+    y = _labels(path, table[:, -1], lambda i: f"line {lines[i]}")
+    (stored,), divisor = _stored([x], integral=bool(np.array_equal(x, np.floor(x))))
+    check_finite(path, x, stored, lambda i: f"line {lines[i[0]]}, column {i[1] + 1}")
+    return _split(path, name, stored, y, divisor)
+
+
+def _read_csv(path: Path) -> tuple[np.ndarray, array]:
+    """The numbers of a CSV file, a float64 row per non-blank line, and the line of each row. Read a
+    line at a time into blocks of rows, so that memory follows the table, refused as it grows past
+    what memory holds, whatever the file decompresses to."""
+    free = _available_memory()
+    limit = free // _LINE_COST if free else -1  # the longest line that memory can parse
+    blocks: list[np.ndarray] = []
+    lines = array("q")
+    width = per_block = first = n = 0
+    with _open(path) as f:
+        for chunk in iter(lambda: f.readline(limit), b""):
+            if len(chunk) == limit and not chunk.endswith(b"\n"):
+                raise DataError(f"{path}: line {n + 1} is longer than {limit} bytes, more than "
+                                "the memory available can parse")
+            for raw in chunk.splitlines():  # a lone \r ends a line too (classic Mac files)
+                n += 1
+                try:
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}: line {n}: not UTF-8 text (bad byte at column "
+                                    f"{e.start + 1})") from None
+                if not line.strip():
+                    continue
+                fields = line.split(",")
+                if not width:
+                    first, width = n, len(fields)
+                    if width < 2:
+                        raise DataError(f"{path}: line {n}: need at least one feature and a label, "
+                                        f"found {width} field")
+                    per_block = max(1, _CSV_BLOCK // (8 * width))
+                if len(fields) != width:
+                    raise DataError(f"{path}: line {n}: expected {width} comma-separated fields "
+                                    f"(as on line {first}), found {len(fields)}")
+                row = len(lines) % per_block
+                if row == 0:
+                    _check_memory(path, (len(lines) + per_block) * width * 8, f"by line {n}, holds")
+                    blocks.append(np.empty((per_block, width)))
+                try:
+                    blocks[-1][row] = fields  # numpy parses the strings
+                except ValueError as e:
+                    hint = " (CSV files must not have a header row)" if not lines else ""
+                    raise DataError(f"{path}: line {n}: non-numeric field: {e}{hint}") from None
+                lines.append(n)
+    if not lines:
+        raise DataError(f"{path}: no data rows")
+    blocks[-1] = blocks[-1][: (len(lines) - 1) % per_block + 1]
+    return np.concatenate(blocks), lines
 
 
 # ---- NPZ ----
@@ -237,13 +308,14 @@ def _load_npz(path: Path, name: str) -> Dataset:
         if y.shape != (len(x),):
             raise DataError(f"{path}: array '{yk}' has shape {y.shape}; expected ({len(x)},) "
                             f"to match '{xk}'")
-        _check_finite(path, x, lambda i, xk=xk: f"sample {xk}[{i}]")
         ys[yk] = _labels(path, y, lambda i, yk=yk: f"{yk}[{i}]")
     if len({x.shape[1:] for x in xs.values()}) > 1:
         raise DataError(f"{path}: x_train has samples of shape {xs['x_train'].shape[1:]} but "
                         f"x_test has {xs['x_test'].shape[1:]}")
     integral = all(x.dtype.kind in "biu" for x in xs.values())
     x_arrays, divisor = _stored(list(xs.values()), integral)
+    for (xk, x), stored in zip(xs.items(), x_arrays):
+        check_finite(path, x, stored, lambda i, xk=xk: f"{xk}[{', '.join(map(str, i))}]")
     if "x" in xs:
         return _split(path, name, x_arrays[0], ys["y"], divisor)
     return _dataset(name, x_arrays[0], ys["y_train"], x_arrays[1], ys["y_test"], divisor)
@@ -267,20 +339,39 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             raise DataError(f"{path}: expected arrays x_train, y_train, x_test, y_test (or x, y); "
                             f"found {', '.join(sorted(present)) or 'none'}")
         try:
+            _check_memory(path, sum(_declared_bytes(npz, k) for k in keys), "arrays declare")
             return {k: npz[k] for k in keys}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             # Object arrays land here too: they would need pickle, which is never enabled.
             raise DataError(f"{path}: cannot read arrays ({e})") from None
 
 
+def _declared_bytes(npz: np.lib.npyio.NpzFile, key: str) -> int:
+    """The size array `key` of an .npz declares in its .npy header, read without its data."""
+    member = key if key in npz.zip.namelist() else f"{key}.npy"  # as NpzFile finds it
+    with npz.zip.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)(f)  # 3.0 differs in encoding
+    return math.prod(shape) * dtype.itemsize
+
+
 # ---- shared checks and assembly ----
 
-def _check_finite(path: Path, x: np.ndarray, where: Callable[[int], str]) -> None:
-    if x.dtype.kind != "f":
+def check_finite(path: str | os.PathLike, raw: np.ndarray, cast: np.ndarray,
+                 where: Callable[[tuple[int, ...]], str]) -> None:
+    """Refuses a NaN or Inf in `cast`, the numbers `raw` as they are used (float32, say), naming
+    where the first one is (`where` of its index) and whether it overflowed in the conversion."""
+    if cast.dtype.kind != "f":
         return
-    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
-    if bad.size:
-        raise DataError(f"{path}: {where(int(bad[0]))}: features contain NaN or Inf")
+    finite = np.isfinite(cast)
+    if finite.all():
+        return
+    i = tuple(int(k) for k in np.unravel_index(np.argmin(finite), finite.shape))  # the first False
+    value = raw[i]
+    why = ("not a finite number" if not np.isfinite(value) else
+           f"beyond {cast.dtype}'s range (±{np.finfo(cast.dtype).max:.3g})")
+    raise DataError(f"{path}: {where(i)} is {value!s}, {why}")  # !s: format() would round to float
 
 
 def _labels(path: Path, y: np.ndarray, where: Callable[[int], str]) -> np.ndarray:
@@ -300,7 +391,8 @@ def _stored(xs: list[np.ndarray], integral: bool) -> tuple[list[np.ndarray], flo
     divisor = peak if integral and peak > 1 else 1.0
     if integral and min(float(x.min()) for x in xs) >= 0 and peak <= 255:
         return [x.astype(np.uint8) for x in xs], divisor
-    return [np.divide(x, np.float32(divisor), dtype=np.float32) for x in xs], 1.0
+    with np.errstate(over="ignore", invalid="ignore"):  # check_finite names what overflows
+        return [np.divide(x, np.float32(divisor), dtype=np.float32) for x in xs], 1.0
 
 
 def _split(path: Path, name: str, x: np.ndarray, y: np.ndarray, divisor: float) -> Dataset:

@@ -152,8 +152,9 @@ def _interrupts() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _finite(arrays: dict[str, np.ndarray]) -> bool:
-    return all(np.isfinite(a).all() for a in arrays.values())
+def _nonfinite(arrays: dict[str, np.ndarray]) -> str | None:
+    """The name of the first array holding a NaN or Inf, if any: one pass over their memory."""
+    return next((k for k, a in arrays.items() if not np.isfinite(a).all()), None)
 
 
 def train(prog: Program, data: Dataset, opt: TrainOptions,
@@ -220,7 +221,7 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
                     if rollback:
                         rollback.take()
                     loss = float(step.run()[g.loss])
-                    if rollback and not (math.isfinite(loss) and _finite(rollback.live)):
+                    if rollback and not (math.isfinite(loss) and _nonfinite(rollback.live) is None):
                         rollback.undo()  # skipped: its loss stays NaN in run.losses
                     elif not math.isfinite(loss):
                         raise saves.nonfinite(f"loss became {loss}", epoch, i + 1)
@@ -270,12 +271,14 @@ class _Checkpoints:
     last: tuple[int, int] | None = None  # (epoch, step) of the checkpoint on disk
 
     def save(self, epoch: int, step: int) -> None:
-        """Saves the run, just after `step` of `epoch`; never replaces a good checkpoint with one
-        whose params went NaN or Inf."""
+        """Saves the run, just after `step` of `epoch`, after checking its params (each epoch's end,
+        with or without `out`): a NaN behind a finite loss (relu maps NaN to 0) stops the run, and
+        never replaces a good checkpoint."""
+        bad = _nonfinite(self.run.params)
+        if bad:
+            raise self.nonfinite(f"param {bad} became NaN or Inf", epoch, step)
         if self.out is None:
             return
-        if not _finite(self.run.params):
-            raise self.nonfinite("params became NaN or Inf", epoch, step)
         self.run.save(self.out)
         self.last = (self.run.epoch, self.run.step)
 

@@ -62,11 +62,11 @@ def test_labels_beyond_the_models_classes_point_at_the_loss(tmp_path, capsys, co
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_nonfinite_features_name_the_sample(tmp_path, bad):
+def test_nonfinite_features_name_the_sample_and_feature(tmp_path, bad):
     data = samples(10)
     data["x"][7, 2] = bad
     np.savez(tmp_path / "d.npz", **data)
-    with pytest.raises(DataError, match=r"d.npz: sample x\[7\]: features contain NaN or Inf"):
+    with pytest.raises(DataError, match=rf"d.npz: x\[7, 2\] is {bad}, not a finite number"):
         load_dataset(tmp_path / "d.npz")
 
 
