@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -151,6 +151,26 @@ class Graph:
         raise KeyError(name)
 
 
+class ShapeError(Exception):
+    """An op's shape or dtype rule was violated; the builder adds the source position."""
+
+
+class OpSpec(Protocol):
+    """What the IR knows of an op: its arity, attributes and shape rule. graphc.ops defines each
+    op (graphc.ops.registry.OpDef, with its vjp, reference and lowering) and registers it in OPS."""
+
+    name: str
+    nargs: int
+    defaults: dict[str, Any]
+    shape: Callable[[list[TensorType], dict], TensorType]
+
+    def attributes(self) -> tuple[list[str], set[str]]: ...
+    def check_attributes(self, attrs: dict[str, Any]) -> None: ...
+
+
+OPS: dict[str, OpSpec] = {}  # every op by name: filled by graphc.ops, which graphc's package imports
+
+
 class Builder:
     """Adds nodes to a graph, checking each against its op's shape rule.
 
@@ -170,8 +190,7 @@ class Builder:
         return Value(repr(float(x)), TensorType(dtype, tuple(shape)), const=float(x))
 
     def op(self, name: str, *args: Value | float, name_out: str | None = None, **attrs: Any) -> Value:
-        from graphc.ops.registry import REGISTRY, ShapeError
-        opdef = REGISTRY[name]
+        opdef = OPS[name]
         dtype = next((a.dtype for a in args if isinstance(a, Value) and a.type.is_float), "f32")
         inputs = [a if isinstance(a, Value) else self.const(a, dtype) for a in args]
         attrs = {**opdef.defaults, **attrs}
@@ -187,8 +206,7 @@ class Builder:
         self.graph.nodes.append(node)
         return out
 
-    def __getattr__(self, name: str):
-        from graphc.ops.registry import REGISTRY
-        if name not in REGISTRY:
+    def __getattr__(self, name: str) -> Callable[..., Value]:
+        if name not in OPS:
             raise AttributeError(name)
         return lambda *args, **attrs: self.op(name, *args, **attrs)

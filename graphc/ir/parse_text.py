@@ -17,8 +17,7 @@ from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInpu
                              VisitError)
 
 from graphc.errors import GraphcError, Loc
-from graphc.ir.graph import DTYPES, Builder, Graph, Input, Param, TensorType, Value
-from graphc.ops import REGISTRY
+from graphc.ir.graph import DTYPES, OPS, Builder, Graph, Input, Param, TensorType, Value
 from graphc.resources import grammar
 
 __all__ = ["parse_text"]
@@ -241,9 +240,9 @@ class _Reader:
         return g
 
     def node(self, s: _NodeLine) -> None:
-        if s.op not in REGISTRY:
+        if s.op not in OPS:
             raise GraphcError(f"unknown op '{s.op}'", self.at(s.op))
-        opdef = REGISTRY[s.op]
+        opdef = OPS[s.op]
         if len(s.args) != opdef.nargs:
             raise GraphcError(f"{s.op} takes {opdef.nargs} operand(s), got {len(s.args)}", self.at(s.op))
         names, required = opdef.attributes()

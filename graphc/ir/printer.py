@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from graphc.ir.graph import Graph, Input, Node, Param, Value
-from graphc.ops import REGISTRY
+from graphc.ir.graph import OPS, Graph, Input, Node, Param, Value
 
 
 def fmt_attr(v: Any) -> str:
@@ -28,7 +27,7 @@ def ref(v: Value) -> str:
 
 def shown_attrs(n: Node) -> list[str]:
     """`name=value` for each attribute that differs from its op's default, by name."""
-    defaults = REGISTRY[n.op].defaults
+    defaults = OPS[n.op].defaults
     return [f"{k}={fmt_attr(v)}" for k, v in sorted(n.attrs.items())
             if k not in defaults or defaults[k] != v]
 

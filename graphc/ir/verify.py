@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from graphc.ir.graph import Graph
-from graphc.ops import REGISTRY
+from graphc.ir.graph import OPS, Graph
 
 
 def verify(g: Graph) -> None:
     defined = set(g.leaves())
     for n in g.nodes:
-        assert n.op in REGISTRY, f"unknown op {n.op}"
+        assert n.op in OPS, f"unknown op {n.op}"
         for v in n.inputs:
             assert v.const is not None or v in defined, f"{n.out.name}: {v.name} used before definition"
-        want = REGISTRY[n.op].shape([v.type for v in n.inputs], n.attrs)
+        want = OPS[n.op].shape([v.type for v in n.inputs], n.attrs)
         assert want == n.out.type, f"{n.out.name}: type {n.out.type} but {n.op} gives {want}"
         assert n.out not in defined, f"{n.out.name} defined twice"
         defined.add(n.out)

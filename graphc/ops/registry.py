@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
-from graphc.ir.graph import Builder, Dim, Node, TensorType, Value
+from graphc.ir.graph import OPS, Builder, Dim, Node, ShapeError, TensorType, Value
 from graphc.ops.lowering import Lowering
-
-
-class ShapeError(Exception):
-    """A shape or dtype rule was violated; the builder adds the source position."""
 
 
 ShapeRule = Callable[[list[TensorType], dict], TensorType]
@@ -58,7 +54,7 @@ class OpDef:
 
 _KIND_WORDS = {bool: "true or false", float: "a number", str: "a name"}
 
-REGISTRY: dict[str, OpDef] = {}
+REGISTRY = cast("dict[str, OpDef]", OPS)  # the IR's table of ops, seen with their whole definitions
 
 
 def register(opdef: OpDef) -> OpDef:
