@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from graphc.errors import GraphcError
+from graphc.errors import GraphcError, InternalError
 
 
 def _ir(a) -> None:
@@ -381,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(str(e.with_source(_source(e))), file=sys.stderr)
         return 2
+    except InternalError as e:
+        if a.debug:
+            traceback.print_exc()
+        print(str(e), file=sys.stderr)
+        return 3
     except MemoryError:
         if a.debug:
             traceback.print_exc()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 
 
@@ -53,3 +55,33 @@ class GraphcError(Exception):
 
 class DataError(GraphcError):
     """Bad or missing data files (names the file and what is wrong)."""
+
+
+class InternalError(Exception):
+    """A broken invariant of graphc itself (a bug, not the user's): the CLI prints it as an internal
+    error with `detail` (the IR that broke it), never as the user's mistake."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return "\n".join(filter(None, [f"internal error: {self.message}", self.detail,
+                                        "this is a bug in graphc: please report it with the model file"]))
+
+
+_SPECIAL = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+            (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_regular(path: str | os.PathLike) -> None:
+    """Refuse an existing path that is not a regular file: reading a FIFO waits for a writer and
+    /dev/zero never ends. (A missing file is left to the reader to report in its own words.)"""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    kind = next((kind for test, kind in _SPECIAL if test(mode)), None)
+    if kind:
+        raise GraphcError(f"{os.fspath(path)} is {kind}, not a regular file")

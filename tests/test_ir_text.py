@@ -108,3 +108,17 @@ def test_docs_examples_are_the_same_graph():
     json_example = re.findall(r"```json\n(.*?)```", page, re.S)[0]
     text_example = re.findall(r"```\n(graph .*?)```", page, re.S)[0]
     assert print_graph(loads(json_example)) == print_graph(parse_text(text_example))
+
+
+def test_verifier_raises_an_internal_error_with_the_graph():
+    """A broken invariant is graphc's bug: an InternalError (not an assert, which `python -O`
+    strips) naming the value, with the printed graph."""
+    from graphc.errors import InternalError
+    from graphc.ir.graph import TensorType
+    from graphc.ir.verify import verify
+    g = driver.train_graph(driver.load(ROOT / "models" / "twolayer.net"), 4)
+    verify(g)
+    g.nodes[3].out.type = TensorType("f32", (9, 7))
+    with pytest.raises(InternalError, match=r"%3: type f32\[9,7\] but matmul gives f32\[4,10\]") as e:
+        verify(g)
+    assert "graph twolayer.step" in str(e.value) and str(e.value).startswith("internal error: ")
