@@ -3,19 +3,180 @@ code or gave a silently wrong result, and must now end cleanly."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import gzip
+import os
 import re
+import shutil
+import stat
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from llvmlite import ir
 
-from graphc import driver
+from graphc import cli, driver
+from graphc.codegen.jit import compile_cached
+from graphc.codegen.target import host_target
 from graphc.errors import DataError, GraphcError
 from graphc.runtime import checkpoint
 from graphc.runtime import data as data_module
 from graphc.runtime.trainer import train
 from test_faults import options
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- the object cache (issue 17, items 1 and 2) ---------------------------------------------------
+
+def _tiny(value: int) -> ir.Module:
+    """A module whose `f` returns `value`: objects that differ in what they compute."""
+    mod = ir.Module(name=f"tiny{value}")
+    f = ir.Function(mod, ir.FunctionType(ir.IntType(64), []), name="f")
+    ir.IRBuilder(f.append_basic_block()).ret(ir.Constant(ir.IntType(64), value))
+    return mod
+
+
+def _run_tiny(key: str, value: int) -> tuple[int, bool]:
+    """(what the object for `key` computes, whether it came from the cache)."""
+    native, hit = compile_cached(key, lambda: _tiny(value), host_target())
+    return ctypes.CFUNCTYPE(ctypes.c_int64)(native.address("f"))(), hit
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A fresh cache directory (not yet created)."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(path))
+    return path
+
+
+def _entry(cache: Path, key: str) -> Path:
+    return cache / f"{key}.o"
+
+
+def test_cache_dir_is_private_whatever_the_umask(tmp_path, monkeypatch):
+    path = tmp_path / "home" / "cache"
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(path))
+    old = os.umask(0)
+    try:
+        assert _run_tiny("a" * 64, 1) == (1, False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(_entry(path, "a" * 64).stat().st_mode) == 0o600
+
+
+def test_shared_cache_dir_is_refused(cache, capfd):
+    key = "b" * 64
+    _run_tiny(key, 1)
+    cache.chmod(0o777)  # anyone could have put this entry here
+    assert _run_tiny(key, 1) == (1, False)
+    assert _run_tiny("c" * 64, 2) == (2, False)
+    err = capfd.readouterr().err
+    assert err.count("warning:") == 1 and "writable by" in err and str(cache) in err
+    assert not _entry(cache, "c" * 64).exists()  # nothing written into it either
+
+
+@pytest.mark.parametrize("tamper", ["group-writable", "other owner", "symlink", "too large"])
+def test_untrusted_cache_entry_is_refused(cache, tamper, tmp_path, capfd):
+    key = "d" * 64
+    _run_tiny(key, 1)
+    entry = _entry(cache, key)
+    if tamper == "group-writable":
+        entry.chmod(0o660)
+    elif tamper == "other owner":
+        if os.geteuid() != 0:
+            pytest.skip("changing a file's owner needs root")
+        os.chown(entry, 12345, -1)
+    elif tamper == "symlink":  # to a valid entry elsewhere: in a directory someone else may write
+        elsewhere = tmp_path / "elsewhere.o"
+        entry.rename(elsewhere)
+        entry.symlink_to(elsewhere)
+    else:
+        with entry.open("r+b") as f:
+            f.truncate(1 << 30)  # sparse: reading it all would cost a GiB
+    assert _run_tiny(key, 1) == (1, False)
+    err = capfd.readouterr().err
+    assert err.count("warning:") == 1 and entry.name in err
+    assert _run_tiny(key, 1) == (1, True)  # replaced by our own entry
+
+
+def test_fifo_cache_entry_does_not_hang(cache):
+    key = "e" * 64
+    cache.mkdir(mode=0o700)
+    os.mkfifo(_entry(cache, key), 0o600)
+    script = ("import ctypes, sys; sys.path.insert(0, 'tests'); from test_hostile import _run_tiny; "
+              f"print(_run_tiny('{key}', 7))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "GRAPHC_CACHE_DIR": str(cache)})
+    assert done.returncode == 0 and done.stdout.strip() == "(7, False)"
+    assert "not a regular file" in done.stderr
+
+
+def test_cache_entry_of_another_key_is_not_run(cache):
+    a, b = "1" * 64, "2" * 64
+    _run_tiny(a, 1)
+    _run_tiny(b, 2)
+    shutil.copyfile(_entry(cache, a), _entry(cache, b))  # valid checksum, wrong code
+    assert _run_tiny(b, 2) == (2, False)
+    assert _run_tiny(b, 2) == (2, True)
+
+
+@pytest.mark.parametrize("env", [{"GRAPHC_CACHE_DIR": "/dev/null/x"},
+                                 {"GRAPHC_CACHE_DIR": "", "HOME": "/dev/null"}])
+def test_unusable_cache_does_not_stop_a_compile(env):
+    done = subprocess.run([sys.executable, "-m", "graphc.cli", "grad", "models/apples.net"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    assert "5.4" in done.stdout
+    assert done.stderr.count("warning:") == 1 and "object cache" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_failing_cache_write_warns_once(cache, monkeypatch, capfd):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+    _run_tiny("f" * 64, 1)  # the directory exists: putting an entry in place is what fails
+    monkeypatch.setattr(os, "replace", read_only)
+    assert _run_tiny("3" * 64, 3) == (3, False)
+    assert _run_tiny("4" * 64, 4) == (4, False)
+    monkeypatch.undo()
+    err = capfd.readouterr().err
+    assert err.count("warning:") == 1 and "Read-only file system" in err
+    assert sorted(p.name for p in cache.iterdir()) == ["f" * 64 + ".o"]  # no temporary left
+
+
+def test_cache_evicts_least_recently_used(cache, monkeypatch):
+    keys = [f"{i}" * 64 for i in range(5, 9)]
+    for i, key in enumerate(keys[:3]):
+        _run_tiny(key, i)
+        os.utime(_entry(cache, key), (1000 + i, 1000 + i))  # 5 oldest, then 6, then 7
+    size = _entry(cache, keys[0]).stat().st_size
+    assert _run_tiny(keys[0], 0) == (0, True)  # a hit makes 5 the most recently used
+    monkeypatch.setenv("GRAPHC_CACHE_MAX_BYTES", str(3 * size))
+    _run_tiny(keys[3], 3)
+    assert sorted(p.name[0] for p in cache.iterdir()) == ["5", "7", "8"]
+    assert sum(p.stat().st_size for p in cache.iterdir()) <= 3 * size
+
+
+def test_cache_command_shows_and_clears(cache, capsys):
+    for i in range(3):
+        _run_tiny(f"{i}" * 64, i)
+    size = sum(p.stat().st_size for p in cache.iterdir())
+    (cache / "notes.txt").write_text("not graphc's")
+    assert cli.main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert str(cache) in out and "3 entries" in out and f"{size} bytes" in out
+    assert cli.main(["cache", "--clear"]) == 0
+    assert f"removed 3 entries ({size} bytes)" in capsys.readouterr().out
+    assert [p.name for p in cache.iterdir()] == ["notes.txt"]
+    assert _run_tiny("0" * 64, 0) == (0, False)
 
 
 # --- data and params: float32's range, dtypes, memory (issue 17, items 3, 8 and 11) ---------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from graphc import driver
-from graphc.codegen.jit import cache_dir
+from graphc.codegen.cache import cache_dir
 from graphc.errors import DataError, GraphcError
 from graphc.frontend import load_source
 from graphc.runtime.checkpoint import load_arrays

@@ -1,16 +1,13 @@
 """Native code from LLVM modules: optimize, emit an object, cache it on disk, load it in-process.
 
-The cache is keyed by a content hash the caller computes before any LLVM IR exists, so a warm
-compile skips IR generation, optimization and code generation. Entries carry a checksum: a corrupted
-entry is rebuilt, never trusted.
+The cache (graphc.codegen.cache) is keyed by a content hash the caller computes before any LLVM IR
+exists, so a warm compile skips IR generation, optimization and code generation.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -19,9 +16,8 @@ from llvmlite import ir
 
 import graphc
 
+from graphc.codegen import cache
 from graphc.codegen.target import Target, host_target
-
-_MAGIC = b"graphc-obj1"
 
 
 @functools.cache
@@ -32,10 +28,6 @@ def source_hash() -> str:
     for f in sorted(Path(graphc.__file__).parent.rglob("*.py")):
         h.update(f.read_bytes())
     return h.hexdigest()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GRAPHC_CACHE_DIR") or Path.home() / ".cache" / "graphc")
 
 
 def link(modules: list[ir.Module]) -> llvm.ModuleRef:
@@ -57,26 +49,6 @@ def optimize(module: ir.Module | llvm.ModuleRef, target: Target) -> llvm.ModuleR
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(mod, pb)
     return mod
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    head, digest, body = data[:len(_MAGIC)], data[len(_MAGIC):len(_MAGIC) + 32], data[len(_MAGIC) + 32:]
-    return body if head == _MAGIC and hashlib.sha256(body).digest() == digest else None
-
-
-def _write(path: Path, body: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + hashlib.sha256(body).digest() + body)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)  # the cache is an optimization: failing to write is fine
 
 
 class Native:
@@ -117,11 +89,10 @@ def compile_host(name: str, build: Callable[[Target], ir.Module]) -> Native:
 def compile_cached(key: str, build: Callable[[], ir.Module], target: Target,
                    use_cache: bool = True) -> tuple[Native, bool]:
     """Load the object for `key` from the cache, or build, optimize and emit it. Returns (native, hit)."""
-    path = cache_dir() / f"{key}.o"
-    obj = _read(path) if use_cache else None
+    obj = cache.load(key) if use_cache else None
     hit = obj is not None
     if obj is None:
         obj = emit(build(), target)
         if use_cache:
-            _write(path, obj)
+            cache.store(key, obj)
     return Native(obj, target), hit
