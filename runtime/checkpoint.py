@@ -7,11 +7,15 @@ member per array (names may contain dots, e.g. "fc1.weight") plus "__meta__", th
 UTF-8 JSON in a uint8 array. Saving writes a temporary file in the target's directory, fsyncs it,
 renames it over the target and fsyncs the directory, so a crash leaves either the old file or the
 new one, never a torn mix.
+
+A run directory (graphc train --out) holds params.npz, the checkpoint and a lock file: lock_run holds
+it for one run at a time and sweeps away the temporary files of a writer that was killed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -19,6 +23,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -95,9 +100,11 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
 
 def load_params(path: str | os.PathLike, params: list[Param]) -> dict[str, np.ndarray]:
     """The arrays a model's `params` need, read from a file written by save_arrays (graphc train
-    --out); each must be present with the param's shape, hold floats (converted to the param's
+    --out, params.npz or the checkpoint); each must be present with the param's shape, hold floats (converted to the param's
     dtype: float64 to float32 is fine where the values fit) and be finite."""
-    arrays, _ = load_arrays(path)
+    arrays, meta = load_arrays(path)
+    if meta.get("format") == FORMAT:  # a run's checkpoint: the model's arrays are its params/
+        arrays = {k.removeprefix("params/"): v for k, v in arrays.items() if k.startswith("params/")}
     out = {}
     for p in params:
         name, arr = p.value.name, arrays.get(p.value.name)
@@ -113,7 +120,38 @@ def load_params(path: str | os.PathLike, params: list[Param]) -> dict[str, np.nd
 
 # ---- the state of a training run ----
 
-CHECKPOINT = "checkpoint.npz"
+CHECKPOINT, PARAMS, LOCK = "checkpoint.npz", "params.npz", ".lock"
+FORMAT, VERSION = "graphc-checkpoint", 2
+# config entries that fingerprint what a run trains (set by the trainer), as people call them
+FINGERPRINTS = {"graph_sha256": "the model's training graph", "data_sha256": "the training data"}
+
+
+@contextlib.contextmanager
+def lock_run(directory: Path) -> Iterator[None]:
+    """Holds run directory `directory` (created if need be) for one run: an exclusive lock, refused
+    while another process holds it (naming its pid, which the lock file records), and released by
+    the kernel however the holder ends. Then removes the temporary files save_arrays leaves there
+    when killed mid-write: with the lock held, no writer can still be using them."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise DataError(f"{directory}: cannot use as a run directory ({e.strerror or e})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 20, 0).decode(errors="replace").strip() or "unknown"
+            raise DataError(f"{directory}: in use by another training run (pid {pid}); wait for it "
+                            f"to end or choose another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        for name in (CHECKPOINT, PARAMS):
+            for tmp in directory.glob(f".{name}.*.tmp"):  # save_arrays's temporary names
+                tmp.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -146,44 +184,97 @@ class RunState:
     def save(self, directory: Path) -> Path:
         """Atomically writes the checkpoint into `directory`; returns its path."""
         directory.mkdir(parents=True, exist_ok=True)
-        arrays = {f"params/{k}": v for k, v in self.params.items()}
-        arrays |= {f"state/{k}": v for k, v in self.state.items()}
+        arrays = self._arrays()
         if self.order is not None:
             arrays |= {"order": self.order, "losses": self.losses}
-        meta = {"format": "graphc-checkpoint", "version": 1, "epoch": self.epoch, "step": self.step,
+        meta = {"format": FORMAT, "version": VERSION, "epoch": self.epoch, "step": self.step,
                 "rng": self.rng.bit_generator.state, "config": self.config}
         save_arrays(directory / CHECKPOINT, arrays, meta)
         return directory / CHECKPOINT
 
-    def restore(self, directory: Path) -> None:
-        """Continues from the checkpoint in `directory`: copies its arrays into this run's buffers
-        and takes its position; refuses one made by another model or other settings."""
+    def restore(self, directory: Path, samples: int, steps: int) -> None:
+        """Continues from the checkpoint in `directory` (`samples` training samples, `steps` batches
+        an epoch): checks every field against this run, then copies its arrays into this run's
+        buffers and takes its position. Refuses, in one line, a checkpoint of another model, data or
+        settings, and one that was damaged or edited into something this run cannot continue."""
         path = directory / CHECKPOINT
-        if not path.exists():
+        if not path.is_file():
             raise DataError(f"{path}: no checkpoint to resume from (graphc train --out {directory} "
                             "writes one)")
         arrays, meta = load_arrays(path)
-        saved = meta.get("config")
-        if meta.get("format") != "graphc-checkpoint" or not isinstance(saved, dict):
-            raise DataError(f"{path}: not a graphc checkpoint")
-        for key, want in self.config.items():
-            if saved.get(key) != want:
-                raise DataError(f"{path}: written with {key} {saved.get(key)}, but this run has "
-                                f"{key} {want}; resume with the same settings")
-        for kind, live in (("params", self.params), ("state", self.state)):
-            for name, dst in live.items():
-                src = arrays.get(f"{kind}/{name}")
-                if src is None or src.shape != dst.shape or src.dtype != dst.dtype:
-                    got = "missing" if src is None else f"{src.dtype}{list(src.shape)}"
-                    raise DataError(f"{path}: {kind} {name} is {got}, the run has "
-                                    f"{dst.dtype}{list(dst.shape)}")
-                np.copyto(dst, src)
-        try:
+        problem = self._mismatch(arrays, meta, samples, steps)
+        if problem:
+            raise DataError(f"{path}: {problem}")
+        try:  # the generator checks the values' ranges
             self.rng.bit_generator.state = meta["rng"]
-            self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{path}: corrupt checkpoint metadata ({e})") from None
+        except (TypeError, ValueError, OverflowError):
+            raise DataError(f"{path}: its random generator state is malformed") from None
+        for name, dst in self._arrays().items():
+            np.copyto(dst, arrays[name])
+        self.epoch, self.step = meta["epoch"], meta["step"]
         self.order, self.losses = arrays.get("order"), arrays.get("losses")
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """The step's buffers by their names in a checkpoint."""
+        return ({f"params/{k}": v for k, v in self.params.items()}
+                | {f"state/{k}": v for k, v in self.state.items()})
+
+    def _mismatch(self, arrays: dict[str, np.ndarray], meta: dict, samples: int,
+                  steps: int) -> str | None:
+        """What makes a checkpoint's contents unfit to continue this run with, if anything."""
+        if meta.get("format") != FORMAT:
+            return "not a graphc checkpoint"
+        if not _whole(meta.get("version")) or meta["version"] != VERSION:
+            return f"checkpoint version {meta.get('version')!r}; this graphc reads version {VERSION}"
+        saved = meta.get("config")
+        if not isinstance(saved, dict):
+            return "its run settings (config) are missing"
+        for key in [*self.config, *(k for k in saved if k not in self.config)]:
+            have, want = saved.get(key), self.config.get(key)
+            if json.dumps(have, sort_keys=True) != json.dumps(want, sort_keys=True):  # 32.0 is not 32
+                if key in FINGERPRINTS:
+                    return (f"{FINGERPRINTS[key]} differs from the one this run was trained on; "
+                            "resume with the same model and data")
+                return (f"written with {key} {have}, but this run has {key} {want}; resume with "
+                        "the same settings")
+        epoch, step = meta.get("epoch"), meta.get("step")
+        if not (_whole(epoch) and epoch >= 1 and _whole(step) and 0 <= step <= steps):
+            return (f"position epoch {epoch!r}, step {step!r} is not one of this run's (epochs "
+                    f"count from 1, steps from 0 to {steps})")
+        want = {name: (a.dtype, a.shape) for name, a in self._arrays().items()}
+        if step:  # mid-epoch: the epoch's order and its losses so far
+            want |= {"order": (np.dtype(np.int64), (samples,)),
+                     "losses": (np.dtype(np.float64), (steps,))}
+        odd = sorted(want.keys() ^ arrays.keys())
+        if odd:
+            return f"array {odd[0]} {'missing' if odd[0] in want else 'is not part of this run'}"
+        for name, (dtype, shape) in want.items():
+            got = arrays[name]
+            if (got.dtype, got.shape) != (dtype, shape):
+                return f"{name} is {got.dtype}{list(got.shape)}, this run's is {dtype}{list(shape)}"
+            if name != "losses" and not np.isfinite(got).all():  # saves never write those
+                return f"{name} holds NaN or Inf"
+        if step and not np.array_equal(np.sort(arrays["order"]), np.arange(samples)):
+            return f"order is not a permutation of the {samples} training samples"
+        if step and (np.isinf(arrays["losses"]).any() or not np.isnan(arrays["losses"][step:]).all()):
+            return f"losses do not fit step {step}: finite or NaN (skipped) before it, NaN from it"
+        rng, fresh = meta.get("rng"), self.rng.bit_generator.state
+        if not (_like(rng, fresh) and rng["has_uint32"] in (0, 1)):
+            return "its random generator state is malformed"
+        return None
+
+
+def _whole(v: object) -> bool:
+    """An integer in JSON's sense and Python's: not 1.0, not true."""
+    return type(v) is int
+
+
+def _like(value: object, template: object) -> bool:
+    """Whether `value` has `template`'s structure: the same keys, leaves of the same types."""
+    if isinstance(template, dict):
+        return (isinstance(value, dict) and value.keys() == template.keys()
+                and all(_like(value[k], template[k]) for k in template))
+    return type(value) is type(template)
 
 
 class Rollback:

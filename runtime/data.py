@@ -193,7 +193,8 @@ def _load_idx_dir(path: Path, name: str) -> Dataset:
         expected = ", ".join(f"{base}[.gz]" for base, _ in _IDX_FILES.values())
         raise DataError(f"{path}: not an MNIST IDX directory: missing {', '.join(missing)} "
                         f"(expected {expected})")
-    arrays = {role: _read_idx(files[role], magic) for role, (_, magic) in _IDX_FILES.items()}
+    arrays = {role: _read_idx(files[role], magic, "training" if role.endswith("train") else "test")
+              for role, (_, magic) in _IDX_FILES.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if len(images) != len(labels):
@@ -204,9 +205,9 @@ def _load_idx_dir(path: Path, name: str) -> Dataset:
     return _dataset(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], 255)
 
 
-def _read_idx(path: Path, magic: int) -> np.ndarray:
+def _read_idx(path: Path, magic: int, split: str) -> np.ndarray:
     ndim = magic & 0xFF
-    kind = "images" if ndim == 3 else "labels"
+    kind = f"{split} {'images' if ndim == 3 else 'labels'}"
     with _open(path) as f:
         head = f.read(4)
         got = int.from_bytes(head, "big") if len(head) == 4 else None
@@ -217,7 +218,8 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         header = 4 + 4 * ndim
         raw_dims = f.read(header - 4)
         if len(raw_dims) < header - 4:
-            raise DataError(f"{path}: truncated IDX header ({4 + len(raw_dims)} bytes, need {header})")
+            raise DataError(f"{path}: truncated IDX header of the {kind} ({4 + len(raw_dims)} "
+                            f"bytes, need {header})")
         dims = tuple(int(d) for d in np.frombuffer(raw_dims, ">u4"))
         size = math.prod(dims)
         _check_memory(path, size, "header declares")
@@ -225,7 +227,7 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         have = len(data) + sum(map(len, iter(lambda: f.read(1 << 20), b"")))  # counted, not kept
     if have != size:
         relation = "shorter" if have < size else "longer"
-        raise DataError(f"{path}: data is {relation} than the header says: header gives "
+        raise DataError(f"{path}: data is {relation} than the {kind} header says: it gives "
                         f"{' x '.join(map(str, dims))} = {size} bytes, file has {have}")
     return np.frombuffer(data, np.uint8).reshape(dims)
 

@@ -8,6 +8,7 @@ runs as one native call.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import signal
@@ -25,7 +26,8 @@ from graphc.errors import DataError, GraphcError
 from graphc.autodiff.schedule import horizon
 from graphc.frontend import Program
 from graphc.ir.graph import Graph, Input
-from graphc.runtime.checkpoint import CHECKPOINT, Rollback, RunState, save_arrays
+from graphc.ir.serialize import to_json
+from graphc.runtime.checkpoint import CHECKPOINT, PARAMS, Rollback, RunState, lock_run, save_arrays
 from graphc.runtime.data import Dataset
 from graphc.runtime.init import init_params
 
@@ -124,6 +126,7 @@ class TrainOptions:
     checkpoint_every: int | None = None  # steps between checkpoints (besides each epoch's end)
     on_nonfinite: str = "stop"  # a NaN/Inf loss: "stop" training, or "skip" (undo) the batch
     check_bounds: bool = False  # bounds-check every loop-kernel access (slower; finds codegen bugs)
+    force: bool = False  # replace a run already in `out` (else refused, unless resuming it)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -159,7 +162,54 @@ def _nonfinite(arrays: dict[str, np.ndarray]) -> str | None:
 
 def train(prog: Program, data: Dataset, opt: TrainOptions,
           report: Callable[[str], None] = print) -> list[dict]:
-    """Train `prog` on `data`; returns one metrics record per epoch."""
+    """Train `prog` on `data`; returns one metrics record per epoch. The run directory `opt.out` is
+    held for the whole run (checkpoint.lock_run), and a run already in it is kept unless this run
+    resumes it or `opt.force` replaces it."""
+    if opt.out is None:
+        return _train(prog, data, opt, report)
+    with lock_run(opt.out):
+        _claim(opt)
+        return _train(prog, data, opt, report)
+
+
+def _claim(opt: TrainOptions) -> None:
+    """Refuses a fresh run over the run in `opt.out` unless forced; forced, removes that run's files
+    first, so that none of them is taken for the new run's."""
+    if opt.resume and opt.resume.resolve() == opt.out.resolve():
+        return
+    old = [opt.out / name for name in (CHECKPOINT, PARAMS) if (opt.out / name).exists()]
+    if old and not opt.force:
+        raise DataError(f"{opt.out}: holds a run already ({', '.join(p.name for p in old)}); "
+                        f"continue it with --resume {opt.out}, or pass --force to replace it")
+    for path in old:
+        try:
+            path.unlink()
+        except OSError as e:
+            raise DataError(f"{path}: cannot replace it ({e.strerror or e})") from None
+
+
+def graph_digest(g: Graph) -> str:
+    """A hash of a training step's IR without source positions (a comment added to the model file
+    must not stop a resume; a changed activation must)."""
+    ir = to_json(g)
+    for node in ir["nodes"]:
+        node["loc"] = None
+    return hashlib.sha256(json.dumps(ir, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def data_digest(data: Dataset, rows: int = 1024) -> str:
+    """A cheap fingerprint of the training data: its shape, scale and labels, and `rows` samples
+    spread evenly over it. Other data under the same name and size is caught; an edit to a sample
+    that is not read here is not."""
+    n = len(data.raw_train)
+    h = hashlib.sha256(repr((data.raw_train.shape, data.raw_train.dtype.str, data.divisor)).encode())
+    h.update(np.ascontiguousarray(data.y_train).tobytes())
+    picked = np.linspace(0, n - 1, min(n, rows), dtype=np.int64)
+    h.update(np.ascontiguousarray(data.raw_train[picked]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[str], None]) -> list[dict]:
     g = prog.graph
     xin, yin = data_inputs(g)
     x_train = train_rows(data, xin)
@@ -192,16 +242,23 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
             step.inputs[name][...] = v
     config = {"model": g.name, "batch": opt.batch, "lr": opt.lr, "seed": opt.seed,
               "optimizer": opt.optimizer, "opt_args": opt.opt_args, "data": data.name,
-              "samples": samples}
+              "samples": samples, "graph_sha256": graph_digest(step_graph),
+              "data_sha256": data_digest(data)}
     if "total_steps" in step.inputs:  # a schedule over the run's length: it must not change
         config["epochs"] = opt.epochs
     run = RunState(params, {k: v for k, v in step.state.items() if k not in params},
                    np.random.default_rng(opt.seed + 1), config)
-    saves = _Checkpoints(run, opt.out)
+    saves = _Checkpoints(run, opt.out, g.name)
     if opt.resume:
-        run.restore(opt.resume)
+        run.restore(opt.resume, samples, per_epoch)
         saves.last = (run.epoch, run.step)
-        done = f"; its {opt.epochs} epochs are done (--epochs N trains on)" if run.epoch > opt.epochs else ""
+        done = ""
+        if run.epoch > opt.epochs:  # a schedule's horizon is part of config: it cannot grow
+            more = ("its learning-rate schedule spans them, so it cannot train on: a longer run "
+                    "starts anew" if "epochs" in config else "--epochs N trains on")
+            done = f"; its {opt.epochs} epochs are done ({more})"
+            if run.step == 0:  # its final params, in case params.npz is missing or older
+                saves.params(run.epoch - 1)
         report(f"resumed from {opt.resume / CHECKPOINT} at epoch {run.epoch}, step {run.step}{done}")
     # only a run that skips bad batches pays for a copy of the step's buffers before each one
     rollback = Rollback({**run.params, **run.state}) if opt.on_nonfinite == "skip" else None
@@ -238,9 +295,7 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
                 skipped = int(np.isnan(run.losses).sum())
                 train_loss = float(np.nanmean(run.losses)) if skipped < per_epoch else math.nan
                 run.end_epoch()
-                saves.save(epoch, per_epoch)
-                if opt.out:
-                    save_params(opt.out / "params.npz", params, g.name, epoch)
+                saves.save(epoch, per_epoch, finished=True)
                 test = evaluate(x_test, data.y_test)
                 rec = {"epoch": epoch, "seconds": round(seconds, 4), "train_loss": train_loss,
                        "test_loss": test[g.loss]}
@@ -268,19 +323,28 @@ class _Checkpoints:
 
     run: RunState
     out: Path | None
+    model: str
     last: tuple[int, int] | None = None  # (epoch, step) of the checkpoint on disk
 
-    def save(self, epoch: int, step: int) -> None:
+    def save(self, epoch: int, step: int, finished: bool = False) -> None:
         """Saves the run, just after `step` of `epoch`, after checking its params (each epoch's end,
         with or without `out`): a NaN behind a finite loss (relu maps NaN to 0) stops the run, and
-        never replaces a good checkpoint."""
+        never replaces a good checkpoint. A `finished` epoch also writes params.npz, first: killed
+        before the checkpoint follows, a resume redoes the epoch and writes both again."""
         bad = _nonfinite(self.run.params)
         if bad:
             raise self.nonfinite(f"param {bad} became NaN or Inf", epoch, step)
         if self.out is None:
             return
+        if finished:
+            self.params(epoch)
         self.run.save(self.out)
         self.last = (self.run.epoch, self.run.step)
+
+    def params(self, epoch: int) -> None:
+        """Writes the params as they are after `epoch` to params.npz."""
+        if self.out is not None:
+            save_arrays(self.out / PARAMS, self.run.params, {"model": self.model, "epoch": epoch})
 
     def nonfinite(self, what: str, epoch: int, step: int) -> GraphcError:
         kept = (f"; the last checkpoint, {self.out / CHECKPOINT} (at epoch {self.last[0]}, step "
@@ -295,7 +359,3 @@ class _Checkpoints:
         return TrainingInterrupted(f"{where}; checkpoint saved to {self.out / CHECKPOINT}: "
                                    f"continue with --resume {self.out}")
 
-
-def save_params(path: Path, params: dict[str, np.ndarray], model: str, epoch: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_arrays(path, params, {"model": model, "epoch": epoch})

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,11 @@ from graphc import cli, driver
 from graphc.codegen.jit import compile_cached
 from graphc.codegen.target import host_target
 from graphc.errors import DataError, GraphcError
-from graphc.runtime import checkpoint
+from graphc.runtime import checkpoint, trainer
 from graphc.runtime import data as data_module
+from graphc.runtime.checkpoint import CHECKPOINT
 from graphc.runtime.trainer import train
-from test_faults import options
+from test_faults import digits, options  # noqa: F401 (digits is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,6 +179,296 @@ def test_cache_command_shows_and_clears(cache, capsys):
     assert f"removed 3 entries ({size} bytes)" in capsys.readouterr().out
     assert [p.name for p in cache.iterdir()] == ["notes.txt"]
     assert _run_tiny("0" * 64, 0) == (0, False)
+
+
+# --- run directories and checkpoints (issue 17, items 4, 5, 7 and 12) ----------------------------
+
+class _Killed(BaseException):
+    """A SIGKILL stand-in raised inside a write: nothing in graphc catches it."""
+
+
+def _kill_at_write(monkeypatch, n: int) -> None:
+    """Makes the n-th (0-based) save_arrays call from now on die before writing anything."""
+    real, calls = checkpoint.save_arrays, []
+
+    def dying(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == n + 1:
+            raise _Killed(path)
+        return real(path, *args, **kwargs)
+    for module in (checkpoint, trainer):
+        monkeypatch.setattr(module, "save_arrays", dying, raising=False)
+
+
+def _train(prog, data, out: Path | None, **kw) -> list[dict]:
+    return train(prog, data, options(out, **kw), report=lambda s: None)
+
+
+def _writes(prog, data, out: Path, **kw) -> int:
+    """How many files a whole run writes (params and checkpoints)."""
+    calls = []
+    real = checkpoint.save_arrays
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (checkpoint, trainer):
+            mp.setattr(module, "save_arrays", lambda p, *a, **k: calls.append(p) or real(p, *a, **k),
+                       raising=False)
+        _train(prog, data, out, **kw)
+    return len(calls)
+
+
+def _same_arrays(a: Path, b: Path) -> bool:
+    (x, mx), (y, my) = checkpoint.load_arrays(a), checkpoint.load_arrays(b)
+    return mx == my and x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.parametrize("last", [2, 1])
+def test_kill_in_the_final_epochs_last_writes_loses_nothing(digits, tmp_path, monkeypatch, last):
+    """A run ends with two writes, params.npz and the checkpoint: killed just before either, its
+    resume must end with the final params in params.npz (once, it printed "params saved" over a
+    params.npz an epoch behind)."""
+    prog, data = digits
+    reference = tmp_path / "reference"
+    writes = _writes(prog, data, reference, epochs=2)
+    run = tmp_path / "run"
+    _kill_at_write(monkeypatch, writes - last)
+    with pytest.raises(_Killed):
+        _train(prog, data, run, epochs=2)
+    monkeypatch.undo()
+    _train(prog, data, run, epochs=2, resume=run)
+    assert _same_arrays(run / "params.npz", reference / "params.npz")
+
+
+def test_resume_of_a_finished_run_restores_its_params(digits, tmp_path):
+    prog, data = digits
+    _train(prog, data, tmp_path / "reference")
+    shutil.copytree(tmp_path / "reference", tmp_path / "run")
+    (tmp_path / "run" / "params.npz").unlink()
+    _train(prog, data, tmp_path / "run", resume=tmp_path / "run")
+    assert _same_arrays(tmp_path / "run" / "params.npz", tmp_path / "reference" / "params.npz")
+
+
+_HOLD = ("import sys; from pathlib import Path; from graphc.runtime.checkpoint import lock_run\n"
+         "with lock_run(Path(sys.argv[1])):\n    print('locked', flush=True); sys.stdin.read()")
+
+
+def test_a_run_directory_in_use_is_refused_naming_the_process(digits, tmp_path):
+    prog, data = digits
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], cwd=ROOT, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(DataError) as info:
+            _train(prog, data, tmp_path)
+    finally:
+        holder.communicate("")
+    assert str(info.value).count("\n") == 0 and f"pid {holder.pid}" in str(info.value)
+    assert not (tmp_path / "params.npz").exists()
+    _train(prog, data, tmp_path)  # free again once the holder has gone
+
+
+def test_a_finished_run_is_kept_unless_forced(tmp_path, capsys):
+    run = ["train", "models/digits.net", "--epochs", "1", "--no-progress", "--out", str(tmp_path)]
+    assert cli.main(run) == 0
+    first = (tmp_path / "params.npz").read_bytes()
+    capsys.readouterr()
+    assert cli.main([*run, "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--force" in err and f"--resume {tmp_path}" in err
+    assert (tmp_path / "params.npz").read_bytes() == first
+    assert cli.main([*run, "--seed", "5", "--force"]) == 0
+    assert (tmp_path / "params.npz").read_bytes() != first
+
+
+@pytest.fixture(scope="module")
+def mid_epoch(digits, tmp_path_factory) -> Path:
+    """A run directory whose checkpoint stands at epoch 1, step 40 of 44 (order and losses in it)."""
+    prog, data = digits
+    out = tmp_path_factory.mktemp("mid_epoch")
+    with pytest.MonkeyPatch.context() as mp:
+        _kill_at_write(mp, 4)  # checkpoints at steps 10, 20, 30, 40; then the epoch's end
+        with pytest.raises(_Killed):
+            _train(prog, data, out, checkpoint_every=10)
+    assert checkpoint.load_arrays(out / CHECKPOINT)[1]["step"] == 40
+    return out
+
+
+def _set(*keys, value):
+    """A tamper that sets meta[keys[0]][keys[1]]... to value (deletes it when value is _DEL)."""
+    def tamper(arrays, meta):
+        d = meta
+        for k in keys[:-1]:
+            d = d[k]
+        if value is _DEL:
+            del d[keys[-1]]
+        else:
+            d[keys[-1]] = value
+    return tamper
+
+
+def _array(name, change):
+    """A tamper that replaces (or with change None, drops) the array `name`."""
+    def tamper(arrays, meta):
+        if change is None:
+            del arrays[name]
+        else:
+            arrays[name] = change(arrays[name])
+    return tamper
+
+
+def _poke(index, value):
+    def change(a):
+        a = a.copy()
+        a[index] = value
+        return a
+    return change
+
+
+_DEL = object()
+_TAMPERS = {
+    "format missing": _set("format", value=_DEL), "format other": _set("format", value="zip"),
+    "version missing": _set("version", value=_DEL), "version old": _set("version", value=1),
+    "version future": _set("version", value=99), "version text": _set("version", value="2"),
+    "version float": _set("version", value=2.0),
+    "epoch missing": _set("epoch", value=_DEL), "epoch 0": _set("epoch", value=0),
+    "epoch negative": _set("epoch", value=-3), "epoch text": _set("epoch", value="1"),
+    "epoch float": _set("epoch", value=1.5), "epoch bool": _set("epoch", value=True),
+    "epoch null": _set("epoch", value=None), "epoch list": _set("epoch", value=[1]),
+    "step missing": _set("step", value=_DEL), "step negative": _set("step", value=-1),
+    "step past the epoch": _set("step", value=45), "step text": _set("step", value="40"),
+    "step float": _set("step", value=40.0), "step null": _set("step", value=None),
+    "step 0 with an order": _set("step", value=0),
+    "rng missing": _set("rng", value=_DEL), "rng null": _set("rng", value=None),
+    "rng list": _set("rng", value=[1, 2]),
+    "rng other generator": _set("rng", "bit_generator", value="MT19937"),
+    "rng state negative": _set("rng", "state", "state", value=-5),
+    "rng state huge": _set("rng", "state", "state", value=2 ** 200),
+    "rng inc float": _set("rng", "state", "inc", value=2.0),
+    "rng inc missing": _set("rng", "state", "inc", value=_DEL),
+    "rng has_uint32 7": _set("rng", "has_uint32", value=7),
+    "rng uinteger negative": _set("rng", "uinteger", value=-1),
+    "rng extra key": _set("rng", "extra", value=0),
+    "config missing": _set("config", value=_DEL), "config list": _set("config", value=[]),
+    "config batch": _set("config", "batch", value=16),
+    "config batch float": _set("config", "batch", value=32.0),
+    "config extra key": _set("config", "epochs", value=5),
+    "config seed missing": _set("config", "seed", value=_DEL),
+    "config samples": _set("config", "samples", value=1436),
+    "config graph": _set("config", "graph_sha256", value="0" * 16),
+    "config data": _set("config", "data_sha256", value="0" * 16),
+    "order missing": _array("order", None),
+    "order short": _array("order", lambda a: a[:-1]),
+    "order duplicate": _array("order", _poke(0, 1)),
+    "order out of range": _array("order", _poke(0, 10 ** 6)),
+    "order negative": _array("order", _poke(0, -1)),
+    "order float": _array("order", lambda a: a.astype(np.float64)),
+    "order 2-D": _array("order", lambda a: a.reshape(1, -1)),
+    "losses missing": _array("losses", None),
+    "losses long": _array("losses", lambda a: np.append(a, np.nan)),
+    "losses int": _array("losses", lambda a: np.zeros(a.shape, np.int64)),
+    "losses inf": _array("losses", _poke(0, np.inf)),
+    "losses after the step": _array("losses", _poke(-1, 0.5)),
+    "param missing": _array("params/fc1.W", None),
+    "param shape": _array("params/fc1.W", lambda a: a.T.copy()),
+    "param dtype": _array("params/fc1.W", lambda a: a.astype(np.float64)),
+    "param nan": _array("params/fc2.b", _poke(0, np.nan)),
+    "param 0-D": _array("params/fc2.b", lambda a: np.float32(0)),
+    "state missing": _array("state/fc1.W.velocity", None),
+    "state inf": _array("state/fc1.W.velocity", _poke((0, 0), np.inf)),
+    "array extra": lambda arrays, meta: arrays.update({"params/fc3.W": np.zeros(3, np.float32)}),
+}
+
+
+@pytest.mark.parametrize("tamper", _TAMPERS.values(), ids=_TAMPERS.keys())
+def test_tampered_checkpoint_is_refused_in_one_line(digits, mid_epoch, tmp_path, tamper):
+    prog, data = digits
+    arrays, meta = checkpoint.load_arrays(mid_epoch / CHECKPOINT)
+    tamper(arrays, meta)
+    checkpoint.save_arrays(tmp_path / CHECKPOINT, arrays, meta)
+    with pytest.raises(GraphcError) as info:
+        _train(prog, data, tmp_path, resume=tmp_path)
+    assert str(info.value).startswith(f"error: {tmp_path / CHECKPOINT}: ")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not really", b"\x93NUMPY garbage"])
+def test_unreadable_checkpoint_is_refused_in_one_line(digits, tmp_path, content):
+    prog, data = digits
+    (tmp_path / CHECKPOINT).write_bytes(content)
+    with pytest.raises(DataError) as info:
+        _train(prog, data, tmp_path, resume=tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_resume_with_a_changed_activation_is_refused(digits, mid_epoch, tmp_path):
+    _, data = digits
+    model = tmp_path / "digits.net"
+    model.write_text((ROOT / "models" / "digits.net").read_text().replace("sigmoid(", "tanh("))
+    shutil.copytree(mid_epoch, tmp_path / "run")
+    with pytest.raises(DataError, match="training graph"):
+        _train(driver.load(model), data, tmp_path / "run", resume=tmp_path / "run")
+
+
+def test_resume_on_other_data_of_the_same_name_and_size_is_refused(digits, mid_epoch, tmp_path):
+    prog, data = digits
+    mirrored = replace(data, raw_train=np.ascontiguousarray(data.raw_train[:, ::-1]))
+    shutil.copytree(mid_epoch, tmp_path / "run")
+    with pytest.raises(DataError, match="training data"):
+        _train(prog, mirrored, tmp_path / "run", resume=tmp_path / "run")
+
+
+def test_the_untampered_checkpoint_resumes(digits, mid_epoch, tmp_path):
+    prog, data = digits
+    shutil.copytree(mid_epoch, tmp_path / "run")
+    assert len(_train(prog, data, tmp_path / "run", resume=tmp_path / "run")) == 1
+
+
+def test_leftover_temporary_files_are_removed_by_the_next_run(digits, tmp_path):
+    prog, data = digits
+    _train(prog, data, tmp_path)
+    ours = [tmp_path / ".checkpoint.npz.0123456789ab.tmp", tmp_path / ".params.npz.ba9876543210.tmp"]
+    theirs = tmp_path / ".notes.tmp"
+    for path in [*ours, theirs]:
+        path.write_bytes(b"half a file")  # as a SIGKILL mid-write leaves them
+    _train(prog, data, tmp_path, resume=tmp_path)
+    assert [p.exists() for p in ours] == [False, False] and theirs.exists()
+
+
+def test_a_finished_scheduled_run_does_not_suggest_more_epochs(digits, tmp_path):
+    """A cosine schedule spans the run's epochs, so `--epochs N` is refused for it: the hint that
+    it trains on would send the user into that error."""
+    prog = driver.load(ROOT / "models" / "digits.net")
+    prog.train.schedule, prog.train.schedule_args = "cosine", {}
+    data = digits[1]
+    _train(prog, data, tmp_path)
+    lines = []
+    train(prog, data, options(tmp_path, resume=tmp_path), report=lines.append)
+    done = next(line for line in lines if line.startswith("resumed"))
+    assert "--epochs N" not in done and "schedule" in done
+    with pytest.raises(DataError, match="epochs"):
+        _train(prog, data, tmp_path, resume=tmp_path, epochs=2)
+
+
+def test_eval_reads_params_from_a_checkpoint(tmp_path, capsys):
+    assert cli.main(["train", "models/digits.net", "--epochs", "1", "--no-progress",
+                     "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    results = []
+    for name in ("params.npz", CHECKPOINT):
+        assert cli.main(["eval", "models/digits.net", "--params", str(tmp_path / name)]) == 0
+        results.append(capsys.readouterr().out)
+    assert results[0] == results[1] and "test_accuracy" in results[0]
+
+
+@pytest.mark.parametrize("split, base", [("training", "train-images-idx3-ubyte"),
+                                         ("test", "t10k-labels-idx1-ubyte")])
+def test_idx_errors_name_the_split(tmp_path, split, base):
+    for _, (name, magic) in data_module._IDX_FILES.items():
+        dims = 3 if magic & 0xFF == 3 else 1
+        (tmp_path / name).write_bytes(magic.to_bytes(4, "big") + (1).to_bytes(4, "big") * dims + b"\0")
+    (tmp_path / base).write_bytes(b"\0\0\0\0")
+    kind = "images" if "images" in base else "labels"
+    with pytest.raises(DataError, match=f"uint8 {split} {kind}"):
+        data_module.load_dataset(tmp_path)
 
 
 # --- data and params: float32's range, dtypes, memory (issue 17, items 3, 8 and 11) ---------------
