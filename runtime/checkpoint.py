@@ -100,8 +100,8 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
 
 def load_params(path: str | os.PathLike, params: list[Param]) -> dict[str, np.ndarray]:
     """The arrays a model's `params` need, read from a file written by save_arrays (graphc train
-    --out, params.npz or the checkpoint); each must be present with the param's shape, hold floats (converted to the param's
-    dtype: float64 to float32 is fine where the values fit) and be finite."""
+    --out, params.npz or the checkpoint); each must be present with the param's shape, hold floats
+    (converted to the param's dtype: float64 to float32 is fine where the values fit) and be finite."""
     arrays, meta = load_arrays(path)
     if meta.get("format") == FORMAT:  # a run's checkpoint: the model's arrays are its params/
         arrays = {k.removeprefix("params/"): v for k, v in arrays.items() if k.startswith("params/")}

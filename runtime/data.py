@@ -25,9 +25,9 @@ float32 features (divisor 1).
 
 Every problem with a file raises DataError naming the file and what is wrong: among them a feature
 that is not finite as the model reads it (1e39 is finite in float64 but not in float32), and data
-whose numbers would not fit in memory. The loaders check that before reading the numbers, against the
-sizes files declare (NPZ and IDX headers) or, for CSV, read a line at a time, as the table grows; a
-small compressed file may declare or decompress to many gigabytes.
+whose numbers would not fit in memory. That is checked before the numbers are read: against the
+sizes NPZ and IDX headers declare, and for CSV (read a line at a time, gunzipped as it goes) as the
+table grows; a few MB of gzip may declare or decompress to many gigabytes.
 """
 
 from __future__ import annotations
