@@ -187,33 +187,23 @@ class _Killed(BaseException):
     """A SIGKILL stand-in raised inside a write: nothing in graphc catches it."""
 
 
-def _kill_at_write(monkeypatch, n: int) -> None:
-    """Makes the n-th (0-based) save_arrays call from now on die before writing anything."""
+def _watch_writes(monkeypatch, kill_at: int | None = None) -> list[Path]:
+    """The files save_arrays writes from now on (params and checkpoints), filled in as they are
+    written; the kill_at-th (0-based) dies before writing anything."""
     real, calls = checkpoint.save_arrays, []
 
-    def dying(path, *args, **kwargs):
+    def watched(path, *args, **kwargs):
         calls.append(path)
-        if len(calls) == n + 1:
+        if len(calls) - 1 == kill_at:
             raise _Killed(path)
         return real(path, *args, **kwargs)
     for module in (checkpoint, trainer):
-        monkeypatch.setattr(module, "save_arrays", dying, raising=False)
+        monkeypatch.setattr(module, "save_arrays", watched)
+    return calls
 
 
 def _train(prog, data, out: Path | None, **kw) -> list[dict]:
     return train(prog, data, options(out, **kw), report=lambda s: None)
-
-
-def _writes(prog, data, out: Path, **kw) -> int:
-    """How many files a whole run writes (params and checkpoints)."""
-    calls = []
-    real = checkpoint.save_arrays
-    with pytest.MonkeyPatch.context() as mp:
-        for module in (checkpoint, trainer):
-            mp.setattr(module, "save_arrays", lambda p, *a, **k: calls.append(p) or real(p, *a, **k),
-                       raising=False)
-        _train(prog, data, out, **kw)
-    return len(calls)
 
 
 def _same_arrays(a: Path, b: Path) -> bool:
@@ -228,9 +218,11 @@ def test_kill_in_the_final_epochs_last_writes_loses_nothing(digits, tmp_path, mo
     params.npz an epoch behind)."""
     prog, data = digits
     reference = tmp_path / "reference"
-    writes = _writes(prog, data, reference, epochs=2)
+    with pytest.MonkeyPatch.context() as mp:
+        writes = _watch_writes(mp)
+        _train(prog, data, reference, epochs=2)
     run = tmp_path / "run"
-    _kill_at_write(monkeypatch, writes - last)
+    _watch_writes(monkeypatch, len(writes) - last)
     with pytest.raises(_Killed):
         _train(prog, data, run, epochs=2)
     monkeypatch.undo()
@@ -285,7 +277,7 @@ def mid_epoch(digits, tmp_path_factory) -> Path:
     prog, data = digits
     out = tmp_path_factory.mktemp("mid_epoch")
     with pytest.MonkeyPatch.context() as mp:
-        _kill_at_write(mp, 4)  # checkpoints at steps 10, 20, 30, 40; then the epoch's end
+        _watch_writes(mp, 4)  # checkpoints at steps 10, 20, 30, 40; then the epoch's end
         with pytest.raises(_Killed):
             _train(prog, data, out, checkpoint_every=10)
     assert checkpoint.load_arrays(out / CHECKPOINT)[1]["step"] == 40
@@ -593,3 +585,20 @@ def test_running_out_of_memory_names_the_data_file(tmp_path, monkeypatch):
     monkeypatch.setattr(data_module, "_stored", out_of_memory)
     with pytest.raises(DataError, match="d.csv: out of memory loading this data set"):
         data_module.load_dataset(tmp_path / "d.csv")
+
+
+@pytest.mark.parametrize("member, expect", [
+    ("huge", r"p.npz: arrays declare 7.45e\+03 GiB of numbers"),
+    ("raw bytes", r"p.npz: cannot read checkpoint \(.*magic string"),  # np.load hands back bytes
+])
+def test_params_file_declaring_too_much_or_no_npy_is_refused(tmp_path, small_params, four_mib,
+                                                              member, expect):
+    with zipfile.ZipFile(tmp_path / "p.npz", "w") as zf:
+        if member == "huge":
+            with zf.open("W.npy", "w") as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)})
+        else:
+            zf.writestr("W", b"0.5")
+    with pytest.raises(DataError, match=expect):
+        checkpoint.load_params(tmp_path / "p.npz", small_params)
