@@ -29,7 +29,7 @@ import numpy as np
 
 from graphc.errors import DataError
 from graphc.ir.graph import NP_DTYPES, Param
-from graphc.runtime.data import check_finite
+from graphc.runtime.data import check_finite, read_npz_arrays
 
 META_KEY = "__meta__"
 
@@ -83,7 +83,7 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
         if isinstance(npz, np.ndarray):
             raise DataError(f"{path}: holds a single .npy array, not a checkpoint archive")
         with npz:
-            arrays = {name: npz[name] for name in npz.files}
+            arrays = read_npz_arrays(path, npz, npz.files)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"{path}: cannot read checkpoint ({e})") from None
     raw = arrays.pop(META_KEY, None)

@@ -41,7 +41,7 @@ import os
 import zipfile
 import zlib
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -341,11 +341,19 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             raise DataError(f"{path}: expected arrays x_train, y_train, x_test, y_test (or x, y); "
                             f"found {', '.join(sorted(present)) or 'none'}")
         try:
-            _check_memory(path, sum(_declared_bytes(npz, k) for k in keys), "arrays declare")
-            return {k: npz[k] for k in keys}
+            return read_npz_arrays(path, npz, keys)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             # Object arrays land here too: they would need pickle, which is never enabled.
             raise DataError(f"{path}: cannot read arrays ({e})") from None
+
+
+def read_npz_arrays(path: Path, npz: np.lib.npyio.NpzFile,
+                    keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays `keys` of an open .npz, read once their .npy headers show that they fit in memory
+    (a small compressed file may declare gigabytes). A member that is no .npy array, which NpzFile
+    would return as bytes, is a ValueError like other unreadable ones."""
+    _check_memory(path, sum(_declared_bytes(npz, k) for k in keys), "arrays declare")
+    return {k: npz[k] for k in keys}
 
 
 def _declared_bytes(npz: np.lib.npyio.NpzFile, key: str) -> int:
