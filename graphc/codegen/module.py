@@ -19,7 +19,7 @@ from llvmlite import ir
 
 from graphc.codegen.gemm import (ELEMENT_BYTES, define_gemm, gemm_blocking,
                                  scratch_bytes as gemm_scratch_bytes)
-from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_mxcsr, share
+from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_fp_control, share
 from graphc.codegen.kernels import emit_loop_kernel, for_range, loops
 from graphc.codegen.scalar import LLTYPES
 from graphc.codegen.target import Target
@@ -63,7 +63,7 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
     step = ir.Function(m, ir.FunctionType(ir.VoidType(), [I8P.as_pointer()]), entry)
     b = ir.IRBuilder(step.append_basic_block("entry"))
     table = step.args[0]
-    mxcsr = flush_denormals(b)
+    control = flush_denormals(b, target)
     bases = [b.load(b.gep(table, [ir.Constant(I64, i)])) for i in range(len(s.plan.buffers))]
     slot = {name: b.load(b.gep(table, [ir.Constant(I64, len(bases) + i)]))
             for i, name in enumerate(table_slots(threads, profile, check_bounds))}
@@ -112,7 +112,7 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
         if cycles:
             total = b.gep(cycles, [ir.Constant(I64, i)])
             b.store(b.add(b.load(total), b.sub(b.call(clock, []), start)), total)
-    restore_mxcsr(b, mxcsr)
+    restore_fp_control(b, target, control)
     b.ret_void()
     return m
 

@@ -28,38 +28,42 @@ STATE = ir.LiteralStructType([I32, I32, I32, I64, I64, TASK, I8P, I64])
 _FIELDS = ("seq", "quit", "sleepers", "done", "workers", "task", "arg", "nthreads")
 SPINS = 20000          # polls before an idle worker sleeps on the futex
 YIELD_AFTER = 256      # polls before each further poll also yields the core (a busy machine)
-SYS_SCHED_YIELD = 24
-SYS_FUTEX, FUTEX_WAIT, FUTEX_WAKE = 202, 128, 129  # Linux x86-64, private futexes
+FUTEX_WAIT, FUTEX_WAKE = 128, 129  # private futexes (the system call's number is the Target's)
 
 
-MXCSR_FTZ_DAZ = 0x8040  # flush-to-zero and denormals-are-zero bits of x86's MXCSR
-
-
-def flush_denormals(b: ir.IRBuilder) -> ir.Value | None:
-    """Set FTZ/DAZ on this thread (x86); returns the old MXCSR to restore, or None elsewhere.
-    Denormal gradients late in training otherwise slow every float op ~3x (measured at batch 8)."""
-    m = b.module
-    if not m.triple.startswith("x86_64"):
+def flush_denormals(b: ir.IRBuilder, target: Target) -> ir.Value | None:
+    """Set flush-to-zero on this thread; returns the old control register to restore, or None on a
+    target without one. Denormal gradients late in training otherwise slow every float op ~3x
+    (measured at batch 8)."""
+    c = target.platform.fp_control
+    if c is None:
         return None
-    slot = b.alloca(I32)
-    p = b.bitcast(slot, I8P)
-    get = m.globals.get("llvm.x86.sse.stmxcsr") or ir.Function(
-        m, ir.FunctionType(ir.VoidType(), [I8P]), "llvm.x86.sse.stmxcsr")
-    put = m.globals.get("llvm.x86.sse.ldmxcsr") or ir.Function(
-        m, ir.FunctionType(ir.VoidType(), [I8P]), "llvm.x86.sse.ldmxcsr")
-    b.call(get, [p])
-    old = b.load(slot)
-    b.store(b.or_(old, ir.Constant(I32, MXCSR_FTZ_DAZ)), slot)
-    b.call(put, [p])
+    t = ir.IntType(c.width)
+    if c.via_memory:
+        slot = b.alloca(t)
+        b.call(_intrinsic(b.module, c.get, ir.VoidType(), [I8P]), [b.bitcast(slot, I8P)])
+        old = b.load(slot)
+    else:
+        old = b.call(_intrinsic(b.module, c.get, t, []), [])
+    restore_fp_control(b, target, b.or_(old, ir.Constant(t, c.bits)))
     return old
 
 
-def restore_mxcsr(b: ir.IRBuilder, old: ir.Value | None) -> None:
-    if old is None:
+def restore_fp_control(b: ir.IRBuilder, target: Target, value: ir.Value | None) -> None:
+    """Write `value` (from flush_denormals) back to the control register."""
+    c = target.platform.fp_control
+    if c is None or value is None:
         return
-    slot = b.alloca(I32)
-    b.store(old, slot)
-    b.call(b.module.globals["llvm.x86.sse.ldmxcsr"], [b.bitcast(slot, I8P)])
+    if c.via_memory:
+        slot = b.alloca(value.type)
+        b.store(value, slot)
+        b.call(_intrinsic(b.module, c.set, ir.VoidType(), [I8P]), [b.bitcast(slot, I8P)])
+    else:
+        b.call(_intrinsic(b.module, c.set, ir.VoidType(), [value.type]), [value])
+
+
+def _intrinsic(m: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+    return m.globals.get(name) or ir.Function(m, ir.FunctionType(ret, args), name)
 
 
 def share(b: ir.IRBuilder, size: ir.Value, tid: ir.Value, nt: ir.Value, align: int = 1
@@ -88,8 +92,8 @@ def build_pool(target: Target) -> ir.Module:
     m = ir.Module("graphc_pool")
     m.triple = target.triple
     syscall = ir.Function(m, ir.FunctionType(I64, [I64], var_arg=True), "syscall")
-    pause = (ir.Function(m, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
-             if target.triple.startswith("x86_64") else None)
+    facts = target.platform
+    pause = _intrinsic(m, facts.pause, ir.VoidType(), []) if facts.pause else None
 
     def relax(b, polls):
         """Between two polls: a pause, and once `polls` is past YIELD_AFTER, sched_yield too, so a
@@ -97,7 +101,7 @@ def build_pool(target: Target) -> ir.Module:
         if pause:
             b.call(pause, [])
         with b.if_then(b.icmp_unsigned(">", polls, ir.Constant(I32, YIELD_AFTER))):
-            b.call(syscall, [ir.Constant(I64, SYS_SCHED_YIELD)])
+            b.call(syscall, [ir.Constant(I64, facts.sched_yield)])
 
     # worker(pool, tid): wait for a new job number, run the task if it has a part for us, count done
     w = ir.Function(m, ir.FunctionType(ir.VoidType(), [I8P, I64]), "graphc_pool_worker")
@@ -110,7 +114,7 @@ def build_pool(target: Target) -> ir.Module:
     # start from job 0, not from the current job number: a job posted before this thread got
     # here must still be run (the pool is fresh, and every worker starts with it)
     b.store(ir.Constant(I32, 0), seen)
-    flush_denormals(b)
+    flush_denormals(b, target)
     b.store(ir.Constant(I32, 0), spins)
     b.branch(wait)
     b.position_at_end(wait)
@@ -129,7 +133,7 @@ def build_pool(target: Target) -> ir.Module:
     b.store(ir.Constant(I32, 0), spins)
     # sleeps only while seq still equals what we saw: a job posted meanwhile is never missed
     b.atomic_rmw("add", sleepers, ir.Constant(I32, 1), "seq_cst")
-    b.call(syscall, [ir.Constant(I64, SYS_FUTEX), seq, ir.Constant(I32, FUTEX_WAIT), b.load(seen),
+    b.call(syscall, [ir.Constant(I64, facts.futex), seq, ir.Constant(I32, FUTEX_WAIT), b.load(seen),
                      ir.Constant(I8P, None)])
     b.atomic_rmw("sub", sleepers, ir.Constant(I32, 1), "seq_cst")
     b.branch(wait)
@@ -154,7 +158,7 @@ def build_pool(target: Target) -> ir.Module:
         the new number in FUTEX_WAIT and returns at once)."""
         b.atomic_rmw("add", seq, ir.Constant(I32, 1), "seq_cst")
         with b.if_then(b.icmp_unsigned("!=", b.load_atomic(sleepers, "seq_cst", 4), ir.Constant(I32, 0))):
-            b.call(syscall, [ir.Constant(I64, SYS_FUTEX), seq, ir.Constant(I32, FUTEX_WAKE),
+            b.call(syscall, [ir.Constant(I64, facts.futex), seq, ir.Constant(I32, FUTEX_WAKE),
                              ir.Constant(I32, 2 ** 31 - 1)])
 
     # init(pool, n): the number of workers started (each counts every job it sees)

@@ -7,11 +7,45 @@ from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 
-# llvm.initialize() raises in llvmlite 0.50; these two are still required for the host backend.
-llvm.initialize_native_target()
-llvm.initialize_native_asmprinter()
+# llvm.initialize() raises in llvmlite 0.50; these are still required. Every target is initialized,
+# not just the host's, so code for another architecture can be emitted (and checked) here.
+llvm.initialize_all_targets()
+llvm.initialize_all_asmprinters()
 
 _ELEMENT_BITS = {"f32": 32, "f64": 64}
+
+
+@dataclass(frozen=True)
+class FpControl:
+    """A thread's floating-point control register: the LLVM intrinsics that read and write it, its
+    width, whether they pass it through memory, and its flush-to-zero bits."""
+
+    get: str
+    set: str
+    bits: int
+    width: int
+    via_memory: bool
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What generated code needs to know of an architecture beyond LLVM's target: the Linux system
+    call numbers the worker pool uses, the floating-point control register, a spin-wait hint."""
+
+    futex: int
+    sched_yield: int
+    fp_control: FpControl | None
+    pause: str | None
+
+
+PLATFORMS = {
+    # MXCSR: flush-to-zero and denormals-are-zero
+    "x86_64": Platform(202, 24, FpControl("llvm.x86.sse.stmxcsr", "llvm.x86.sse.ldmxcsr", 0x8040, 32, True),
+                       "llvm.x86.sse2.pause"),
+    # FPCR: FZ (bit 24)
+    "aarch64": Platform(98, 124, FpControl("llvm.aarch64.get.fpcr", "llvm.aarch64.set.fpcr", 1 << 24, 64, False),
+                        None),
+}
 
 
 @dataclass(frozen=True)
@@ -24,6 +58,13 @@ class Target:
     def lanes(self, dtype: str) -> int:
         """Elements of `dtype` ("f32" or "f64") in one native vector register."""
         return self.vector_bits // _ELEMENT_BITS[dtype]
+
+    @property
+    def platform(self) -> Platform:
+        arch = self.triple.split("-")[0]
+        if arch not in PLATFORMS:
+            raise ValueError(f"graphc generates code for {', '.join(PLATFORMS)}, not {arch} ({self.triple})")
+        return PLATFORMS[arch]
 
     def key(self) -> str:
         """A string identifying generated code's target, for cache keys."""
