@@ -42,7 +42,7 @@ def profile_step(prog: Program, batch: int | None = None, steps: int = 20,
         step.run()
     wall = (time.perf_counter() - t0) / steps
     per_cycle = wall / max(int(step.cycles.sum()) / steps, 1)
-    kernels = [KernelTime(i, k.kind, tuple(k.space), " ".join(n.op for n in k.nodes),
+    kernels = [KernelTime(i, k.kind.value, tuple(k.space), " ".join(n.op for n in k.nodes),
                           step.cycles[i] / steps * per_cycle)
                for i, k in enumerate(step.schedule.kernels) if step.cycles[i]]
     return wall, kernels

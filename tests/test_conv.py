@@ -125,7 +125,7 @@ def test_pool_windows_unrolled_into_vectorized_rows_match_numpy(width):
     rng = np.random.default_rng(5)
     x = rng.integers(-3, 4, (2, 3, 6, width)).astype(np.float64)  # ties
     gg = _pool_graph(x, kernel=2)
-    unrolled = {(k.kind, loops(k).unrolled) for k in schedule(gg).kernels
+    unrolled = {(k.kind.value, loops(k).unrolled) for k in schedule(gg).kernels
                 if any(n.op in ("max", "eq") for n in k.nodes) and k.space[-1] == 2}
     assert unrolled == {("reduce", 2), ("elementwise", 1)}  # the maxima, the gradient's scatter
     np.testing.assert_array_equal(_pool_grad(x, kernel=2), _first_max_grad(x, kernel=2, stride=2, padding=0))

@@ -104,9 +104,9 @@ def test_gemm_epilogues_fuse_and_split(tmp_path):
     from graphc.passes.pipeline import schedule
     ops = lambda k: [n.op for n in k.nodes]
     kernels = schedule(driver.train_graph(driver.load(ROOT / "models/mlp.net"), 128)).kernels
-    contracts = [ops(k) for k in kernels if k.kind == "contract"]
+    contracts = [ops(k) for k in kernels if k.kind.value == "contract"]
     assert ["matmul", "add", "relu"] in contracts and all("sub" not in c and "gt" not in c for c in contracts)
-    assert ["gt", "mul", "sum"] in [ops(k) for k in kernels if k.kind == "reduce"]
+    assert ["gt", "mul", "sum"] in [ops(k) for k in kernels if k.kind.value == "reduce"]
     (tmp_path / "ksplit.net").write_text(KSPLIT_NET)
     prog = driver.load(tmp_path / "ksplit.net")
     rng = np.random.default_rng(0)

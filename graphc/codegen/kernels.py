@@ -16,10 +16,9 @@ from llvmlite import ir
 
 from graphc.codegen.scalar import FTYPES, LLTYPES, LLVMScalar
 from graphc.ir.graph import Value
-from graphc.ops import REGISTRY
-from graphc.ops.lowering import Affine
-from graphc.ops.registry import norm_axes
-from graphc.passes.fuse import Kernel, identity_access, input_maps
+from graphc.ops.lowering import Affine, Pointwise, ReduceKind, Reduction
+from graphc.ops.registry import lowered
+from graphc.passes.fuse import Kernel, KernelKind, identity_access, input_maps
 
 I64 = ir.IntType(64)
 
@@ -221,6 +220,13 @@ def _clean_range(b: ir.IRBuilder, accesses: list[tuple[Affine, int]], inner: tup
     return lo, hi
 
 
+def _reduction(k: Kernel) -> Reduction:
+    """The reduction closing a reduce kernel."""
+    d = lowered(k.nodes[-1])
+    assert isinstance(d, Reduction), k.nodes[-1].op
+    return d
+
+
 def compute_dtype(k: Kernel) -> str:
     return next((n.out.dtype for n in k.nodes if n.out.type.is_float), "f32")
 
@@ -277,7 +283,7 @@ def loops(k: Kernel, merge: bool = True) -> Loops:
                 pinned |= {ax for a in m if isinstance(a, Affine) for ax, _ in a.terms}
             elif v.const is None:
                 coefs.append(access(v, m, rank))
-    reduced = set(norm_axes(k.nodes[-1].attrs["axes"], rank)) if k.kind == "reduce" else set()
+    reduced = set(_reduction(k).axes) if k.kind is KernelKind.REDUCE else set()
     axes = [a for a in range(rank) if k.space[a] > 1]  # a size-1 axis is always at 0: no loop
     before = {a: p for p, a in zip(axes, axes[1:])}
     inner_kept = bool(reduced & set(axes)) and axes[-1] not in reduced
@@ -316,8 +322,9 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
     dtype = compute_dtype(k)
     members = set(k.nodes)
     maps = {n: input_maps(n) for n in k.nodes}
+    point = {n: d for n in k.nodes if isinstance(d := lowered(n), Pointwise)}
     rank = len(k.space)
-    red = k.nodes[-1] if k.kind == "reduce" else None
+    red = k.nodes[-1] if k.kind is KernelKind.REDUCE else None
     lp = loops(k, merge)
     # loops unrolled into the one around them, which is vectorized (see Loops.unrolled): not where a
     # thread's range covers them, and not forced where bounds checks branch (LLVM would refuse)
@@ -348,7 +355,7 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
                 if key in loads or v.producer in members and identity_access(v, m, k.space):
                     continue
                 if key in gathered:
-                    fill = element(v, REGISTRY[n.op].lower.fill(n.attrs))
+                    fill = element(v, point[n].fill)
                     load = (lambda lin, c=element(v, v.const): c) if v.const is not None else \
                         (lambda lin, v=v: b.load(at(arg_of[v], lin, v)))
                     loads[key] = gather(b, load, v, m, orig, fill, checked)
@@ -360,7 +367,7 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
             if n is red:
                 store_reduce(idx, ops[0])
             else:
-                vals[n.out] = REGISTRY[n.op].lower.expr(s, *ops, **n.attrs)
+                vals[n.out] = point[n].expr(s, *ops)
         for v in k.outputs:
             if v is not (red.out if red else None):
                 b.store(vals[v], at(arg_of[v], offset(b, idx, lp.squash(strides(k.space))), v))
@@ -411,11 +418,11 @@ def _reduce(b, k, lp, red, dtype, run, out_at, ranges, vectorize) -> None:
     (or, for `in_memory` loops, zero each leading iteration's slice of the output and accumulate
     into it)."""
     t = FTYPES[dtype]
-    kind = REGISTRY[red.op].lower.kind
-    identity = ir.Constant(t, 0.0 if kind == "sum" else -math.inf)
+    kind, axes = _reduction(k).kind, _reduction(k).axes
+    identity = ir.Constant(t, 0.0 if kind is ReduceKind.SUM else -math.inf)
 
     def combine(acc, x):
-        if kind == "sum":
+        if kind is ReduceKind.SUM:
             total = b.fadd(acc, x)
             # a register sum may be reassociated, so the loop vectorizer can keep partial sums in
             # lanes (the order is fixed by the compiled code: every run gives the same bits)
@@ -426,7 +433,7 @@ def _reduce(b, k, lp, red, dtype, run, out_at, ranges, vectorize) -> None:
 
     # the output's stride along each loop (0 along reduced ones): kept axes in order, row-major
     rank = len(k.space)
-    kept_axes = [a for a in range(rank) if a not in norm_axes(red.attrs["axes"], rank)]
+    kept_axes = [a for a in range(rank) if a not in axes]
     coef = [0] * rank
     for a, st in zip(kept_axes, strides(tuple(k.space[a] for a in kept_axes))):
         coef[a] = st

@@ -23,8 +23,10 @@ from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_fp_control, 
 from graphc.codegen.kernels import emit_loop_kernel, for_range, loops
 from graphc.codegen.scalar import LLTYPES
 from graphc.codegen.target import Target
-from graphc.ir.graph import Value
-from graphc.passes.fuse import Kernel
+from graphc.ir.graph import Node, Value
+from graphc.ops.lowering import Contraction
+from graphc.ops.registry import lowered
+from graphc.passes.fuse import LOOPS, Kernel, KernelKind
 from graphc.passes.pipeline import Schedule
 
 I8P = ir.IntType(8).as_pointer()
@@ -49,7 +51,7 @@ def scratch_bytes(s: Schedule, target: Target, threads: int) -> int:
     """Bytes the table's "scratch" slot must point to (64-byte aligned): a slot per thread for GEMM
     packing and a partial C."""
     return threads * max((_slot_bytes(target, k.nodes[0].out.dtype)
-                          for k in s.kernels if k.kind == "contract"), default=0)
+                          for k in s.kernels if k.kind is KernelKind.CONTRACT), default=0)
 
 
 def _slot_bytes(target: Target, dtype: str) -> int:
@@ -79,13 +81,14 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
         return b.bitcast(p, LLTYPES[v.dtype].as_pointer())
 
     for i, k in enumerate(s.kernels):
-        if k.kind == "view" and s.plan.place[k.outputs[0]] == s.plan.place[k.inputs[0]]:
+        if k.kind is KernelKind.VIEW and s.plan.place[k.outputs[0]] == s.plan.place[k.inputs[0]]:
             continue  # the view shares its source's buffer: nothing to run
         args = _distinct(k, s.plan.place)
         parallel = run is not None and _worth_splitting(k)
         # after the buffer pointers: the fault slot where loops are checked, a GEMM's scratch
-        checked = check_bounds and (k.kind in ("elementwise", "reduce") or _epilogue(k) is not None)
-        extra = [slot[name] for name, used in (("fault", checked), ("scratch", k.kind == "contract")) if used]
+        checked = check_bounds and (k.kind in LOOPS or _epilogue(k) is not None)
+        extra = [slot[name] for name, used in (("fault", checked), ("scratch", k.kind is KernelKind.CONTRACT))
+                 if used]
         types = ([LLTYPES[v.dtype].as_pointer() for v in args] + [I8P] * len(extra)
                  + ([I64, I64] if parallel else []))
         fn = ir.Function(m, ir.FunctionType(ir.VoidType(), types), f"k{i}_{k.name}")
@@ -102,7 +105,7 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
         if parallel:
             _emit_share(m, fn, k, arg_of, target, threads, fault)
             _post(b, run, slot["pool"], _task(fn), ptrs, threads)
-            if k.kind == "contract" and _k_split(k.nodes[0], target, threads):
+            if k.kind is KernelKind.CONTRACT and _k_split(k.nodes[0], target, threads):
                 _add_partials(b, k.nodes[0], pointer(k.nodes[0].out), slot["scratch"], target, threads)
                 if _epilogue(k) is not None:  # on the summed C
                     b.call(_serial_epilogue(m, fn, k, arg_of, fault), ptrs)
@@ -132,15 +135,15 @@ def _distinct(k: Kernel, place: dict) -> list[Value]:
 
 def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target,
                  fault=None) -> None:
-    if k.kind in ("elementwise", "reduce"):
+    if k.kind in LOOPS:
         emit_loop_kernel(fn, k, arg_of, fault=fault)
         return
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     n = k.nodes[0]
-    if k.kind == "contract":
-        args, ta, tb = _gemm_args(n, arg_of)
-        b.call(define_gemm(m, target, n.out.dtype, ta, tb, n.out.shape, _depth(n)),
-               args + [ir.Constant(I32, 0), fn.args[-1]])
+    if k.kind is KernelKind.CONTRACT:
+        c = _gemm(n)
+        b.call(define_gemm(m, target, n.out.dtype, c.ta, c.tb, (c.m, c.n), c.k),
+               _gemm_args(n, arg_of) + [ir.Constant(I32, 0), fn.args[-1]])
         _then_epilogue(b, fn, k, arg_of, {}, fault)
         return
     else:  # a view whose result lives elsewhere (a graph output): copy it
@@ -149,32 +152,26 @@ def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target:
     b.ret_void()
 
 
-def _depth(n) -> int:
-    """A matmul node's K."""
-    a = n.inputs[0]
-    return a.shape[0] if n.attrs["ta"] else a.shape[1]
+def _gemm(n: Node) -> Contraction:
+    """The contraction a contract kernel's first node is."""
+    d = lowered(n)
+    assert isinstance(d, Contraction), n.op
+    return d
 
 
-def _macs(n) -> int:
-    return math.prod(n.out.shape) * _depth(n)
-
-
-def _gemm_args(n, arg_of) -> tuple[list, bool, bool]:
-    """The GEMM call's (M, N, K, A, lda, B, ldb, C, ldc) for a matmul node."""
-    a, w = n.inputs
-    ta, tb = n.attrs["ta"], n.attrs["tb"]
-    mm, nn = n.out.shape
-    kk = _depth(n)
-    c = lambda x: ir.Constant(I64, x)
-    return [c(mm), c(nn), c(kk), arg_of[a], c(a.shape[1]), arg_of[w], c(w.shape[1]), arg_of[n.out], c(nn)], ta, tb
+def _gemm_args(n: Node, arg_of: dict) -> list[ir.Value]:
+    """The GEMM call's (M, N, K, A, lda, B, ldb, C, ldc) for a contraction node."""
+    (a, w), c = n.inputs, _gemm(n)
+    i64 = lambda x: ir.Constant(I64, x)
+    return [i64(c.m), i64(c.n), i64(c.k), arg_of[a], i64(c.lda), arg_of[w], i64(c.ldb), arg_of[n.out], i64(c.n)]
 
 
 
 def _worth_splitting(k: Kernel) -> bool:
-    if k.kind == "contract":
-        return _macs(k.nodes[0]) >= PARALLEL_MIN
+    if k.kind is KernelKind.CONTRACT:
+        return _gemm(k.nodes[0]).macs >= PARALLEL_MIN
     # loop kernels split their outermost loop (for a reduction, a kept one: outputs stay disjoint)
-    return (k.kind in ("elementwise", "reduce") and math.prod(k.space) >= ELEMENTWISE_PARALLEL_MIN
+    return (k.kind in LOOPS and math.prod(k.space) >= ELEMENTWISE_PARALLEL_MIN
             and loops(k).kept > 0)
 
 
@@ -182,17 +179,17 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
                 threads: int, fault=None) -> None:
     """The body of a split kernel fn(ptrs..., [scratch,] tid, nt): thread tid's share of the work."""
     tid, nt = fn.args[-2:]
-    if k.kind in ("elementwise", "reduce"):
+    if k.kind in LOOPS:
         b = ir.IRBuilder(fn.append_basic_block("share"))
         outer = share(b, ir.Constant(I64, loops(k).space[0]), tid, nt)
         emit_loop_kernel(fn, k, arg_of, ranges=(outer,), fault=fault)
         b.position_at_end(b.block)  # after any alloca the loop nest hoisted into this block
         b.branch(fn.blocks[1])  # into the loop nest's own entry block
         return
-    n = k.nodes[0]
-    (M, N, K, A, lda, B, ldb, C, ldc), ta, tb = _gemm_args(n, arg_of)
-    dtype = n.out.dtype
-    rng = m.globals[define_gemm(m, target, dtype, ta, tb, n.out.shape, _depth(n)).name + "_range"]
+    n, g = k.nodes[0], _gemm(k.nodes[0])
+    M, N, K, A, lda, B, ldb, C, ldc = _gemm_args(n, arg_of)
+    ta, tb, dtype = g.ta, g.tb, n.out.dtype
+    rng = m.globals[define_gemm(m, target, dtype, ta, tb, (g.m, g.n), g.k).name + "_range"]
     blk = _blocking(n, target)
     acc = ir.Constant(I32, 0)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -227,10 +224,10 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
 
 def _epilogue(k: Kernel) -> Kernel | None:
     """The elementwise nodes of a contract kernel after its GEMM, as a loop kernel that reads C."""
-    if k.kind != "contract" or len(k.nodes) == 1:
+    if k.kind is not KernelKind.CONTRACT or len(k.nodes) == 1:
         return None
     c = k.nodes[0].out
-    return Kernel("elementwise", k.space, k.nodes[1:], k.inputs + [c], [v for v in k.outputs if v is not c])
+    return Kernel(KernelKind.ELEMENTWISE, k.space, k.nodes[1:], k.inputs + [c], [v for v in k.outputs if v is not c])
 
 
 def _then_epilogue(b: ir.IRBuilder, fn: ir.Function, k: Kernel, arg_of: dict, block: dict, fault) -> None:
@@ -260,18 +257,19 @@ def _serial_epilogue(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, fau
     return epi
 
 
-def _blocking(n, target: Target):
-    """The blocking of a matmul node's GEMM: its tile is chosen for the shape of C."""
-    return gemm_blocking(target, n.out.dtype, n.attrs["ta"], n.attrs["tb"], tuple(n.out.shape), _depth(n))
+def _blocking(n: Node, target: Target):
+    """The blocking of a contraction node's GEMM: its tile is chosen for the shape of C."""
+    c = _gemm(n)
+    return gemm_blocking(target, n.out.dtype, c.ta, c.tb, (c.m, c.n), c.k)
 
 
 def _k_split(n, target: Target, threads: int) -> bool:
     """Split K: C is too narrow for column shares and too short for row shares (each thread would
     pack all of the long operands), or the dot-product kernel's (each would read all of A or B,
     in uneven shares of a small C), and K gives every thread whole KC blocks."""
-    (m, nn), blk = n.out.shape, _blocking(n, target)
-    return (blk.dot or nn < blk.nr * threads and m < 2 * blk.mr * threads) and m * nn <= PARTIAL_MAX \
-        and _depth(n) >= blk.kc * threads
+    c, blk = _gemm(n), _blocking(n, target)
+    return (blk.dot or c.n < blk.nr * threads and c.m < 2 * blk.mr * threads) and c.m * c.n <= PARTIAL_MAX \
+        and c.k >= blk.kc * threads
 
 
 def _add_partials(b: ir.IRBuilder, n, c: ir.Value, scratch: ir.Value, target: Target, threads: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from graphc.ir.graph import TensorType
-from graphc.ops.lowering import Contract
+from graphc.ops.lowering import Contract, Contraction
 from graphc.ops.registry import OpDef, float_type, register, require
 
 
@@ -28,8 +28,14 @@ def _matmul_vjp(b, n, g):
     return [da, dw]
 
 
+def _contraction(n) -> Contraction:
+    (m, nn), ta = n.out.shape, n.attrs["ta"]
+    a = n.inputs[0].shape
+    return Contraction(m, nn, a[0] if ta else a[1], ta, n.attrs["tb"])
+
+
 register(OpDef(
     "matmul", 2, _matmul_shape, _matmul_vjp,
     lambda a, b, ta, tb: (a.T if ta else a) @ (b.T if tb else b),
-    Contract(), {"ta": False, "tb": False},
+    Contract(_contraction), {"ta": False, "tb": False},
     "a: T[m,k], b: T[k,n] -> T[m,n]; ta/tb=true read a as T[k,m] / b as T[n,k] (infix a @ b)"))

@@ -1,21 +1,28 @@
 """How codegen sees an op: the small vocabulary the registry speaks (no llvmlite here).
 
-- `Elementwise(expr, maps)`: one scalar expression per output element. `expr(s, *xs, **attrs)` builds
-  it from scalar operands with the methods of a `Scalar` builder `s` (below). `maps` says, per input,
-  which output axis each input axis follows (None: a size-1 axis that is broadcast; an `Affine`: an
-  index computed from several output indices, reading `fill(attrs)` outside the input: windows,
-  padding, slices); the default is NumPy broadcasting. Elementwise chains fuse into one loop nest.
-- `Reduce(kind)`: sum or max over `attrs["axes"]`; fuses its elementwise prologue.
-- `Contract()`: a matmul, run by the generated GEMM with `attrs["ta"]`, `attrs["tb"]`.
+An op's definition holds a lowering rule; `rule.at(node)` gives the node's descriptor, which carries
+everything codegen needs (codegen reads no op attributes):
+- `Elementwise(expr, maps, fill)` -> `Pointwise`: one scalar expression per output element.
+  `expr(s, *xs, **attrs)` builds it from scalar operands with the methods of a `Scalar` builder `s`
+  (below). `maps` says, per input, which output axis each input axis follows (None: a size-1 axis
+  that is broadcast; an `Affine`: an index computed from several output indices, reading
+  `fill(attrs)` outside the input: windows, padding, slices); the default is NumPy broadcasting.
+  Elementwise chains fuse into one loop nest.
+- `Reduce(kind)` -> `Reduction(kind, axes)`: sum or max over axes; fuses its elementwise prologue.
+- `Contract(describe)` -> `Contraction(m, n, k, ta, tb)`: run by the generated GEMM.
 - `View()`: the output aliases the input's buffer (reshape).
 - `Decompose(fn)`: the op is rewritten into other ops before scheduling; `fn(b, *inputs, **attrs)`
-  emits them with a Builder and returns the result value.
+  emits them with a Builder and returns the result value. It has no descriptor.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Callable, Protocol
+
+from graphc.ir.graph import Node
 
 
 class Scalar(Protocol):
@@ -67,25 +74,84 @@ Maps = Callable[[list, Any, dict], list[Map]]
 
 
 @dataclass(frozen=True)
+class Pointwise:
+    """A node's elementwise lowering: `expr(s, *scalars)` per output element, input i read through
+    `maps[i]`, an `Affine` access outside its input reading `fill`."""
+
+    expr: Callable[..., Any]
+    maps: tuple[Map, ...]
+    fill: float
+
+
+@dataclass(frozen=True)
 class Elementwise:
     expr: Callable[..., Any]
     maps: Maps | None = None
     fill: Callable[[dict], float] = lambda attrs: 0.0  # what an Affine access reads outside its input
 
+    def at(self, n: Node) -> Pointwise:
+        maps = (self.maps or broadcast_maps)([v.type for v in n.inputs], n.out.type, n.attrs)
+        return Pointwise(functools.partial(self.expr, **n.attrs), tuple(maps), self.fill(n.attrs))
+
+
+class ReduceKind(Enum):
+    SUM = "sum"
+    MAX = "max"
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """A node's reduction of its one input over `axes` (sorted, non-negative)."""
+
+    kind: ReduceKind
+    axes: tuple[int, ...]
+
 
 @dataclass(frozen=True)
 class Reduce:
-    kind: str  # "sum" | "max"
+    kind: ReduceKind
+    axes: Callable[[Node], tuple[int, ...]]  # the node's reduced axes, sorted and non-negative
+
+    def at(self, n: Node) -> Reduction:
+        return Reduction(self.kind, self.axes(n))
+
+
+@dataclass(frozen=True)
+class Contraction:
+    """C[m, n] = op(A) · op(B) over k, A stored [m, k] (or [k, m] where `ta`), B stored [k, n] (or
+    [n, k] where `tb`), all row-major and dense."""
+
+    m: int
+    n: int
+    k: int
+    ta: bool
+    tb: bool
+
+    @property
+    def lda(self) -> int:
+        return self.m if self.ta else self.k
+
+    @property
+    def ldb(self) -> int:
+        return self.k if self.tb else self.n
+
+    @property
+    def macs(self) -> int:
+        return self.m * self.n * self.k
 
 
 @dataclass(frozen=True)
 class Contract:
-    pass
+    describe: Callable[[Node], Contraction]
+
+    def at(self, n: Node) -> Contraction:
+        return self.describe(n)
 
 
 @dataclass(frozen=True)
 class View:
-    pass
+    def at(self, n: Node) -> "View":
+        return self
 
 
 @dataclass(frozen=True)
@@ -93,7 +159,8 @@ class Decompose:
     fn: Callable[..., Any]
 
 
-Lowering = Elementwise | Reduce | Contract | View | Decompose
+Lowering = Elementwise | Reduce | Contract | View | Decompose  # an op's rule
+Lowered = Pointwise | Reduction | Contraction | View           # a node's descriptor
 
 
 def broadcast_maps(in_types: list, out_type: Any, attrs: dict) -> list[Map]:

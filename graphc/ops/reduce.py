@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from graphc.ir.graph import TensorType
-from graphc.ops.lowering import Decompose, Reduce
+from graphc.ops.lowering import Decompose, Reduce, ReduceKind
 from graphc.ops.registry import OpDef, float_type, norm_axes, register
 
 
@@ -22,17 +22,19 @@ def _reduce_shape(ts, attrs):
 
 def _expand(b, g, n):
     """Broadcast a reduction's gradient (or result) back over the reduced axes of its input."""
-    x = n.inputs[0]
-    axes = norm_axes(n.attrs["axes"], x.type.rank)
+    x, axes = n.inputs[0], _axes(n)
     kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
     if tuple(g.shape) != kept:
         g = b.reshape(g, shape=kept)
     return b.broadcast_to(g, shape=tuple(x.shape))
 
 
+def _axes(n) -> tuple[int, ...]:
+    return norm_axes(n.attrs["axes"], n.inputs[0].type.rank)
+
+
 def _count(n) -> int:
-    x = n.inputs[0]
-    return math.prod(x.shape[a] for a in norm_axes(n.attrs["axes"], x.type.rank))
+    return math.prod(n.inputs[0].shape[a] for a in _axes(n))
 
 
 _DEFAULTS = {"axes": None, "keepdims": False}
@@ -47,7 +49,7 @@ register(OpDef(
     "sum", 1, _reduce_shape,
     lambda b, n, g: [_expand(b, g, n)],
     lambda x, axes, keepdims: np.sum(x, axis=_np_axes(x, axes), keepdims=keepdims),
-    Reduce("sum"), _DEFAULTS, _DOC))
+    Reduce(ReduceKind.SUM, _axes), _DEFAULTS, _DOC))
 
 def _max_vjp(b, n, g):
     """Elements equal to the max share its gradient evenly (as in PyTorch and JAX): where ties are
@@ -62,7 +64,7 @@ register(OpDef(
     "max", 1, _reduce_shape,
     _max_vjp,
     lambda x, axes, keepdims: np.max(x, axis=_np_axes(x, axes), keepdims=keepdims),
-    Reduce("max"), _DEFAULTS, _DOC + ", the gradient shared evenly among ties"))
+    Reduce(ReduceKind.MAX, _axes), _DEFAULTS, _DOC + ", the gradient shared evenly among ties"))
 
 register(OpDef(
     "mean", 1, _reduce_shape,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, cast
 
 from graphc.ir.graph import OPS, Builder, Dim, Node, ShapeError, TensorType, Value
-from graphc.ops.lowering import Lowering
+from graphc.ops.lowering import Decompose, Lowered, Lowering
 
 
 ShapeRule = Callable[[list[TensorType], dict], TensorType]
@@ -55,6 +55,14 @@ class OpDef:
 _KIND_WORDS = {bool: "true or false", float: "a number", str: "a name"}
 
 REGISTRY = cast("dict[str, OpDef]", OPS)  # the IR's table of ops, seen with their whole definitions
+
+
+def lowered(n: Node) -> Lowered:
+    """The descriptor codegen compiles node `n` from (no composite op is left by then)."""
+    rule = REGISTRY[n.op].lower
+    if isinstance(rule, Decompose):
+        raise ValueError(f"{n.op} is decomposed before it is lowered")
+    return rule.at(n)
 
 
 def register(opdef: OpDef) -> OpDef:

@@ -23,15 +23,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 from graphc.ir.graph import Graph, Node, Value
-from graphc.ops import REGISTRY
-from graphc.ops.lowering import Contract, Elementwise, Reduce, View, broadcast_maps
+from graphc.ops.lowering import Contraction, Map, Pointwise, Reduction, View
+from graphc.ops.registry import lowered
+
+
+class KernelKind(Enum):
+    ELEMENTWISE = "elementwise"
+    REDUCE = "reduce"      # an elementwise prologue closed by a reduction
+    CONTRACT = "contract"  # a GEMM and its elementwise epilogue
+    VIEW = "view"
+
+
+LOOPS = (KernelKind.ELEMENTWISE, KernelKind.REDUCE)  # the kernels that are one loop nest
 
 
 @dataclass(eq=False)
 class Kernel:
-    kind: str                      # "elementwise" | "reduce" | "contract" | "view"
+    kind: KernelKind
     space: tuple[int, ...]         # the iteration space (for a reduction: its input's shape)
     nodes: list[Node] = field(default_factory=list)
     inputs: list[Value] = field(default_factory=list)   # read from memory
@@ -39,16 +50,16 @@ class Kernel:
 
     @property
     def name(self) -> str:
-        return f"{self.kind}_{self.nodes[-1].out.name.lstrip('%').replace('.', '_')}"
+        return f"{self.kind.value}_{self.nodes[-1].out.name.lstrip('%').replace('.', '_')}"
 
 
-def input_maps(n: Node) -> list[tuple[int | None, ...]]:
+def input_maps(n: Node) -> tuple[Map, ...]:
     """Per input of an elementwise or reduce node: the iteration axis each input axis follows."""
-    lower = REGISTRY[n.op].lower
-    if isinstance(lower, Reduce):
-        return [tuple(range(n.inputs[0].type.rank))]
-    ts = [v.type for v in n.inputs]
-    return (lower.maps or broadcast_maps)(ts, n.out.type, n.attrs)
+    d = lowered(n)
+    if isinstance(d, Reduction):
+        return (tuple(range(n.inputs[0].type.rank)),)
+    assert isinstance(d, Pointwise), n.op
+    return d.maps
 
 
 def identity_access(v: Value, m: tuple, space: tuple) -> bool:
@@ -73,10 +84,10 @@ def fuse(g: Graph) -> list[Kernel]:
         return seen
 
     def can_join(k: Kernel, n: Node, space: tuple) -> bool:
-        if k.space != space or k.kind not in ("elementwise", "contract"):
+        if k.space != space or k.kind not in (KernelKind.ELEMENTWISE, KernelKind.CONTRACT):
             return False
-        if k.kind == "contract" and (
-                isinstance(REGISTRY[n.op].lower, Reduce) or any(
+        if k.kind is KernelKind.CONTRACT and (
+                isinstance(lowered(n), Reduction) or any(
                     v.const is None and v.producer not in k.nodes and v.type.size() >= math.prod(space)
                     for v in n.inputs)
                 or updated.get(n.out) in k.nodes[0].inputs  # in place: would race the GEMM's reads
@@ -93,33 +104,33 @@ def fuse(g: Graph) -> list[Kernel]:
     order = {n: i for i, n in enumerate(g.nodes)}
     updated = {new: target for target, new in g.updates}
     # written to memory whatever is fused: a step's result, or read by a GEMM, view or reduction
-    always = _results(g) | {id(v) for n in g.nodes if not isinstance(REGISTRY[n.op].lower, Elementwise)
+    always = _results(g) | {id(v) for n in g.nodes if not isinstance(lowered(n), Pointwise)
                             for v in n.inputs}
     stored = lambda v: id(v) in always
 
     for n in g.nodes:
-        lower = REGISTRY[n.op].lower
-        if isinstance(lower, (Elementwise, Reduce)):
-            space = tuple(n.inputs[0].shape) if isinstance(lower, Reduce) else tuple(n.out.shape)
+        d = lowered(n)
+        if isinstance(d, (Pointwise, Reduction)):
+            space = tuple(n.inputs[0].shape) if isinstance(d, Reduction) else tuple(n.out.shape)
             feeders = [kernel_of[v.producer] for v, m in zip(n.inputs, input_maps(n))
                        if v.producer in kernel_of and identity_access(v, m, space)]
             k = next((k for k in feeders if can_join(k, n, space)), None)
             if k is None:
-                k = Kernel("elementwise", space)
+                k = Kernel(KernelKind.ELEMENTWISE, space)
                 kernels.append(k)
             for other in feeders:  # sibling producers of n's operands join too: one loop, not two
                 # (never into an epilogue: a sibling's value is as large as C, which bars n)
-                if other is not k and other in kernels and k.kind == other.kind == "elementwise" \
+                if other is not k and other in kernels and k.kind == other.kind == KernelKind.ELEMENTWISE \
                         and can_join(other, n, space) and other not in deps(k) and k not in deps(other):
                     k.nodes = sorted(k.nodes + other.nodes, key=order.get)
                     for m in other.nodes:
                         kernel_of[m] = k
                     kernels.remove(other)
-            if isinstance(lower, Reduce):
-                k.kind = "reduce"  # closes the kernel: nothing joins after its reduction
+            if isinstance(d, Reduction):
+                k.kind = KernelKind.REDUCE  # closes the kernel: nothing joins after its reduction
         else:
-            k = Kernel("contract" if isinstance(lower, Contract) else "view", tuple(n.out.shape))
-            assert isinstance(lower, (Contract, View)), n.op
+            assert isinstance(d, (Contraction, View)), n.op
+            k = Kernel(KernelKind.CONTRACT if isinstance(d, Contraction) else KernelKind.VIEW, tuple(n.out.shape))
             kernels.append(k)
         k.nodes.append(n)
         kernel_of[n] = k
@@ -139,7 +150,8 @@ def _connect(g: Graph, kernels: list[Kernel], kernel_of: dict[Node, Kernel]) -> 
         inside = set(k.nodes)
         for n in k.nodes:
             # a GEMM or a view reads its inputs whole; only an epilogue follows the loop's index
-            maps = [None] * len(n.inputs) if n is k.nodes[0] and k.kind in ("contract", "view") else input_maps(n)
+            whole = n is k.nodes[0] and k.kind in (KernelKind.CONTRACT, KernelKind.VIEW)
+            maps = (None,) * len(n.inputs) if whole else input_maps(n)
             for v, m in zip(n.inputs, maps):
                 internal = v.producer in inside and m is not None and identity_access(v, m, k.space)
                 if v.const is None and not internal and v not in k.inputs:
@@ -152,7 +164,7 @@ def _connect(g: Graph, kernels: list[Kernel], kernel_of: dict[Node, Kernel]) -> 
             if id(n.out) in stored and n.out not in k.outputs:
                 k.outputs.append(n.out)
         # a reduction's result, and the C a GEMM writes before its epilogue reads it
-        closing = {"reduce": k.nodes[-1].out, "contract": k.nodes[0].out}.get(k.kind)
+        closing = {KernelKind.REDUCE: k.nodes[-1].out, KernelKind.CONTRACT: k.nodes[0].out}.get(k.kind)
         if closing is not None and closing not in k.outputs:
             k.outputs.append(closing)
     for k in kernels:  # keep outputs in node order (deterministic printing and codegen)

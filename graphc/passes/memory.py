@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from graphc.ir.graph import NP_DTYPES, Graph, Value
-from graphc.passes.fuse import Kernel
+from graphc.passes.fuse import Kernel, KernelKind
 
 ALIGN = 64
 
@@ -58,7 +58,7 @@ def plan_memory(g: Graph, kernels: list[Kernel]) -> Plan:
             r = root.get(v, v)
             last[r] = step
         for v in k.outputs:
-            if k.kind == "view":
+            if k.kind is KernelKind.VIEW:
                 root[v] = root.get(k.nodes[0].inputs[0], k.nodes[0].inputs[0])
             elif v not in plan.place:
                 root[v] = v

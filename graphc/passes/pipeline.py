@@ -36,7 +36,7 @@ def print_schedule(s: Schedule) -> str:
     where = lambda v: f"{v.name}@{s.plan.buffers[place[v][0]].name}+{place[v][1]}"
     lines = [f"schedule {s.graph.name}: {len(s.kernels)} kernels, arena {s.plan.arena_bytes} bytes"]
     for i, k in enumerate(s.kernels):
-        lines.append(f"kernel {i} {k.kind} over [{','.join(map(str, k.space))}]"
+        lines.append(f"kernel {i} {k.kind.value} over [{','.join(map(str, k.space))}]"
                      f" ({len(k.nodes)} ops fused)")
         lines.append("  reads  " + (", ".join(where(v) for v in k.inputs) or "-"))
         lines.append("  writes " + (", ".join(where(v) for v in k.outputs) or "-"))
