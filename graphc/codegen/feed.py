@@ -30,7 +30,6 @@ I32, I64, F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
 SOURCE = ir.LiteralStructType([I8P, I8P, I64, I64, F32, I32])
 FEED = ir.LiteralStructType([I64.as_pointer(), I64, SOURCE.as_pointer(), I64, I64.as_pointer()])
 KINDS = {"copy": 1, "u8_f32": 4, "u8_f64": 8}  # how a row moves: dst bytes per src byte
-AHEAD = 4      # rows prefetched ahead of the row being copied (2-8 measured alike)
 LINE = 64      # bytes per prefetch
 
 # copies one row: (builder, dst row, src row, the src row's bytes, divisor)
@@ -57,8 +56,8 @@ def build_feed(target: Target) -> ir.Module:
         row_at = lambda i: b.gep(src, [b.mul(i, row_bytes)])
 
         def one_row(r: ir.Value, widen: int, copy_row: RowCopy) -> None:
-            ahead = b.add(r, ir.Constant(I64, AHEAD))
-            with b.if_then(b.icmp_signed("<", ahead, hi)):  # touch every line of row r + AHEAD
+            ahead = b.add(r, ir.Constant(I64, target.tuning.prefetch_rows))
+            with b.if_then(b.icmp_signed("<", ahead, hi)):  # touch every line of a row ahead
                 i = b.load(b.gep(idx, [ahead]))
                 with b.if_then(b.icmp_unsigned("<", i, src_rows)):
                     start = row_at(i)

@@ -42,14 +42,6 @@ ELEMENT_BYTES = {"f32": 4, "f64": 8}
 _GEMM_NAMES = ["M", "N", "K", "A", "lda", "B", "ldb", "C", "ldc", "accumulate"]
 
 
-DIRECT_M = 16  # rows of C up to which a plain B is read in place instead of packed
-# Cache blocks: KC×NR of B stays in L1 across the A strips (a wide tile is one for few rows of C,
-# with one A strip), MC×KC of A in L2. KC is a multiple of 16 (every pack strip 64-byte aligned,
-# transposing packs on whole vectors); MC and NC are bounds, rounded down to whole tiles, so one
-# scratch size holds for every tile.
-_MC, _KC, _NC = 128, 256, 1024
-
-
 @dataclass(frozen=True)
 class Blocking:
     """Register tile (MR×NR) and cache blocks (MC, KC, NC) for one target, dtype and shape of C."""
@@ -72,25 +64,14 @@ def blocking(target: Target, dtype: str, shape: tuple[int, int] | None = None) -
     accumulator tile empty: conv weights with 6 output channels, batch-8 layers); its mirror image,
     a C narrower than the default tile (logits), takes fewer vectors and as many more rows.
     """
-    lanes = target.lanes(dtype)
-    if target.vector_bits == 512:
-        # 16 zmm accumulators: 8 rows × 2 vectors (8 broadcasts + 2 B loads per 16 FMAs) keeps
-        # two 512-bit FMA pipes fed: measured ~170 GFLOP/s f32 vs ~135 for 16×16 on a
-        # Sapphire-Rapids-class core, and ~10% ahead of 16×16 on Zen 5 (225-243 vs 200-220, one
-        # run each, alternating). On Zen 4 (one 512-bit FMA per cycle) 16×16 measured best.
-        mr, nv = (16, 1) if dtype == "f32" and target.cpu == "znver4" else (8, 2)
-        registers = 32
-    else:
-        # 16 vector registers: 8 accumulators leave room for B vectors and broadcasts.
-        mr, nv = 4, 2
-        registers = 16
+    lanes, tune = target.lanes(dtype), target.tuning
+    (mr, nv), registers = tune.tile[dtype], tune.registers
     m, n = (max(x, 1) for x in shape) if shape else (mr, nv * lanes)
     vectors = -(-n // lanes)  # in a row of C
     if m < mr:
         # Registers hold m·nv accumulators, the nv B vectors each row reuses and an A broadcast.
         # Of the widths that fit, the one with the fewest vector FMAs per k over C, counting one
-        # more per strip for its B loads and loop; the widest of equals. (8 rows by 16 vectors:
-        # 8×2, 107 GFLOP/s on Zen 4, not 8×3, 86, its last strip two thirds empty.)
+        # more per strip for its B loads and loop; the widest of equals.
         fits = range(1, (registers - 1) // (m + 1) + 1)
         mr, nv = m, min(fits, key=lambda v: (-(-vectors // v) * (m * v + 1), -v))
     elif vectors < nv:
@@ -98,12 +79,10 @@ def blocking(target: Target, dtype: str, shape: tuple[int, int] | None = None) -
         mr, nv = min(m, mr * nv // vectors), vectors
     else:
         # Rows per tile, from half the default's to all of them: the fewest vector FMAs over M,
-        # counting one more per tile as above. 50 rows (a thread's half of batch 100) take five
-        # tiles of 10, 74 GFLOP/s on Zen 4, not four of 16 with 14 rows empty, 59; M = 64, 128,
-        # 256 and 784 keep 16.
+        # counting one more per tile as above (50 rows take five tiles of 10, not four of 16).
         mr = min(range(max(mr // 2, 1), mr + 1), key=lambda r: (-(-m // r) * (r * nv + 1), -r))
     nr = nv * lanes
-    return Blocking(lanes=lanes, mr=mr, nr=nr, mc=_MC // mr * mr, kc=_KC, nc=_NC // nr * nr)
+    return Blocking(lanes=lanes, mr=mr, nr=nr, mc=tune.mc // mr * mr, kc=tune.kc, nc=tune.nc // nr * nr)
 
 
 DOT_MAX_C = 64 * 64  # elements of C up to which a long-K A·Bᵀ takes the dot-product kernel
@@ -119,16 +98,16 @@ def dot_blocking(target: Target, dtype: str, trans_a: bool, trans_b: bool, m: in
     (A and B rows load straight from memory), summed across lanes once at the end. MR×NR is the
     cheapest tile over C, of those that fit the registers with the MR + NR row vectors each step
     loads."""
-    if trans_a or not trans_b or m * n > DOT_MAX_C or k < 4 * max(m, n):
+    tune = target.tuning
+    if trans_a or not trans_b or m * n > tune.dot_max_c or k < 4 * max(m, n):
         return None
-    budget = 28 if target.vector_bits == 512 else 14
-    tiles = [(r, c) for r in range(1, 9) for c in range(1, 9) if r * c + r + c <= budget]
+    tiles = [(r, c) for r in range(1, 9) for c in range(1, 9) if r * c + r + c <= tune.dot_budget]
     # steps over C: an edge tile costs a whole one; a step is MR·NR FMAs or MR + NR loads
     cost = lambda t: -(-m // t[0]) * -(-n // t[1]) * max(t[0] * t[1], t[0] + t[1])
     mr, nr = min(tiles, key=lambda t: (cost(t), -t[0] * t[1]))
     # K blocks whose rows of A and B fit half an L2 (KC: a multiple of the vector)
     lanes = target.lanes(dtype)
-    kc = max(DOT_BLOCK_BYTES // ((m + n) * ELEMENT_BYTES[dtype]) // lanes, 1) * lanes
+    kc = max(tune.dot_block_bytes // ((m + n) * ELEMENT_BYTES[dtype]) // lanes, 1) * lanes
     return Blocking(lanes=lanes, mr=mr, nr=nr, mc=mr, kc=kc, nc=nr, dot=True)
 
 
@@ -143,7 +122,8 @@ def gemm_blocking(target: Target, dtype: str, trans_a: bool, trans_b: bool,
 def scratch_bytes(target: Target, dtype: str) -> int:
     """Bytes of packing scratch one GEMM call needs, whatever its tile: an MC×KC panel of A and a
     KC×NC one of B."""
-    return (_MC + _NC) * _KC * ELEMENT_BYTES[dtype]
+    tune = target.tuning
+    return (tune.mc + tune.nc) * tune.kc * ELEMENT_BYTES[dtype]
 
 
 def _pack_lanes(width: int, lanes: int) -> int:
@@ -158,7 +138,7 @@ class _Gen:
     """IR emission helpers bound to one module, dtype and blocking."""
 
     def __init__(self, module: ir.Module, target: Target, dtype: str, blk: Blocking) -> None:
-        self.module, self.dtype = module, dtype
+        self.module, self.dtype, self.tune = module, dtype, target.tuning
         self.t = _FLOAT[dtype]
         self.size = ELEMENT_BYTES[dtype]
         self.blk = blk
@@ -528,7 +508,7 @@ class _Gen:
         # k-major: neither needs a transpose since the micro-kernel reads A by scalar broadcasts
         # at either layout.
         micro = self.micro(a_kmajor=trans_a)
-        # B unpacked: the whole NR strips of a plain B feeding at most DIRECT_M rows of C are read
+        # B unpacked: the whole NR strips of a plain B feeding at most `direct_m` rows of C are read
         # in place (packing them would cost more than the few micro-tiles that reuse them)
         direct = None if trans_b else self.micro(a_kmajor=trans_a, b_packed=False)
         pack_a = self.pack(blk.mr, "copy" if trans_a else "rows")
@@ -547,8 +527,7 @@ class _Gen:
         kstep = self.min(b, kstep, blk.kc)
         accumulating = b.icmp_signed("!=", accumulate, _I32(0))
         # A (not Aᵀ) is read in place unless its rows are a multiple of 2 KiB apart, where 16 rows
-        # would share a few of L1's sets (packed, they are KC = 1 KiB apart, as 256-float rows
-        # are): mlp.net's x·W1 267 -> 257 us, its step 858 -> 838 (A/B in one process)
+        # would share a few of L1's sets (packed, they are KC = 1 KiB apart, as 256-float rows are)
         a_in_place = _I1(0) if trans_a else b.icmp_signed(
             "!=", b.and_(b.mul(lda, _I64(self.size)), _I64(2047)), _I64(0))
         with self.loop(b, n0, n1, blk.nc, "jc") as jc:
@@ -559,7 +538,7 @@ class _Gen:
                 b_src = self.gep(b, B, b_off)
                 # columns [0, packed) are read in place, [packed, nc) packed (a partial strip at most)
                 packed = _I64(0) if direct is None else b.select(
-                    b.icmp_signed("<=", M, _I64(DIRECT_M)), b.sub(nc, b.srem(nc, _I64(blk.nr))), _I64(0))
+                    b.icmp_signed("<=", M, _I64(self.tune.direct_m)), b.sub(nc, b.srem(nc, _I64(blk.nr))), _I64(0))
                 with b.if_then(b.icmp_signed("<", packed, nc)):
                     b.call(pack_b, [self.gep(b, b_src, packed), ldb, b.sub(nc, packed), kc,
                                     self.gep(b, pb, b.mul(packed, _I64(blk.kc)))])

@@ -26,8 +26,6 @@ RUN = ir.FunctionType(ir.VoidType(), [I8P, TASK, I8P, I64])
 # workers started, and the posted job (task, arg, threads)
 STATE = ir.LiteralStructType([I32, I32, I32, I64, I64, TASK, I8P, I64])
 _FIELDS = ("seq", "quit", "sleepers", "done", "workers", "task", "arg", "nthreads")
-SPINS = 20000          # polls before an idle worker sleeps on the futex
-YIELD_AFTER = 256      # polls before each further poll also yields the core (a busy machine)
 FUTEX_WAIT, FUTEX_WAKE = 128, 129  # private futexes (the system call's number is the Target's)
 
 
@@ -96,11 +94,11 @@ def build_pool(target: Target) -> ir.Module:
     pause = _intrinsic(m, facts.pause, ir.VoidType(), []) if facts.pause else None
 
     def relax(b, polls):
-        """Between two polls: a pause, and once `polls` is past YIELD_AFTER, sched_yield too, so a
+        """Between two polls: a pause, and once `polls` is past the tuning's `yield_after`, sched_yield too, so a
         waiting thread hands its core to the one it waits for when the machine is oversubscribed."""
         if pause:
             b.call(pause, [])
-        with b.if_then(b.icmp_unsigned(">", polls, ir.Constant(I32, YIELD_AFTER))):
+        with b.if_then(b.icmp_unsigned(">", polls, ir.Constant(I32, target.tuning.yield_after))):
             b.call(syscall, [ir.Constant(I64, facts.sched_yield)])
 
     # worker(pool, tid): wait for a new job number, run the task if it has a part for us, count done
@@ -128,7 +126,7 @@ def build_pool(target: Target) -> ir.Module:
     n = b.add(b.load(spins), ir.Constant(I32, 1))
     relax(b, n)
     b.store(n, spins)
-    b.cbranch(b.icmp_unsigned("<", n, ir.Constant(I32, SPINS)), wait, sleep)
+    b.cbranch(b.icmp_unsigned("<", n, ir.Constant(I32, target.tuning.spins)), wait, sleep)
     b.position_at_end(sleep)
     b.store(ir.Constant(I32, 0), spins)
     # sleeps only while seq still equals what we saw: a job posted meanwhile is never missed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import llvmlite.binding as llvm
 
@@ -49,6 +49,35 @@ PLATFORMS = {
 
 
 @dataclass(frozen=True)
+class Tuning:
+    """The choices generated code makes for one kind of CPU, in one table. Why each value is what
+    it is, with the measurements, is in docs/perf.md."""
+
+    registers: int                      # vector registers
+    tile: dict[str, tuple[int, int]]    # per dtype, the default GEMM register tile: rows × vectors
+    dot_budget: int                     # registers the dot-product kernel's tile and row loads may use
+    mc: int = 128                       # GEMM cache blocks: MC×KC of A in L2, KC×NR of B in L1,
+    kc: int = 256                       # NC columns of B per pass (MC, NC: bounds, rounded down to
+    nc: int = 1024                      # whole tiles; KC a multiple of 16)
+    direct_m: int = 16                  # rows of C up to which a plain B is read in place, not packed
+    dot_max_c: int = 64 * 64            # elements of C up to which a long-K A·Bᵀ takes the dot kernel
+    dot_block_bytes: int = 1 << 19      # rows of A and B the dot kernel sweeps per K block
+    parallel_macs: int = 1 << 18        # multiply-adds from which a GEMM splits across threads
+    parallel_iterations: int = 1 << 14  # iterations from which a loop kernel splits across threads
+    partial_max: int = 1 << 14          # elements of C up to which a GEMM may split K
+    unroll_max: int = 4                 # iterations of a trailing loop that may be unrolled
+    spins: int = 20000                  # polls before an idle pool worker sleeps on the futex
+    yield_after: int = 256              # polls before each further poll also yields the core
+    prefetch_rows: int = 4              # rows the batch feed prefetches ahead
+
+
+_WIDE = Tuning(registers=32, tile={"f32": (8, 2), "f64": (8, 2)}, dot_budget=28)  # AVX-512
+_NARROW = Tuning(registers=16, tile={"f32": (4, 2), "f64": (4, 2)}, dot_budget=14)  # AVX2, SSE2, NEON
+# by CPU name, where one differs from its vector width's default
+TUNINGS = {"znver4": replace(_WIDE, tile={"f32": (16, 1), "f64": (8, 2)})}  # one 512-bit FMA pipe
+
+
+@dataclass(frozen=True)
 class Target:
     triple: str
     cpu: str
@@ -65,6 +94,10 @@ class Target:
         if arch not in PLATFORMS:
             raise ValueError(f"graphc generates code for {', '.join(PLATFORMS)}, not {arch} ({self.triple})")
         return PLATFORMS[arch]
+
+    @property
+    def tuning(self) -> Tuning:
+        return TUNINGS.get(self.cpu) or (_WIDE if self.vector_bits == 512 else _NARROW)
 
     def key(self) -> str:
         """A string identifying generated code's target, for cache keys."""
