@@ -5,21 +5,18 @@ The CLI, the trainer and the tests go through these functions instead of wiring 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from graphc.autodiff.step import training_graph
-from graphc.codegen.jit import compile_cached, source_hash
-from graphc.codegen.module import build_module
-from graphc.codegen.target import Target, host_target
+from graphc.codegen.backend import Build, CpuBackend
+from graphc.codegen.target import Target
 from graphc.frontend import Program, load
 from graphc.ir.bind import bind
 from graphc.ir.graph import Graph
-from graphc.ir.serialize import dumps
-from graphc.passes.pipeline import Schedule, print_schedule, schedule
+from graphc.passes.pipeline import Schedule, schedule
 from graphc.runtime.pool import pool, thread_count
 from graphc.runtime.step import Step
 
@@ -73,15 +70,10 @@ def compile_graph(g: Graph, params: dict[str, np.ndarray] | None = None,
     `profile` counts each kernel's cycles into `step.cycles`; `check_bounds` checks every access of
     the loop kernels and makes the step raise BoundsError on one outside its buffer."""
     t0 = time.perf_counter()
-    target = target or host_target()
+    backend = CpuBackend(target)
     threads = thread_count(threads)
     sched = schedule(g)
-    build = f"threads={threads} profile={profile} check_bounds={check_bounds}"
-    key = hashlib.sha256("\n".join([source_hash(), target.key(), build, dumps(sched.graph),
-                                    print_schedule(sched)]).encode()).hexdigest()
-    native, hit = compile_cached(key, lambda: build_module(sched, target, ENTRY, threads, profile, check_bounds),
-                                 target, use_cache)
-    step = Step(sched, native, ENTRY, target, params, pool(threads) if threads > 1 else None, profile,
+    native, hit = backend.load(sched, ENTRY, Build(threads, profile, check_bounds), use_cache)
+    step = Step(sched, native, ENTRY, backend.target, params, pool(threads) if threads > 1 else None, profile,
                 check_bounds)
     return Compiled(step, sched, time.perf_counter() - t0, hit)
-
