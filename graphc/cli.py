@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from graphc.errors import GraphcError, InternalError
+from graphc.errors import GraphcError, InternalError, check_regular
 
 
 def _ir(a) -> None:
@@ -59,7 +59,11 @@ def _values(prog, sets: list[str]) -> dict[str, np.ndarray]:
         if not eq or name not in names:
             raise GraphcError(f"--set {s}: expected NAME=VALUE with NAME an input or param: {', '.join(names)}")
         try:
-            vals[name] = np.load(text, allow_pickle=False) if text.endswith(".npy") else np.float64(text)
+            if text.endswith(".npy"):
+                check_regular(text)  # a FIFO would block the read
+                vals[name] = np.load(text, allow_pickle=False)
+            else:
+                vals[name] = np.float64(text)
         except (OSError, ValueError) as e:
             raise DataError(f"--set {s}: {e}") from None
     missing = [n for n in inputs if n not in vals]
@@ -244,7 +248,7 @@ def _source(e: GraphcError) -> str | None:
     if e.loc is None or e.source is not None:
         return e.source
     try:
-        return Path(e.loc.file).read_text()
+        return Path(e.loc.file).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError):
         return None
 

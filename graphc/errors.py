@@ -45,12 +45,23 @@ class GraphcError(Exception):
         if self.loc and self.source is not None:
             src_lines = self.source.splitlines()
             if 1 <= self.loc.line <= len(src_lines):
-                text = src_lines[self.loc.line - 1]
+                text, col = _around(src_lines[self.loc.line - 1], max(self.loc.col, 1) - 1)
                 lines.append("    " + text)
-                lines.append("    " + " " * (max(self.loc.col, 1) - 1) + "^")
+                lines.append("    " + " " * col + "^")
         if self.hint:
             lines.append(f"hint: {self.hint}")
         return "\n".join(lines)
+
+
+def _around(text: str, col: int, width: int = 100) -> tuple[str, int]:
+    """A source line cut to `width` characters around column `col` (0-based), and the column in
+    what is left: a generated file's line can be megabytes long."""
+    if len(text) <= width:
+        return text, col
+    start = max(0, min(col - width // 2, len(text) - width))
+    head = "..." if start else ""
+    tail = "..." if start + width < len(text) else ""
+    return head + text[start:start + width] + tail, col - start + len(head)
 
 
 class DataError(GraphcError):

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from graphc.errors import DataError
+from graphc.errors import DataError, check_regular
 from graphc.ir.graph import NP_DTYPES, Param
 from graphc.runtime.data import check_finite, read_npz_arrays
 
@@ -78,6 +78,7 @@ def _fsync_dir(directory: Path) -> None:
 def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     """Reads a file written by save_arrays: (arrays by name, metadata dict)."""
     path = Path(path)
+    check_regular(path)  # a FIFO would block the read
     try:
         npz = np.load(path, allow_pickle=False)
         if isinstance(npz, np.ndarray):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import gzip
+import importlib
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ from graphc import cli, driver
 from graphc.codegen.jit import compile_cached
 from graphc.codegen.target import host_target
 from graphc.errors import DataError, GraphcError
+from graphc.frontend import load_source
 from graphc.runtime import checkpoint, trainer
 from graphc.runtime import data as data_module
 from graphc.runtime.checkpoint import CHECKPOINT
@@ -602,3 +604,68 @@ def test_params_file_declaring_too_much_or_no_npy_is_refused(tmp_path, small_par
             zf.writestr("W", b"0.5")
     with pytest.raises(DataError, match=expect):
         checkpoint.load_params(tmp_path / "p.npz", small_params)
+
+
+# --- model files (issue 17, item 6) ---------------------------------------------------------------
+
+lowering = importlib.import_module("graphc.frontend.lower")  # the package's `lower` is the function
+_X = "dim B\ninput x : f32[B, 4]\n"
+
+
+def _layers(n: int, body: str) -> str:
+    """Layers c1..cn over x, each returning `body` with {p} its predecessor (c0 doubles h)."""
+    return _X + "layer c0(h: f32[B, 4]) -> f32[B, 4] {\n  return h * 2\n}\n" + "".join(
+        f"layer c{i}(h: f32[B, 4]) -> f32[B, 4] {{\n  return {body.format(p=f'c{i - 1}')}\n}}\n"
+        for i in range(1, n + 1)) + f"loss = mean(c{n}(x))\n"
+
+
+def test_exponential_inlining_is_refused_with_a_position(monkeypatch):
+    monkeypatch.setattr(lowering, "MAX_NODES", 5000)  # the real limit takes seconds to reach
+    with pytest.raises(GraphcError, match="more than 5,000 nodes") as e:
+        load_source(_layers(30, "{p}(h) + {p}(h)"), "exp.net")  # 2**30 nodes from 3 KB
+    assert re.match(r"exp\.net:\d+:\d+: error: ", str(e.value))
+    assert "c30 -> ... -> c" in e.value.hint and "doubles" in e.value.hint
+
+
+@pytest.mark.parametrize("source", [
+    _layers(2000, "{p}(h)"),
+    _X + "loss = mean(" + "relu(" * 3000 + "x" + ")" * 3000 + ")\n",
+    _X + "loss = mean(reshape(x, shape=" + "[" * 3000 + "]" * 3000 + "))\n",
+], ids=["layer chain", "calls", "lists"])
+def test_deep_nesting_is_a_positioned_error(source):
+    with pytest.raises(GraphcError, match="nested too deeply") as e:
+        load_source(source, "deep.net")
+    assert re.match(r"deep\.net:\d+:\d+: error: ", str(e.value))
+    assert max(map(len, str(e.value).splitlines())) < 200  # the 18 KB line is shown around the caret
+
+
+def test_long_operator_chains_are_walked_without_recursion(monkeypatch):
+    alpha = " + ".join(["0.0001"] * 5000)
+    source = _X + f"h = leaky_relu(x, alpha={alpha})\nloss = mean({'-' * 5000}h{' + h' * 4999})\n"
+    g = load_source(source, "long.net").graph
+    assert [n.op for n in g.nodes].count("add") == 4999 and [n.op for n in g.nodes].count("neg") == 5000
+    assert g.nodes[0].attrs["alpha"] == pytest.approx(0.5)
+    monkeypatch.setattr(lowering, "MAX_NODES", 1000)
+    with pytest.raises(GraphcError, match="more than 1,000 nodes") as e:
+        load_source(source, "long.net")
+    assert str(e.value).startswith("long.net:4:")
+
+
+def test_model_file_may_start_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "apples.net"
+    path.write_bytes(b"\xef\xbb\xbf" + (ROOT / "models/apples.net").read_bytes())
+    assert driver.load(path).graph.name == "apples"
+
+
+@pytest.mark.parametrize("args", [["ir", "{}"], ["eval", "models/twolayer.net", "--params", "{}"]])
+def test_a_fifo_as_model_or_params_is_refused(tmp_path, args):
+    os.mkfifo(tmp_path / "fifo")
+    done = subprocess.run([sys.executable, "-m", "graphc.cli", *(a.format(tmp_path / "fifo") for a in args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (2, f"error: {tmp_path / 'fifo'} is a FIFO, not a regular file\n")
+
+
+def test_devices_and_directories_are_not_read(tmp_path):
+    for path, kind in (("/dev/zero", "a device"), (tmp_path, "a directory")):
+        with pytest.raises(GraphcError, match=f"is {kind}, not a regular file"):
+            driver.load(path)

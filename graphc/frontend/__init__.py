@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from graphc.errors import GraphcError
+from graphc.errors import GraphcError, check_regular
 from graphc.frontend.config import TrainConfig, train_config
 from graphc.frontend.lower import lower
 from graphc.frontend.parse import parse
@@ -26,8 +26,9 @@ class Program:
 
 def load(path: str | os.PathLike) -> Program:
     """Read and compile a .net file to its forward graph and train settings."""
+    check_regular(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark is not source
     except (OSError, UnicodeDecodeError) as e:
         raise GraphcError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
     return load_source(text, str(path))

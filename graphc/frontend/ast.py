@@ -80,13 +80,13 @@ Expr = Num | Name | Str | Bool | ListExpr | BinOp | Neg | Call
 
 
 def literal(e: Expr) -> int | float | bool | None:
-    """The value of a number or boolean literal (unary minus included), else None."""
-    if isinstance(e, (Num, Bool)):
-        return e.value
-    if isinstance(e, Neg):
-        v = literal(e.operand)
-        return -v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-    return None
+    """The value of a number or boolean literal (unary minuses included), else None."""
+    negs = 0
+    while isinstance(e, Neg):  # a loop: 5,000 minuses must not exhaust Python's stack
+        e, negs = e.operand, negs + 1
+    if isinstance(e, Num):
+        return -e.value if negs % 2 else e.value
+    return e.value if isinstance(e, Bool) and not negs else None
 
 
 # ---- types ----

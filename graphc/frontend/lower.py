@@ -8,8 +8,10 @@ layer instance's params are named `scope.param` and its nodes carry the scope.
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from graphc.autodiff.schedule import INPUTS as SCHEDULE_INPUTS
 from graphc.errors import GraphcError, Loc
@@ -25,6 +27,11 @@ KINDS = ("int", "float", "fn")  # layer parameters that are not tensors
 RESERVED = {"lr": "the learning rate input the training step adds", **SCHEDULE_INPUTS}
 
 Number = int | float
+# Nested calls, lists and layer calls are evaluated by recursion, a few Python frames a level
+# (Python's stack holds about 1000); chains of operators (a + b + c ..., - - x) are walked by a loop.
+MAX_DEPTH = 100
+# Layers are inlined at each call, so a file of a few lines can ask for 2**30 nodes.
+MAX_NODES = 100_000
 Const = int | float | bool | str | tuple  # a compile-time attribute value
 
 
@@ -68,6 +75,7 @@ class _Lowerer:
         self.b = Builder(self.graph)
         self.layers: dict[str, ast.Layer] = {}
         self.active: list[str] = []  # layers being inlined, outermost first (recursion check)
+        self.depth = 0  # expressions being evaluated, outermost first
         self.scopes: set[str] = set()
         self.top = _Frame("", {})
         self.loss: Value | None = None
@@ -235,24 +243,46 @@ class _Lowerer:
         known = target == "id" or target in self.layers or target in BUILTINS or target in REGISTRY
         return target if known else None
 
+    @contextmanager
+    def _nested(self, loc: Loc) -> Iterator[None]:
+        """Around each evaluation of an expression: limits its depth and the graph's size."""
+        within = (f"within {len(self.active)} nested layer calls ({self.active[0]} -> ... -> "
+                  f"{self.active[-1]})" if self.active else None)
+        if self.depth == MAX_DEPTH:
+            raise GraphcError(f"nested too deeply: more than {MAX_DEPTH} levels of calls, lists and "
+                              "layer calls", loc, hint=within)
+        if len(self.graph.nodes) > MAX_NODES:
+            raise GraphcError(f"the graph has more than {MAX_NODES:,} nodes", loc, hint=within and (
+                f"{within}: layers are inlined at each call, so one that calls another twice "
+                "doubles in size"))
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
     def _tensor(self, e: ast.Expr, fr: _Frame) -> Value | Number:
         """Evaluate a tensor expression; numbers stay Python numbers until they meet a tensor."""
-        if isinstance(e, ast.Num):
-            return e.value
-        if isinstance(e, ast.Name):
-            return self._lookup(e, fr)
-        if isinstance(e, ast.Call):
-            return self._call(e, fr)
-        if isinstance(e, ast.Neg):
-            x = self._tensor(e.operand, fr)
-            return -x if not isinstance(x, Value) else self._apply("neg", [x], {}, e.loc, fr)
-        if isinstance(e, ast.BinOp):
-            a, b = self._tensor(e.left, fr), self._tensor(e.right, fr)
-            if isinstance(a, Value) or isinstance(b, Value):
-                return self._apply(BINOPS[e.op], [a, b], {}, e.loc, fr)
-            return self._fold(e, a, b)
-        what = {ast.Str: "a string", ast.Bool: "true/false", ast.ListExpr: "a list"}[type(e)]
-        raise GraphcError(f"{what} is not a tensor; it can only be an attribute value", e.loc)
+        with self._nested(e.loc):
+            if isinstance(e, ast.Num):
+                return e.value
+            if isinstance(e, ast.Name):
+                return self._lookup(e, fr)
+            if isinstance(e, ast.Call):
+                return self._call(e, fr)
+            if isinstance(e, (ast.Neg, ast.BinOp)):
+                first, chain = _chain(e)
+                x = self._tensor(first, fr)
+                for op in chain:
+                    if isinstance(op, ast.Neg):
+                        x = -x if not isinstance(x, Value) else self._apply("neg", [x], {}, op.loc, fr)
+                        continue
+                    b = self._tensor(op.right, fr)
+                    x = (self._apply(BINOPS[op.op], [x, b], {}, op.loc, fr)
+                         if isinstance(x, Value) or isinstance(b, Value) else self._fold(op, x, b))
+                return x
+            what = {ast.Str: "a string", ast.Bool: "true/false", ast.ListExpr: "a list"}[type(e)]
+            raise GraphcError(f"{what} is not a tensor; it can only be an attribute value", e.loc)
 
     def _fold(self, e: ast.BinOp, a: Number, b: Number) -> Number:
         """Arithmetic on plain numbers happens now, not in the graph."""
@@ -274,34 +304,39 @@ class _Lowerer:
 
     def _const(self, e: ast.Expr, fr: _Frame) -> Const:
         """A compile-time value: numbers, true/false, lists, dims, int/float arguments, dtypes."""
-        v = ast.literal(e)
-        if v is not None:
-            return v
-        if isinstance(e, ast.Str):
-            return e.value
-        if isinstance(e, ast.ListExpr):
-            return tuple(self._const(i, fr) for i in e.items)
-        if isinstance(e, ast.Name):
-            if e.id in fr.dims:
-                return fr.dims[e.id]
-            if isinstance(fr.values.get(e.id), (int, float)):
-                return fr.values[e.id]
-            if e.id in DTYPES:
-                return e.id
-            if e.id in fr.values:
-                raise GraphcError(f"'{e.id}' is a tensor; attribute values must be constants", e.loc)
-            known = list(fr.dims) + [k for k, x in fr.values.items() if not isinstance(x, Value)]
-            raise GraphcError(f"unknown name '{e.id}'", e.loc, hint=did_you_mean(e.id, known))
-        if isinstance(e, (ast.Neg, ast.BinOp)):
-            operands = [e.operand] if isinstance(e, ast.Neg) else [e.left, e.right]
-            parts = [self._const(x, fr) for x in operands]
-            if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parts):
-                raise GraphcError("arithmetic on constants needs numbers (dims must be known)", e.loc)
-            if isinstance(e, ast.Neg):
-                return -parts[0]
-            r = self._fold(e, *parts)
-            return int(r) if isinstance(r, float) and r.is_integer() and e.op == "/" else r
-        raise GraphcError("attribute values must be constants (numbers, true/false, lists, dims)", e.loc)
+        with self._nested(e.loc):
+            v = ast.literal(e)
+            if v is not None:
+                return v
+            if isinstance(e, ast.Str):
+                return e.value
+            if isinstance(e, ast.ListExpr):
+                return tuple(self._const(i, fr) for i in e.items)
+            if isinstance(e, ast.Name):
+                if e.id in fr.dims:
+                    return fr.dims[e.id]
+                if isinstance(fr.values.get(e.id), (int, float)):
+                    return fr.values[e.id]
+                if e.id in DTYPES:
+                    return e.id
+                if e.id in fr.values:
+                    raise GraphcError(f"'{e.id}' is a tensor; attribute values must be constants", e.loc)
+                known = list(fr.dims) + [k for k, x in fr.values.items() if not isinstance(x, Value)]
+                raise GraphcError(f"unknown name '{e.id}'", e.loc, hint=did_you_mean(e.id, known))
+            if isinstance(e, (ast.Neg, ast.BinOp)):
+                first, chain = _chain(e)
+                x = self._const(first, fr)
+                for op in chain:
+                    parts = [x] if isinstance(op, ast.Neg) else [x, self._const(op.right, fr)]
+                    if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parts):
+                        raise GraphcError("arithmetic on constants needs numbers (dims must be known)", op.loc)
+                    if isinstance(op, ast.Neg):
+                        x = -x
+                        continue
+                    r = self._fold(op, *parts)
+                    x = int(r) if isinstance(r, float) and r.is_integer() and op.op == "/" else r
+                return x
+            raise GraphcError("attribute values must be constants (numbers, true/false, lists, dims)", e.loc)
 
     # ---- calls ----
 
@@ -520,6 +555,16 @@ class _Lowerer:
                 bound[d.value] = size
             elif bound[d.value] != size:
                 raise GraphcError(f"{mismatch} with {d.value} bound to {bound[d.value]}, got {actual}", loc)
+
+
+def _chain(e: ast.Neg | ast.BinOp) -> tuple[ast.Expr, list[ast.Neg | ast.BinOp]]:
+    """A chain of operators down their left operands (a + b - c ..., - - x): its first operand and
+    the operators to apply to it, innermost first. A 200,000-term sum nests that deep."""
+    chain: list[ast.Neg | ast.BinOp] = []
+    while isinstance(e, (ast.Neg, ast.BinOp)):
+        chain.append(e)
+        e = e.operand if isinstance(e, ast.Neg) else e.left
+    return e, chain[::-1]
 
 
 def _signature(layer: ast.Layer) -> str:

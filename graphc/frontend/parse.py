@@ -6,7 +6,7 @@ import functools
 import re
 from typing import Iterator
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken,
                              VisitError)
 from lark.lexer import PatternStr
@@ -142,7 +142,7 @@ def _unclosed(text: str, end: int, line: int | None) -> str | None:
 # ---- lark tree -> AST ----
 
 @v_args(inline=True)
-class _ToAst(Transformer):
+class _ToAst(Transformer_NonRecursive):  # no recursion: a 200,000-term sum is a deep tree
     def __init__(self, file: str) -> None:
         super().__init__()
         self.file = file
