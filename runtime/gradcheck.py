@@ -14,6 +14,7 @@ from graphc.autodiff.step import gradient_graph
 from graphc.driver import batch_dim, compile_graph, forward
 from graphc.frontend import Program
 from graphc.ir.graph import Graph
+from graphc.ops.registry import index_bound
 from graphc.runtime.init import init_params
 
 STEP = 1e-5        # central-difference step (float64)
@@ -40,8 +41,7 @@ def _feeds(prog: Program, g: Graph, batch: int, seed: int) -> dict[str, np.ndarr
         if i.default is not None:
             feeds[v.name] = np.float64(i.default)
         elif v.dtype == "i32":
-            classes = next((n.inputs[0].shape[-1] for n in g.nodes if v in n.inputs[1:]), 2)
-            feeds[v.name] = rng.integers(0, classes, v.shape).astype(np.int32)
+            feeds[v.name] = rng.integers(0, index_bound(g, v) or 2, v.shape).astype(np.int32)
         else:
             feeds[v.name] = rng.normal(size=v.shape)
     return feeds

@@ -27,6 +27,7 @@ from graphc.autodiff.schedule import horizon
 from graphc.frontend import Program
 from graphc.ir.graph import Graph, Input
 from graphc.ir.serialize import to_json
+from graphc.ops import REGISTRY
 from graphc.runtime.checkpoint import CHECKPOINT, PARAMS, Rollback, RunState, lock_run, save_arrays
 from graphc.runtime.data import Dataset
 from graphc.runtime.init import init_params
@@ -67,12 +68,13 @@ def train_rows(data: Dataset, inp: Input) -> np.ndarray | tuple[np.ndarray, floa
 
 
 def check_labels(y: np.ndarray, g: Graph, yin: Input, source: str, split: str) -> None:
-    """Every label must name a class of each op that reads it: an index into the logits' last
-    axis (softmax_cross_entropy, accuracy) or below onehot's n."""
+    """Every label must name a class of each op that reads it: below the bound the op declares for
+    it (an index into the logits' last axis, below onehot's n)."""
     for n in g.nodes:
-        if yin.value in n.inputs:
-            classes = n.attrs["n"] if n.op == "onehot" else n.inputs[0].shape[-1]
-            bad = np.flatnonzero(y >= classes) if isinstance(classes, int) else []
+        indices = REGISTRY[n.op].indices
+        bounds = indices([x.type for x in n.inputs], n.attrs) if indices else {}
+        for i, classes in bounds.items():
+            bad = np.flatnonzero(y >= classes) if n.inputs[i] is yin.value and isinstance(classes, int) else []
             if len(bad):
                 raise DataError(f"{source}: label {y[bad[0]]} of {split} sample {bad[0]} is out of "
                                 f"range: {n.op} here takes {classes} classes (labels 0..{classes - 1})",

@@ -8,11 +8,9 @@ from graphc.autodiff.schedule import scheduled_lr
 from graphc.errors import GraphcError
 from graphc.ir.graph import Builder, Graph, Input, TensorType, Value
 from graphc.ir.rewrite import rewrite
+from graphc.ops import REGISTRY, Trait
 from graphc.passes.dce import dce
 from graphc.passes.reorder import reorder
-
-# losses whose first operand is the model's prediction, and what that operand is called
-PREDICTION_OF_LOSS = {"softmax_cross_entropy": "logits", "mse": "prediction"}
 
 
 def training_graph(fwd: Graph, optimizer: str, args: dict[str, float], schedule: str = "constant",
@@ -49,8 +47,8 @@ def gradient_graph(fwd: Graph) -> Graph:
 
 
 def inference_graph(fwd: Graph) -> Graph:
-    """What the model predicts: its declared `output`s, else the prediction its loss reads (the
-    logits of softmax_cross_entropy). Pass the evaluation form (Program.eval_graph) for a model with
+    """What the model predicts: its declared `output`s, else the prediction its loss reads (its
+    first operand, named as the loss op names it: softmax_cross_entropy's logits). Pass the evaluation form (Program.eval_graph) for a model with
     dropout or batch norm. Nothing is updated, and the nodes, inputs (the labels), params and state
     that only the loss and metrics need are dropped."""
     outputs = [k for k in fwd.outputs if k != "loss" and k not in fwd.metrics]
@@ -59,10 +57,11 @@ def inference_graph(fwd: Graph) -> Graph:
         g.outputs = {k: g.outputs[k] for k in outputs}
     else:
         loss = g.outputs[g.loss].producer if g.loss else None
-        if loss is None or loss.op not in PREDICTION_OF_LOSS:
+        opdef = REGISTRY[loss.op] if loss is not None else None
+        if opdef is None or Trait.LOSS not in opdef.traits:
             raise GraphcError(f"model {fwd.name} has no output to predict with: declare one with "
                               f"`output NAME = ...`")
-        g.outputs = {PREDICTION_OF_LOSS[loss.op]: loss.inputs[0]}
+        g.outputs = {opdef.operands[0]: loss.inputs[0]}
     g.loss, g.metrics, g.updates = None, (), []
     dce(g)
     read = {id(v) for n in g.nodes for v in n.inputs} | {id(v) for v in g.outputs.values()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from graphc.errors import GraphcError
-from graphc.ir.graph import Graph, TensorType
+from graphc.ir.graph import OPS, Builder, Graph, Node, TensorType, Value
 from graphc.ir.rewrite import rewrite
 
 
@@ -15,9 +15,8 @@ def bind(g: Graph, dims: dict[str, int], float_dtype: str | None = None) -> Grap
     def sub(x: Any) -> Any:
         if isinstance(x, str) and x in dims:
             return dims[x]
-        if isinstance(x, dict):  # a float `dtype` attribute follows the graph's float dtype
-            return {k: float_dtype if (k == "dtype" and float_dtype and v in ("f32", "f64")) else sub(v)
-                    for k, v in x.items()}
+        if isinstance(x, dict):
+            return {k: sub(v) for k, v in x.items()}
         if isinstance(x, (tuple, list)):
             return type(x)(sub(e) for e in x)
         return x
@@ -29,6 +28,13 @@ def bind(g: Graph, dims: dict[str, int], float_dtype: str | None = None) -> Grap
             raise GraphcError(f"dim {free[0]} is not bound (bound: {', '.join(sorted(dims)) or 'none'})")
         return TensorType(float_dtype if (float_dtype and t.is_float) else t.dtype, shape).check_size()
 
-    out = rewrite(g, leaf_type=leaf_type, attr_map=sub)
+    def rule(b: Builder, n: Node, args: list[Value], attrs: dict) -> Value | None:
+        """An op whose attribute names a float output dtype follows the graph's."""
+        key = OPS[n.op].dtype_attr
+        if float_dtype is None or key is None or attrs.get(key) not in ("f32", "f64"):
+            return None
+        return b.op(n.op, *args, name_out=n.out.name, **{**attrs, key: float_dtype})
+
+    out = rewrite(g, rule, leaf_type=leaf_type, attr_map=sub)
     out.dims.update(dims)
     return out

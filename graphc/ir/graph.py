@@ -163,6 +163,7 @@ class OpSpec(Protocol):
     nargs: int
     defaults: dict[str, Any]
     shape: Callable[[list[TensorType], dict], TensorType]
+    dtype_attr: str | None  # the attribute naming the output's float dtype, if any
 
     def attributes(self) -> tuple[list[str], set[str]]: ...
     def check_attributes(self, attrs: dict[str, Any]) -> None: ...

@@ -19,7 +19,7 @@ import numpy as np
 
 from graphc.ir.graph import TensorType
 from graphc.ops.lowering import Affine, Decompose, Elementwise
-from graphc.ops.registry import OpDef, float_type, is_int, register, require, show, sum_to
+from graphc.ops.registry import OpDef, Trait, float_type, is_int, register, require, show, sum_to
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -342,7 +342,8 @@ register(OpDef(
     "max_pool2d", 1, _pool_shape, _max_pool_vjp, _pool_ref(np.max, -np.inf),
     Decompose(lambda b, x, **attrs: _pool(b, x, attrs, "max", -math.inf)),
     _POOL, "x: T[N,C,H,W], kernel, stride=kernel, padding=0 -> T[N,C,OH,OW], the max of each patch "
-    "(padding never wins; the gradient goes to a patch's first max, as in PyTorch)"))
+    "(padding never wins; the gradient goes to a patch's first max, as in PyTorch)",
+    frozenset({Trait.WINDOW_MAX})))
 
 
 def _area(attrs) -> float:

@@ -7,7 +7,7 @@ import numpy as np
 
 from graphc.ir.graph import TensorType
 from graphc.ops.lowering import Elementwise
-from graphc.ops.registry import OpDef, broadcast_shapes, float_type, register, require, sum_to
+from graphc.ops.registry import OpDef, Trait, broadcast_shapes, float_type, register, require, sum_to
 
 
 def _unary_shape(ts: list[TensorType], attrs: dict) -> TensorType:
@@ -23,8 +23,9 @@ def _binary_shape(ts: list[TensorType], attrs: dict) -> TensorType:
     return TensorType(a.dtype, broadcast_shapes(a.shape, b.shape))
 
 
-def unary(name: str, vjp, ref, expr, doc: str = "x: T[s] -> T[s]", **defaults) -> None:
-    register(OpDef(name, 1, _unary_shape, vjp, ref, Elementwise(expr), defaults, doc))
+def unary(name: str, vjp, ref, expr, doc: str = "x: T[s] -> T[s]", traits: frozenset[Trait] = frozenset(),
+          **defaults) -> None:
+    register(OpDef(name, 1, _unary_shape, vjp, ref, Elementwise(expr), defaults, doc, traits))
 
 
 def binary(name: str, vjp, ref, expr, doc: str = "a: T[s], b: T[t] -> T[broadcast(s, t)]") -> None:
@@ -83,8 +84,9 @@ unary("tanh", lambda b, n, g: [b.mul(g, b.sub(1.0, b.mul(n.out, n.out)))], np.ta
 unary("sigmoid", lambda b, n, g: [b.mul(g, b.mul(n.out, b.sub(1.0, n.out)))],
       lambda x: 1 / (1 + np.exp(-x)),
       lambda s, x: s.div(s.const(1.0), s.add(s.const(1.0), s.exp(s.neg(x)))))
+# relu makes no ties the max did not have: a saturating activation (sigmoid, or tanh in float) does
 unary("relu", lambda b, n, g: [b.mul(g, b.gt(n.out, 0.0))], lambda x: np.maximum(x, 0),
-      lambda s, x: s.max(x, s.const(0.0)))
+      lambda s, x: s.max(x, s.const(0.0)), traits=frozenset({Trait.ORDER_PRESERVING}))
 unary("leaky_relu",
       lambda b, n, g: [b.mul(g, b.add(b.mul(b.gt(n.inputs[0], 0.0), 1.0 - n.attrs["alpha"]),
                                       n.attrs["alpha"]))],

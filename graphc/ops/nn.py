@@ -10,7 +10,7 @@ import numpy as np
 
 from graphc.ir.graph import TensorType
 from graphc.ops.lowering import Decompose
-from graphc.ops.registry import OpDef, float_type, norm_axes, register, require
+from graphc.ops.registry import OpDef, Trait, float_type, norm_axes, register, require
 
 
 def _same(ts, attrs):
@@ -58,6 +58,11 @@ def _labels_shape(ts, attrs):
     return TensorType(x.dtype, ())
 
 
+def _classes(ts, attrs):
+    """Labels index the logits' last axis."""
+    return {1: ts[0].shape[-1]}
+
+
 def _onehot_like(b, x, y):
     return b.onehot(y, n=x.shape[1], dtype=x.dtype)
 
@@ -69,7 +74,8 @@ register(OpDef(
     lambda x, y: -np.mean(_np_log_softmax(x, -1)[np.arange(len(y)), y]),
     Decompose(lambda b, x, y: b.mul(b.sum(b.mul(_onehot_like(b, x, y), b.log_softmax(x, axis=-1))),
                                     -1.0 / x.shape[0])),
-    {}, "logits: T[n,c], labels: i32[n] -> T[], mean of -log softmax(logits)[label]"))
+    {}, "logits: T[n,c], labels: i32[n] -> T[], mean of -log softmax(logits)[label]",
+    traits=frozenset({Trait.LOSS}), operands=("logits", "labels"), indices=_classes))
 
 register(OpDef(
     "accuracy", 2, _labels_shape, None,
@@ -77,7 +83,7 @@ register(OpDef(
     Decompose(lambda b, x, y: b.mean(b.eq(b.sum(b.mul(_onehot_like(b, x, y), x), axes=-1),
                                           b.max(x, axes=-1)))),
     {}, "logits: T[n,c], labels: i32[n] -> T[], fraction where the label's logit is the max "
-        "(no gradient)"))
+        "(no gradient)", operands=("logits", "labels"), indices=_classes))
 
 
 def _mse_shape(ts, attrs):
@@ -97,4 +103,5 @@ register(OpDef(
     "mse", 2, _mse_shape, _mse_vjp,
     lambda p, t: np.mean((p - t) ** 2),
     Decompose(lambda b, p, t: b.mean(b.mul(b.sub(p, t), b.sub(p, t)))),
-    {}, "prediction: T[s], target: T[s] -> T[], mean squared difference"))
+    {}, "prediction: T[s], target: T[s] -> T[], mean squared difference",
+    traits=frozenset({Trait.LOSS}), operands=("prediction", "target")))

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable, cast
 
-from graphc.ir.graph import OPS, Builder, Dim, Node, ShapeError, TensorType, Value
+from graphc.ir.graph import OPS, Builder, Dim, Graph, Node, ShapeError, TensorType, Value
 from graphc.ops.lowering import Decompose, Lowered, Lowering
 
 
 ShapeRule = Callable[[list[TensorType], dict], TensorType]
 Vjp = Callable[[Builder, Node, Value], list["Value | None"]]
+
+
+class Trait(Enum):
+    """What passes and the runtime may rely on about an op, instead of knowing it by name."""
+
+    ORDER_PRESERVING = "order-preserving"  # elementwise, non-decreasing, no new ties: f(max x) = max f(x)
+    WINDOW_MAX = "window-max"              # the max of each window (gradient to its first max)
+    LOSS = "loss"                          # its first operand is the model's prediction
+
+
+# operand index -> the bound its integer values must stay below (labels below the class count)
+IndexBounds = Callable[[list[TensorType], dict], dict[int, Dim]]
 
 
 @dataclass(frozen=True)
@@ -24,6 +37,10 @@ class OpDef:
     lower: Lowering
     defaults: dict[str, Any] = field(default_factory=dict)
     doc: str = ""              # the shape rule in words, for the language page
+    traits: frozenset[Trait] = frozenset()
+    operands: tuple[str, ...] = ()        # the operands' names, where they are shown (a loss's prediction)
+    indices: IndexBounds | None = None    # integer operands that index something, and their bounds
+    dtype_attr: str | None = None         # the attribute naming the output's float dtype
 
     def attributes(self) -> tuple[list[str], set[str]]:
         """The op's attribute names and the required ones (those without a default).
@@ -63,6 +80,16 @@ def lowered(n: Node) -> Lowered:
     if isinstance(rule, Decompose):
         raise ValueError(f"{n.op} is decomposed before it is lowered")
     return rule.at(n)
+
+
+def index_bound(g: Graph, v: Value) -> Dim | None:
+    """The bound the integer values of `v` must stay below, as the ops reading it declare (the
+    smallest, if several do): labels below the class count, token ids below the table's rows."""
+    bounds = [bound for n in g.nodes if REGISTRY[n.op].indices
+              for i, bound in REGISTRY[n.op].indices([x.type for x in n.inputs], n.attrs).items()
+              if n.inputs[i] is v]
+    known = [b for b in bounds if isinstance(b, int)]
+    return min(known) if known else bounds[0] if bounds else None
 
 
 def register(opdef: OpDef) -> OpDef:

@@ -211,4 +211,5 @@ register(OpDef(
     lambda y, n, dtype: (y[..., None] == np.arange(n)).astype({"f32": np.float32, "f64": np.float64}[dtype]),
     Elementwise(lambda s, y, n, dtype: s.eq(s.to_float(y), s.index(-1)),
                 lambda ts, out, attrs: [tuple(range(ts[0].rank))]),
-    {"dtype": "f32"}, "y: i32[s], n -> T[s, n], 1 at each label (no gradient)"))
+    {"dtype": "f32"}, "y: i32[s], n -> T[s, n], 1 at each label (no gradient)",
+    indices=lambda ts, attrs: {0: attrs["n"]}, dtype_attr="dtype"))
