@@ -38,14 +38,14 @@ def _both(b, n, ga, gb):
 
 
 binary("add", lambda b, n, g: _both(b, n, lambda: g, lambda: g),
-       np.add, lambda s, x, y: s.add(x, y))
+       np.add, lambda s, x, y: s.add(x, y), "a: T[s], b: T[t] -> T[broadcast(s, t)] (infix `a + b`)")
 binary("sub", lambda b, n, g: _both(b, n, lambda: g, lambda: b.neg(g)),
-       np.subtract, lambda s, x, y: s.sub(x, y))
+       np.subtract, lambda s, x, y: s.sub(x, y), "a: T[s], b: T[t] -> T[broadcast(s, t)] (infix `a - b`)")
 binary("mul", lambda b, n, g: _both(b, n, lambda: b.mul(g, n.inputs[1]), lambda: b.mul(g, n.inputs[0])),
-       np.multiply, lambda s, x, y: s.mul(x, y))
+       np.multiply, lambda s, x, y: s.mul(x, y), "a: T[s], b: T[t] -> T[broadcast(s, t)] (infix `a * b`)")
 binary("div", lambda b, n, g: _both(b, n, lambda: b.div(g, n.inputs[1]),
                                     lambda: b.neg(b.div(b.mul(g, n.out), n.inputs[1]))),
-       np.divide, lambda s, x, y: s.div(x, y))
+       np.divide, lambda s, x, y: s.div(x, y), "a: T[s], b: T[t] -> T[broadcast(s, t)] (infix `a / b`)")
 binary("pow", lambda b, n, g: _both(
            b, n, lambda: b.mul(g, b.mul(n.inputs[1], b.pow(n.inputs[0], b.sub(n.inputs[1], 1.0)))),
            lambda: b.mul(g, b.mul(n.out, b.log(n.inputs[0])))),
@@ -71,7 +71,7 @@ binary("gt", None, lambda x, y: (x > y).astype(x.dtype), lambda s, x, y: s.gt(x,
 binary("eq", None, lambda x, y: (x == y).astype(x.dtype), lambda s, x, y: s.eq(x, y),
        "a: T[s], b: T[t] -> T[broadcast(s, t)], 1 where a == b else 0 (no gradient)")
 
-unary("neg", lambda b, n, g: [b.neg(g)], np.negative, lambda s, x: s.neg(x))
+unary("neg", lambda b, n, g: [b.neg(g)], np.negative, lambda s, x: s.neg(x), "x: T[s] -> T[s] (prefix `-x`)")
 unary("exp", lambda b, n, g: [b.mul(g, n.out)], np.exp, lambda s, x: s.exp(x))
 unary("log", lambda b, n, g: [b.div(g, n.inputs[0])], np.log, lambda s, x: s.log(x))
 unary("sqrt", lambda b, n, g: [b.div(b.mul(g, 0.5), n.out)], np.sqrt, lambda s, x: s.sqrt(x))
