@@ -8,11 +8,8 @@ quarter of float32's size) and write float32(byte) / divisor, widened for f64, w
 data.py makes float features from the same bytes. An index outside a source's rows is not read:
 it sets *fault and leaves that row as it was.
 
-A batch of random MNIST rows is latency-bound, not bandwidth-bound: each row starts a fresh DRAM
-page, and np.take measured 105 us for 128 float rows, four times a contiguous copy of the same
-bytes. Two threads, each prefetching a few rows ahead of the one it copies, measured 44-50 us for
-the float rows, with another 7-11 us for the labels' np.take; from the rows' bytes, labels in the
-same call, 15-17 us (mlp.net's epoch loop).
+A batch of random rows is latency-bound, not bandwidth-bound (each row starts a fresh DRAM page),
+so each thread prefetches a few rows ahead of the one it copies (docs/perf.md has the figures).
 """
 
 from __future__ import annotations

@@ -457,9 +457,7 @@ class _Gen:
         vt = self.vec(L)
         hsum = self.intrinsic(f"llvm.vector.reduce.fadd.{self.suffix(L)}", self.t, [self.t, vt])
         # K blocks of KC, whose rows of A and B stay in L2 (a long K's would stream from L3 once per
-        # tile); in a block, each MR rows of A (in L1) meet every NR rows of B. Single-threaded,
-        # L2 flushed: 16x150 over K 6400 67 -> 88 GFLOP/s, 6x25 over 50176 62 -> 78 (B rows in L1,
-        # A's streaming, unblocked, before).
+        # tile); in a block, each MR rows of A (in L1) meet every NR rows of B (docs/perf.md)
         with self.k_blocks(b, K, blk.kc, "kb") as kb:
             kn = self.min(b, b.sub(K, kb), blk.kc)
             full_k = b.mul(b.sdiv(kn, _I64(L)), _I64(L))

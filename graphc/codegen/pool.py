@@ -31,8 +31,8 @@ FUTEX_WAIT, FUTEX_WAKE = 128, 129  # private futexes (the system call's number i
 
 def flush_denormals(b: ir.IRBuilder, target: Target) -> ir.Value | None:
     """Set flush-to-zero on this thread; returns the old control register to restore, or None on a
-    target without one. Denormal gradients late in training otherwise slow every float op ~3x
-    (measured at batch 8)."""
+    target without one: denormal gradients late in training otherwise slow every float op
+    (docs/perf.md)."""
     c = target.platform.fp_control
     if c is None:
         return None
