@@ -28,8 +28,10 @@ from graphc.errors import DataError, GraphcError
 from graphc.frontend import load_source
 from graphc.runtime import checkpoint, trainer
 from graphc.runtime import data as data_module
+from graphc.runtime.artifacts import SHARED_SUFFIX, write_artifacts
 from graphc.runtime.checkpoint import CHECKPOINT
 from graphc.runtime.trainer import train
+from test_capi import Library as CLibrary, needs_cc
 from test_faults import digits, options  # noqa: F401 (digits is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -669,3 +671,35 @@ def test_devices_and_directories_are_not_read(tmp_path):
     for path, kind in (("/dev/zero", "a device"), (tmp_path, "a directory")):
         with pytest.raises(GraphcError, match=f"is {kind}, not a regular file"):
             driver.load(path)
+
+
+# --- the C library (issue 17, item 9) --------------------------------------------------------------
+
+@needs_cc
+def test_c_library_refuses_labels_out_of_range_and_null_contexts(tmp_path):
+    (tmp_path / "m.net").write_text("net m\ndim B\ninput x : f32[B, 3]\ninput y : i32[B]\n"
+                                    "param W : f32[3, 4] = normal(std=1)\n"
+                                    "loss = softmax_cross_entropy(x @ W, y)\noutput p = x @ W\n")
+    write_artifacts(driver.load(tmp_path / "m.net"), tmp_path, batch=2, threads=1)
+    lib = CLibrary(tmp_path / f"libm{SHARED_SUFFIX}", "m")
+    header = (tmp_path / "m.h").read_text()
+    assert "GRAPHC_ERANGE = -2" in header and "values 0..3, checked by each step" in header
+    assert "destroyed twice" in header
+    ctx, loss = lib.create(0), ctypes.c_double(7.0)
+    try:
+        x, w = np.ones((2, 3), np.float32), np.empty((3, 4), np.float32)
+        assert lib.set_input(ctx, b"x", x.ctypes.data) == 0 and lib.get_param(ctx, b"W", w.ctypes.data) == 0
+        for labels in ([0, 4], [-1, 0]):
+            y = np.array(labels, np.int32)
+            assert lib.set_input(ctx, b"y", y.ctypes.data) == 0
+            assert lib.train_step(ctx, ctypes.byref(loss)) == -2 and loss.value == 7.0  # GRAPHC_ERANGE
+        assert np.array_equal(lib.get(ctx, "W", w), w)  # nothing ran
+        assert lib.set_input(ctx, b"y", np.array([0, 3], np.int32).ctypes.data) == 0
+        assert lib.train_step(ctx, ctypes.byref(loss)) == 0 and loss.value > 0
+        assert lib.infer(ctx) == 0 and lib.set_lr(ctx, float("nan")) == -1
+    finally:
+        lib.destroy(ctx)
+    assert (lib.train_step(None, None), lib.infer(None), lib.set_lr(None, 0.1)) == (-1, -1, -1)
+    assert (lib.set_input(None, b"x", x.ctypes.data), lib.get_param(None, b"W", w.ctypes.data)) == (-1, -1)
+    assert lib.input(None, b"x") is None and lib.output(None, b"p") is None
+    lib.destroy(None)

@@ -148,7 +148,9 @@ int main(int argc, char **argv) {
         double loss = 0.0, t0 = now();
         for (int64_t s = 0; s < steps; s++) {
             fill_batch(x, y, &xtr, &ytr, order + s * MLP_BATCH, MLP_BATCH);
-            loss += mlp_train_step(ctx);
+            double step_loss;
+            if (mlp_train_step(ctx, &step_loss) != GRAPHC_OK) die("mlp_train_step: a label is not 0..9", NULL);
+            loss += step_loss;
         }
         double seconds = now() - t0;
 
@@ -159,7 +161,7 @@ int main(int argc, char **argv) {
         for (int64_t s = 0; s < xte.n; s += MLP_BATCH) {
             int64_t count = xte.n - s < MLP_BATCH ? xte.n - s : MLP_BATCH;
             fill_batch(x, y, &xte, &yte, order + s, count);
-            mlp_infer(ctx);
+            if (mlp_infer(ctx) != GRAPHC_OK) die("mlp_infer failed", NULL);
             for (int64_t r = 0; r < count; r++) {
                 const float *z = logits + r * 10;
                 int best = 0;

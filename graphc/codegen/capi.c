@@ -30,10 +30,18 @@ typedef struct gc_buffer {
     double a, b;    /* GC_FILL: value; GC_NORMAL: mean, std; GC_UNIFORM: low, high */
 } gc_buffer;
 
+/* An integer input a step indexes with (labels): every value must lie in [0, bound). */
+typedef struct gc_check {
+    int input; /* in gc_model.inputs */
+    int64_t bound;
+} gc_check;
+
 typedef struct gc_step {
     void (*entry)(void **table);
     int nslots;
     const int *slots; /* a buffer index, or GC_SLOT_* */
+    int nchecks;
+    const gc_check *checks;
 } gc_step;
 
 typedef struct gc_names {
@@ -218,44 +226,61 @@ static void gc_point(gc_ctx *c, int b, void *p) {
     gc_tables(c);
 }
 
+/* Every exported function that takes a context checks it for NULL (the cheap misuse to catch). */
 static int gc_copy_in(gc_ctx *c, const gc_names *names, const char *name, const void *data) {
     int i = gc_find(names, name);
-    if (i < 0 || !data) return -1;
+    if (!c || i < 0 || !data) return GRAPHC_EINVAL;
     int b = names->buffer[i];
     gc_point(c, b, c->own[b]);
     memcpy(c->own[b], data, (size_t)gc_bytes(&names->info[i]));
-    return 0;
+    return GRAPHC_OK;
 }
 
 static int gc_copy_out(gc_ctx *c, const gc_names *names, const char *name, void *out) {
     int i = gc_find(names, name);
-    if (i < 0 || !out) return -1;
+    if (!c || i < 0 || !out) return GRAPHC_EINVAL;
     memcpy(out, c->buf[names->buffer[i]], (size_t)gc_bytes(&names->info[i]));
-    return 0;
+    return GRAPHC_OK;
 }
 
 static int gc_bind(gc_ctx *c, const char *name, void *data) {
-    int i = gc_find(&c->m->inputs, name);
-    if (i < 0) return -1;
+    int i = c ? gc_find(&c->m->inputs, name) : -1;
+    if (i < 0) return GRAPHC_EINVAL;
     int b = c->m->inputs.buffer[i];
     gc_point(c, b, data ? data : c->own[b]);
-    return 0;
+    return GRAPHC_OK;
 }
 
 static void *gc_lookup(gc_ctx *c, const gc_names *names, const char *name) {
     int i = gc_find(names, name);
-    return i < 0 ? NULL : c->buf[names->buffer[i]];
+    return !c || i < 0 ? NULL : c->buf[names->buffer[i]];
 }
 
-static void gc_set_lr(gc_ctx *c, double lr) {
+static int gc_set_lr(gc_ctx *c, double lr) {
+    if (!c || !isfinite(lr)) return GRAPHC_EINVAL;
     gc_store(c->own[c->m->lr_buffer], c->m->buffers[c->m->lr_buffer].dtype, 0, lr);
+    return GRAPHC_OK;
 }
 
-static double gc_train_step(gc_ctx *c) {
-    c->m->steps[GC_TRAIN].entry(c->tables[GC_TRAIN]);
-    return gc_load(c->buf[c->m->loss_buffer], c->m->buffers[c->m->loss_buffer].dtype);
+/* Runs step s if the integer inputs it indexes with are in range: the generated code trusts them
+ * (a label past the classes matches none: a loss of -0 and wrong gradients, no error). */
+static int gc_run(gc_ctx *c, int s) {
+    if (!c) return GRAPHC_EINVAL;
+    const gc_step *st = &c->m->steps[s];
+    const gc_names *in = &c->m->inputs;
+    for (int k = 0; k < st->nchecks; k++) {
+        int i = st->checks[k].input;
+        const int32_t *v = c->buf[in->buffer[i]];
+        for (int64_t j = 0; j < in->info[i].size; j++)
+            if (v[j] < 0 || v[j] >= st->checks[k].bound) return GRAPHC_ERANGE;
+    }
+    st->entry(c->tables[s]);
+    return GRAPHC_OK;
 }
 
-static void gc_infer(gc_ctx *c) {
-    c->m->steps[GC_INFER].entry(c->tables[GC_INFER]);
+static int gc_train_step(gc_ctx *c, double *loss) {
+    int status = gc_run(c, GC_TRAIN);
+    if (status == GRAPHC_OK && loss)
+        *loss = gc_load(c->buf[c->m->loss_buffer], c->m->buffers[c->m->loss_buffer].dtype);
+    return status;
 }
