@@ -123,7 +123,15 @@ def _compile(a) -> None:
     from graphc import driver
     prog = driver.load(a.model)
     out = Path(a.output or Path(a.model).stem + ".graphc")
-    for line in write_artifacts(prog, out, a.batch, a.threads):
+    try:  # now, not after compiling; with its parents, as the user named it
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GraphcError(f"-o {out}: cannot make a directory there ({e.strerror})") from None
+    try:
+        lines = write_artifacts(prog, out, a.batch, a.threads)
+    except OSError as e:
+        raise GraphcError(f"cannot write {e.filename or out}: {e.strerror or e}") from None
+    for line in lines:
         print(line)
 
 
@@ -178,6 +186,9 @@ def _train(a) -> None:
     prog = driver.load(a.model)
     opts = _opts(a, prog)
     plots = [Path(a.plot)] + ([opts.out / Path(a.plot).name] if opts.out else []) if a.plot else []
+    for flag, path in (("--log", opts.log), ("--plot", Path(a.plot) if a.plot else None)):
+        if path:
+            _check_output(flag, path, opts.out)
     if plots:
         from graphc.runtime.plot import check_plot_path, write_curves
         check_plot_path(plots[0])  # before training, not after it
@@ -241,6 +252,17 @@ def _cache(a) -> None:
     else:
         directory, count, size = cache.usage()
         print(f"{directory}: {count} entries, {size} bytes (limit {cache.max_bytes()}, GRAPHC_CACHE_MAX_BYTES)")
+
+
+def _check_output(flag: str, path: Path, out: Path | None) -> None:
+    """Refuse now a file that training could not write at its end: a directory, or one in a
+    directory that does not exist (other than `out`, which training makes). Nothing is created."""
+    if path.is_dir():
+        raise GraphcError(f"{flag} {path}: is a directory; name a file")
+    parent = path.parent
+    if not parent.is_dir() and not (out and parent.resolve() == out.resolve()):
+        why = "is not a directory" if parent.exists() else "does not exist"
+        raise GraphcError(f"{flag} {path}: {parent} {why}")
 
 
 def _source(e: GraphcError) -> str | None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from graphc.autodiff.step import gradient_graph
 from graphc.driver import batch_dim, compile_graph, forward
+from graphc.errors import DataError
 from graphc.frontend import Program
 from graphc.ir.graph import Graph
 from graphc.ops.registry import index_bound
@@ -31,6 +32,9 @@ def _feeds(prog: Program, g: Graph, batch: int, seed: int) -> dict[str, np.ndarr
         from graphc.runtime.data import load_dataset
         from graphc.runtime.trainer import data_inputs, fit_features
         data = load_dataset(prog.train.data)
+        if batch > len(data.y_train):
+            raise DataError(f"{data.name}: {len(data.y_train)} training samples, fewer than the batch "
+                            f"of {batch} to check")
         xin, yin = data_inputs(prog.graph)
         feeds[xin.value.name] = fit_features(data.features(data.raw_train[:batch]), xin, data.name).astype(np.float64)
         feeds[yin.value.name] = data.y_train[:batch]

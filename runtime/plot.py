@@ -62,8 +62,7 @@ def write_curves(history: list[dict], paths: list[Path], title: str) -> None:
         raise GraphcError("no epochs to plot")
     figure = curves(history, title)
     for path in paths:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # into an existing directory: the CLI checked it before training
             figure.savefig(path)
         except OSError as e:
             raise GraphcError(f"cannot write {path}: {e.strerror or e}") from None

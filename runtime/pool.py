@@ -17,6 +17,7 @@ import threading
 from graphc.codegen.jit import compile_host
 from graphc.codegen.pool import build_pool, state_bytes
 from graphc.codegen.target import host_target
+from graphc.errors import GraphcError
 
 
 class Pool:
@@ -48,7 +49,13 @@ MAX_THREADS = 8  # the most threads a step is split across
 
 
 def default_threads() -> int:
-    return int(os.environ.get("GRAPHC_THREADS") or os.cpu_count() or 1)
+    """$GRAPHC_THREADS, else the machine's cores."""
+    text = os.environ.get("GRAPHC_THREADS", "").strip()
+    if not text:
+        return os.cpu_count() or 1
+    if not text.isdigit() or int(text) < 1:
+        raise GraphcError(f"GRAPHC_THREADS={text!r}: expected a whole number of threads, at least 1")
+    return int(text)
 
 
 def thread_count(threads: int | None = None) -> int:

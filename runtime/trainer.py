@@ -266,7 +266,10 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
     rollback = Rollback({**run.params, **run.state}) if opt.on_nonfinite == "skip" else None
     every = opt.checkpoint_every or 0
     history = []
-    log = open(opt.log, "a") if opt.log else None
+    try:  # unbuffered: a failed write (a full disk) is reported once, where it happens
+        log = open(opt.log, "ab", buffering=0) if opt.log else None
+    except OSError as e:
+        raise GraphcError(f"cannot open the log {opt.log}: {e.strerror}") from None
     try:
         with _interrupts() as interrupted:
             while run.epoch <= opt.epochs:
@@ -309,8 +312,10 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                     f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()
                     if k != "epoch"))
                 if log:
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
+                    try:
+                        log.write(json.dumps(rec).encode() + b"\n")
+                    except OSError as e:  # a full disk: with --out, the epoch is checkpointed already
+                        raise GraphcError(f"cannot write the log {opt.log}: {e.strerror}") from None
                 if interrupted() and run.epoch <= opt.epochs:
                     raise saves.stopped()
     finally:

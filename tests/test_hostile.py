@@ -703,3 +703,55 @@ def test_c_library_refuses_labels_out_of_range_and_null_contexts(tmp_path):
     assert (lib.set_input(None, b"x", x.ctypes.data), lib.get_param(None, b"W", w.ctypes.data)) == (-1, -1)
     assert lib.input(None, b"x") is None and lib.output(None, b"p") is None
     lib.destroy(None)
+
+
+# --- output paths and settings (issue 17, item 10) ------------------------------------------------
+
+def _fails(capsys, argv: list[str], message: str) -> None:
+    """`graphc argv` ends with exit 2 and one line: `error: message`."""
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def _train_digits(*args: str) -> list[str]:
+    return ["train", str(ROOT / "models/digits.net"), "--epochs", "1", "--no-progress", *args]
+
+
+def test_log_and_plot_outside_existing_directories_are_refused_before_training(tmp_path, capsys):
+    missing = tmp_path / "no" / "dir"
+    _fails(capsys, _train_digits("--log", str(missing / "log.jsonl")),
+           f"--log {missing / 'log.jsonl'}: {missing} does not exist")
+    _fails(capsys, _train_digits("--log", str(tmp_path)), f"--log {tmp_path}: is a directory; name a file")
+    _fails(capsys, _train_digits("--plot", str(missing / "p.png")),
+           f"--plot {missing / 'p.png'}: {missing} does not exist")  # root once made /nonexistent
+    assert not (tmp_path / "no").exists()
+
+
+def test_log_into_a_fresh_out_directory_and_on_a_full_disk(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(_train_digits("--out", str(out), "--log", str(out / "log.jsonl"))) == 0
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full to fill")
+    assert cli.main(_train_digits("--log", "/dev/full")) == 2
+    assert capsys.readouterr().err == "error: cannot write the log /dev/full: No space left on device\n"
+
+
+def test_compile_into_an_unusable_directory_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    for out in ("/dev/null", str(tmp_path / "file" / "sub")):
+        assert cli.main(["compile", str(ROOT / "models/apples.net"), "-o", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: -o {out}: cannot make a directory there (") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2"])
+def test_bad_graphc_threads_is_one_line(monkeypatch, capsys, value):
+    monkeypatch.setenv("GRAPHC_THREADS", value)
+    _fails(capsys, ["grad", str(ROOT / "models/apples.net")],
+           f"GRAPHC_THREADS={value!r}: expected a whole number of threads, at least 1")
+
+
+def test_check_batch_larger_than_the_data_is_one_line(capsys):
+    _fails(capsys, ["check", str(ROOT / "models/digits.net"), "--batch", "5000"],
+           "digits: 1438 training samples, fewer than the batch of 5000 to check")
