@@ -35,8 +35,11 @@ def test_without_metrics_only_the_loss_is_drawn():
 
 
 def test_formats_and_missing_matplotlib(tmp_path, monkeypatch):
-    write_curves(HISTORY, [tmp_path / "sub" / "c.svg"], "m")
-    assert "<svg" in (tmp_path / "sub" / "c.svg").read_text()
+    write_curves(HISTORY, [tmp_path / "c.svg"], "m")
+    assert "<svg" in (tmp_path / "c.svg").read_text()
+    with pytest.raises(GraphcError, match="sub/c.svg: No such file or directory"):
+        write_curves(HISTORY, [tmp_path / "sub" / "c.svg"], "m")  # no parents made
+    assert not (tmp_path / "sub").exists()
     with pytest.raises(GraphcError, match=r"unknown picture format '\.txt'"):
         check_plot_path(tmp_path / "c.txt")
     real_import = builtins.__import__
