@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from typing import Callable
 
 import numpy as np
 
@@ -17,7 +18,8 @@ from graphc.codegen.feed import KINDS, build_feed
 from graphc.codegen.jit import Native, compile_host
 from graphc.codegen.module import scratch_bytes, table_slots
 from graphc.codegen.target import Target
-from graphc.ir.graph import NP_DTYPES, Param, Value
+from graphc.errors import GraphcError
+from graphc.ir.graph import DTYPES, NP_DTYPES, Param, Value
 from graphc.passes.pipeline import Schedule
 from graphc.runtime.init import init_params
 from graphc.runtime.pool import Pool
@@ -25,6 +27,7 @@ from graphc.runtime.pool import Pool
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p))
 _RUN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 _TASK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+EXTERN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32)  # module.EXTERN_FN
 
 
 class _Source(ctypes.Structure):
@@ -52,6 +55,10 @@ def _feed_task() -> tuple[Native, int]:
 
 class BoundsError(RuntimeError):
     """A bounds-checked step caught a kernel indexing outside its buffers: a compiler bug."""
+
+
+class IndexFault(GraphcError, IndexError):
+    """A step met an index from data outside the rows it picks (a gather's, a scatter's)."""
 
 
 def aligned(shape: tuple[int, ...], dtype: type, align: int = 64) -> np.ndarray:
@@ -112,13 +119,18 @@ class Step:
         self._scratch = aligned((max(scratch_bytes(sched, target, threads), 1),), np.uint8)
         # a profiling build adds each kernel's cycles to this array (one entry per scheduled kernel)
         self.cycles = np.zeros(len(sched.kernels), np.int64) if profile else None
-        # a bounds-checked build writes the index + 1 of a kernel that tried an out-of-range access
-        self.fault = np.zeros(1, np.int64) if check_bounds else None
+        names = table_slots(sched, threads, profile, check_bounds)
+        # the first bad index a kernel met: kernel + 1, site, index, bound (codegen.kernels.Fault)
+        self.fault = np.zeros(4, np.int64) if "fault" in names else None
         extra = {"scratch": self._scratch.ctypes.data,
                  "pool_run": pool and pool.run_address, "pool": pool and pool.state_address,
-                 "cycles": profile and self.cycles.ctypes.data, "fault": check_bounds and self.fault.ctypes.data}
-        slots = [a.ctypes.data for a in buffers] + [extra[n] for n in table_slots(threads, profile, check_bounds)]
+                 "cycles": profile and self.cycles.ctypes.data, "fault": self.fault is not None and self.fault.ctypes.data}
+        slots = [a.ctypes.data for a in buffers] + [extra.get(n) for n in names]
         self._table = (ctypes.c_void_p * len(slots))(*slots)
+        # extern_call slot -> its table index and the bound function (kept alive here)
+        self._externs = {n.removeprefix("extern:"): [len(buffers) + i, None]
+                         for i, n in enumerate(names) if n.startswith("extern:")}
+        self._callback_error: BaseException | None = None
         self._fn = _ENTRY(native.address(entry))
         self._run = pool and _RUN(pool.run_address)
 
@@ -126,12 +138,49 @@ class Step:
         """Copy `feeds` into the input buffers, run the step once, return the outputs (views)."""
         for name, x in feeds.items():
             np.copyto(self.inputs[name], x, casting="same_kind")
+        unbound = [slot for slot, (_, fn) in self._externs.items() if fn is None]
+        if unbound:
+            raise RuntimeError(f"extern_call slot {unbound[0]} has no function: step.bind_extern"
+                               f"({unbound[0]!r}, fn) first")
         self._fn(self._table)
+        if self._callback_error is not None:
+            error, self._callback_error = self._callback_error, None
+            raise error
         if self.fault is not None and self.fault[0]:
-            k = self.schedule.kernels[int(self.fault[0]) - 1]
-            raise BoundsError(f"bounds check failed: kernel {int(self.fault[0]) - 1} ({k.name}, "
-                              f"{' '.join(n.op for n in k.nodes)}) indexed outside a buffer")
+            kernel, site, index, bound = (int(x) for x in self.fault)
+            self.fault[:] = 0
+            k = self.schedule.kernels[kernel - 1]
+            if site:
+                n = k.nodes[site - 1]
+                raise IndexFault(f"{n.op}: index {index} out of range [0, {bound})", n.loc)
+            raise BoundsError(f"bounds check failed: kernel {kernel - 1} ({k.name}, "
+                              f"{' '.join(n.op for n in k.nodes)}) indexed outside a buffer "
+                              f"(element {index} of {bound})")
         return self.outputs
+
+    @property
+    def extern_slots(self) -> tuple[str, ...]:
+        """The slots of the step's extern_call nodes, each to be bound before it runs."""
+        return tuple(self._externs)
+
+    def bind_extern(self, slot: str, fn: Callable[[np.ndarray], None] | ctypes._CFuncPtr) -> None:
+        """Bind the function `extern_call(x, slot=...)` calls during the step: a C function
+        void(void *data, int64_t count, int32_t dtype) as a ctypes function pointer (dtype: the
+        index of f32, f64, i32), or a Python callable given the values as a flat NumPy array to
+        update in place (an exception it raises is raised by `run`)."""
+        if slot not in self._externs:
+            raise KeyError(f"no extern_call slot {slot} (slots: {', '.join(self._externs) or 'none'})")
+        if not isinstance(fn, ctypes._CFuncPtr):
+            fn = EXTERN(functools.partial(self._callback, fn))
+        self._externs[slot][1] = fn
+        self._table[self._externs[slot][0]] = ctypes.cast(fn, ctypes.c_void_p).value
+
+    def _callback(self, fn: Callable[[np.ndarray], None], data: int, count: int, dtype: int) -> None:
+        try:
+            fn(np.ctypeslib.as_array((np.ctypeslib.as_ctypes_type(NP_DTYPES[DTYPES[dtype]]) * count)
+                                     .from_address(data)))
+        except BaseException as e:  # ctypes would print and drop it
+            self._callback_error = e
 
     def feeder(self, **sources: np.ndarray | tuple[np.ndarray, float]) -> Feeder:
         """A Feeder that fills each named input with the rows a batch's indices pick from its source."""

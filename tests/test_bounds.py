@@ -18,7 +18,7 @@ from graphc.ops import REGISTRY
 from graphc.ops.lowering import Elementwise
 from graphc.runtime.init import init_params
 from graphc.runtime.step import BoundsError
-from test_ops import ALL, build, feeds_for, ref
+from test_ops import ALL, build, feeds_for, ref, run
 
 
 @pytest.mark.parametrize("model,batch", [("mlp", 3), ("lenet", 2), ("lcn", 2), ("cnn_bn", 2),
@@ -45,7 +45,7 @@ def test_ops_run_clean(name, i, case):
     g = bind(build(name, types, attrs), {}, "f64")
     if REGISTRY[name].vjp is not None:
         g = gradient_graph(g)
-    driver.compile_graph(g, check_bounds=True).step(**{f"x{j}": x for j, x in enumerate(xs)}, r=r)
+    run(driver.compile_graph(g, check_bounds=True).step, **{f"x{j}": x for j, x in enumerate(xs)}, r=r)
 
 
 def test_an_access_outside_a_buffer_is_caught(monkeypatch):

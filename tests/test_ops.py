@@ -53,6 +53,10 @@ CASES = {
     "iota": [((F(3, 5),), {"axis": 1}), ((F(2, 3, 4),), {"axis": 0})],
     # x, then the step counter (sampled like any float operand: the hash truncates it)
     "dropout": [((F(3, 5), F()), {"p": 0.3, "seed": 7}), ((F(2, 3, 4), F()), {})],
+    "gather": [((F(5, 3), I(4)), {}), ((F(6, 2, 3), I(2, 3)), {}), ((F(7), I(3, 2)), {})],
+    "scatter_add": [((F(4, 3), I(4)), {"rows": 5}), ((F(2, 3, 4), I(2, 3)), {"rows": 6}),
+                    ((F(3, 2), I(3, 2)), {"rows": 4})],
+    "extern_call": [((F(3, 5),), {"slot": "cb"})],
 }
 CASES["fold"].append(((F(3, 1, 1, 2, 4, 2),), {"size": (5, 4), "kernel": (2, 3)}))  # one value per patch
 CASES["fold_taps"] = CASES["fold"]
@@ -117,10 +121,18 @@ def build(name, types, attrs, loss="weighted"):
 def feeds_for(name, types, attrs, seed=0):
     rng = np.random.default_rng(seed)
     opdef = REGISTRY[name]
-    classes = types[0].shape[-1] if name in ("softmax_cross_entropy", "accuracy") else attrs.get("n", 5)
-    xs = [sample(t, rng, name, classes) for t in types]
+    bounds = opdef.indices(list(types), {**opdef.defaults, **attrs}) if opdef.indices else {}
+    xs = [sample(t, rng, name, bounds.get(j, 5)) for j, t in enumerate(types)]
     out_t = opdef.shape(list(types), {**opdef.defaults, **attrs})
     return xs, rng.normal(size=out_t.shape)
+
+
+def run(step, **feeds):
+    """Run a compiled step with its extern_call slots bound to callbacks that leave the values, as
+    the op's reference assumes."""
+    for slot in step.extern_slots:
+        step.bind_extern(slot, lambda values: None)
+    return step.run(**feeds)
 
 
 def ref(name, xs, attrs):
@@ -145,7 +157,7 @@ def test_compiled_kernel_matches_ref(name, i, case, dtype):
     xs, r = feeds_for(name, types, attrs)
     g = bind(build(name, types, attrs), {}, dtype)
     cast = [x.astype(NP_DTYPES[dtype] if t.is_float else np.int32) for x, t in zip(xs, types)]
-    out = compile_graph(g).step(**{f"x{j}": x for j, x in enumerate(cast)}, r=r)
+    out = run(compile_graph(g).step, **{f"x{j}": x for j, x in enumerate(cast)}, r=r)
     want = ref(name, cast, attrs)
     tol = 2e-5 if dtype == "f32" else 1e-12
     np.testing.assert_allclose(out["y"], want, rtol=tol, atol=tol)
@@ -161,7 +173,7 @@ def test_vjp_matches_numerical_gradient(name, i, case, loss):
     xs, r = feeds_for(name, types, attrs)
     g = gradient_graph(bind(build(name, types, attrs, loss), {}, "f64"))
     feeds = {f"x{j}": x for j, x in enumerate(xs)} | ({"r": r} if loss == "weighted" else {})
-    out = compile_graph(g, threads=1).step(**feeds)
+    out = run(compile_graph(g, threads=1).step, **feeds)
     f = lambda xp: float(LOSSES[loss][1](ref(name, xp, attrs), r))
     h = 1e-6
     for j, (x, t) in enumerate(zip(xs, types)):

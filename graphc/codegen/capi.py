@@ -134,12 +134,15 @@ def _table(ctx: _Context, sched: Schedule, inits: dict[str, Init], target: Targe
         else:
             v = leaves[buf.name]
             row.append(ctx.add(("leaf", buf.name), _Buffer(buf.name, v.dtype, nbytes(v), inits.get(buf.name))))
-    for slot in table_slots(threads):
+    for slot in table_slots(sched, threads):
         if slot == "scratch":
             row.append(ctx.add(("work", "scratch"),
                                _Buffer("scratch", "f32", scratch_bytes(sched, target, threads), None)))
-        else:
+        elif slot in _SLOT:
             row.append(slot)
+        else:  # the fault slot, an extern_call's function: the Python runtime's for now
+            raise GraphcError(f"the C library cannot yet hold a step that needs a {slot.split(':')[0]} slot "
+                              f"(gather, scatter_add, extern_call)")
     return row
 
 

@@ -1,8 +1,9 @@
-"""Loop nests for fused kernels: elementwise chains and reductions with their elementwise prologue.
+"""Loop nests for fused kernels: elementwise chains and reductions with their elementwise prologue,
+and scatter-adds.
 
-Per iteration every external operand is loaded first, the members' scalar expressions are computed
-in order, and stored values are written last, so an in-place update (W <- W - lr*dW) reads the old
-element before writing the new one.
+Per iteration every external operand is loaded first (a gathered row when the index it needs is
+known), the members' scalar expressions are computed in order, and stored values are written last,
+so an in-place update (W <- W - lr*dW) reads the old element before writing the new one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from llvmlite import ir
 
 from graphc.codegen.scalar import FTYPES, LLTYPES, LLVMScalar
 from graphc.ir.graph import Value
-from graphc.ops.lowering import Affine, Pointwise, ReduceKind, Reduction
+from graphc.ops.lowering import Affine, Indexed, Pointwise, ReduceKind, Reduction, Scatter
 from graphc.ops.registry import lowered
 from graphc.passes.fuse import Kernel, KernelKind, identity_access, input_maps
 
@@ -110,12 +111,34 @@ def offset(b: ir.IRBuilder, idx: list[ir.Value], coef: list[int]) -> ir.Value:
 
 
 def access(v: Value, m: tuple, rank: int) -> list[int]:
-    """Per iteration axis: the element stride of `v` along it (0 where v is broadcast)."""
+    """Per iteration axis: the element stride of `v` along it (0 where v is broadcast, or only
+    reached through an index read from data)."""
     coef = [0] * rank
     for axis, s in zip(m, strides(tuple(v.shape))):
-        if axis is not None:
+        if isinstance(axis, int):
             coef[axis] += s
     return coef
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Where a kernel reports a bad index: `ptr`, the step table's `fault` slot (four i64 words, see
+    `report`); `kernel`, its position in the schedule; `check_bounds`: every access is checked
+    (--check-bounds), not only those at indices read from data."""
+
+    ptr: ir.Value
+    kernel: int
+    check_bounds: bool = False
+
+    def report(self, b: ir.IRBuilder, site: int, index: ir.Value, bound: int) -> None:
+        """Record a bad index unless a fault is recorded already (the first wins, across threads):
+        kernel + 1, `site` (1 + the node's position in the kernel for an index read from data; 0
+        for an access outside a buffer), the index and the bound it broke."""
+        words = b.bitcast(self.ptr, I64.as_pointer())
+        first = b.cmpxchg(words, _i64(0), _i64(self.kernel + 1), "monotonic", "monotonic")
+        with b.if_then(b.extract_value(first, 1)):
+            for i, x in enumerate((_i64(site), index, _i64(bound)), 1):
+                b.store(x, b.gep(words, [_i64(i)]))
 
 
 def _affine(b: ir.IRBuilder, a: Affine, idx: list[ir.Value]) -> ir.Value:
@@ -276,6 +299,7 @@ def loops(k: Kernel, merge: bool = True) -> Loops:
     coefs, pinned, gathers = [strides(k.space)], set(), False
     for n in k.nodes:
         for v, m in zip(n.inputs, input_maps(n)):
+            gathers |= any(isinstance(a, Indexed) for a in m)  # its loads branch: nothing unrolled
             if any(isinstance(a, Affine) for a in m):
                 # computed indices keep their own loops
                 gathers = True
@@ -313,11 +337,12 @@ def loops(k: Kernel, merge: bool = True) -> Loops:
 
 
 def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], ranges: Ranges = (),
-                     fault: tuple[ir.Value, int] | None = None, merge: bool = True) -> None:
+                     fault: Fault | None = None, merge: bool = True) -> None:
     """The body of an elementwise or reduce kernel; `arg_of` maps stored/loaded values to pointers;
     `ranges` restricts the outermost loops of `loops(k, merge)` (a thread's share; for a reduction,
-    its kept loops). With `fault` = (pointer, kernel index), every access is bounds-checked: an
-    offset outside its value is not made, and index + 1 is written to *pointer."""
+    its kept loops). Rows read at indices from data are checked, reported to `fault` (which such a
+    kernel needs); with `fault.check_bounds` every access is: an offset outside its value is not
+    made, and reported."""
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     dtype = compute_dtype(k)
     members = set(k.nodes)
@@ -332,18 +357,33 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
     vector = True if unrolled and fault is None else None
     # a constant reads like any value of its shape: through its map, `fill` outside it
     gathered = {(v, m) for n in k.nodes for v, m in zip(n.inputs, maps[n]) if any(isinstance(a, Affine) for a in m)}
+    # read at a node's turn, once the index operands it needs are known
+    indexed = {(v, m) for n in k.nodes for v, m in zip(n.inputs, maps[n]) if any(isinstance(a, Indexed) for a in m)}
+    check = fault is not None and fault.check_bounds
     accesses = list(dict.fromkeys((a, size) for v, m in gathered for a, size in zip(m, v.shape)
                                   if isinstance(a, Affine)))
 
     def at(ptr: ir.Value, off: ir.Value, v: Value) -> ir.Value:
         """The address of element `off` of value `v` (checked against v's size in a bounds build)."""
-        if fault is None:
+        if not check:
             return b.gep(ptr, [off])
-        zero = ir.Constant(I64, 0)
-        ok = b.and_(b.icmp_signed(">=", off, zero), b.icmp_signed("<", off, ir.Constant(I64, math.prod(v.shape))))
+        zero, size = ir.Constant(I64, 0), math.prod(v.shape)
+        ok = b.icmp_unsigned("<", off, ir.Constant(I64, size))  # a negative offset is a huge one
         with b.if_then(b.not_(ok), likely=False):
-            b.store(ir.Constant(I64, fault[1] + 1), b.bitcast(fault[0], I64.as_pointer()))
+            fault.report(b, 0, off, size)
         return b.gep(ptr, [b.select(ok, off, zero)])
+
+    def row(v: Value, m: tuple, ops: list, site: int, idx: list[ir.Value]) -> ir.Value:
+        """`v` read through an `Indexed` map: each data index checked, row 0 read for a bad one."""
+        lin = offset(b, idx, lp.squash(access(v, m, rank)))
+        for a, size, stride in zip(m, v.shape, strides(tuple(v.shape))):
+            if isinstance(a, Indexed):
+                i = b.sext(ops[a.operand], I64)
+                ok = b.icmp_unsigned("<", i, ir.Constant(I64, size))
+                with b.if_then(b.not_(ok), likely=False):
+                    fault.report(b, site, i, size)
+                lin = b.add(lin, b.mul(b.select(ok, i, ir.Constant(I64, 0)), ir.Constant(I64, stride)))
+        return element(v, v.const) if v.const is not None else b.load(at(arg_of[v], lin, v))
 
     def body(idx: list[ir.Value], store_reduce: Callable | None, checked: bool) -> None:
         orig = lp.originals(b, idx, k.space)
@@ -352,7 +392,7 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
         for n in k.nodes:  # loads first
             for v, m in zip(n.inputs, maps[n]):
                 key = (v, m)
-                if key in loads or v.producer in members and identity_access(v, m, k.space):
+                if key in loads or key in indexed or v.producer in members and identity_access(v, m, k.space):
                     continue
                 if key in gathered:
                     fill = element(v, point[n].fill)
@@ -361,9 +401,20 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
                     loads[key] = gather(b, load, v, m, orig, fill, checked)
                 elif v.const is None:
                     loads[key] = b.load(at(arg_of[v], offset(b, idx, lp.squash(access(v, m, rank))), v))
-        for n in k.nodes:
-            ops = [loads[v, m] if (v, m) in loads else s.const(v.const) if v.const is not None else vals[v]
-                   for v, m in zip(n.inputs, maps[n])]
+
+        def operand(v: Value, m: tuple) -> ir.Value | None:
+            if (v, m) in indexed:
+                return None  # a row: read below, once the other operands are known
+            if (v, m) in loads:
+                return loads[v, m]
+            if v.const is not None:
+                return s.const(v.const) if v.type.is_float else element(v, v.const)
+            return vals[v]
+
+        for site, n in enumerate(k.nodes, 1):
+            ops = [operand(v, m) for v, m in zip(n.inputs, maps[n])]
+            ops = [row(v, m, ops, site, idx) if x is None else x
+                   for x, v, m in zip(ops, n.inputs, maps[n])]
             if n is red:
                 store_reduce(idx, ops[0])
             else:
@@ -460,3 +511,35 @@ def _reduce(b, k, lp, red, dtype, run, out_at, ranges, vectorize) -> None:
         run(lp.space[lp.kept:], oidx, lambda idx, x: b.store(combine(b.load(acc), x), acc))
         b.store(b.load(acc), out_at(offset(b, oidx, out_coef[:lp.kept])))
     nest(b, lp.space[:lp.kept], kept, ranges=ranges, vectorize=vectorize)
+
+
+def scatter(k: Kernel) -> Scatter:
+    """The scatter-add a scatter kernel is."""
+    d = lowered(k.nodes[0])
+    assert isinstance(d, Scatter), k.nodes[0].op
+    return d
+
+
+def emit_scatter(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], fault: Fault,
+                 cols: tuple[ir.Value, ir.Value] | None = None) -> None:
+    """The body of a scatter kernel over the columns [lo, hi) of `cols` (a thread's share; default
+    all): zero them in every row, then add each index position's values to its row, positions in
+    order. A bad index adds nothing and is reported to `fault`."""
+    d, n = scatter(k), k.nodes[0]
+    (g, idx), out = n.inputs, arg_of[n.out]
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    lo, hi = cols or (_i64(0), _i64(d.width))
+    at = lambda ptr, r, c: b.gep(ptr, [b.add(b.mul(r, _i64(d.width)), c)])
+    zero = element(n.out, 0.0)
+    for_range(b, d.rows, lambda r: for_range(b, hi, lambda c: b.store(zero, at(out, r, c)), lo))
+
+    def position(i: ir.Value) -> None:
+        r = b.sext(b.load(b.gep(arg_of[idx], [i])), I64)
+        with b.if_else(b.icmp_unsigned("<", r, _i64(d.rows))) as (good, bad):  # negative: huge
+            with good:
+                for_range(b, hi, lambda c: b.store(b.fadd(b.load(at(out, r, c)), b.load(at(arg_of[g], i, c))),
+                                                   at(out, r, c)), lo)
+            with bad:
+                fault.report(b, 1, r, d.rows)
+    for_range(b, d.positions, position)
+    b.ret_void()

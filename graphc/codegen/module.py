@@ -6,13 +6,17 @@ slots after the buffers are named by `table_slots`: the GEMMs' packing scratch (
 with threads > 1 the worker pool's `run` function and its state: a large kernel (GEMM or loop
 nest) becomes fn(ptrs..., tid, nt) computing thread tid's share, and the step posts it to the pool
 through one generic task that unpacks its pointers; in a profiling build an i64 array where each
-kernel adds the CPU cycles it took (`graphc profile`); in a bounds-checked build an i64 where a
-loop kernel that tried an access outside its value writes its index + 1 (`--check-bounds`). The
-generated code keeps no state of its own: everything it writes is reached through the table.
+kernel adds the CPU cycles it took (`graphc profile`); where a kernel reads or writes at indices
+taken from data (a gather, a scatter), or in a bounds-checked build (`--check-bounds`, every
+loop-kernel access), `fault`: four i64 where the first bad index is reported (kernels.Fault) for the
+runtime to raise after the call; then, per external call, `extern:<slot>`: the function it calls,
+void(i8* data, i64 count, i32 dtype), bound by the runtime. The generated code keeps no state of
+its own: everything it writes is reached through the table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from llvmlite import ir
@@ -20,17 +24,19 @@ from llvmlite import ir
 from graphc.codegen.gemm import (ELEMENT_BYTES, define_gemm, gemm_blocking,
                                  scratch_bytes as gemm_scratch_bytes)
 from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_fp_control, share
-from graphc.codegen.kernels import emit_loop_kernel, for_range, loops
+from graphc.codegen.kernels import Fault, emit_loop_kernel, emit_scatter, for_range, loops, scatter
 from graphc.codegen.scalar import LLTYPES
 from graphc.codegen.target import Target
-from graphc.ir.graph import Node, Value
-from graphc.ops.lowering import Contraction
+from graphc.ir.graph import DTYPES, Node, Value
+from graphc.ops.lowering import Contraction, Extern
 from graphc.ops.registry import lowered
 from graphc.passes.fuse import LOOPS, Kernel, KernelKind
 from graphc.passes.pipeline import Schedule
 
 I8P = ir.IntType(8).as_pointer()
 I64, I32 = ir.IntType(64), ir.IntType(32)
+EXTERN_FN = ir.FunctionType(ir.VoidType(), [I8P, I64, I32])  # (data, element count, dtype's index in DTYPES)
+LINE_BYTES = 64  # a scatter's column shares are whole cache lines: threads never write one line
 
 
 ELEMENTWISE_PARALLEL_MIN = 1 << 14  # iterations below which a loop kernel runs on one thread
@@ -41,10 +47,19 @@ PARALLEL_MIN = 1 << 18
 PARTIAL_MAX = 1 << 14  # outputs up to which a GEMM may split K (each thread fills a partial C)
 
 
-def table_slots(threads: int, profile: bool = False, check_bounds: bool = False) -> list[str]:
+def table_slots(s: Schedule, threads: int, profile: bool = False, check_bounds: bool = False) -> list[str]:
     """The names of the table's slots after the plan's buffers, in order (see module doc)."""
+    fault = check_bounds or any(k.indexes_data for k in s.kernels)
+    externs = dict.fromkeys(_extern_slot(k) for k in s.kernels if k.kind is KernelKind.EXTERN)
     return (["scratch"] + (["pool_run", "pool"] if threads > 1 else []) + (["cycles"] if profile else [])
-            + (["fault"] if check_bounds else []))
+            + (["fault"] if fault else []) + list(externs))
+
+
+def _extern_slot(k: Kernel) -> str:
+    """The table slot holding the function an extern kernel calls."""
+    d = lowered(k.nodes[0])
+    assert isinstance(d, Extern), k.nodes[0].op
+    return f"extern:{d.slot}"
 
 
 def scratch_bytes(s: Schedule, target: Target, threads: int) -> int:
@@ -68,7 +83,7 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
     control = flush_denormals(b, target)
     bases = [b.load(b.gep(table, [ir.Constant(I64, i)])) for i in range(len(s.plan.buffers))]
     slot = {name: b.load(b.gep(table, [ir.Constant(I64, len(bases) + i)]))
-            for i, name in enumerate(table_slots(threads, profile, check_bounds))}
+            for i, name in enumerate(table_slots(s, threads, profile, check_bounds))}
     run = b.bitcast(slot["pool_run"], RUN.as_pointer()) if threads > 1 else None
     cycles = None
     if profile:
@@ -85,10 +100,12 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
             continue  # the view shares its source's buffer: nothing to run
         args = _distinct(k, s.plan.place)
         parallel = run is not None and _worth_splitting(k)
-        # after the buffer pointers: the fault slot where loops are checked, a GEMM's scratch
+        # after the buffer pointers: the fault slot where indices come from data or loops are
+        # checked, a GEMM's scratch, an extern kernel's function
         checked = check_bounds and (k.kind in LOOPS or _epilogue(k) is not None)
-        extra = [slot[name] for name, used in (("fault", checked), ("scratch", k.kind is KernelKind.CONTRACT))
-                 if used]
+        faults = checked or k.indexes_data
+        extra = [slot[name] for name, used in (("fault", faults), ("scratch", k.kind is KernelKind.CONTRACT))
+                 if used] + ([slot[_extern_slot(k)]] if k.kind is KernelKind.EXTERN else [])
         types = ([LLTYPES[v.dtype].as_pointer() for v in args] + [I8P] * len(extra)
                  + ([I64, I64] if parallel else []))
         fn = ir.Function(m, ir.FunctionType(ir.VoidType(), types), f"k{i}_{k.name}")
@@ -100,7 +117,7 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
                 a.add_attribute("noalias")
         arg_of = {v: fn.args[args.index(_first(args, v, s.plan.place))] for v in k.inputs + k.outputs}
         ptrs = [pointer(v) for v in args] + extra
-        fault = (fn.args[len(args)], i) if checked else None
+        fault = Fault(fn.args[len(args)], i, checked) if faults else None
         start = b.call(clock, []) if cycles else None
         if parallel:
             _emit_share(m, fn, k, arg_of, target, threads, fault)
@@ -134,9 +151,13 @@ def _distinct(k: Kernel, place: dict) -> list[Value]:
 
 
 def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target,
-                 fault=None) -> None:
+                 fault: Fault | None = None) -> None:
     if k.kind in LOOPS:
         emit_loop_kernel(fn, k, arg_of, fault=fault)
+        return
+    if k.kind is KernelKind.SCATTER:
+        assert fault is not None
+        emit_scatter(fn, k, arg_of, fault)
         return
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     n = k.nodes[0]
@@ -146,9 +167,13 @@ def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target:
                _gemm_args(n, arg_of) + [ir.Constant(I32, 0), fn.args[-1]])
         _then_epilogue(b, fn, k, arg_of, {}, fault)
         return
-    else:  # a view whose result lives elsewhere (a graph output): copy it
-        src, dst = arg_of[n.inputs[0]], arg_of[n.out]
-        for_range(b, math.prod(n.out.shape), lambda i: b.store(b.load(b.gep(src, [i])), b.gep(dst, [i])))
+    # a view whose result lives elsewhere (a graph output), or an external call's copy to update
+    src, dst, count = arg_of[n.inputs[0]], arg_of[n.out], math.prod(n.out.shape)
+    if src is not dst:
+        for_range(b, count, lambda i: b.store(b.load(b.gep(src, [i])), b.gep(dst, [i])))
+    if k.kind is KernelKind.EXTERN:
+        b.call(b.bitcast(fn.args[-1], EXTERN_FN.as_pointer()),
+               [b.bitcast(dst, I8P), ir.Constant(I64, count), ir.Constant(I32, DTYPES.index(n.out.dtype))])
     b.ret_void()
 
 
@@ -170,19 +195,31 @@ def _gemm_args(n: Node, arg_of: dict) -> list[ir.Value]:
 def _worth_splitting(k: Kernel) -> bool:
     if k.kind is KernelKind.CONTRACT:
         return _gemm(k.nodes[0]).macs >= PARALLEL_MIN
+    if k.kind is KernelKind.SCATTER:  # threads split the columns, each at least a cache line
+        d = scatter(k)
+        return d.positions * d.width >= ELEMENTWISE_PARALLEL_MIN and d.width >= 2 * _line(k)
     # loop kernels split their outermost loop (for a reduction, a kept one: outputs stay disjoint)
     return (k.kind in LOOPS and math.prod(k.space) >= ELEMENTWISE_PARALLEL_MIN
             and loops(k).kept > 0)
 
 
+def _line(k: Kernel) -> int:
+    """Elements of a kernel's output per cache line."""
+    return LINE_BYTES // ELEMENT_BYTES[k.nodes[0].out.dtype]
+
+
 def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target,
-                threads: int, fault=None) -> None:
+                threads: int, fault: Fault | None = None) -> None:
     """The body of a split kernel fn(ptrs..., [scratch,] tid, nt): thread tid's share of the work."""
     tid, nt = fn.args[-2:]
-    if k.kind in LOOPS:
+    if k.kind in LOOPS or k.kind is KernelKind.SCATTER:
         b = ir.IRBuilder(fn.append_basic_block("share"))
-        outer = share(b, ir.Constant(I64, loops(k).space[0]), tid, nt)
-        emit_loop_kernel(fn, k, arg_of, ranges=(outer,), fault=fault)
+        if k.kind is KernelKind.SCATTER:  # columns, never index positions: no two threads add into one element
+            assert fault is not None
+            emit_scatter(fn, k, arg_of, fault, share(b, ir.Constant(I64, scatter(k).width), tid, nt, _line(k)))
+        else:
+            emit_loop_kernel(fn, k, arg_of, ranges=(share(b, ir.Constant(I64, loops(k).space[0]), tid, nt),),
+                             fault=fault)
         b.position_at_end(b.block)  # after any alloca the loop nest hoisted into this block
         b.branch(fn.blocks[1])  # into the loop nest's own entry block
         return
@@ -230,7 +267,8 @@ def _epilogue(k: Kernel) -> Kernel | None:
     return Kernel(KernelKind.ELEMENTWISE, k.space, k.nodes[1:], k.inputs + [c], [v for v in k.outputs if v is not c])
 
 
-def _then_epilogue(b: ir.IRBuilder, fn: ir.Function, k: Kernel, arg_of: dict, block: dict, fault) -> None:
+def _then_epilogue(b: ir.IRBuilder, fn: ir.Function, k: Kernel, arg_of: dict, block: dict,
+                   fault: Fault | None) -> None:
     """Ends the GEMM code in `b`: the kernel's epilogue over the `block` of C (axis -> (lo, hi); an
     axis not in it, whole) while it is in cache, then return."""
     epi = _epilogue(k)
@@ -243,7 +281,7 @@ def _then_epilogue(b: ir.IRBuilder, fn: ir.Function, k: Kernel, arg_of: dict, bl
     b.branch(fn.blocks[first])
 
 
-def _serial_epilogue(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, fault) -> ir.Function:
+def _serial_epilogue(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, fault: Fault | None) -> ir.Function:
     """fn's epilogue alone, over all of C, taking fn's arguments but (tid, nt): a GEMM that splits
     K runs it once the partial Cs are summed."""
     epi = ir.Function(m, ir.FunctionType(ir.VoidType(), fn.function_type.args[:-2]), f"{fn.name}_epilogue")
@@ -253,7 +291,7 @@ def _serial_epilogue(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, fau
             e.add_attribute(attr)
     same = dict(zip(fn.args, epi.args))
     emit_loop_kernel(epi, _epilogue(k), {v: same[a] for v, a in arg_of.items()},
-                     fault=fault and (same[fault[0]], fault[1]), merge=False)
+                     fault=fault and dataclasses.replace(fault, ptr=same[fault.ptr]), merge=False)
     return epi
 
 

@@ -2,8 +2,8 @@
 
 EMITTERS maps each graphc op to the ONNX node(s) computing it, one entry per op. Ops without an
 entry cannot be exported and are named in the error: those that exist only for training (losses,
-accuracy: the inference graph drops them; dropout: the evaluation form has none) and
-graphc-internal ones (window, fold). Batch norm needs no entry: it is built from primitives, and
+accuracy: the inference graph drops them; dropout: the evaluation form has none),
+graphc-internal ones (window, fold) and extern_call (a function the runtime binds). Batch norm needs no entry: it is built from primitives, and
 its evaluation form reads the running statistics, exported as initializers. The batch dim stays
 symbolic, the inputs are what the model reads (samples in its input shape, pixels scaled to [0, 1]
 as graphc's data loaders do), and the outputs are its predictions (the logits).
@@ -150,6 +150,15 @@ def _pad(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
                           e.ints([n.attrs["axis"]])], mode="constant")
 
 
+def _scatter_add(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
+    """Zeros, then ScatterND adding each index position's values (repeated indices add up)."""
+    g, idx = xs
+    zeros = e.node("ConstantOfShape", [e.shape(n.out.shape)],
+                   value=e.onnx.numpy_helper.from_array(np.zeros(1, NP_DTYPES[n.out.dtype])))
+    rows = e.node("Unsqueeze", [e.node("Cast", [idx], to=e.onnx.TensorProto.INT64), e.ints([-1])])
+    return e.node("ScatterND", [zeros, rows, g], reduction="add")
+
+
 def _conv2d(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
     a = n.attrs
     return e.node("Conv", xs, strides=_pair(a["stride"]), pads=_pair(a["padding"]) * 2,
@@ -171,6 +180,8 @@ EMITTERS: dict[str, Emitter] = {
     "pad": _pad,
     "concat": lambda e, n, xs: e.node("Concat", xs, axis=n.attrs["axis"]),
     "onehot": _onehot,
+    "gather": lambda e, n, xs: e.node("Gather", xs, axis=0),
+    "scatter_add": _scatter_add,
     "sum": _reduce("ReduceSum"), "max": _reduce("ReduceMax"), "mean": _reduce("ReduceMean"),
     "matmul": _matmul,
     "softmax": lambda e, n, xs: e.node("Softmax", xs, axis=n.attrs["axis"]),

@@ -6,13 +6,26 @@ everything codegen needs (codegen reads no op attributes):
   `expr(s, *xs, **attrs)` builds it from scalar operands with the methods of a `Scalar` builder `s`
   (below). `maps` says, per input, which output axis each input axis follows (None: a size-1 axis
   that is broadcast; an `Affine`: an index computed from several output indices, reading
-  `fill(attrs)` outside the input: windows, padding, slices); the default is NumPy broadcasting.
-  Elementwise chains fuse into one loop nest.
+  `fill(attrs)` outside the input: windows, padding, slices; an `Indexed(j)`: data-dependent, the
+  value of input j, an i32 tensor, read at the output index through j's own map: a gather); the
+  default is NumPy broadcasting. Elementwise chains fuse into one loop nest, gathers included.
+- `Accumulate(describe)` -> `Scatter(rows, positions, width)`: a zeroed [rows, width] output to
+  which each index position adds its row of `width` values at the row its index names; threads
+  split the width, never the positions, so no two add into one element and every run (any thread
+  count) sums in the same order.
+- `Call(describe)` -> `Extern(slot)`: the input copied to the output, then a call to the function
+  whose pointer sits in the step table's slot `extern:<slot>`, given the output's address, element
+  count and dtype code (its index in DTYPES), to update it in place (an allreduce, a callback).
 - `Reduce(kind)` -> `Reduction(kind, axes)`: sum or max over axes; fuses its elementwise prologue.
 - `Contract(describe)` -> `Contraction(m, n, k, ta, tb)`: run by the generated GEMM.
 - `View()`: the output aliases the input's buffer (reshape).
 - `Decompose(fn)`: the op is rewritten into other ops before scheduling; `fn(b, *inputs, **attrs)`
   emits them with a Builder and returns the result value. It has no descriptor.
+
+A data-dependent index (an `Indexed` read, a scatter's row) is checked whatever the build: one
+outside [0, size) reads row 0 (a scatter skips it) and the kernel records the fault in the table's
+`fault` slot, which the runtime turns into an error naming the op, the index and the range after
+the step's call. Generated code never touches memory outside its buffers.
 """
 
 from __future__ import annotations
@@ -69,7 +82,15 @@ class Affine:
     div: int = 1
 
 
-Map = tuple["int | None | Affine", ...]
+@dataclass(frozen=True)
+class Indexed:
+    """An input axis indexed by the value of the node's input `operand` (i32), read at the output
+    index through that operand's own map. The map's other entries are output axes or None."""
+
+    operand: int
+
+
+Map = tuple["int | None | Affine | Indexed", ...]
 Maps = Callable[[list, Any, dict], list[Map]]
 
 
@@ -149,6 +170,40 @@ class Contract:
 
 
 @dataclass(frozen=True)
+class Scatter:
+    """out[rows, width] = 0, then out[idx[i], :] += g[i, :] for i in [0, positions) in order, with g
+    stored [positions, width] and idx [positions] (i32), all row-major and dense."""
+
+    rows: int
+    positions: int
+    width: int
+
+
+@dataclass(frozen=True)
+class Accumulate:
+    describe: Callable[[Node], Scatter]
+
+    def at(self, n: Node) -> Scatter:
+        return self.describe(n)
+
+
+@dataclass(frozen=True)
+class Extern:
+    """out = the input, then a call to the function in the table's slot `extern:<slot>` that
+    updates out in place."""
+
+    slot: str
+
+
+@dataclass(frozen=True)
+class Call:
+    describe: Callable[[Node], Extern]
+
+    def at(self, n: Node) -> Extern:
+        return self.describe(n)
+
+
+@dataclass(frozen=True)
 class View:
     def at(self, n: Node) -> "View":
         return self
@@ -159,8 +214,8 @@ class Decompose:
     fn: Callable[..., Any]
 
 
-Lowering = Elementwise | Reduce | Contract | View | Decompose  # an op's rule
-Lowered = Pointwise | Reduction | Contraction | View           # a node's descriptor
+Lowering = Elementwise | Reduce | Contract | Accumulate | Call | View | Decompose  # an op's rule
+Lowered = Pointwise | Reduction | Contraction | Scatter | Extern | View            # a node's descriptor
 
 
 def broadcast_maps(in_types: list, out_type: Any, attrs: dict) -> list[Map]:

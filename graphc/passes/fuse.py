@@ -13,7 +13,8 @@
   values written to memory anyway (relu's mask, gt(relu(x), 0), for the backward pass): in the
   epilogue it would write one more array; its consumer's loop computes it from what it reads
   (mlp.net: 870 -> 840 us a step).
-- Views are kernels of their own.
+- A scatter-add, an external call and a view are kernels of their own (they read their inputs
+  whole; a scatter writes rows its indices pick).
 Joining is refused when it would make the kernel depend on itself through another kernel.
 Kernels are then ordered topologically, with one more rule from the design: the kernel that writes
 a param or state in place runs after every kernel that reads its old value.
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from graphc.ir.graph import Graph, Node, Value
-from graphc.ops.lowering import Contraction, Map, Pointwise, Reduction, View
+from graphc.ops.lowering import Contraction, Extern, Indexed, Map, Pointwise, Reduction, Scatter, View
 from graphc.ops.registry import lowered
 
 
@@ -34,7 +35,13 @@ class KernelKind(Enum):
     ELEMENTWISE = "elementwise"
     REDUCE = "reduce"      # an elementwise prologue closed by a reduction
     CONTRACT = "contract"  # a GEMM and its elementwise epilogue
+    SCATTER = "scatter"    # rows added into a zeroed output at data-dependent indices
+    EXTERN = "extern"      # a copy, then a call through the step's table
     VIEW = "view"
+
+
+WHOLE = {Contraction: KernelKind.CONTRACT, Scatter: KernelKind.SCATTER, Extern: KernelKind.EXTERN,
+         View: KernelKind.VIEW}  # the kernel a node of each descriptor starts, reading its inputs whole
 
 
 LOOPS = (KernelKind.ELEMENTWISE, KernelKind.REDUCE)  # the kernels that are one loop nest
@@ -51,6 +58,13 @@ class Kernel:
     @property
     def name(self) -> str:
         return f"{self.kind.value}_{self.nodes[-1].out.name.lstrip('%').replace('.', '_')}"
+
+    @property
+    def indexes_data(self) -> bool:
+        """Reads or writes at indices taken from data (a gather, a scatter): it reports bad ones."""
+        return self.kind is KernelKind.SCATTER or any(
+            isinstance(a, Indexed) for n in self.nodes if isinstance(lowered(n), Pointwise)
+            for m in input_maps(n) for a in m)
 
 
 def input_maps(n: Node) -> tuple[Map, ...]:
@@ -103,7 +117,7 @@ def fuse(g: Graph) -> list[Kernel]:
 
     order = {n: i for i, n in enumerate(g.nodes)}
     updated = {new: target for target, new in g.updates}
-    # written to memory whatever is fused: a step's result, or read by a GEMM, view or reduction
+    # written to memory whatever is fused: a step's result, or read by a node that is not elementwise
     always = _results(g) | {id(v) for n in g.nodes if not isinstance(lowered(n), Pointwise)
                             for v in n.inputs}
     stored = lambda v: id(v) in always
@@ -129,8 +143,7 @@ def fuse(g: Graph) -> list[Kernel]:
             if isinstance(d, Reduction):
                 k.kind = KernelKind.REDUCE  # closes the kernel: nothing joins after its reduction
         else:
-            assert isinstance(d, (Contraction, View)), n.op
-            k = Kernel(KernelKind.CONTRACT if isinstance(d, Contraction) else KernelKind.VIEW, tuple(n.out.shape))
+            k = Kernel(WHOLE[type(d)], tuple(n.out.shape))
             kernels.append(k)
         k.nodes.append(n)
         kernel_of[n] = k
@@ -149,8 +162,8 @@ def _connect(g: Graph, kernels: list[Kernel], kernel_of: dict[Node, Kernel]) -> 
     for k in kernels:
         inside = set(k.nodes)
         for n in k.nodes:
-            # a GEMM or a view reads its inputs whole; only an epilogue follows the loop's index
-            whole = n is k.nodes[0] and k.kind in (KernelKind.CONTRACT, KernelKind.VIEW)
+            # a GEMM, scatter, call or view reads its inputs whole; only an epilogue follows the loop's index
+            whole = n is k.nodes[0] and k.kind not in LOOPS
             maps = (None,) * len(n.inputs) if whole else input_maps(n)
             for v, m in zip(n.inputs, maps):
                 internal = v.producer in inside and m is not None and identity_access(v, m, k.space)
