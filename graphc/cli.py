@@ -20,9 +20,8 @@ from graphc.errors import GraphcError, InternalError, check_regular
 
 def _ir(a) -> None:
     from graphc import driver
+    from graphc.codegen.backend import Build, CpuBackend
     from graphc.codegen.jit import optimize
-    from graphc.codegen.module import build_module
-    from graphc.codegen.target import host_target
     from graphc.ir.printer import print_graph
     from graphc.ir.serialize import dumps
     from graphc.passes.pipeline import print_schedule, schedule
@@ -45,7 +44,8 @@ def _ir(a) -> None:
     if stage == "fused":
         print(print_schedule(sched))
     else:  # the optimized module: what the native code is generated from
-        print(optimize(build_module(sched, host_target(), driver.ENTRY), host_target()))
+        backend = CpuBackend()
+        print(optimize(backend.module(sched, driver.ENTRY, Build()), backend.target))
 
 
 def _values(prog, sets: list[str]) -> dict[str, np.ndarray]:
