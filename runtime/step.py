@@ -127,9 +127,10 @@ class Step:
                  "cycles": profile and self.cycles.ctypes.data, "fault": self.fault is not None and self.fault.ctypes.data}
         slots = [a.ctypes.data for a in buffers] + [extra.get(n) for n in names]
         self._table = (ctypes.c_void_p * len(slots))(*slots)
-        # extern_call slot -> its table index and the bound function (kept alive here)
-        self._externs = {n.removeprefix("extern:"): [len(buffers) + i, None]
+        # extern_call slot -> its table index; the functions bound to them (kept alive here)
+        self._externs = {n.removeprefix("extern:"): len(buffers) + i
                          for i, n in enumerate(names) if n.startswith("extern:")}
+        self._bound: dict[str, object] = {}
         self._callback_error: BaseException | None = None
         self._fn = _ENTRY(native.address(entry))
         self._run = pool and _RUN(pool.run_address)
@@ -138,7 +139,7 @@ class Step:
         """Copy `feeds` into the input buffers, run the step once, return the outputs (views)."""
         for name, x in feeds.items():
             np.copyto(self.inputs[name], x, casting="same_kind")
-        unbound = [slot for slot, (_, fn) in self._externs.items() if fn is None]
+        unbound = [slot for slot in self._externs if slot not in self._bound]
         if unbound:
             raise RuntimeError(f"extern_call slot {unbound[0]} has no function: step.bind_extern"
                                f"({unbound[0]!r}, fn) first")
@@ -163,23 +164,25 @@ class Step:
         """The slots of the step's extern_call nodes, each to be bound before it runs."""
         return tuple(self._externs)
 
-    def bind_extern(self, slot: str, fn: Callable[[np.ndarray], None] | ctypes._CFuncPtr) -> None:
-        """Bind the function `extern_call(x, slot=...)` calls during the step: a C function
-        void(void *data, int64_t count, int32_t dtype) as a ctypes function pointer (dtype: the
-        index of f32, f64, i32), or a Python callable given the values as a flat NumPy array to
+    def bind_extern(self, slot: str, fn: Callable[[np.ndarray], None] | int) -> None:
+        """Bind the function `extern_call(x, slot=...)` calls during the step: the address of a C
+        function void(void *data, int64_t count, int32_t dtype) (dtype: 0, 1, 2 for f32, f64, i32;
+        the caller keeps it alive), or a Python callable given the values as a flat NumPy array to
         update in place (an exception it raises is raised by `run`)."""
         if slot not in self._externs:
             raise KeyError(f"no extern_call slot {slot} (slots: {', '.join(self._externs) or 'none'})")
-        if not isinstance(fn, ctypes._CFuncPtr):
-            fn = EXTERN(functools.partial(self._callback, fn))
-        self._externs[slot][1] = fn
-        self._table[self._externs[slot][0]] = ctypes.cast(fn, ctypes.c_void_p).value
+        if callable(fn):
+            wrapped = EXTERN(functools.partial(self._callback, fn))
+            self._bound[slot], address = wrapped, ctypes.cast(wrapped, ctypes.c_void_p).value
+        else:
+            self._bound[slot], address = fn, fn
+        self._table[self._externs[slot]] = address
 
     def _callback(self, fn: Callable[[np.ndarray], None], data: int, count: int, dtype: int) -> None:
+        dt = np.dtype(NP_DTYPES[DTYPES[dtype]])
         try:
-            fn(np.ctypeslib.as_array((np.ctypeslib.as_ctypes_type(NP_DTYPES[DTYPES[dtype]]) * count)
-                                     .from_address(data)))
-        except BaseException as e:  # ctypes would print and drop it
+            fn(np.ctypeslib.as_array((ctypes.c_byte * (count * dt.itemsize)).from_address(data)).view(dt))
+        except BaseException as e:  # ctypes would print it and carry on
             self._callback_error = e
 
     def feeder(self, **sources: np.ndarray | tuple[np.ndarray, float]) -> Feeder:

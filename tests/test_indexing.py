@@ -149,7 +149,7 @@ def test_extern_call_runs_a_bound_callback_inside_the_one_native_call():
     np.testing.assert_array_equal(out["d.x"], r)  # the gradient passes straight through the callee
 
 
-def test_extern_call_takes_a_c_function_and_reraises_a_callback_error():
+def test_extern_call_takes_a_c_function_address_and_reraises_a_callback_error():
     step = compile_graph(bind(scale_graph(), {}, "f64"), threads=1).step
 
     @EXTERN
@@ -159,7 +159,7 @@ def test_extern_call_takes_a_c_function_and_reraises_a_callback_error():
         for j in range(count):
             values[j] = -values[j]
 
-    step.bind_extern("scale", negate)
+    step.bind_extern("scale", ctypes.cast(negate, ctypes.c_void_p).value)
     x, r = np.ones((3, 5)), np.ones((3, 5))
     assert step.run(x=x, r=r)["loss"] == -30.0
     step.bind_extern("scale", lambda values: 1 / 0)

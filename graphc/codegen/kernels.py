@@ -359,13 +359,12 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
     gathered = {(v, m) for n in k.nodes for v, m in zip(n.inputs, maps[n]) if any(isinstance(a, Affine) for a in m)}
     # read at a node's turn, once the index operands it needs are known
     indexed = {(v, m) for n in k.nodes for v, m in zip(n.inputs, maps[n]) if any(isinstance(a, Indexed) for a in m)}
-    check = fault is not None and fault.check_bounds
     accesses = list(dict.fromkeys((a, size) for v, m in gathered for a, size in zip(m, v.shape)
                                   if isinstance(a, Affine)))
 
     def at(ptr: ir.Value, off: ir.Value, v: Value) -> ir.Value:
         """The address of element `off` of value `v` (checked against v's size in a bounds build)."""
-        if not check:
+        if fault is None or not fault.check_bounds:
             return b.gep(ptr, [off])
         zero, size = ir.Constant(I64, 0), math.prod(v.shape)
         ok = b.icmp_unsigned("<", off, ir.Constant(I64, size))  # a negative offset is a huge one
@@ -375,6 +374,7 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
 
     def row(v: Value, m: tuple, ops: list, site: int, idx: list[ir.Value]) -> ir.Value:
         """`v` read through an `Indexed` map: each data index checked, row 0 read for a bad one."""
+        assert fault is not None  # a kernel that indexes from data is given one
         lin = offset(b, idx, lp.squash(access(v, m, rank)))
         for a, size, stride in zip(m, v.shape, strides(tuple(v.shape))):
             if isinstance(a, Indexed):
