@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from graphc.codegen.gemm import blocking, define_gemm, scratch_bytes  # noqa: E402
 from graphc.codegen.jit import Native, emit  # noqa: E402
 from graphc.codegen.target import host_target  # noqa: E402
-from graphc.runtime.step import aligned  # noqa: E402
+from graphc.runtime.execute.step import aligned  # noqa: E402
 
 # (label, M, N, K, trans_a, trans_b)
 SHAPES = [

@@ -80,11 +80,11 @@ ROOT = Path(__file__).resolve().parent.parent
 from netspec import NetSpec, read_spec  # noqa: E402  (bench/ is on sys.path as the script's folder)
 from numpy_baseline import NumpyMLP  # noqa: E402
 from graphc.codegen.target import Target, host_target  # noqa: E402
-from graphc.autodiff.step import training_graph  # noqa: E402
+from graphc.autodiff.graphs import training_graph  # noqa: E402
 from graphc.driver import compile_graph, forward, load  # noqa: E402
-from graphc.runtime.data import load_dataset  # noqa: E402
-from graphc.runtime.init import init_params  # noqa: E402
-from graphc.runtime.trainer import data_inputs, fit_features, train_rows  # noqa: E402
+from graphc.runtime.train.data import load_dataset  # noqa: E402
+from graphc.ir.init import init_params  # noqa: E402
+from graphc.runtime.train.trainer import data_inputs, fit_features, train_rows  # noqa: E402
 
 MOMENTUM = 0.9
 SEED = 0

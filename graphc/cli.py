@@ -75,10 +75,10 @@ def _values(prog, sets: list[str]) -> dict[str, np.ndarray]:
 
 def _grad(a) -> None:
     from graphc import driver
-    from graphc.autodiff.step import gradient_graph
+    from graphc.autodiff.graphs import gradient_graph
     from graphc.errors import DataError
     from graphc.ir.graph import NP_DTYPES
-    from graphc.runtime.init import init_params
+    from graphc.ir.init import init_params
 
     prog = driver.load(a.model)
     vals = _values(prog, a.set)
@@ -110,7 +110,7 @@ def _grad(a) -> None:
 
 
 def _check(a) -> None:
-    from graphc.runtime.gradcheck import gradcheck, format_report
+    from graphc.runtime.train.gradcheck import gradcheck, format_report
     from graphc import driver
     report = gradcheck(driver.load(a.model), batch=a.batch, seed=a.seed)
     print(json.dumps(report, indent=1) if a.json else format_report(report))
@@ -119,7 +119,7 @@ def _check(a) -> None:
 
 
 def _compile(a) -> None:
-    from graphc.runtime.artifacts import write_artifacts
+    from graphc.artifacts import write_artifacts
     from graphc import driver
     prog = driver.load(a.model)
     out = Path(a.output or Path(a.model).stem + ".graphc")
@@ -137,14 +137,14 @@ def _compile(a) -> None:
 
 def _profile(a) -> None:
     from graphc import driver
-    from graphc.runtime.profile import format_profile, profile_step
+    from graphc.runtime.train.profile import format_profile, profile_step
     prog = driver.load(a.model)
     wall, kernels = profile_step(prog, a.batch, a.steps, a.threads)
     print(format_profile(prog.graph.name, wall, kernels, a.top))
 
 
 def _opts(a, prog):
-    from graphc.runtime.trainer import TrainOptions
+    from graphc.runtime.train.trainer import TrainOptions
     t = prog.train
     args = dict(t.opt_args)
     lr = args.pop("lr", None)  # lr is a runtime input of the step, not an optimizer constant
@@ -167,7 +167,7 @@ def _opts(a, prog):
 
 def _data(a, prog):
     from graphc.errors import DataError
-    from graphc.runtime.data import load_dataset
+    from graphc.runtime.train.data import load_dataset
     spec = a.data or prog.train.data
     if spec is None:
         raise GraphcError("no data: set data in the train block or pass --data PATH",
@@ -182,7 +182,7 @@ def _data(a, prog):
 
 def _train(a) -> None:
     from graphc import driver
-    from graphc.runtime.trainer import train
+    from graphc.runtime.train.trainer import train
     prog = driver.load(a.model)
     opts = _opts(a, prog)
     plots = [Path(a.plot)] + ([opts.out / Path(a.plot).name] if opts.out else []) if a.plot else []
@@ -190,7 +190,7 @@ def _train(a) -> None:
         if path:
             _check_output(flag, path, opts.out)
     if plots:
-        from graphc.runtime.plot import check_plot_path, write_curves
+        from graphc.runtime.train.plot import check_plot_path, write_curves
         check_plot_path(plots[0])  # before training, not after it
     t0 = time.perf_counter()
     data = _data(a, prog)
@@ -211,8 +211,8 @@ def _train(a) -> None:
 
 def _eval(a) -> None:
     from graphc import driver
-    from graphc.runtime.checkpoint import load_params
-    from graphc.runtime.trainer import Evaluator, check_labels, data_inputs, fit_features
+    from graphc.runtime.train.checkpoint import load_params
+    from graphc.runtime.train.trainer import Evaluator, check_labels, data_inputs, fit_features
     prog = driver.load(a.model)
     g = prog.eval_graph  # reads the params and the model's state (batch norm's running statistics)
     params = load_params(a.params, g.params + g.state)
@@ -226,7 +226,7 @@ def _eval(a) -> None:
 def _export(a) -> None:
     from graphc import driver
     from graphc.export.onnx import write_onnx
-    from graphc.runtime.checkpoint import load_params
+    from graphc.runtime.train.checkpoint import load_params
     prog = driver.load(a.model)
     g = prog.eval_graph  # inference: no dropout, batch norm on its running statistics
     print(f"wrote {a.output}: {write_onnx(g, load_params(a.params, g.params + g.state), Path(a.output))}")

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphc.autodiff.step import training_graph
+from graphc.autodiff.graphs import training_graph
 from graphc.codegen.backend import Build, CpuBackend
 from graphc.codegen.target import Target
 from graphc.frontend import Program, load
 from graphc.ir.bind import bind
 from graphc.ir.graph import Graph
 from graphc.passes.pipeline import Schedule, schedule
-from graphc.runtime.pool import pool, thread_count
-from graphc.runtime.step import Step
+from graphc.runtime.execute.pool import pool, thread_count
+from graphc.runtime.execute.step import Step
 
 ENTRY = "graphc_step"
 

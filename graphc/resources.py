@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import importlib.resources
-from pathlib import Path
 
-import graphc
+from graphc.about import PACKAGE_DIR
 
 
 def grammar(name: str) -> str:
@@ -13,4 +12,4 @@ def grammar(name: str) -> str:
     try:
         return (importlib.resources.files("graphc.grammar") / name).read_text()
     except ModuleNotFoundError:  # running from a source checkout without the package mapping
-        return (Path(graphc.__file__).parent.parent / "grammar" / name).read_text()
+        return (PACKAGE_DIR.parent / "grammar" / name).read_text()

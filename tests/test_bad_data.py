@@ -12,7 +12,7 @@ import pytest
 
 from graphc.cli import main
 from graphc.errors import DataError
-from graphc.runtime.data import load_dataset
+from graphc.runtime.train.data import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = """net small

@@ -11,13 +11,13 @@ import pytest
 
 from graphc import driver
 from graphc.cli import main
-from graphc.autodiff.step import gradient_graph
+from graphc.autodiff.graphs import gradient_graph
 from graphc.ir.bind import bind
 from graphc.ir.graph import TensorType
 from graphc.ops import REGISTRY
 from graphc.ops.lowering import Elementwise
-from graphc.runtime.init import init_params
-from graphc.runtime.step import BoundsError
+from graphc.ir.init import init_params
+from graphc.runtime.execute.step import BoundsError
 from test_ops import ALL, build, feeds_for, ref, run
 
 
@@ -50,7 +50,7 @@ def test_ops_run_clean(name, i, case):
 
 def test_an_access_outside_a_buffer_is_caught(monkeypatch):
     # a deliberately wrong index map: read x[3,5] as if its axes were swapped (offsets up to 22)
-    bad = dataclasses.replace(REGISTRY["neg"], lower=Elementwise(REGISTRY["neg"].lower.expr,
+    bad = dataclasses.replace(REGISTRY["neg"], lowering=Elementwise(REGISTRY["neg"].lowering.expr,
                                                                  lambda ts, out, attrs: [(1, 0)]))
     monkeypatch.setitem(REGISTRY, "neg", bad)
     g = bind(build("neg", (TensorType("f32", (3, 5)),), {}), {}, "f32")

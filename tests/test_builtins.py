@@ -7,15 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphc.autodiff.schedule import COUNTER
+from graphc.autodiff.lr_schedule import COUNTER
 from graphc.cli import main
 from graphc.driver import compile_graph, forward
 from graphc.errors import GraphcError
 from graphc.frontend import load_source
 from graphc.ir.graph import Builder, Graph, Input, TensorType, Value
 from graphc.ops import REGISTRY
-from graphc.runtime.gradcheck import gradcheck
-from graphc.runtime.init import init_params
+from graphc.runtime.train.gradcheck import gradcheck
+from graphc.ir.init import init_params
 
 EPS = 1e-5
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from graphc import driver
-from graphc.autodiff.step import inference_graph
+from graphc.autodiff.graphs import inference_graph
 from graphc.cli import main
 from graphc.errors import GraphcError
-from graphc.runtime.artifacts import SHARED_SUFFIX, write_artifacts
-from graphc.runtime.init import init_params
+from graphc.artifacts import SHARED_SUFFIX, write_artifacts
+from graphc.ir.init import init_params
 
 ROOT = Path(__file__).resolve().parent.parent
 CC = shlex.split(os.environ.get("CC") or "cc")

@@ -11,7 +11,7 @@ import pytest
 from graphc.ir.bind import bind
 from graphc.ir.graph import Builder, Graph, Input, Param, TensorType, Value
 from graphc.ops import REGISTRY
-from graphc.runtime.gradcheck import check_graph
+from graphc.runtime.train.gradcheck import check_graph
 
 GRAPHS = 240
 PER_TEST = 8  # graphs a test case builds: failures name the seed

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from graphc import driver
-from graphc.autodiff.step import gradient_graph
+from graphc.autodiff.graphs import gradient_graph
 from graphc.codegen.kernels import loops
 from graphc.ir.bind import bind
 from graphc.ir.graph import Builder, Graph, Input, TensorType, Value
 from graphc.ops import REGISTRY
 from graphc.passes.pipeline import schedule
-from graphc.runtime.init import init_params
+from graphc.ir.init import init_params
 
 
 def _run_op(name: str, x: np.ndarray, **attrs) -> np.ndarray:
@@ -165,7 +165,7 @@ def test_gradient_check_leaves_out_kinks(tmp_path):
     # real digits on a zero-bias relu: background pixels sit exactly at relu's kink, where the
     # central difference is no derivative; those elements are counted and left out, the rest agree
     from graphc.frontend import load
-    from graphc.runtime.gradcheck import gradcheck
+    from graphc.runtime.train.gradcheck import gradcheck
     path = tmp_path / "kinky.net"
     path.write_text(KINKY)
     r = gradcheck(load(path))

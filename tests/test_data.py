@@ -1,4 +1,4 @@
-"""Tests for graphc.runtime.data (data set loading) and graphc.runtime.checkpoint."""
+"""Tests for graphc.runtime.train.data (data set loading) and graphc.runtime.train.checkpoint."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from graphc.errors import DataError
-from graphc.runtime import checkpoint
-from graphc.runtime.checkpoint import load_arrays, save_arrays
-from graphc.runtime.data import Dataset, load_dataset
+from graphc.runtime.train import checkpoint
+from graphc.runtime.train.checkpoint import load_arrays, save_arrays
+from graphc.runtime.train.data import Dataset, load_dataset
 
 
 def _check_types(ds: Dataset) -> None:

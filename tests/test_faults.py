@@ -21,10 +21,10 @@ import pytest
 
 from graphc import driver
 from graphc.errors import DataError, GraphcError
-from graphc.runtime.checkpoint import CHECKPOINT, Rollback, load_arrays
-from graphc.runtime.data import load_dataset
-from graphc.runtime.init import init_params
-from graphc.runtime.trainer import TrainOptions, train
+from graphc.runtime.train.checkpoint import CHECKPOINT, Rollback, load_arrays
+from graphc.runtime.train.data import load_dataset
+from graphc.ir.init import init_params
+from graphc.runtime.train.trainer import TrainOptions, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED, BATCH, POISONED = 0, 32, 500

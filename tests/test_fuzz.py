@@ -19,7 +19,7 @@ from graphc.errors import GraphcError
 from graphc.frontend import load_source
 from graphc.ops import REGISTRY
 from graphc.passes.pipeline import schedule
-from graphc.runtime.init import init_params
+from graphc.ir.init import init_params
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {p.name: p.read_text() for p in sorted((ROOT / "models").glob("*.net"))}

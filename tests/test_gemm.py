@@ -15,7 +15,7 @@ from graphc.codegen.module import _k_split
 from graphc.codegen.target import Target, host_target
 from graphc.driver import compile_graph
 from graphc.ir.graph import Builder, Graph, Input, TensorType, Value
-from graphc.runtime.step import aligned
+from graphc.runtime.execute.step import aligned
 
 VARIANTS = [(False, False), (False, True), (True, False), (True, True)]
 PAIRS = [[(False, False), (True, True)], [(False, True), (True, False)]]

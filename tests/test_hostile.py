@@ -26,11 +26,11 @@ from graphc.codegen.jit import compile_cached
 from graphc.codegen.target import host_target
 from graphc.errors import DataError, GraphcError
 from graphc.frontend import load_source
-from graphc.runtime import checkpoint, trainer
-from graphc.runtime import data as data_module
-from graphc.runtime.artifacts import SHARED_SUFFIX, write_artifacts
-from graphc.runtime.checkpoint import CHECKPOINT
-from graphc.runtime.trainer import train
+from graphc.runtime.train import checkpoint, trainer
+from graphc.runtime.train import data as data_module
+from graphc.artifacts import SHARED_SUFFIX, write_artifacts
+from graphc.runtime.train.checkpoint import CHECKPOINT
+from graphc.runtime.train.trainer import train
 from test_capi import Library as CLibrary, needs_cc
 from test_faults import digits, options  # noqa: F401 (digits is a fixture)
 
@@ -243,7 +243,7 @@ def test_resume_of_a_finished_run_restores_its_params(digits, tmp_path):
     assert _same_arrays(tmp_path / "run" / "params.npz", tmp_path / "reference" / "params.npz")
 
 
-_HOLD = ("import sys; from pathlib import Path; from graphc.runtime.checkpoint import lock_run\n"
+_HOLD = ("import sys; from pathlib import Path; from graphc.runtime.train.checkpoint import lock_run\n"
          "with lock_run(Path(sys.argv[1])):\n    print('locked', flush=True); sys.stdin.read()")
 
 

@@ -8,13 +8,13 @@ import ctypes
 import numpy as np
 import pytest
 
-from graphc.autodiff.step import gradient_graph
+from graphc.autodiff.graphs import gradient_graph
 from graphc.codegen.backend import Build, CpuBackend
 from graphc.driver import compile_graph
 from graphc.ir.bind import bind
 from graphc.ir.graph import NP_DTYPES, Builder, Graph, Input, TensorType, Value
 from graphc.passes.fuse import KernelKind
-from graphc.runtime.step import EXTERN, IndexFault
+from graphc.runtime.execute.step import EXTERN, IndexFault
 
 
 def graph(inputs: dict[str, TensorType], body) -> Graph:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from graphc import driver
-from graphc.autodiff.step import gradient_graph
+from graphc.autodiff.graphs import gradient_graph
 from graphc.errors import GraphcError
 from graphc.ir.graph import Graph
 from graphc.ir.parse_text import parse_text

@@ -11,14 +11,14 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from graphc import driver  # noqa: E402
-from graphc.autodiff.step import inference_graph  # noqa: E402
+from graphc.autodiff.graphs import inference_graph  # noqa: E402
 from graphc.errors import GraphcError  # noqa: E402
 from graphc.export.onnx import EMITTERS, OPSET, to_onnx  # noqa: E402
 from graphc.frontend import load_source  # noqa: E402
 from graphc.ir.bind import bind  # noqa: E402
 from graphc.ops import REGISTRY  # noqa: E402
-from graphc.runtime.checkpoint import save_arrays  # noqa: E402
-from graphc.runtime.init import init_params  # noqa: E402
+from graphc.runtime.train.checkpoint import save_arrays  # noqa: E402
+from graphc.ir.init import init_params  # noqa: E402
 from test_cli import graphc  # noqa: E402
 from test_ops import ALL, build, feeds_for, ref  # noqa: E402
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphc.autodiff.step import gradient_graph
+from graphc.autodiff.graphs import gradient_graph
 from graphc.driver import compile_graph
 from graphc.ir.bind import bind
 from graphc.ir.graph import NP_DTYPES, Builder, Graph, Input, TensorType, Value

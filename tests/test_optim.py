@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from graphc import driver
-from graphc.autodiff.schedule import COUNTER, horizon, scheduled_lr
-from graphc.autodiff.step import training_graph
+from graphc.autodiff.lr_schedule import COUNTER, horizon, scheduled_lr
+from graphc.autodiff.graphs import training_graph
 from graphc.driver import compile_graph
 from graphc.frontend import load_source
 from graphc.ir.graph import Builder, Graph, Input, Param, TensorType, Value
 from graphc.ir.parse_text import parse_text
 from graphc.ir.printer import print_graph
-from graphc.runtime.data import load_dataset
-from graphc.runtime.trainer import TrainOptions, train
+from graphc.runtime.train.data import load_dataset
+from graphc.runtime.train.trainer import TrainOptions, train
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ from test_cli import graphc
 
 pytest.importorskip("matplotlib")
 
-from graphc.runtime.plot import check_plot_path, curves, write_curves  # noqa: E402
+from graphc.runtime.train.plot import check_plot_path, curves, write_curves  # noqa: E402
 
 HISTORY = [{"epoch": e, "seconds": 0.1, "train_loss": 2.0 / e, "test_loss": 2.2 / e,
             "test_accuracy": 0.5 + 0.08 * e} for e in range(1, 6)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from graphc import driver
 from graphc.cli import main
-from graphc.runtime.profile import profile_step
+from graphc.runtime.train.profile import profile_step
 
 
 def test_kernel_times_account_for_the_step(capsys):

@@ -12,7 +12,7 @@ from graphc import driver
 from graphc.codegen.cache import cache_dir
 from graphc.errors import DataError, GraphcError
 from graphc.frontend import load_source
-from graphc.runtime.checkpoint import load_arrays
+from graphc.runtime.train.checkpoint import load_arrays
 
 ROOT = Path(__file__).resolve().parent.parent
 

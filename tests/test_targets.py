@@ -16,7 +16,7 @@ from graphc.codegen.module import build_module
 from graphc.codegen.pool import build_pool
 from graphc.codegen.target import Target, host_target
 from graphc.ir.graph import NP_DTYPES
-from graphc.runtime.init import init_params
+from graphc.ir.init import init_params
 from graphc.passes.pipeline import schedule
 
 ROOT = Path(__file__).resolve().parent.parent

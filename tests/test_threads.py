@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from graphc import driver
-from graphc.runtime.init import init_params
+from graphc.ir.init import init_params
 
 ROOT = Path(__file__).resolve().parent.parent
 

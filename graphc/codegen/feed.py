@@ -2,7 +2,7 @@
 
 `graphc_feed_task(arg, tid, nt)` is a pool task (see pool.py): `arg` points to a FEED struct (idx,
 rows, sources, count, fault) and thread tid handles its share of the batch's rows for every SOURCE
-(dst, src, src_rows, row_bytes, divisor, kind): dst[r] = src[idx[r]]. A kind (KINDS) says how a row
+(dst, src, src_rows, row_bytes, divisor, conversion): dst[r] = src[idx[r]]. A conversion (CONVERSIONS) says how a row
 moves: "copy" keeps the input's dtype; "u8_f32" and "u8_f64" read bytes (images as stored, a
 quarter of float32's size) and write float32(byte) / divisor, widened for f64, which is how
 data.py makes float features from the same bytes. An index outside a source's rows is not read:
@@ -26,7 +26,7 @@ I8P = ir.IntType(8).as_pointer()
 I32, I64, F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
 SOURCE = ir.LiteralStructType([I8P, I8P, I64, I64, F32, I32])
 FEED = ir.LiteralStructType([I64.as_pointer(), I64, SOURCE.as_pointer(), I64, I64.as_pointer()])
-KINDS = {"copy": 1, "u8_f32": 4, "u8_f64": 8}  # how a row moves: dst bytes per src byte
+CONVERSIONS = {"copy": 1, "u8_f32": 4, "u8_f64": 8}  # how a row moves: dst bytes per src byte
 LINE = 64      # bytes per prefetch
 
 # copies one row: (builder, dst row, src row, the src row's bytes, divisor)
@@ -48,7 +48,7 @@ def build_feed(target: Target) -> ir.Module:
     lo, hi = share(b, rows, tid, nt)
 
     def source(s: ir.Value) -> None:
-        dst, src, src_rows, row_bytes, divisor, kind = _fields(b, b.gep(sources, [s]), SOURCE)
+        dst, src, src_rows, row_bytes, divisor, conversion = _fields(b, b.gep(sources, [s]), SOURCE)
         lines = b.udiv(b.add(row_bytes, ir.Constant(I64, LINE - 1)), ir.Constant(I64, LINE))
         row_at = lambda i: b.gep(src, [b.mul(i, row_bytes)])
 
@@ -71,8 +71,8 @@ def build_feed(target: Target) -> ir.Module:
                     b.store(ir.Constant(I64, 1), fault)
 
         done = b.append_basic_block("source.done")
-        switch = b.switch(kind, done)
-        for k, (name, widen) in enumerate(KINDS.items()):
+        switch = b.switch(conversion, done)
+        for k, (name, widen) in enumerate(CONVERSIONS.items()):
             case = b.append_basic_block(f"source.{name}")
             switch.add_case(ir.Constant(I32, k), case)
             b.position_at_end(case)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from pathlib import Path
 from typing import Callable
 
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-import graphc
+from graphc.about import PACKAGE_DIR, __version__
 
 from graphc.codegen import cache
 from graphc.codegen.target import Target, host_target
@@ -24,8 +23,8 @@ from graphc.codegen.target import Target, host_target
 def source_hash() -> str:
     """A hash of graphc's own code, part of every cache key: a cached object never outlives a
     change to the compiler that made it."""
-    h = hashlib.sha256(graphc.__version__.encode())
-    for f in sorted(Path(graphc.__file__).parent.rglob("*.py")):
+    h = hashlib.sha256(__version__.encode())
+    for f in sorted(PACKAGE_DIR.rglob("*.py")):
         h.update(f.read_bytes())
     return h.hexdigest()
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-import graphc
-from graphc.autodiff.step import inference_graph
+from graphc.about import __version__
+from graphc.autodiff.graphs import inference_graph
 from graphc.errors import GraphcError
 from graphc.ir.graph import NP_DTYPES, Dim, Graph, Node, Value
 
@@ -223,7 +223,7 @@ def to_onnx(fwd: Graph, arrays: dict[str, np.ndarray]) -> "onnx.ModelProto":
         [info(k, v) for k, v in g.outputs.items()], initializer=e.inits)
     opset = [helper.make_opsetid("", OPSET)]
     model = helper.make_model(graph, opset_imports=opset, producer_name="graphc",
-                              producer_version=graphc.__version__,
+                              producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opset),
                               doc_string=f"graphc inference graph of {fwd.name}")
     onnx.checker.check_model(model, full_check=True)

@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable
 
-from graphc.autodiff.schedule import step_counter
+from graphc.autodiff.lr_schedule import step_counter
 from graphc.errors import GraphcError
 from graphc.ir.graph import Builder, Dim, Param, TensorType, Value
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graphc.autodiff.optim import OPTIMIZERS
-from graphc.autodiff.schedule import DURATIONS, EPOCHS, SCHEDULES
+from graphc.autodiff.lr_schedule import DURATIONS, EPOCHS, SCHEDULES
 from graphc.errors import GraphcError, Loc
 from graphc.frontend import ast
 

@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from graphc.autodiff.schedule import INPUTS as SCHEDULE_INPUTS
+from graphc.autodiff.lr_schedule import INPUTS as SCHEDULE_INPUTS
 from graphc.errors import GraphcError, Loc
 from graphc.frontend import ast
 from graphc.frontend.builtins import BUILTINS, Builtin, Instance
 from graphc.frontend.config import did_you_mean
-from graphc.ir.graph import DTYPES, Builder, Dim, Graph, Input, Param, TensorType, Value
+from graphc.ir.graph import DTYPES, LR, Builder, Dim, Graph, Input, Param, TensorType, Value
 from graphc.ops import REGISTRY, OpDef
-from graphc.runtime.init import INITIALIZERS, check_arguments
+from graphc.ir.init import INITIALIZERS, check_arguments
 
 BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
 KINDS = ("int", "float", "fn")  # layer parameters that are not tensors
-RESERVED = {"lr": "the learning rate input the training step adds", **SCHEDULE_INPUTS}
+RESERVED = {LR: "the learning rate input the training step adds", **SCHEDULE_INPUTS}
 
 Number = int | float
 # Nested calls, lists and layer calls are evaluated by recursion, a few Python frames a level

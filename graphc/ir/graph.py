@@ -14,6 +14,7 @@ Dim = int | str  # a symbolic dim (e.g. "B") until bound
 DTYPES = ("f32", "f64", "i32")
 NP_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32}
 MAX_ELEMENTS = 2**32
+LR = "lr"  # the learning-rate input a training step takes: autodiff adds it, the runtime feeds it
 
 
 @dataclass(frozen=True)

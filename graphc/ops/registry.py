@@ -34,7 +34,7 @@ class OpDef:
     shape: ShapeRule
     vjp: Vjp | None            # None: the op has no gradient (explicitly)
     ref: Callable[..., Any]    # ref(*arrays, **attrs) -> np.ndarray
-    lower: Lowering
+    lowering: Lowering         # how codegen sees it (ops/lowering.py)
     defaults: dict[str, Any] = field(default_factory=dict)
     doc: str = ""              # the shape rule in words, for the language page
     traits: frozenset[Trait] = frozenset()
@@ -76,7 +76,7 @@ REGISTRY = cast("dict[str, OpDef]", OPS)  # the IR's table of ops, seen with the
 
 def lowered(n: Node) -> Lowered:
     """The descriptor codegen compiles node `n` from (no composite op is left by then)."""
-    rule = REGISTRY[n.op].lower
+    rule = REGISTRY[n.op].lowering
     if isinstance(rule, Decompose):
         raise ValueError(f"{n.op} is decomposed before it is lowered")
     return rule.at(n)

@@ -10,10 +10,10 @@ from graphc.ops.lowering import Decompose
 
 def decompose(g: Graph) -> Graph:
     def rule(b, n, args, attrs):
-        lower = REGISTRY[n.op].lower
-        return lower.fn(b, *args, **attrs) if isinstance(lower, Decompose) else None
+        lowering = REGISTRY[n.op].lowering
+        return lowering.fn(b, *args, **attrs) if isinstance(lowering, Decompose) else None
 
     # a decomposition may emit other composite ops: repeat until none is left
-    while any(isinstance(REGISTRY[n.op].lower, Decompose) for n in g.nodes):
+    while any(isinstance(REGISTRY[n.op].lowering, Decompose) for n in g.nodes):
         g = rewrite(g, rule)
     return g

@@ -16,7 +16,7 @@ from graphc.ops.lowering import Elementwise, Reduce
 
 def materialize(g: Graph) -> Graph:
     def rule(b: Builder, n: Node, args: list[Value], attrs: dict) -> Value | None:
-        if isinstance(REGISTRY[n.op].lower, (Elementwise, Reduce)) or all(a.const is None for a in args):
+        if isinstance(REGISTRY[n.op].lowering, (Elementwise, Reduce)) or all(a.const is None for a in args):
             return None
         filled = [b.broadcast_to(b.const(a.const, a.dtype), shape=a.shape) if a.const is not None else a
                   for a in args]

@@ -17,7 +17,7 @@ ALIGN = 64
 
 @dataclass(frozen=True)
 class Buffer:
-    kind: str   # "input" | "param" | "state" | "output" | "arena"
+    role: str   # "input" | "param" | "state" | "output" | "arena"
     name: str
 
 

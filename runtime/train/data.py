@@ -48,7 +48,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-import graphc
+from graphc.about import PACKAGE_DIR
 from graphc.errors import DataError
 
 BUNDLED = {"mnist": "mnist", "digits": "digits/digits.csv.gz"}
@@ -118,7 +118,7 @@ def load_dataset(spec: str | os.PathLike) -> Dataset:
 def _bundled_dir() -> Path:
     """The bundled data folder: package data in an installed wheel, else the repo's data/."""
     packaged = importlib.resources.files("graphc") / "data"
-    repo = Path(graphc.__file__).resolve().parent.parent / "data"
+    repo = PACKAGE_DIR.parent / "data"
     for candidate in (packaged, repo):
         # A zipped install yields a non-Path Traversable; the loaders need real files.
         if isinstance(candidate, Path) and candidate.is_dir():

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from graphc import driver
-from graphc.autodiff.step import inference_graph
+from graphc.autodiff.graphs import inference_graph
 from graphc.codegen.capi import build_library
 from graphc.codegen.jit import emit, link
 from graphc.codegen.target import host_target
@@ -25,8 +25,8 @@ from graphc.frontend import Program
 from graphc.ir.printer import print_graph
 from graphc.ir.serialize import dumps
 from graphc.passes.pipeline import print_schedule, schedule
-from graphc.runtime.init import distribution
-from graphc.runtime.pool import thread_count
+from graphc.ir.init import distribution
+from graphc.runtime.execute.pool import thread_count
 
 SHARED_SUFFIX = {"darwin": ".dylib", "win32": ".dll"}.get(sys.platform, ".so")
 

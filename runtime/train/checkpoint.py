@@ -29,7 +29,7 @@ import numpy as np
 
 from graphc.errors import DataError, check_regular
 from graphc.ir.graph import NP_DTYPES, Param
-from graphc.runtime.data import check_finite, read_npz_arrays
+from graphc.runtime.train.data import check_finite, read_npz_arrays
 
 META_KEY = "__meta__"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from graphc.autodiff.grad import grad
 from graphc.autodiff.optim import clip_by_global_norm, emit_optimizer
-from graphc.autodiff.schedule import scheduled_lr
+from graphc.autodiff.lr_schedule import scheduled_lr
 from graphc.errors import GraphcError
-from graphc.ir.graph import Builder, Graph, Input, TensorType, Value
+from graphc.ir.graph import LR, Builder, Graph, Input, TensorType, Value
 from graphc.ir.rewrite import rewrite
 from graphc.ops import REGISTRY, Trait
 from graphc.passes.dce import dce
@@ -18,10 +18,10 @@ def training_graph(fwd: Graph, optimizer: str, args: dict[str, float], schedule:
     """Forward + backward + optimizer update, one graph. `fwd` must be bound (concrete dims).
 
     The gradients are clipped to global norm `clip_norm` when given; the optimizer steps with the
-    learning rate of `schedule` (see graphc.autodiff.schedule)."""
+    learning rate of `schedule` (see graphc.autodiff.lr_schedule)."""
     g = _copy(fwd, "step")
     dtype = g.outputs[g.loss].dtype
-    lr = Value("lr", TensorType(dtype, ()))
+    lr = Value(LR, TensorType(dtype, ()))
     g.inputs.append(Input(lr, nograd=True))
     params = [p.value for p in g.params]
     grads = grad(g, params)

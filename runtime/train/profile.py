@@ -13,7 +13,8 @@ import numpy as np
 
 from graphc import driver
 from graphc.frontend import Program
-from graphc.runtime.init import init_params
+from graphc.ir.graph import LR
+from graphc.ir.init import init_params
 
 
 @dataclass
@@ -33,8 +34,8 @@ def profile_step(prog: Program, batch: int | None = None, steps: int = 20,
     rng = np.random.default_rng(0)
     for name, arr in step.inputs.items():  # pixels in [0, 1), class 0, a small lr
         arr[...] = rng.random(arr.shape) if arr.dtype.kind == "f" and arr.ndim else 0
-    if "lr" in step.inputs:
-        step.inputs["lr"][...] = 1e-3
+    if LR in step.inputs:
+        step.inputs[LR][...] = 1e-3
     step.run()  # warm-up: caches, page faults, pool start
     step.cycles[:] = 0
     t0 = time.perf_counter()

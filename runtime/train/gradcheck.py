@@ -10,13 +10,13 @@ import time
 
 import numpy as np
 
-from graphc.autodiff.step import gradient_graph
+from graphc.autodiff.graphs import gradient_graph
 from graphc.driver import batch_dim, compile_graph, forward
 from graphc.errors import DataError
 from graphc.frontend import Program
 from graphc.ir.graph import Graph
 from graphc.ops.registry import index_bound
-from graphc.runtime.init import init_params
+from graphc.ir.init import init_params
 
 STEP = 1e-5        # central-difference step (float64)
 FLOOR = 1e-6       # relative errors are taken against max(|backprop|, |numerical|, FLOOR)
@@ -29,8 +29,8 @@ def _feeds(prog: Program, g: Graph, batch: int, seed: int) -> dict[str, np.ndarr
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     if prog.train.data and batch_dim(prog.graph):
-        from graphc.runtime.data import load_dataset
-        from graphc.runtime.trainer import data_inputs, fit_features
+        from graphc.runtime.train.data import load_dataset
+        from graphc.runtime.train.trainer import data_inputs, fit_features
         data = load_dataset(prog.train.data)
         if batch > len(data.y_train):
             raise DataError(f"{data.name}: {len(data.y_train)} training samples, fewer than the batch "

@@ -14,15 +14,15 @@ from typing import Callable
 
 import numpy as np
 
-from graphc.codegen.feed import KINDS, build_feed
+from graphc.codegen.feed import CONVERSIONS, build_feed
 from graphc.codegen.jit import Native, compile_host
 from graphc.codegen.module import scratch_bytes, table_slots
 from graphc.codegen.target import Target
 from graphc.errors import GraphcError
 from graphc.ir.graph import DTYPES, NP_DTYPES, Param, Value
 from graphc.passes.pipeline import Schedule
-from graphc.runtime.init import init_params
-from graphc.runtime.pool import Pool
+from graphc.ir.init import init_params
+from graphc.runtime.execute.pool import Pool
 
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p))
 _RUN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
@@ -33,7 +33,7 @@ EXTERN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32)
 class _Source(ctypes.Structure):
     """feed.SOURCE: one input a feed fills."""
     _fields_ = [("dst", ctypes.c_void_p), ("src", ctypes.c_void_p), ("src_rows", ctypes.c_int64),
-                ("row_bytes", ctypes.c_int64), ("divisor", ctypes.c_float), ("kind", ctypes.c_int32)]
+                ("row_bytes", ctypes.c_int64), ("divisor", ctypes.c_float), ("conversion", ctypes.c_int32)]
 
 
 class _Feed(ctypes.Structure):
@@ -101,15 +101,15 @@ class Step:
                                      f"got {a.dtype}{list(a.shape)}")
         buffers = []
         for buf in sched.plan.buffers:
-            if buf.kind == "output":
+            if buf.role == "output":
                 v = g.outputs[buf.name]
                 arr = _array(v)
                 if v.const is not None:  # a constant output (e.g. a zero gradient) never changes
                     arr[...] = v.const
-            elif buf.kind == "arena":
+            elif buf.role == "arena":
                 arr = aligned((max(sched.plan.arena_bytes, 1),), np.uint8)
             else:
-                arr = {"input": self.inputs, "param": self.params, "state": self.state}[buf.kind][buf.name]
+                arr = {"input": self.inputs, "param": self.params, "state": self.state}[buf.role][buf.name]
             buffers.append(arr)
         # an output that is itself a leaf or an update is read from that leaf's array
         self.outputs = {k: buffers[sched.plan.place[v][0]] for k, v in g.outputs.items()}
@@ -209,8 +209,8 @@ class Feeder:
             if name not in step.inputs:
                 raise ValueError(f"no input {name} to feed (inputs: {', '.join(step.inputs)})")
             dst = step.inputs[name]
-            kind = f"u8_f{8 * dst.itemsize}" if rows.dtype == np.uint8 and dst.dtype.kind == "f" else "copy"
-            if (kind not in KINDS or kind == "copy" and (rows.dtype != dst.dtype or divisor != 1)
+            conversion = f"u8_f{8 * dst.itemsize}" if rows.dtype == np.uint8 and dst.dtype.kind == "f" else "copy"
+            if (conversion not in CONVERSIONS or conversion == "copy" and (rows.dtype != dst.dtype or divisor != 1)
                     or rows.shape[1:] != dst.shape[1:] or not rows.flags.c_contiguous):
                 raise ValueError(f"input {name}: rows must be C-contiguous {dst.dtype}, or uint8 with a "
                                  f"divisor, shaped [n, {', '.join(map(str, dst.shape[1:]))}]; got "
@@ -218,7 +218,7 @@ class Feeder:
             rows_kept.append(rows)
             dsts.append(dst)
             specs.append(_Source(dst.ctypes.data, rows.ctypes.data, len(rows), rows[:1].nbytes,
-                                 divisor, list(KINDS).index(kind)))
+                                 divisor, list(CONVERSIONS).index(conversion)))
         self._keep = rows_kept + dsts
         batches = {len(dst) for dst in dsts}
         if len(batches) != 1:

@@ -1,7 +1,7 @@
 """The trainer: feeds batches of a dataset to a compiled training step, evaluates, logs, saves.
 
 Python only orders the work here: each batch is picked into the step's input buffers by the
-generated feed (runtime/step.py's Feeder) and the whole training step (forward, backward, update)
+generated feed (runtime/execute/step.py's Feeder) and the whole training step (forward, backward, update)
 runs as one native call.
 """
 
@@ -23,21 +23,21 @@ from tqdm import tqdm
 
 from graphc.driver import Compiled, compile_graph, forward, train_graph
 from graphc.errors import DataError, GraphcError
-from graphc.autodiff.schedule import horizon
+from graphc.autodiff.lr_schedule import horizon
 from graphc.frontend import Program
-from graphc.ir.graph import Graph, Input
+from graphc.ir.graph import LR, Graph, Input
 from graphc.ir.serialize import to_json
 from graphc.ops import REGISTRY
-from graphc.runtime.checkpoint import CHECKPOINT, PARAMS, Rollback, RunState, lock_run, save_arrays
-from graphc.runtime.data import Dataset
-from graphc.runtime.init import init_params
+from graphc.runtime.train.checkpoint import CHECKPOINT, PARAMS, Rollback, RunState, lock_run, save_arrays
+from graphc.runtime.train.data import Dataset
+from graphc.ir.init import init_params
 
 EVAL_BATCH = 1000
 
 
 def data_inputs(g: Graph) -> tuple[Input, Input]:
     """The model's feature and label inputs: the first float and the first i32 input."""
-    x = next((i for i in g.inputs if i.value.type.is_float and i.value.name != "lr"), None)
+    x = next((i for i in g.inputs if i.value.type.is_float and i.value.name != LR), None)
     y = next((i for i in g.inputs if i.value.dtype == "i32"), None)
     if x is None or y is None:
         raise GraphcError(f"model {g.name} needs a float feature input and an i32 label input to train")
@@ -239,7 +239,7 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
     feed = step.feeder(**{xin.value.name: x_train, yin.value.name: np.ascontiguousarray(
         data.y_train, step.inputs[yin.value.name].dtype)})
     per_epoch = samples // opt.batch  # the remainder is dropped; shuffling covers it over epochs
-    for name, v in {"lr": opt.lr, **horizon(per_epoch, opt.epochs)}.items():
+    for name, v in {LR: opt.lr, **horizon(per_epoch, opt.epochs)}.items():
         if name in step.inputs:  # a schedule has the run's length as inputs when it needs it
             step.inputs[name][...] = v
     config = {"model": g.name, "batch": opt.batch, "lr": opt.lr, "seed": opt.seed,

@@ -17,7 +17,7 @@ from graphc.ir.graph import NP_DTYPES, Param
 
 
 class Dist(NamedTuple):
-    kind: str  # "fill" (every element a), "normal" (mean a, std b), "uniform" ([a, b))
+    family: str  # "fill" (every element a), "normal" (mean a, std b), "uniform" ([a, b))
     a: float
     b: float = 0.0
 
@@ -53,11 +53,11 @@ def check_arguments(init: str, args: dict[str, float]) -> str | None:
     d = INITIALIZERS[init]((1, 1), **args)
     if not (math.isfinite(d.a) and math.isfinite(d.b)):
         return "its arguments must be finite numbers"
-    if d.kind == "normal" and d.b < 0:
+    if d.family == "normal" and d.b < 0:
         return f"std must not be negative, got {d.b:g}"
-    if d.kind == "uniform" and d.a > d.b:
+    if d.family == "uniform" and d.a > d.b:
         return f"low ({d.a:g}) must not exceed high ({d.b:g})"
-    if d.kind == "uniform" and not math.isfinite(d.b - d.a):
+    if d.family == "uniform" and not math.isfinite(d.b - d.a):
         return "high - low is too large to draw from"
     return None
 
@@ -74,9 +74,9 @@ def distribution(p: Param) -> Dist:
 
 
 def sample(d: Dist, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    if d.kind == "normal":
+    if d.family == "normal":
         return rng.normal(d.a, d.b, shape)
-    if d.kind == "uniform":
+    if d.family == "uniform":
         return rng.uniform(d.a, d.b, shape)
     return np.full(shape, d.a)
 
