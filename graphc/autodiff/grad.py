@@ -30,10 +30,11 @@ def grad(g: Graph, wrt: list[Value]) -> dict[Value, Value]:
         b = Builder(g, n.loc, n.scope, grad_of=(n, -1))
         first = len(g.nodes)
         contribs = opdef.vjp(b, n, gout)
+        emitted = set(g.nodes[first:])  # this vjp's nodes
         for i, (v, c) in enumerate(zip(n.inputs, contribs)):
             if c is None or v not in active:
                 continue
-            if c.producer is not None and g.nodes.index(c.producer) >= first:
+            if c.producer in emitted:
                 c.producer.grad_of = (n, i)
             cot[v] = b.add(cot[v], c) if v in cot else c
     out = {}

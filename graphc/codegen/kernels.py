@@ -268,8 +268,7 @@ class Loops:
     window), the innermost of an elementwise chain or all the reduced ones of a register reduction,
     where no index is computed. The loop around them is then marked for vectorization and not
     unrolled: left to itself, LLVM unrolls it completely too (rows of 14 or 5 pooled pixels) and
-    vectorizes the loop around it with gathers, or not at all. LeNet's 2×2 max pooling, per step,
-    A/B in one process: 396 -> 160 µs over its six kernels (first layer forward 111 -> 21)."""
+    vectorizes the loop around it with gathers, or not at all (docs/perf.md)."""
 
     groups: tuple[tuple[int, ...], ...]  # the iteration-space axes each loop runs over
     space: tuple[int, ...]               # trip counts
@@ -343,27 +342,53 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
     its kept loops). Rows read at indices from data are checked, reported to `fault` (which such a
     kernel needs); with `fault.check_bounds` every access is: an offset outside its value is not
     made, and reported."""
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    dtype = compute_dtype(k)
-    members = set(k.nodes)
-    maps = {n: input_maps(n) for n in k.nodes}
-    point = {n: d for n in k.nodes if isinstance(d := lowered(n), Pointwise)}
-    rank = len(k.space)
-    red = k.nodes[-1] if k.kind is KernelKind.REDUCE else None
-    lp = loops(k, merge)
-    # loops unrolled into the one around them, which is vectorized (see Loops.unrolled): not where a
-    # thread's range covers them, and not forced where bounds checks branch (LLVM would refuse)
-    unrolled = lp.unrolled if len(ranges) <= len(lp.space) - lp.unrolled else 0
-    vector = True if unrolled and fault is None else None
-    # a constant reads like any value of its shape: through its map, `fill` outside it
-    gathered = {(v, m) for n in k.nodes for v, m in zip(n.inputs, maps[n]) if any(isinstance(a, Affine) for a in m)}
-    # read at a node's turn, once the index operands it needs are known
-    indexed = {(v, m) for n in k.nodes for v, m in zip(n.inputs, maps[n]) if any(isinstance(a, Indexed) for a in m)}
-    accesses = list(dict.fromkeys((a, size) for v, m in gathered for a, size in zip(m, v.shape)
-                                  if isinstance(a, Affine)))
+    _LoopNest(fn, k, arg_of, fault, merge).emit(ranges)
 
-    def at(ptr: ir.Value, off: ir.Value, v: Value) -> ir.Value:
+
+class _LoopNest:
+    """One loop kernel being emitted: its loops, how each operand is read, and the body."""
+
+    def __init__(self, fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], fault: Fault | None,
+                 merge: bool) -> None:
+        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+        self.k, self.arg_of, self.fault = k, arg_of, fault
+        self.dtype = compute_dtype(k)
+        self.members = set(k.nodes)
+        self.maps = {n: input_maps(n) for n in k.nodes}
+        self.point = {n: d for n in k.nodes if isinstance(d := lowered(n), Pointwise)}
+        self.rank = len(k.space)
+        self.red = k.nodes[-1] if k.kind is KernelKind.REDUCE else None
+        self.lp = loops(k, merge)
+        reads = [(v, m) for n in k.nodes for v, m in zip(n.inputs, self.maps[n])]
+        # a constant reads like any value of its shape: through its map, `fill` outside it
+        self.gathered = {(v, m) for v, m in reads if any(isinstance(a, Affine) for a in m)}
+        # read at a node's turn, once the index operands it needs are known
+        self.indexed = {(v, m) for v, m in reads if any(isinstance(a, Indexed) for a in m)}
+        self.accesses = list(dict.fromkeys((a, size) for v, m in self.gathered for a, size in zip(m, v.shape)
+                                           if isinstance(a, Affine)))
+        # the innermost loop runs the stretch where every gather is inside its value unchecked (a
+        # plain strided loop) and the edges checked, scalar, if edges are short; else it is one
+        # checked loop (where a gather is a masked load, for short rows cheaper than three loops)
+        edges = _edges(self.accesses, self.lp.groups[-1], k.space) if self.accesses and self.lp.groups else None
+        self.split = edges is not None and 4 * edges <= self.lp.space[-1]
+
+    def emit(self, ranges: Ranges) -> None:
+        b, lp = self.b, self.lp
+        # loops unrolled into the one around them, which is vectorized (see Loops.unrolled): not where a
+        # thread's range covers them, and not forced where bounds checks branch (LLVM would refuse)
+        self.unrolled = lp.unrolled if len(ranges) <= len(lp.space) - lp.unrolled else 0
+        self.vector = True if self.unrolled and self.fault is None else None
+        if self.red is None:
+            self.run(lp.space, [], None, ranges)
+        else:
+            red = self.red
+            _reduce(b, self.k, lp, red, self.dtype, self.run,
+                    lambda off: self.at(self.arg_of[red.out], off, red.out), ranges, self.vector)
+        b.ret_void()
+
+    def at(self, ptr: ir.Value, off: ir.Value, v: Value) -> ir.Value:
         """The address of element `off` of value `v` (checked against v's size in a bounds build)."""
+        b, fault = self.b, self.fault
         if fault is None or not fault.check_bounds:
             return b.gep(ptr, [off])
         zero, size = ir.Constant(I64, 0), math.prod(v.shape)
@@ -372,10 +397,11 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
             fault.report(b, 0, off, size)
         return b.gep(ptr, [b.select(ok, off, zero)])
 
-    def row(v: Value, m: tuple, ops: list, site: int, idx: list[ir.Value]) -> ir.Value:
+    def row(self, v: Value, m: tuple, ops: list, site: int, idx: list[ir.Value]) -> ir.Value:
         """`v` read through an `Indexed` map: each data index checked, row 0 read for a bad one."""
+        b, fault = self.b, self.fault
         assert fault is not None  # a kernel that indexes from data is given one
-        lin = offset(b, idx, lp.squash(access(v, m, rank)))
+        lin = offset(b, idx, self.lp.squash(access(v, m, self.rank)))
         for a, size, stride in zip(m, v.shape, strides(tuple(v.shape))):
             if isinstance(a, Indexed):
                 i = b.sext(ops[a.operand], I64)
@@ -383,27 +409,30 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
                 with b.if_then(b.not_(ok), likely=False):
                     fault.report(b, site, i, size)
                 lin = b.add(lin, b.mul(b.select(ok, i, ir.Constant(I64, 0)), ir.Constant(I64, stride)))
-        return element(v, v.const) if v.const is not None else b.load(at(arg_of[v], lin, v))
+        return element(v, v.const) if v.const is not None else b.load(self.at(self.arg_of[v], lin, v))
 
-    def body(idx: list[ir.Value], store_reduce: Callable | None, checked: bool) -> None:
+    def body(self, idx: list[ir.Value], store_reduce: Callable | None, checked: bool) -> None:
+        """One iteration: load what the nodes read, compute them in order, store the outputs."""
+        b, k, lp = self.b, self.k, self.lp
         orig = lp.originals(b, idx, k.space)
-        s = LLVMScalar(b, dtype, orig, k.space)
-        loads, vals = {}, {}
+        s = LLVMScalar(b, self.dtype, orig, k.space)
+        loads: dict = {}
+        vals: dict = {}
         for n in k.nodes:  # loads first
-            for v, m in zip(n.inputs, maps[n]):
+            for v, m in zip(n.inputs, self.maps[n]):
                 key = (v, m)
-                if key in loads or key in indexed or v.producer in members and identity_access(v, m, k.space):
+                if key in loads or key in self.indexed or v.producer in self.members and identity_access(v, m, k.space):
                     continue
-                if key in gathered:
-                    fill = element(v, point[n].fill)
+                if key in self.gathered:
+                    fill = element(v, self.point[n].fill)
                     load = (lambda lin, c=element(v, v.const): c) if v.const is not None else \
-                        (lambda lin, v=v: b.load(at(arg_of[v], lin, v)))
+                        (lambda lin, v=v: b.load(self.at(self.arg_of[v], lin, v)))
                     loads[key] = gather(b, load, v, m, orig, fill, checked)
                 elif v.const is None:
-                    loads[key] = b.load(at(arg_of[v], offset(b, idx, lp.squash(access(v, m, rank))), v))
+                    loads[key] = b.load(self.at(self.arg_of[v], offset(b, idx, lp.squash(access(v, m, self.rank))), v))
 
         def operand(v: Value, m: tuple) -> ir.Value | None:
-            if (v, m) in indexed:
+            if (v, m) in self.indexed:
                 return None  # a row: read below, once the other operands are known
             if (v, m) in loads:
                 return loads[v, m]
@@ -412,30 +441,26 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
             return vals[v]
 
         for site, n in enumerate(k.nodes, 1):
-            ops = [operand(v, m) for v, m in zip(n.inputs, maps[n])]
-            ops = [row(v, m, ops, site, idx) if x is None else x
-                   for x, v, m in zip(ops, n.inputs, maps[n])]
-            if n is red:
+            ops = [operand(v, m) for v, m in zip(n.inputs, self.maps[n])]
+            ops = [self.row(v, m, ops, site, idx) if x is None else x
+                   for x, v, m in zip(ops, n.inputs, self.maps[n])]
+            if n is self.red:
+                assert store_reduce is not None
                 store_reduce(idx, ops[0])
             else:
-                vals[n.out] = point[n].expr(s, *ops)
+                vals[n.out] = self.point[n].expr(s, *ops)
         for v in k.outputs:
-            if v is not (red.out if red else None):
-                b.store(vals[v], at(arg_of[v], offset(b, idx, lp.squash(strides(k.space))), v))
+            if v is not (self.red.out if self.red else None):
+                b.store(vals[v], self.at(self.arg_of[v], offset(b, idx, lp.squash(strides(k.space))), v))
 
-    # the innermost loop runs the stretch where every gather is inside its value unchecked (a plain
-    # strided loop) and the edges checked, scalar, if edges are short; else it is one checked loop
-    # (where a gather is a masked load, for a loop of short rows that is cheaper than three loops)
-    edges = _edges(accesses, lp.groups[-1], k.space) if accesses and lp.groups else None
-    split = edges is not None and 4 * edges <= lp.space[-1]
-
-    def innermost(idx: list[ir.Value], lo, hi, store_reduce: Callable | None) -> None:
-        """The innermost loop over [lo, hi), split as above."""
-        step = lambda checked: lambda i: body(idx + [i], store_reduce, checked)
-        if not split:
+    def innermost(self, idx: list[ir.Value], lo, hi, store_reduce: Callable | None) -> None:
+        """The innermost loop over [lo, hi), split as __init__ says."""
+        b, lp = self.b, self.lp
+        step = lambda checked: lambda i: self.body(idx + [i], store_reduce, checked)
+        if not self.split:
             for_range(b, hi, step(True), lo)
             return
-        clean = _clean_range(b, accesses, lp.groups[-1], lp.originals(b, idx + [_i64(0)], k.space),
+        clean = _clean_range(b, self.accesses, lp.groups[-1], lp.originals(b, idx + [_i64(0)], self.k.space),
                              lp.space[-1])
         lo, hi = _i64(lo), _i64(hi)
         a = _smin(b, _smax(b, clean[0], lo), hi)  # lo <= a <= z <= hi
@@ -444,24 +469,19 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
         for_range(b, z, step(False), a)
         for_range(b, hi, step(True), z, vectorize=False)
 
-    def run(dims: tuple[int, ...], prefix: list[ir.Value], store_reduce: Callable | None,
+    def run(self, dims: tuple[int, ...], prefix: list[ir.Value], store_reduce: Callable | None,
             ranges: Ranges = ()) -> None:
         """Loops over `dims` after the loop indices `prefix`, ending in the innermost loop."""
-        if unrolled:  # no index is computed: no edges to split off
-            nest(b, dims, lambda idx: body(idx, store_reduce, True), tuple(prefix), ranges, unrolled,
-                 vector)
+        b = self.b
+        if self.unrolled:  # no index is computed: no edges to split off
+            nest(b, dims, lambda idx: self.body(idx, store_reduce, True), tuple(prefix), ranges, self.unrolled,
+                 self.vector)
             return
         if not dims:
-            body(prefix, store_reduce, True)
+            self.body(prefix, store_reduce, True)
             return
         last = (ranges[len(dims) - 1] if len(ranges) >= len(dims) else None) or (0, dims[-1])
-        nest(b, dims[:-1], lambda idx: innermost(idx, *last, store_reduce), tuple(prefix), ranges)
-
-    if red is None:
-        run(lp.space, [], None, ranges)
-    else:
-        _reduce(b, k, lp, red, dtype, run, lambda off: at(arg_of[red.out], off, red.out), ranges, vector)
-    b.ret_void()
+        nest(b, dims[:-1], lambda idx: self.innermost(idx, *last, store_reduce), tuple(prefix), ranges)
 
 
 def _reduce(b, k, lp, red, dtype, run, out_at, ranges, vectorize) -> None:

@@ -39,13 +39,6 @@ EXTERN_FN = ir.FunctionType(ir.VoidType(), [I8P, I64, I32])  # (data, element co
 LINE_BYTES = 64  # a scatter's column shares are whole cache lines: threads never write one line
 
 
-ELEMENTWISE_PARALLEL_MIN = 1 << 14  # iterations below which a loop kernel runs on one thread
-# multiply-adds below which a GEMM runs on one thread: splitting mlp.net's 327K-MAC logit GEMMs at
-# batch 128 saves ~15 us a step, its 0.5-1.6M ones at batch 8 ~45 us of 175 (A/B in one process);
-# twolayer's 50K ones gain nothing
-PARALLEL_MIN = 1 << 18
-PARTIAL_MAX = 1 << 14  # outputs up to which a GEMM may split K (each thread fills a partial C)
-
 
 def table_slots(s: Schedule, threads: int, profile: bool = False, check_bounds: bool = False) -> list[str]:
     """The names of the table's slots after the plan's buffers, in order (see module doc)."""
@@ -70,7 +63,7 @@ def scratch_bytes(s: Schedule, target: Target, threads: int) -> int:
 
 
 def _slot_bytes(target: Target, dtype: str) -> int:
-    return gemm_scratch_bytes(target, dtype) + PARTIAL_MAX * ELEMENT_BYTES[dtype]
+    return gemm_scratch_bytes(target, dtype) + target.tuning.partial_max * ELEMENT_BYTES[dtype]
 
 
 def build_module(s: Schedule, target: Target, entry: str = "graphc_step", threads: int = 1,
@@ -99,7 +92,7 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
         if k.kind is KernelKind.VIEW and s.plan.place[k.outputs[0]] == s.plan.place[k.inputs[0]]:
             continue  # the view shares its source's buffer: nothing to run
         args = _distinct(k, s.plan.place)
-        parallel = run is not None and _worth_splitting(k)
+        parallel = run is not None and _worth_splitting(k, target)
         # after the buffer pointers: the fault slot where indices come from data or loops are
         # checked, a GEMM's scratch, an extern kernel's function
         checked = check_bounds and (k.kind in LOOPS or _epilogue(k) is not None)
@@ -192,14 +185,15 @@ def _gemm_args(n: Node, arg_of: dict) -> list[ir.Value]:
 
 
 
-def _worth_splitting(k: Kernel) -> bool:
+def _worth_splitting(k: Kernel, target: Target) -> bool:
+    tune = target.tuning
     if k.kind is KernelKind.CONTRACT:
-        return _gemm(k.nodes[0]).macs >= PARALLEL_MIN
+        return _gemm(k.nodes[0]).macs >= tune.parallel_macs
     if k.kind is KernelKind.SCATTER:  # threads split the columns, each at least a cache line
         d = scatter(k)
-        return d.positions * d.width >= ELEMENTWISE_PARALLEL_MIN and d.width >= 2 * _line(k)
+        return d.positions * d.width >= tune.parallel_iterations and d.width >= 2 * _line(k)
     # loop kernels split their outermost loop (for a reduction, a kept one: outputs stay disjoint)
-    return (k.kind in LOOPS and math.prod(k.space) >= ELEMENTWISE_PARALLEL_MIN
+    return (k.kind in LOOPS and math.prod(k.space) >= tune.parallel_iterations
             and loops(k).kept > 0)
 
 
@@ -212,51 +206,81 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
                 threads: int, fault: Fault | None = None) -> None:
     """The body of a split kernel fn(ptrs..., [scratch,] tid, nt): thread tid's share of the work."""
     tid, nt = fn.args[-2:]
-    if k.kind in LOOPS or k.kind is KernelKind.SCATTER:
-        b = ir.IRBuilder(fn.append_basic_block("share"))
-        if k.kind is KernelKind.SCATTER:  # columns, never index positions: no two threads add into one element
-            assert fault is not None
-            emit_scatter(fn, k, arg_of, fault, share(b, ir.Constant(I64, scatter(k).width), tid, nt, _line(k)))
-        else:
-            emit_loop_kernel(fn, k, arg_of, ranges=(share(b, ir.Constant(I64, loops(k).space[0]), tid, nt),),
-                             fault=fault)
-        b.position_at_end(b.block)  # after any alloca the loop nest hoisted into this block
-        b.branch(fn.blocks[1])  # into the loop nest's own entry block
+    if k.kind is KernelKind.CONTRACT:
+        _GemmShare(m, fn, k, arg_of, target, threads).emit(fault)
         return
-    n, g = k.nodes[0], _gemm(k.nodes[0])
-    M, N, K, A, lda, B, ldb, C, ldc = _gemm_args(n, arg_of)
-    ta, tb, dtype = g.ta, g.tb, n.out.dtype
-    rng = m.globals[define_gemm(m, target, dtype, ta, tb, (g.m, g.n), g.k).name + "_range"]
-    blk = _blocking(n, target)
-    acc = ir.Constant(I32, 0)
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    scratch = b.gep(fn.args[-3], [b.mul(tid, ir.Constant(I64, _slot_bytes(target, dtype)))])
-    # each thread packs all of A for a column share, all of B for a row share: duplicate the
-    # smaller; columns go in whole NR strips. When C is small both ways, share K (whole KC blocks,
-    # or vectors for the dot kernel): thread 0 writes C, the others a partial C in their slot,
-    # added in after the split
-    if _k_split(n, target, threads):
-        k0, k1 = share(b, K, tid, nt, blk.lanes if blk.dot else blk.kc)
-        partial = b.bitcast(b.gep(scratch, [ir.Constant(I64, gemm_scratch_bytes(target, dtype))]), C.type)
-        c = b.select(b.icmp_signed("==", tid, ir.Constant(I64, 0)), C, partial)
-        a0 = b.gep(A, [b.mul(k0, lda) if ta else k0])
-        b0 = b.gep(B, [k0 if tb else b.mul(k0, ldb)])
-        b.call(rng, [M, N, b.sub(k1, k0), a0, lda, b0, ldb, c, ldc, acc, ir.Constant(I64, 0), N, scratch])
-        b.ret_void()  # the epilogue runs on the summed C, after the split
-        return
-    if N.constant >= blk.nr * threads and N.constant >= M.constant:
-        n0, n1 = share(b, N, tid, nt, blk.nr)
+    b = ir.IRBuilder(fn.append_basic_block("share"))
+    if k.kind is KernelKind.SCATTER:  # columns, never index positions: no two threads add into one element
+        assert fault is not None
+        emit_scatter(fn, k, arg_of, fault, share(b, ir.Constant(I64, scatter(k).width), tid, nt, _line(k)))
+    else:  # the outermost loop (for a reduction, a kept one: outputs stay disjoint)
+        emit_loop_kernel(fn, k, arg_of, ranges=(share(b, ir.Constant(I64, loops(k).space[0]), tid, nt),),
+                         fault=fault)
+    b.position_at_end(b.block)  # after any alloca the loop nest hoisted into this block
+    b.branch(fn.blocks[1])  # into the loop nest's own entry block
+
+
+class _GemmShare:
+    """A thread's share of a GEMM, in one of three ways. Each thread packs all of A for a column
+    share and all of B for a row share, so the split duplicates the smaller operand's packing;
+    when C is small both ways, K is shared instead."""
+
+    def __init__(self, m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target,
+                 threads: int) -> None:
+        self.fn, self.k, self.arg_of, self.target, self.threads = fn, k, arg_of, target, threads
+        self.n, self.g = k.nodes[0], _gemm(k.nodes[0])
+        self.args = _gemm_args(self.n, arg_of)
+        self.dtype = self.n.out.dtype
+        self.rng = m.globals[define_gemm(m, target, self.dtype, self.g.ta, self.g.tb, (self.g.m, self.g.n),
+                                         self.g.k).name + "_range"]
+        self.blk = _blocking(self.n, target)
+        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+        self.tid, self.nt = fn.args[-2:]
+        self.scratch = self.b.gep(fn.args[-3], [self.b.mul(self.tid, ir.Constant(I64, _slot_bytes(target, self.dtype)))])
+
+    def emit(self, fault: Fault | None) -> None:
+        if _k_split(self.n, self.target, self.threads):
+            self.k_share()
+            self.b.ret_void()  # the epilogue runs on the summed C, after the split
+            return
+        M, N = self.args[0], self.args[1]
+        wide = N.constant >= self.blk.nr * self.threads and N.constant >= M.constant
+        block = self.column_share() if wide else self.row_share()
+        _then_epilogue(self.b, self.fn, self.k, self.arg_of, block, fault)  # on this thread's block of C
+
+    def k_share(self) -> None:
+        """Whole KC blocks of K (vectors, for the dot kernel): thread 0 writes C, the others a partial
+        C in their scratch slot, added in after the split."""
+        b, blk = self.b, self.blk
+        M, N, K, A, lda, B, ldb, C, ldc = self.args
+        k0, k1 = share(b, K, self.tid, self.nt, blk.lanes if blk.dot else blk.kc)
+        partial = b.bitcast(b.gep(self.scratch, [ir.Constant(I64, gemm_scratch_bytes(self.target, self.dtype))]),
+                            C.type)
+        c = b.select(b.icmp_signed("==", self.tid, ir.Constant(I64, 0)), C, partial)
+        a0 = b.gep(A, [b.mul(k0, lda) if self.g.ta else k0])
+        b0 = b.gep(B, [k0 if self.g.tb else b.mul(k0, ldb)])
+        b.call(self.rng, [M, N, b.sub(k1, k0), a0, lda, b0, ldb, c, ldc, ir.Constant(I32, 0), ir.Constant(I64, 0),
+                          N, self.scratch])
+
+    def column_share(self) -> dict:
+        """Whole NR strips of columns; returns the block of C it wrote (axis -> range)."""
+        b = self.b
+        M, N, K, A, lda, B, ldb, C, ldc = self.args
+        n0, n1 = share(b, N, self.tid, self.nt, self.blk.nr)
         with b.if_then(b.icmp_signed("<", n0, n1)):
-            b.call(rng, [M, N, K, A, lda, B, ldb, C, ldc, acc, n0, n1, scratch])
-        block = {1: (n0, n1)}
-    else:
-        m0, m1 = share(b, M, tid, nt)
-        a0 = b.gep(A, [m0 if ta else b.mul(m0, lda)])
+            b.call(self.rng, [M, N, K, A, lda, B, ldb, C, ldc, ir.Constant(I32, 0), n0, n1, self.scratch])
+        return {1: (n0, n1)}
+
+    def row_share(self) -> dict:
+        """Rows of C; returns the block of C it wrote (axis -> range)."""
+        b = self.b
+        M, N, K, A, lda, B, ldb, C, ldc = self.args
+        m0, m1 = share(b, M, self.tid, self.nt)
+        a0 = b.gep(A, [m0 if self.g.ta else b.mul(m0, lda)])
         with b.if_then(b.icmp_signed("<", m0, m1)):
-            b.call(rng, [b.sub(m1, m0), N, K, a0, lda, B, ldb, b.gep(C, [b.mul(m0, ldc)]), ldc, acc,
-                         ir.Constant(I64, 0), N, scratch])
-        block = {0: (m0, m1)}
-    _then_epilogue(b, fn, k, arg_of, block, fault)  # on this thread's block of C: no wait between
+            b.call(self.rng, [b.sub(m1, m0), N, K, a0, lda, B, ldb, b.gep(C, [b.mul(m0, ldc)]), ldc,
+                              ir.Constant(I32, 0), ir.Constant(I64, 0), N, self.scratch])
+        return {0: (m0, m1)}
 
 
 def _epilogue(k: Kernel) -> Kernel | None:
@@ -306,7 +330,7 @@ def _k_split(n, target: Target, threads: int) -> bool:
     pack all of the long operands), or the dot-product kernel's (each would read all of A or B,
     in uneven shares of a small C), and K gives every thread whole KC blocks."""
     c, blk = _gemm(n), _blocking(n, target)
-    return (blk.dot or c.n < blk.nr * threads and c.m < 2 * blk.mr * threads) and c.m * c.n <= PARTIAL_MAX \
+    return (blk.dot or c.n < blk.nr * threads and c.m < 2 * blk.mr * threads) and c.m * c.n <= target.tuning.partial_max \
         and c.k >= blk.kc * threads
 
 

@@ -65,7 +65,6 @@ class Tuning:
     parallel_macs: int = 1 << 18        # multiply-adds from which a GEMM splits across threads
     parallel_iterations: int = 1 << 14  # iterations from which a loop kernel splits across threads
     partial_max: int = 1 << 14          # elements of C up to which a GEMM may split K
-    unroll_max: int = 4                 # iterations of a trailing loop that may be unrolled
     spins: int = 20000                  # polls before an idle pool worker sleeps on the futex
     yield_after: int = 256              # polls before each further poll also yields the core
     prefetch_rows: int = 4              # rows the batch feed prefetches ahead

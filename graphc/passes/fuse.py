@@ -4,15 +4,10 @@
   space, identity index map), so elementwise chains become one loop; values used only inside the
   kernel never touch memory. Independent kernels that feed the same node that way merge into it.
 - A reduction closes the elementwise kernel that computes its input (its prologue).
-- A contraction (GEMM) starts a kernel of its own, and elementwise nodes over its output that
-  read nothing else as large as C join it as its epilogue (bias, activation): each thread runs
-  them on its block of C while that block is in cache, with no second pass. A node that streams
-  another array the size of C (an optimizer's weights and moments) stays a loop kernel of its own:
-  fused into the weight gradient's GEMM, the momentum update made an mlp.net step 4% slower at
-  batch 128 (A/B in one process), though 6% faster at batch 8. So does a node that reads only
-  values written to memory anyway (relu's mask, gt(relu(x), 0), for the backward pass): in the
-  epilogue it would write one more array; its consumer's loop computes it from what it reads
-  (mlp.net: 870 -> 840 us a step).
+- A contraction (GEMM) starts a kernel of its own, and elementwise nodes over its output join it
+  as its epilogue (bias, activation): each thread runs them on its block of C while that block is
+  in cache, with no second pass. `EPILOGUE_BARS` names the nodes that stay out, each with its
+  reason (the measurements are in docs/perf.md).
 - A scatter-add, an external call and a view are kernels of their own (they read their inputs
   whole; a scatter writes rows its indices pick).
 Joining is refused when it would make the kernel depend on itself through another kernel.
@@ -26,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 
+from graphc.errors import InternalError
 from graphc.ir.graph import Graph, Node, Value
 from graphc.ops.lowering import Contraction, Extern, Indexed, Map, Pointwise, Reduction, Scatter, View
 from graphc.ops.registry import lowered
@@ -80,6 +76,41 @@ def identity_access(v: Value, m: tuple, space: tuple) -> bool:
     return tuple(v.shape) == tuple(space) and m == tuple(range(len(space)))
 
 
+@dataclass(frozen=True)
+class _Step:
+    """What fusion's rules consult about the whole step."""
+
+    updated: dict[Value, Value]  # a new value -> the param or state it overwrites in place
+    stored: set[int]             # ids of values written to memory whatever is fused
+
+
+def _reduces(gemm: Kernel, n: Node, step: _Step) -> bool:
+    """A reduction needs all of C; the epilogue sees one thread's block."""
+    return isinstance(lowered(n), Reduction)
+
+
+def _streams_another_c(gemm: Kernel, n: Node, step: _Step) -> bool:
+    """It reads another array as large as C (an optimizer's weights and moments): streaming it
+    through the GEMM's threads measured slower than a loop kernel of its own."""
+    return any(v.const is None and v.producer not in gemm.nodes and v.type.size() >= math.prod(gemm.space)
+               for v in n.inputs)
+
+
+def _overwrites_an_operand(gemm: Kernel, n: Node, step: _Step) -> bool:
+    """It updates in place a param the GEMM reads: it would race the GEMM's reads."""
+    return step.updated.get(n.out) in gemm.nodes[0].inputs
+
+
+def _reads_only_stored_values(gemm: Kernel, n: Node, step: _Step) -> bool:
+    """It reads nothing the epilogue holds in registers (relu's mask from the stored relu): in the
+    epilogue it would write one more array; its consumer's loop computes it from what it reads."""
+    return not any(v is gemm.nodes[0].out or v.producer in gemm.nodes and id(v) not in step.stored
+                   for v in n.inputs)
+
+
+EPILOGUE_BARS = (_reduces, _streams_another_c, _overwrites_an_operand, _reads_only_stored_values)
+
+
 def fuse(g: Graph) -> list[Kernel]:
     kernel_of: dict[Node, Kernel] = {}
     kernels: list[Kernel] = []
@@ -100,12 +131,7 @@ def fuse(g: Graph) -> list[Kernel]:
     def can_join(k: Kernel, n: Node, space: tuple) -> bool:
         if k.space != space or k.kind not in (KernelKind.ELEMENTWISE, KernelKind.CONTRACT):
             return False
-        if k.kind is KernelKind.CONTRACT and (
-                isinstance(lowered(n), Reduction) or any(
-                    v.const is None and v.producer not in k.nodes and v.type.size() >= math.prod(space)
-                    for v in n.inputs)
-                or updated.get(n.out) in k.nodes[0].inputs  # in place: would race the GEMM's reads
-                or not any(v is k.nodes[0].out or v.producer in k.nodes and not stored(v) for v in n.inputs)):
+        if k.kind is KernelKind.CONTRACT and any(bar(k, n, step) for bar in EPILOGUE_BARS):
             return False
         for v, m in zip(n.inputs, input_maps(n)):
             p = kernel_of.get(v.producer)
@@ -116,11 +142,9 @@ def fuse(g: Graph) -> list[Kernel]:
         return True
 
     order = {n: i for i, n in enumerate(g.nodes)}
-    updated = {new: target for target, new in g.updates}
     # written to memory whatever is fused: a step's result, or read by a node that is not elementwise
-    always = _results(g) | {id(v) for n in g.nodes if not isinstance(lowered(n), Pointwise)
-                            for v in n.inputs}
-    stored = lambda v: id(v) in always
+    step = _Step({new: target for target, new in g.updates},
+                 _results(g) | {id(v) for n in g.nodes if not isinstance(lowered(n), Pointwise) for v in n.inputs})
 
     for n in g.nodes:
         d = lowered(n)
@@ -196,14 +220,15 @@ def _order(g: Graph, kernels: list[Kernel], kernel_of: dict[Node, Kernel]) -> li
         for k in kernels:
             if k is not writer and target in k.inputs:
                 after[writer].add(k)
-    first = {k: min(g.nodes.index(n) for n in k.nodes) for k in kernels}
+    position = {n: i for i, n in enumerate(g.nodes)}
+    first = {k: min(position[n] for n in k.nodes) for k in kernels}
     done: list[Kernel] = []
     placed: set[Kernel] = set()
     pending = sorted(kernels, key=first.get)
     while pending:
         ready = next((k for k in pending if after[k] <= placed), None)
         if ready is None:
-            raise RuntimeError("internal: kernel order has a cycle (update before a reader?)")
+            raise InternalError(f"{g.name}: kernel order has a cycle (an update before a reader?)")
         pending.remove(ready)
         placed.add(ready)
         done.append(ready)
