@@ -220,3 +220,23 @@ def test_random_broadcasting(seed):
         np.testing.assert_allclose(out["y"], ref(name, xs, {}), rtol=1e-12)
         for j in range(2):
             assert out[f"d.x{j}"].shape == shapes[j]
+
+
+ODD_VALUES = ["x", (1, "a"), ((1,),), -3, 2.5, True, None, (), 10**12, (0,), (-1, -1)]
+
+
+@pytest.mark.parametrize("name,i,case", ALL, ids=[f"{n}-{i}" for n, i, _ in ALL])
+def test_odd_attribute_values_are_the_users_errors(name, i, case):
+    """Each shape rule checks every attribute a user can write: a value of the wrong kind or range is
+    a GraphcError naming the op, never an exception from inside the rule (an InternalError)."""
+    from graphc.errors import GraphcError, InternalError
+    types, attrs = case
+    for attr in REGISTRY[name].attributes()[0]:
+        for v in ODD_VALUES:
+            b = Builder(Graph("odd"))
+            try:
+                b.op(name, *[Value(f"x{j}", t) for j, t in enumerate(types)], **{**attrs, attr: v})
+            except InternalError as e:
+                pytest.fail(f"{name}({attr}={v!r}): {e}")
+            except GraphcError as e:  # the rule's message, or the size limit's naming the type
+                assert str(e).startswith(f"error: {name}: ") or "elements; a tensor holds at most" in str(e), e

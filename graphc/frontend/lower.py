@@ -297,10 +297,7 @@ class _Lowerer:
     def _apply(self, op: str, args: list[Value | Number], attrs: dict[str, Const], loc: Loc,
                fr: _Frame) -> Value:
         self.b.loc, self.b.scope = loc, fr.scope
-        try:
-            return self.b.op(op, *args, **attrs)
-        except (TypeError, ValueError, KeyError, IndexError) as err:  # attribute values of the wrong kind
-            raise GraphcError(f"{op}: bad attribute value ({err})", loc) from None
+        return self.b.op(op, *args, **attrs)
 
     def _const(self, e: ast.Expr, fr: _Frame) -> Const:
         """A compile-time value: numbers, true/false, lists, dims, int/float arguments, dtypes."""

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from graphc.errors import GraphcError, Loc
+from graphc.errors import GraphcError, InternalError, Loc
 
 Dim = int | str  # a symbolic dim (e.g. "B") until bound
 DTYPES = ("f32", "f64", "i32")
@@ -201,6 +201,9 @@ class Builder:
             t = opdef.shape([v.type for v in inputs], attrs)
         except ShapeError as e:
             raise GraphcError(f"{name}: {e}", self.loc) from None
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+            # every attribute a user can write is checked by the rule (ShapeError): this is its bug
+            raise InternalError(f"{name}'s shape rule failed on {attrs}: {e!r}") from e
         t.check_size(self.loc)
         out = Value(name_out or self.graph.fresh(), t)
         node = Node(name, inputs, attrs, out, self.loc, self.scope, self.grad_of)

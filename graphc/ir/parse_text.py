@@ -267,8 +267,6 @@ class _Reader:
             v = b.op(str(s.op), *args, name_out=str(s.out), **s.attrs)
         except GraphcError as e:  # a shape rule failed: point at this line, not the model source
             raise GraphcError(e.message, self.at(s.op)) from None
-        except (TypeError, ValueError) as e:  # e.g. a list where the shape rule wants a number
-            raise GraphcError(f"{s.op}: malformed attribute ({e})", self.at(s.op)) from None
         if v.type != s.type:
             raise GraphcError(f"{s.out} is declared {s.type} but {s.op} gives {v.type}", self.at(s.out))
         self.define(s.out, v)
