@@ -1,9 +1,8 @@
 """Exports a model's inference graph as ONNX (standard opset), built with the onnx package's helper API.
 
-EMITTERS maps each graphc op to the ONNX node(s) computing it, one entry per op. Ops without an
-entry cannot be exported and are named in the error: those that exist only for training (losses,
-accuracy: the inference graph drops them; dropout: the evaluation form has none),
-graphc-internal ones (window, fold) and extern_call (a function the runtime binds). Batch norm needs no entry: it is built from primitives, and
+EMITTERS maps each graphc op to the ONNX node(s) computing it, one entry per op; NOT_EXPORTABLE
+lists the others, each with its reason, and exporting one is an error naming it. Batch norm needs
+no entry: it is built from primitives, and
 its evaluation form reads the running statistics, exported as initializers. The batch dim stays
 symbolic, the inputs are what the model reads (samples in its input shape, pixels scaled to [0, 1]
 as graphc's data loaders do), and the outputs are its predictions (the logits).
@@ -20,6 +19,7 @@ from graphc.about import __version__
 from graphc.autodiff.graphs import inference_graph
 from graphc.errors import GraphcError
 from graphc.ir.graph import NP_DTYPES, Dim, Graph, Node, Value
+from graphc.ops.conv import geometry, pool_window
 
 if TYPE_CHECKING:
     import onnx
@@ -112,15 +112,10 @@ def _reduce(op_type: str) -> Emitter:
     return emit
 
 
-def _pair(v: int | tuple[int, int]) -> list[int]:
-    return [v, v] if isinstance(v, int) else list(v)
-
-
 def _window(n: Node) -> dict[str, list[int]]:
-    """Pooling geometry: graphc's stride defaults to the kernel; padding is the same on both sides."""
-    kernel = _pair(n.attrs["kernel"])
-    stride = kernel if n.attrs["stride"] is None else _pair(n.attrs["stride"])
-    return {"kernel_shape": kernel, "strides": stride, "pads": _pair(n.attrs["padding"]) * 2}
+    """Pooling geometry as the op defines it (graphc.ops.conv); padding is the same on both sides."""
+    kernel, stride, padding, _ = geometry(pool_window(n.attrs))
+    return {"kernel_shape": list(kernel), "strides": list(stride), "pads": list(padding) * 2}
 
 
 def _matmul(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
@@ -160,9 +155,20 @@ def _scatter_add(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
 
 
 def _conv2d(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
-    a = n.attrs
-    return e.node("Conv", xs, strides=_pair(a["stride"]), pads=_pair(a["padding"]) * 2,
-                  dilations=_pair(a["dilation"]), group=a["groups"])
+    _, stride, padding, dilation = geometry({**n.attrs, "kernel": 1})  # the kernel is w's shape
+    return e.node("Conv", xs, strides=list(stride), pads=list(padding) * 2, dilations=list(dilation),
+                  group=n.attrs["groups"])
+
+
+def _iota(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
+    """Each element's index along `axis`: a Range, shaped to broadcast along it, then expanded."""
+    rank, axis = n.out.type.rank, n.attrs["axis"] % n.out.type.rank
+    size = n.out.shape[axis]
+    zero, step = (e.const(np.array(v, NP_DTYPES[n.out.dtype])) for v in (0, 1))
+    count = e.node("Cast", [e.shape((size,))], to=e.elem(n.out.dtype))
+    line = e.node("Range", [zero, e.node("Squeeze", [count, e.ints([0])]), step])
+    column = e.node("Reshape", [line, e.ints([-1 if a == axis else 1 for a in range(rank)])])
+    return e.node("Expand", [column, e.shape(n.out.shape)])
 
 
 EMITTERS: dict[str, Emitter] = {
@@ -180,6 +186,7 @@ EMITTERS: dict[str, Emitter] = {
     "pad": _pad,
     "concat": lambda e, n, xs: e.node("Concat", xs, axis=n.attrs["axis"]),
     "onehot": _onehot,
+    "iota": _iota,
     "gather": lambda e, n, xs: e.node("Gather", xs, axis=0),
     "scatter_add": _scatter_add,
     "sum": _reduce("ReduceSum"), "max": _reduce("ReduceMax"), "mean": _reduce("ReduceMean"),
@@ -192,6 +199,13 @@ EMITTERS: dict[str, Emitter] = {
     "global_avg_pool": lambda e, n, xs: e.node("Squeeze", [e.node("GlobalAveragePool", xs),
                                                            e.ints([2, 3])]),  # [N,C,1,1] -> [N,C]
 }
+
+
+# ops with no ONNX form, and why: the inference graph has no losses or metrics and no dropout (its
+# evaluation form), window/fold/fold_taps exist only inside graphc's lowering of convolutions and
+# pooling, and an external call is a function the runtime binds
+NOT_EXPORTABLE = {"softmax_cross_entropy", "mse", "accuracy", "dropout", "window", "fold", "fold_taps",
+                  "extern_call"}
 
 
 def to_onnx(fwd: Graph, arrays: dict[str, np.ndarray]) -> "onnx.ModelProto":

@@ -29,7 +29,7 @@ def _pair(v, name: str) -> tuple[int, int]:
     return p
 
 
-def _geometry(attrs) -> tuple[tuple[int, int], ...]:
+def geometry(attrs) -> tuple[tuple[int, int], ...]:
     """(kernel, stride, padding, dilation), each as (rows, cols)."""
     k, s, p, d = (_pair(attrs[a], a) for a in ("kernel", "stride", "padding", "dilation"))
     require(min(*k, *s, *d) >= 1 and min(p) >= 0, f"bad window geometry kernel={k} stride={s} "
@@ -57,18 +57,18 @@ _WINDOW = {"stride": 1, "padding": 0, "dilation": 1}
 def _window_shape(ts, attrs):
     x = ts[0]
     _image(x)
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(attrs)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geometry(attrs)
     n, c, h, w = x.shape
     return TensorType(x.dtype, (c, kh, kw, n, _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)))
 
 
 def _window_maps(ts, out, attrs):
-    _, (sh, sw), (ph, pw), (dh, dw) = _geometry(attrs)
+    _, (sh, sw), (ph, pw), (dh, dw) = geometry(attrs)
     return [(3, 0, Affine(((4, sh), (1, dh)), -ph), Affine(((5, sw), (2, dw)), -pw))]
 
 
 def _window_ref(x, kernel, stride, padding, dilation, value):
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geometry(
         {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation})
     n, c, h, w = x.shape
     oh, ow = _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
@@ -99,7 +99,7 @@ def _fold_shape(ts, attrs):
     g = ts[0]
     float_type(g)
     require(g.rank == 6, f"patches must be T[C,KH,KW,N,OH,OW], got {g}")
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(attrs)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geometry(attrs)
     h, w = _pair(attrs["size"], "size")
     c, gkh, gkw, n, oh, ow = g.shape
     require(gkh in (1, kh) and gkw in (1, kw)
@@ -127,14 +127,14 @@ def _taps_shape(ts, attrs):
 
 
 def _taps_maps(ts, out, attrs):
-    _, (sh, sw), (ph, pw), (dh, dw) = _geometry(attrs)
+    _, (sh, sw), (ph, pw), (dh, dw) = geometry(attrs)
     # pixel h is read by tap i of patch oh where oh * sh + i * dh - ph == h
     taps = tuple(None if d == 1 else a for a, d in zip((2, 3), ts[0].shape[1:3]))  # 1: one value per patch
     return [(1, *taps, 0, Affine(((4, 1), (2, -dh)), ph, sh), Affine(((5, 1), (3, -dw)), pw, sw))]
 
 
 def _taps_ref(g, size, kernel, stride, padding, dilation):
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geometry(
         {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation})
     c, _, _, n, oh, ow = g.shape
     g = np.broadcast_to(g, (c, kh, kw, n, oh, ow))
@@ -258,13 +258,14 @@ register(OpDef(
 _POOL = {"stride": None, "padding": 0}
 
 
-def _pool_geo(attrs) -> dict:
+def pool_window(attrs) -> dict:
+    """A pooling op's window attributes: its stride defaults to the kernel; no dilation."""
     stride = attrs["kernel"] if attrs["stride"] is None else attrs["stride"]
     return {"kernel": attrs["kernel"], "stride": stride, "padding": attrs["padding"], "dilation": 1}
 
 
 def _pool_shape(ts, attrs):
-    c, _, _, n, oh, ow = _window_shape(ts, {**_pool_geo(attrs), "value": 0.0}).shape
+    c, _, _, n, oh, ow = _window_shape(ts, {**pool_window(attrs), "value": 0.0}).shape
     return TensorType(ts[0].dtype, (n, c, oh, ow))
 
 
@@ -283,7 +284,7 @@ def _tiles(b, x, attrs):
     """x as [N,C,OH,KH,OW,KW] when the patches tile it exactly (stride = kernel, no padding, sizes
     divisible): pooling is then a reduction over axes 3 and 5 of this view, with no gather and no
     layout change either way (None when the patches overlap, skip pixels or need padding)."""
-    (kh, kw), (sh, sw), (ph, pw), _ = _geometry(_pool_geo(attrs))
+    (kh, kw), (sh, sw), (ph, pw), _ = geometry(pool_window(attrs))
     n, c, h, w = x.shape
     if (sh, sw) != (kh, kw) or (ph, pw) != (0, 0) or h % kh or w % kw:
         return None
@@ -301,7 +302,7 @@ def _pool(b, x, attrs, reduce, fill: float):
     t = _tiles(b, x, attrs)
     if t is not None:
         return b.op(reduce, t, axes=(3, 5))
-    return _unpatch(b, b.op(reduce, b.window(x, **_pool_geo(attrs), value=fill), axes=(1, 2)))
+    return _unpatch(b, b.op(reduce, b.window(x, **pool_window(attrs), value=fill), axes=(1, 2)))
 
 
 def _max_pool_vjp(b, n, g):
@@ -316,10 +317,10 @@ def _max_pool_vjp(b, n, g):
         return [b.reshape(b.mul(b.eq(left, first), _per_tile(b, g)), shape=tuple(x.shape))]
     # overlapping patches: one reduction over (pixel, tap) gives each pixel the g of every patch
     # whose first max it is; it gathers `first` and g per tap, so no patch-sized array is written
-    win = b.window(x, **_pool_geo(n.attrs), value=-math.inf)
+    win = b.window(x, **pool_window(n.attrs), value=-math.inf)
     is_max = b.eq(win, b.broadcast_to(_per_patch(b, n.out), shape=tuple(win.shape)))
     first = b.max(b.mul(is_max, _taps_left(b, win, (1, 2), kw)), axes=(1, 2), keepdims=True)
-    geo = {"size": tuple(x.shape[2:]), **_pool_geo(n.attrs)}
+    geo = {"size": tuple(x.shape[2:]), **pool_window(n.attrs)}
     taps = b.fold_taps(first, **geo)  # 0 where the tap is outside every patch
     mine = b.eq(taps, _taps_left(b, taps, (2, 3), kw))
     return [b.sum(b.mul(mine, b.fold_taps(_per_patch(b, g), **geo)), axes=(2, 3))]
@@ -333,7 +334,7 @@ def _taps_left(b, v, axes: tuple[int, int], kw: int):
 
 def _pool_ref(reduce, fill):
     def ref(x, kernel, stride, padding):
-        geo = _pool_geo({"kernel": kernel, "stride": stride, "padding": padding})
+        geo = pool_window({"kernel": kernel, "stride": stride, "padding": padding})
         return reduce(_window_ref(x, value=fill, **geo), axis=(1, 2)).transpose(1, 0, 2, 3).astype(x.dtype)
     return ref
 
@@ -355,7 +356,7 @@ def _avg_pool_vjp(b, n, g):
     t = _tiles(b, x, n.attrs)
     if t is not None:
         return [b.reshape(b.broadcast_to(_per_tile(b, g), shape=tuple(t.shape)), shape=tuple(x.shape))]
-    return [b.fold(_per_patch(b, g), size=tuple(x.shape[2:]), **_pool_geo(n.attrs))]
+    return [b.fold(_per_patch(b, g), size=tuple(x.shape[2:]), **pool_window(n.attrs))]
 
 
 register(OpDef(
