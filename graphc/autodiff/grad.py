@@ -13,7 +13,7 @@ from graphc.ops import REGISTRY
 
 def grad(g: Graph, wrt: list[Value]) -> dict[Value, Value]:
     """Append nodes computing d(g.outputs[g.loss]) / d(v) for each v in `wrt`; return them."""
-    loss = g.outputs[g.loss]
+    loss = g.loss_value()
     if loss.type.shape != ():
         raise GraphcError(f"the differentiated output '{g.loss}' must be a scalar, got {loss.type}")
     # only values that depend on something in `wrt` carry gradients
@@ -26,10 +26,11 @@ def grad(g: Graph, wrt: list[Value]) -> dict[Value, Value]:
         gout = cot.get(n.out)
         if gout is None or n.out not in active:
             continue
-        opdef = REGISTRY[n.op]
+        vjp = REGISTRY[n.op].vjp
+        assert vjp is not None  # an op without one makes nothing active
         b = Builder(g, n.loc, n.scope, grad_of=(n, -1))
         first = len(g.nodes)
-        contribs = opdef.vjp(b, n, gout)
+        contribs = vjp(b, n, gout)
         emitted = set(g.nodes[first:])  # this vjp's nodes
         for i, (v, c) in enumerate(zip(n.inputs, contribs)):
             if c is None or v not in active:

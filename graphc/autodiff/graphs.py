@@ -20,7 +20,7 @@ def training_graph(fwd: Graph, optimizer: str, args: dict[str, float], schedule:
     The gradients are clipped to global norm `clip_norm` when given; the optimizer steps with the
     learning rate of `schedule` (see graphc.autodiff.lr_schedule)."""
     g = _copy(fwd, "step")
-    dtype = g.outputs[g.loss].dtype
+    dtype = g.loss_value().dtype
     lr = Value(LR, TensorType(dtype, ()))
     g.inputs.append(Input(lr, nograd=True))
     params = [p.value for p in g.params]
@@ -57,11 +57,10 @@ def inference_graph(fwd: Graph) -> Graph:
         g.outputs = {k: g.outputs[k] for k in outputs}
     else:
         loss = g.outputs[g.loss].producer if g.loss else None
-        opdef = REGISTRY[loss.op] if loss is not None else None
-        if opdef is None or Trait.LOSS not in opdef.traits:
+        if loss is None or Trait.LOSS not in REGISTRY[loss.op].traits:
             raise GraphcError(f"model {fwd.name} has no output to predict with: declare one with "
                               f"`output NAME = ...`")
-        g.outputs = {opdef.operands[0]: loss.inputs[0]}
+        g.outputs = {REGISTRY[loss.op].operands[0]: loss.inputs[0]}
     g.loss, g.metrics, g.updates = None, (), []
     dce(g)
     read = {id(v) for n in g.nodes for v in n.inputs} | {id(v) for v in g.outputs.values()}

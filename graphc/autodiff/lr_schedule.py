@@ -54,10 +54,10 @@ def step_counter(b: Builder, g: Graph, dtype: str) -> Value:
     return t
 
 
-def scheduled_lr(g: Graph, lr: Value, name: str, args: dict[str, float]) -> Value:
+def scheduled_lr(g: Graph, lr: Value, name: str, given: dict[str, float]) -> Value:
     """Append the nodes computing schedule `name`'s learning rate of this step from `lr` and the step
     counter; returns `lr` itself for a constant schedule without warm-up."""
-    args = {**SCHEDULES[name], **args}
+    args: dict[str, float | None] = {**SCHEDULES[name], **given}
     b = Builder(g, scope="schedule")
     warmup = _duration(b, g, lr, args, "warmup")
     if name == "constant" and warmup is None:

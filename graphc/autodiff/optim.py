@@ -7,6 +7,7 @@ trainer can change it (--lr) without recompiling; the other hyperparameters are 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from graphc.ir.graph import Builder, Graph, Param, TensorType, Value
@@ -126,7 +127,7 @@ _EMIT: dict[str, Callable] = {
     "adagrad": _adagrad,
     "rmsprop": _rmsprop,
     "adam": _adam,
-    "adamw": lambda *a, **k: _adam(*a, **k, decoupled=True),
+    "adamw": functools.partial(_adam, decoupled=True),
 }
 
 

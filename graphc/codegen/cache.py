@@ -70,7 +70,7 @@ def store(key: str, obj: bytes) -> None:
     """Cache `obj` for `key`, then evict the least recently used entries beyond the size limit."""
     limit = max_bytes()
     with _or_warn(), _directory(create=True) as (_, dfd):
-        _write(dfd, key, obj)
+        assert dfd is not None  # made if missing
         total = 0
         for _, size, name in sorted(_entries(dfd, _ENTRY), reverse=True):  # newest first
             total += size

@@ -114,7 +114,7 @@ def access(v: Value, m: tuple, rank: int) -> list[int]:
     """Per iteration axis: the element stride of `v` along it (0 where v is broadcast, or only
     reached through an index read from data)."""
     coef = [0] * rank
-    for axis, s in zip(m, strides(tuple(v.shape))):
+    for axis, s in zip(m, strides(v.dims)):
         if isinstance(axis, int):
             coef[axis] += s
     return coef
@@ -165,7 +165,7 @@ def gather(b: ir.IRBuilder, load: Callable[[ir.Value], ir.Value], v: Value, m: t
     known to be inside: a plain load."""
     ok = ir.Constant(ir.IntType(1), 1)
     lin = _i64(0)
-    for a, size, stride in zip(m, v.shape, strides(tuple(v.shape))):
+    for a, size, stride in zip(m, v.dims, strides(v.dims)):
         if a is None:
             continue
         if isinstance(a, Affine):
@@ -364,7 +364,7 @@ class _LoopNest:
         self.gathered = {(v, m) for v, m in reads if any(isinstance(a, Affine) for a in m)}
         # read at a node's turn, once the index operands it needs are known
         self.indexed = {(v, m) for v, m in reads if any(isinstance(a, Indexed) for a in m)}
-        self.accesses = list(dict.fromkeys((a, size) for v, m in self.gathered for a, size in zip(m, v.shape)
+        self.accesses = list(dict.fromkeys((a, size) for v, m in self.gathered for a, size in zip(m, v.dims)
                                            if isinstance(a, Affine)))
         # the innermost loop runs the stretch where every gather is inside its value unchecked (a
         # plain strided loop) and the edges checked, scalar, if edges are short; else it is one
@@ -391,7 +391,7 @@ class _LoopNest:
         b, fault = self.b, self.fault
         if fault is None or not fault.check_bounds:
             return b.gep(ptr, [off])
-        zero, size = ir.Constant(I64, 0), math.prod(v.shape)
+        zero, size = ir.Constant(I64, 0), math.prod(v.dims)
         ok = b.icmp_unsigned("<", off, ir.Constant(I64, size))  # a negative offset is a huge one
         with b.if_then(b.not_(ok), likely=False):
             fault.report(b, 0, off, size)
@@ -402,7 +402,7 @@ class _LoopNest:
         b, fault = self.b, self.fault
         assert fault is not None  # a kernel that indexes from data is given one
         lin = offset(b, idx, self.lp.squash(access(v, m, self.rank)))
-        for a, size, stride in zip(m, v.shape, strides(tuple(v.shape))):
+        for a, size, stride in zip(m, v.dims, strides(v.dims)):
             if isinstance(a, Indexed):
                 i = b.sext(ops[a.operand], I64)
                 ok = b.icmp_unsigned("<", i, ir.Constant(I64, size))
@@ -481,7 +481,8 @@ class _LoopNest:
             self.body(prefix, store_reduce, True)
             return
         last = (ranges[len(dims) - 1] if len(ranges) >= len(dims) else None) or (0, dims[-1])
-        nest(b, dims[:-1], lambda idx: self.innermost(idx, *last, store_reduce), tuple(prefix), ranges)
+        lo, hi = last
+        nest(b, dims[:-1], lambda idx: self.innermost(idx, lo, hi, store_reduce), tuple(prefix), ranges)
 
 
 def _reduce(b, k, lp, red, dtype, run, out_at, ranges, vectorize) -> None:

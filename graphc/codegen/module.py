@@ -314,7 +314,9 @@ def _serial_epilogue(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, fau
         for attr in a.attributes:
             e.add_attribute(attr)
     same = dict(zip(fn.args, epi.args))
-    emit_loop_kernel(epi, _epilogue(k), {v: same[a] for v, a in arg_of.items()},
+    body = _epilogue(k)
+    assert body is not None  # called for a GEMM with an epilogue
+    emit_loop_kernel(epi, body, {v: same[a] for v, a in arg_of.items()},
                      fault=fault and dataclasses.replace(fault, ptr=same[fault.ptr]), merge=False)
     return epi
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, cast
 
 import numpy as np
 
@@ -29,6 +29,12 @@ class TensorType:
     @property
     def is_float(self) -> bool:
         return self.dtype in ("f32", "f64")
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """The shape of a bound type, as whole numbers. Binding checks every shape once (and the
+        verifier of a schedule's graph again); stages after it read `dims`, not `shape`."""
+        return cast("tuple[int, ...]", self.shape)
 
     def size(self) -> int:
         n = 1
@@ -66,6 +72,17 @@ class Value:
     @property
     def shape(self) -> tuple[Dim, ...]:
         return self.type.shape
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return self.type.dims
+
+    @property
+    def node(self) -> "Node":
+        """The node computing this value (a leaf or a literal has none)."""
+        if self.producer is None:
+            raise InternalError(f"{self.name} is not computed by a node")
+        return self.producer
 
     @property
     def dtype(self) -> str:
@@ -134,6 +151,12 @@ class Graph:
         names = [n.out.name for n in self.nodes]
         numbered = [int(k[1:]) for k in names if k.startswith("%") and k[1:].isdigit()]
         self._count = max(numbered, default=-1) + 1
+
+    def loss_value(self) -> Value:
+        """The differentiated output."""
+        if self.loss is None:
+            raise GraphcError(f"{self.name} has no loss to differentiate: write `loss = ...`")
+        return self.outputs[self.loss]
 
     def leaves(self) -> Iterator[Value]:
         yield from (i.value for i in self.inputs)

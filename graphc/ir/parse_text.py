@@ -91,7 +91,7 @@ class _NodeLine:
 @dataclass
 class _Assign:                 # `name = ref` (an output) or `name <- ref` (an update)
     tok: Token
-    ref: _Ref | None
+    ref: _Ref | None           # an output may leave it out: `name` is then its own value
     update: bool
 
 
@@ -139,7 +139,8 @@ class _ToData(Transformer):
 
     def leaves(self, *items: _Leaf | Token) -> tuple[list[_Leaf], list[_Leaf], list[_Leaf]]:
         state_at = next((i for i, x in enumerate(items) if isinstance(x, Token)), len(items))
-        leaves, state = list(items[:state_at]), list(items[state_at + 1:])
+        leaves = [x for x in items[:state_at] if isinstance(x, _Leaf)]
+        state = [x for x in items[state_at + 1:] if isinstance(x, _Leaf)]
         return ([x for x in leaves if isinstance(x.entry, Input)],
                 [x for x in leaves if isinstance(x.entry, Param)], state)
 
@@ -280,8 +281,8 @@ class _Reader:
             raise GraphcError(f"output {name} is declared {want} but is {v.type}", self.at(name))
         return v
 
-    def update(self, target: Token, ref: _Ref, buffers: dict[str, Value]) -> tuple[Value, Value]:
-        if str(target) not in buffers:
+    def update(self, target: Token, ref: _Ref | None, buffers: dict[str, Value]) -> tuple[Value, Value]:
+        if str(target) not in buffers or ref is None:
             raise GraphcError(f"update of {target}, which is not a param or state", self.at(target))
         t = buffers[str(target)]
         v = self.value(ref, t.type)

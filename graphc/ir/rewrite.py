@@ -37,7 +37,7 @@ def rewrite(g: Graph, rule: Rule | None = None,
         new = rule(b, n, args, attrs) if rule else None
         if new is None:
             new = b.op(n.op, *args, name_out=n.out.name, **attrs)
-            nodes[n] = new.producer
+            nodes[n] = new.node
         env[n.out] = new
     out.outputs = {k: env.get(v) or _const(out, v, leaf_type) for k, v in g.outputs.items()}
     out.updates = [(env[t], env[v]) for t, v in g.updates]
@@ -46,4 +46,5 @@ def rewrite(g: Graph, rule: Rule | None = None,
 
 def _const(g: Graph, v: Value, leaf_type: Callable[[TensorType], TensorType]) -> Value:
     t = leaf_type(v.type)
+    assert v.const is not None, v.name  # a value outside the graph's nodes and leaves is a literal
     return Builder(g).const(v.const, t.dtype, t.shape)

@@ -82,7 +82,7 @@ def from_json(d: dict) -> Graph:
         args = [const(a) if isinstance(a, dict) else env[a] for a in e["inputs"]]
         v = b.op(e["op"], *args, name_out=e["out"]["name"], **{k: attr(a) for k, a in e["attrs"].items()})
         env[v.name] = v
-        by_out[v.name] = v.producer
+        by_out[v.name] = v.node
     g.continue_numbering()
     g.outputs = {k: const(v) if isinstance(v, dict) else env[v] for k, v in d["outputs"].items()}
     g.updates = [(env[t], env[v]) for t, v in d["updates"]]

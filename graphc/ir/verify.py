@@ -7,8 +7,9 @@ from graphc.ir.graph import OPS, Graph, ShapeError
 from graphc.ir.printer import print_graph
 
 
-def verify(g: Graph) -> None:
-    """Raise InternalError, with the printed graph, where `g` breaks an invariant of the IR."""
+def verify(g: Graph, bound: bool = False) -> None:
+    """Raise InternalError, with the printed graph, where `g` breaks an invariant of the IR;
+    `bound`: also where a shape is not whole numbers (what codegen's `dims` relies on)."""
     def check(ok: bool, message: str) -> None:
         if not ok:
             raise InternalError(f"{g.name} fails verification: {message}", print_graph(g))
@@ -19,12 +20,15 @@ def verify(g: Graph) -> None:
         for v in n.inputs:
             check(v.const is not None or v in defined, f"{n.out.name}: {v.name} used before definition")
         try:
-            want = OPS[n.op].shape([v.type for v in n.inputs], n.attrs)
+            want: object = OPS[n.op].shape([v.type for v in n.inputs], n.attrs)
         except ShapeError as e:
             want = e
         check(want == n.out.type, f"{n.out.name}: type {n.out.type} but {n.op} gives {want}")
         check(n.out not in defined, f"{n.out.name} defined twice")
         defined.add(n.out)
+    if bound:
+        for v in [*g.leaves(), *(n.out for n in g.nodes)]:
+            check(all(isinstance(d, int) for d in v.shape), f"{v.name}: {v.type} is not bound")
     for name, v in g.outputs.items():
         check(v.const is not None or v in defined, f"output {name} is not defined")
     leaves = {p.value for p in g.params} | {s.value for s in g.state}

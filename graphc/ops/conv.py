@@ -375,7 +375,7 @@ def _gap_shape(ts, attrs):
 register(OpDef(
     "global_avg_pool", 1, _gap_shape,
     lambda b, n, g: [b.mul(b.broadcast_to(b.reshape(g, shape=(*g.shape, 1, 1)), shape=tuple(n.inputs[0].shape)),
-                           1.0 / math.prod(n.inputs[0].shape[2:]))],
+                           1.0 / math.prod(n.inputs[0].dims[2:]))],
     lambda x: x.mean(axis=(2, 3)),
     Decompose(lambda b, x: b.mean(x, axes=(2, 3))), {},
     "x: T[N,C,H,W] -> T[N,C], the mean over each channel's pixels"))

@@ -66,7 +66,7 @@ class OpDef:
             kind = next((k for k in (bool, float, str) if isinstance(default, k)), None)
             ok = (kind is None or isinstance(v, kind) or
                   (kind is float and isinstance(v, int) and not isinstance(v, bool)))
-            require(ok, f"{name} must be {_KIND_WORDS.get(kind)}, got {show(v)}")
+            require(ok, f"{name} must be {_KIND_WORDS[kind] if kind else 'given'}, got {show(v)}")
 
 
 _KIND_WORDS = {bool: "true or false", float: "a number", str: "a name"}
@@ -82,12 +82,16 @@ def lowered(n: Node) -> Lowered:
     return rule.at(n)
 
 
+def declared_indices(n: Node) -> dict[int, Dim]:
+    """Node `n`'s integer operands that index something, and the bounds their values stay below."""
+    indices = REGISTRY[n.op].indices
+    return indices([x.type for x in n.inputs], n.attrs) if indices else {}
+
+
 def index_bound(g: Graph, v: Value) -> Dim | None:
     """The bound the integer values of `v` must stay below, as the ops reading it declare (the
     smallest, if several do): labels below the class count, token ids below the table's rows."""
-    bounds = [bound for n in g.nodes if REGISTRY[n.op].indices
-              for i, bound in REGISTRY[n.op].indices([x.type for x in n.inputs], n.attrs).items()
-              if n.inputs[i] is v]
+    bounds = [bound for n in g.nodes for i, bound in declared_indices(n).items() if n.inputs[i] is v]
     known = [b for b in bounds if isinstance(b, int)]
     return min(known) if known else bounds[0] if bounds else None
 

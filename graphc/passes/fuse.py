@@ -112,7 +112,7 @@ EPILOGUE_BARS = (_reduces, _streams_another_c, _overwrites_an_operand, _reads_on
 
 
 def fuse(g: Graph) -> list[Kernel]:
-    kernel_of: dict[Node, Kernel] = {}
+    kernel_of: dict[Node | None, Kernel] = {}  # (a leaf's producer, None, has none)
     kernels: list[Kernel] = []
 
     def deps(k: Kernel) -> set[Kernel]:
@@ -149,7 +149,7 @@ def fuse(g: Graph) -> list[Kernel]:
     for n in g.nodes:
         d = lowered(n)
         if isinstance(d, (Pointwise, Reduction)):
-            space = tuple(n.inputs[0].shape) if isinstance(d, Reduction) else tuple(n.out.shape)
+            space = n.inputs[0].dims if isinstance(d, Reduction) else n.out.dims
             feeders = [kernel_of[v.producer] for v, m in zip(n.inputs, input_maps(n))
                        if v.producer in kernel_of and identity_access(v, m, space)]
             k = next((k for k in feeders if can_join(k, n, space)), None)
@@ -160,14 +160,14 @@ def fuse(g: Graph) -> list[Kernel]:
                 # (never into an epilogue: a sibling's value is as large as C, which bars n)
                 if other is not k and other in kernels and k.kind == other.kind == KernelKind.ELEMENTWISE \
                         and can_join(other, n, space) and other not in deps(k) and k not in deps(other):
-                    k.nodes = sorted(k.nodes + other.nodes, key=order.get)
+                    k.nodes = sorted(k.nodes + other.nodes, key=order.__getitem__)
                     for m in other.nodes:
                         kernel_of[m] = k
                     kernels.remove(other)
             if isinstance(d, Reduction):
                 k.kind = KernelKind.REDUCE  # closes the kernel: nothing joins after its reduction
         else:
-            k = Kernel(WHOLE[type(d)], tuple(n.out.shape))
+            k = Kernel(WHOLE[type(d)], n.out.dims)
             kernels.append(k)
         k.nodes.append(n)
         kernel_of[n] = k
@@ -181,7 +181,7 @@ def _results(g: Graph) -> set[int]:
     return {id(v) for v in g.outputs.values()} | {id(new) for _, new in g.updates}
 
 
-def _connect(g: Graph, kernels: list[Kernel], kernel_of: dict[Node, Kernel]) -> None:
+def _connect(g: Graph, kernels: list[Kernel], kernel_of: dict[Node | None, Kernel]) -> None:
     stored = _results(g)
     for k in kernels:
         inside = set(k.nodes)
@@ -209,14 +209,14 @@ def _connect(g: Graph, kernels: list[Kernel], kernel_of: dict[Node, Kernel]) -> 
         k.outputs.sort(key=lambda v: order[v])
 
 
-def _order(g: Graph, kernels: list[Kernel], kernel_of: dict[Node, Kernel]) -> list[Kernel]:
+def _order(g: Graph, kernels: list[Kernel], kernel_of: dict[Node | None, Kernel]) -> list[Kernel]:
     after: dict[Kernel, set[Kernel]] = {k: set() for k in kernels}
     for k in kernels:
         for v in k.inputs:
             if v.producer is not None:
                 after[k].add(kernel_of[v.producer])
     for target, new in g.updates:
-        writer = kernel_of[new.producer]
+        writer = kernel_of[new.node]
         for k in kernels:
             if k is not writer and target in k.inputs:
                 after[writer].add(k)
@@ -224,7 +224,7 @@ def _order(g: Graph, kernels: list[Kernel], kernel_of: dict[Node, Kernel]) -> li
     first = {k: min(position[n] for n in k.nodes) for k in kernels}
     done: list[Kernel] = []
     placed: set[Kernel] = set()
-    pending = sorted(kernels, key=first.get)
+    pending = sorted(kernels, key=first.__getitem__)
     while pending:
         ready = next((k for k in pending if after[k] <= placed), None)
         if ready is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from graphc.ir.graph import NP_DTYPES, Graph, Value
 from graphc.passes.fuse import Kernel, KernelKind
 
@@ -29,7 +31,7 @@ class Plan:
 
 
 def nbytes(v: Value) -> int:
-    return v.type.size() * NP_DTYPES[v.dtype]().itemsize
+    return v.type.size() * np.dtype(NP_DTYPES[v.dtype]).itemsize
 
 
 def plan_memory(g: Graph, kernels: list[Kernel]) -> Plan:

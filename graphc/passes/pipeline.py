@@ -23,9 +23,9 @@ class Schedule:
 
 
 def schedule(g: Graph) -> Schedule:
-    verify(g)
+    verify(g, bound=True)
     g = materialize(dce(simplify(decompose(g))))
-    verify(g)
+    verify(g, bound=True)
     kernels = fuse(g)
     return Schedule(g, kernels, plan_memory(g, kernels))
 

@@ -53,6 +53,6 @@ def _fold(opdef, args: list[Value], attrs: dict, out_type) -> float | None:
     op's NumPy reference decides, so every op folds the same way."""
     if not all(isinstance(d, int) for a in args for d in a.shape):
         return None
-    y = np.asarray(opdef.ref(*[np.full(a.shape, a.const, NP_DTYPES[a.dtype]) for a in args], **attrs))
+    y = np.asarray(opdef.ref(*[np.full(a.dims, a.const, dtype=NP_DTYPES[a.dtype]) for a in args], **attrs))
     flat = y.reshape(-1)
     return float(flat[0]) if flat.size and np.all(flat == flat[0]) else None

@@ -70,7 +70,7 @@ def aligned(shape: tuple[int, ...], dtype: type, align: int = 64) -> np.ndarray:
 
 
 def _array(v: Value) -> np.ndarray:
-    return aligned(tuple(v.shape), NP_DTYPES[v.dtype])
+    return aligned(v.dims, NP_DTYPES[v.dtype])
 
 
 def _initial(p: Param) -> np.ndarray:
@@ -124,7 +124,8 @@ class Step:
         self.fault = np.zeros(4, np.int64) if "fault" in names else None
         extra = {"scratch": self._scratch.ctypes.data,
                  "pool_run": pool and pool.run_address, "pool": pool and pool.state_address,
-                 "cycles": profile and self.cycles.ctypes.data, "fault": self.fault is not None and self.fault.ctypes.data}
+                 "cycles": self.cycles is not None and self.cycles.ctypes.data,
+                 "fault": self.fault is not None and self.fault.ctypes.data}
         slots = [a.ctypes.data for a in buffers] + [extra.get(n) for n in names]
         self._table = (ctypes.c_void_p * len(slots))(*slots)
         # extern_call slot -> its table index; the functions bound to them (kept alive here)
@@ -229,7 +230,7 @@ class Feeder:
         self._args = _Feed(None, self.batch, ctypes.addressof(self._sources), len(specs),
                            self._fault.ctypes.data)
         task, arg = _feed_task()[1], ctypes.addressof(self._args)
-        if step.pool and sum(dst.nbytes for dst in dsts) >= SPLIT_FEED_BYTES:
+        if step.pool and step._run and sum(dst.nbytes for dst in dsts) >= SPLIT_FEED_BYTES:
             self._go = functools.partial(step._run, step.pool.state_address, task, arg, step.pool.threads)
         else:
             self._go = functools.partial(_TASK(task), arg, 0, 1)
