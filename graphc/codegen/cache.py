@@ -71,6 +71,7 @@ def store(key: str, obj: bytes) -> None:
     limit = max_bytes()
     with _or_warn(), _directory(create=True) as (_, dfd):
         assert dfd is not None  # made if missing
+        _write(dfd, key, obj)
         total = 0
         for _, size, name in sorted(_entries(dfd, _ENTRY), reverse=True):  # newest first
             total += size
