@@ -115,16 +115,26 @@ def check_graph(fwd: Graph, params: dict[str, np.ndarray], feeds: dict[str, np.n
 
 
 def _derivative(f, x0: float, f0: float, h: float) -> tuple[float, bool]:
-    """The central difference of f at x0, and False where f has no derivative there. Its
-    one-sided slopes must agree within the tolerance; when they don't at step h, curvature or a
-    kink nearby is to blame, and a quarter step decides: they agree there (that difference is
-    used), or still not (a kink at x0: a relu at 0, a tie in a max; any subgradient is right)."""
+    """The central difference of f at x0, and False where f has no derivative there.
+
+    A step is trusted where f is smooth across it: its one-sided slopes agree (within a quarter of
+    the tolerance, on the scale the comparison uses, plus their rounding noise), or they differ by
+    curvature alone: the gap shrinks with the step (to a quarter at a quarter step) and the central
+    difference agrees with the larger step's. A kink within h (a relu, or one downstream, crossing
+    0; a tie in a max) fails both at h; at h / 4 it is either outside (that step is used) or at x0
+    (a gap that does not shrink: no derivative to compare, any subgradient is right)."""
+    close = lambda a, b, noise: abs(a - b) <= KINK / 4 * max(abs(a), abs(b), FLOOR) + noise
+    before: tuple[float, float] | None = None  # the larger step's central difference and gap
     for step in (h, h / 4):
         up, down = f(x0 + step), f(x0 - step)
         ahead, behind = (up - f0) / step, (f0 - down) / step
-        if abs(ahead - behind) <= KINK * max(abs(ahead), abs(behind)) + FLOOR:
-            return (up - down) / (2 * step), True
-    return (up - down) / (2 * step), False
+        central, gap = (up - down) / (2 * step), abs(ahead - behind)
+        noise = 4 * np.finfo(np.float64).eps * max(abs(up), abs(down), abs(f0)) / step
+        curved = before is not None and gap <= before[1] / 2 and close(central, before[0], noise)
+        if close(ahead, behind, noise) or curved:
+            return central, True
+        before = central, gap
+    return central, False
 
 
 def format_report(r: dict) -> str:
