@@ -144,15 +144,12 @@ def _profile(a) -> None:
 
 
 def _opts(a, prog):
+    from graphc.api import learning_rate
     from graphc.runtime.train.trainer import TrainOptions
     t = prog.train
     args = dict(t.opt_args)
-    lr = args.pop("lr", None)  # lr is a runtime input of the step, not an optimizer constant
-    if a.lr is not None:
-        lr = a.lr
-    if lr is None:
-        raise GraphcError("no learning rate: set lr in the train block's optimizer or pass --lr",
-                          t.locs.get("train"))
+    args.pop("lr", None)  # lr is a runtime input of the step, not an optimizer constant
+    lr = learning_rate(prog, a.lr)
     out = a.out or a.resume
     if a.checkpoint_every and not out:
         raise GraphcError("--checkpoint-every needs a directory to write to: --out DIR or --resume DIR")

@@ -99,13 +99,24 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
-def load_params(path: str | os.PathLike, params: list[Param]) -> dict[str, np.ndarray]:
+def load_params(path: str | os.PathLike, params: list[Param],
+                partial: bool = False) -> dict[str, np.ndarray]:
     """The arrays a model's `params` need, read from a file written by save_arrays (graphc train
     --out, params.npz or the checkpoint); each must be present with the param's shape, hold floats
-    (converted to the param's dtype: float64 to float32 is fine where the values fit) and be finite."""
+    (converted to the param's dtype: float64 to float32 is fine where the values fit) and be finite.
+
+    `partial` (starting from saved weights): params the file lacks are left out of the result, and
+    an array the file holds that names no param is refused (a different model's file)."""
     arrays, meta = load_arrays(path)
     if meta.get("format") == FORMAT:  # a run's checkpoint: the model's arrays are its params/
         arrays = {k.removeprefix("params/"): v for k, v in arrays.items() if k.startswith("params/")}
+    names = [p.value.name for p in params]
+    if partial:
+        unknown = [k for k in arrays if k not in names]
+        if unknown:
+            raise DataError(f"{path}: holds {unknown[0]}, which is no param of this model "
+                            f"(its params: {', '.join(names)})")
+        params = [p for p in params if p.value.name in arrays]
     out = {}
     for p in params:
         name, arr = p.value.name, arrays.get(p.value.name)

@@ -129,6 +129,10 @@ class TrainOptions:
     on_nonfinite: str = "stop"  # a NaN/Inf loss: "stop" training, or "skip" (undo) the batch
     check_bounds: bool = False  # bounds-check every loop-kernel access (slower; finds codegen bugs)
     force: bool = False  # replace a run already in `out` (else refused, unless resuming it)
+    # arrays trained in place (checked shapes and dtypes): saved weights to start from, or a
+    # graphc.Model's params; the model's arrays not named here start at their initializer
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    callbacks: tuple[Callable[[dict], None], ...] = ()  # each called with each epoch's record
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -229,6 +233,7 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
     model_state = {s.value.name for s in g.state}
     params = init_params(step_graph.params + [s for s in step_graph.state
                                               if s.value.name in model_state], opt.seed)
+    params.update(opt.params)
     compiled = compile_graph(step_graph, params, threads=opt.threads, check_bounds=opt.check_bounds)
     report(f"compiled {g.name} training step in {compiled.seconds:.2f} s"
            f"{' (cached)' if compiled.cache_hit else ''}: {len(compiled.schedule.kernels)} kernels, "
@@ -308,6 +313,8 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                 if skipped:
                     rec["skipped_batches"] = skipped
                 history.append(rec)
+                for callback in opt.callbacks:
+                    callback(rec)
                 report(f"epoch {epoch}: " + "  ".join(
                     f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()
                     if k != "epoch"))

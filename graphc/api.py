@@ -1,0 +1,206 @@
+"""The Python API: a compiled model to train, differentiate and run from Python.
+
+`graphc.load("models/mlp.net")` gives a Model: its params as NumPy arrays, and the compiled graphs
+that share them: the training step (`step`, one native call), the gradient graph (`grad`), the
+inference graph (`predict`) and the CLI's trainer (`fit`). Each graph is compiled on first use
+(and cached on disk, as the CLI's are). Errors are GraphcError, positioned in the model file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from graphc.autodiff.graphs import gradient_graph, inference_graph
+from graphc.driver import Compiled, batch_dim, compile_graph, forward, train_graph
+from graphc.errors import DataError, GraphcError
+from graphc.frontend import Program
+from graphc.ir.graph import LR, NP_DTYPES, Graph, Input
+from graphc.ir.init import init_params
+from graphc import driver
+from graphc.runtime.train.checkpoint import load_params, save_arrays
+from graphc.runtime.train.data import Dataset, load_dataset
+from graphc.runtime.train.trainer import TrainOptions, check_labels, train
+
+__all__ = ["Model", "load", "learning_rate"]
+
+
+def load(path: str | os.PathLike, batch: int | None = None, seed: int | None = None,
+         threads: int | None = None) -> Model:
+    """Parse and check the model file at `path`; its graphs are compiled on first use.
+
+    `batch` (default: the train block's) is the samples of one step and of grad; `seed` (default:
+    the train block's) draws the initial params; `threads` (default: all cores) run large kernels."""
+    return Model(driver.load(path), batch, seed, threads)
+
+
+def learning_rate(prog: Program, lr: float | None = None) -> float:
+    """`lr` if given, else the learning rate of the train block's optimizer."""
+    if lr is None:
+        lr = prog.train.opt_args.get("lr")
+    if lr is None:
+        raise GraphcError("no learning rate: set lr in the train block's optimizer or pass --lr",
+                          prog.train.locs.get("train"))
+    if not (math.isfinite(lr) and lr > 0):
+        raise GraphcError(f"the learning rate must be a positive number, got {lr}")
+    return float(lr)
+
+
+class Model:
+    """A model file's params and its compiled graphs, which all read and write the same arrays."""
+
+    def __init__(self, program: Program, batch: int | None = None, seed: int | None = None,
+                 threads: int | None = None) -> None:
+        self.program = program
+        self.batch = batch or program.train.batch
+        self.threads = threads
+        self._train_graph = train_graph(program, self.batch)  # checks the model can be trained
+        model_state = {s.value.name for s in program.graph.state}
+        leaves = self._train_graph.params + [s for s in self._train_graph.state
+                                             if s.value.name in model_state]
+        #: the params and the model's state (batch norm's running statistics) by name, as
+        #: params.npz holds them: the arrays the compiled graphs read and update in place
+        self.params: dict[str, np.ndarray] = init_params(
+            leaves, program.train.seed if seed is None else seed)
+        self._compiled: dict[object, Compiled] = {}
+
+    @property
+    def name(self) -> str:
+        """The model's name (its `net` line)."""
+        return self.program.graph.name
+
+    def __repr__(self) -> str:
+        count = sum(math.prod(p.value.dims) for p in self._train_graph.params)
+        return f"<graphc.Model {self.name}: {count} params, batch {self.batch}>"
+
+    def step(self, lr: float | None = None, **inputs: np.ndarray | float) -> dict[str, float]:
+        """One training step on a batch (forward, backward, update: one native call): each input
+        by name with the shape the model gives it at this batch. Returns the loss and metrics;
+        the params are updated in place. `lr` defaults to the train block's."""
+        compiled = self._compile("step", lambda: self._train_graph)
+        out = self._run(compiled, {LR: learning_rate(self.program, lr), **inputs})
+        return {k: float(v) for k, v in out.items()}
+
+    def grad(self, **inputs: np.ndarray | float) -> dict[str, np.ndarray | float]:
+        """The loss, metrics and gradients on a batch, without an update: `d.NAME` for each param
+        and float input (copies), the scalars as floats. State is read, not updated."""
+        compiled = self._compile("grad", lambda: gradient_graph(forward(self.program, self.batch)))
+        out = self._run(compiled, inputs)
+        return {k: float(v) if v.ndim == 0 else v.copy() for k, v in out.items()}
+
+    def predict(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's outputs (its `output`s, else the prediction its loss reads) for any number
+        of samples, computed in batches of `batch` by the evaluation form (no dropout, batch norm
+        on its running statistics). Inputs the prediction does not read (labels) may be left out."""
+        g = self._inference(self.batch).schedule.graph
+        model_inputs = _names(self.program.graph)
+        arrays = {k: np.asarray(v) for k, v in inputs.items()
+                  if k in _names(g) or k not in model_inputs}  # labels are not read: dropped
+        n = self._samples(g, arrays)
+        fixed = batch_dim(self.program.graph) is None
+        if fixed and n != self.batch:
+            raise GraphcError(f"model {self.name} has a fixed batch of {self.batch} (no `dim` "
+                              f"leads its inputs): predict takes exactly {self.batch} samples, got {n}")
+        outs: dict[str, list[np.ndarray]] = {}
+        for s in range(0, n, self.batch):
+            size = min(self.batch, n - s)
+            out = self._run(self._inference(size), {k: v[s:s + size] for k, v in arrays.items()})
+            for k, v in out.items():
+                outs.setdefault(k, []).append(v.copy())
+        return {k: np.concatenate(v) if v[0].ndim else v[0] for k, v in outs.items()}
+
+    def fit(self, data: str | os.PathLike | Dataset, epochs: int | None = None,
+            lr: float | None = None, seed: int | None = None, log: str | os.PathLike | None = None,
+            out: str | os.PathLike | None = None, progress: bool = True,
+            callbacks: Iterable[Callable[[dict], None]] = (),
+            report: Callable[[str], None] = print) -> list[dict]:
+        """Train with `graphc train`'s trainer (shuffled epochs, evaluation on the test split,
+        `log` as JSON lines, checkpoints and params.npz into `out`) starting from, and updating,
+        these params. `data` is a Dataset or what `--data` takes; each callback is called with each
+        epoch's record (epoch, train_loss, test_loss, test metrics). Returns the records."""
+        t = self.program.train
+        args = {k: v for k, v in t.opt_args.items() if k != LR}  # lr is the step's input
+        opts = TrainOptions(epochs=epochs or t.epochs, batch=self.batch,
+                            lr=learning_rate(self.program, lr), seed=t.seed if seed is None else seed,
+                            optimizer=t.optimizer, opt_args=args, log=Path(log) if log else None,
+                            out=Path(out) if out else None, progress=progress, threads=self.threads,
+                            params=self.params, callbacks=tuple(callbacks))
+        dataset = data if isinstance(data, Dataset) else load_dataset(data)
+        return train(self.program, dataset, opts, report)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the params to an .npz file (atomically, no pickle), as `graphc train --out` does."""
+        save_arrays(path, self.params, {"model": self.name})
+
+    def load_params(self, path: str | os.PathLike) -> None:
+        """Read every param from a params.npz or checkpoint.npz (shapes checked, floats converted
+        to the param's dtype) into this model's arrays, in place."""
+        g = self.program.graph
+        for k, v in load_params(path, g.params + g.state).items():
+            self.params[k][...] = v
+
+    def _inference(self, n: int) -> Compiled:
+        return self._compile(("predict", n), lambda: inference_graph(
+            forward(self.program, n, training=False)))
+
+    def _compile(self, key: object, build: Callable[[], Graph]) -> Compiled:
+        if key not in self._compiled:
+            self._compiled[key] = compile_graph(build(), self.params, threads=self.threads)
+        return self._compiled[key]
+
+    def _samples(self, g: Graph, inputs: dict[str, np.ndarray]) -> int:
+        """The number of samples `inputs` hold for `g`, all the same (checked)."""
+        lengths = {k: len(v) if v.ndim else -1 for k, v in inputs.items() if k in _names(g)}
+        if not lengths or min(lengths.values()) < 0 or len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{k}: {n if n >= 0 else 'a scalar'}" for k, n in lengths.items())
+            raise DataError(f"predict takes arrays of samples, the same number for each input "
+                            f"({', '.join(_names(g))}); got {shown or 'none'}")
+        return next(iter(lengths.values()))
+
+    def _run(self, compiled: Compiled, feeds: dict[str, np.ndarray | float]) -> dict[str, np.ndarray]:
+        """Check `feeds` against the graph's inputs (names, shapes, dtypes, labels) and run it."""
+        try:
+            checked = self._feeds(compiled.schedule.graph, feeds)
+        except GraphcError as e:  # shown with the model file's line and a caret, as the CLI does
+            raise e.with_source(self.program.source) from None
+        return compiled.step.run(**checked)
+
+    def _feeds(self, g: Graph, feeds: dict[str, np.ndarray | float]) -> dict[str, np.ndarray]:
+        unknown = [k for k in feeds if k not in _names(g) and k != LR]
+        if unknown:
+            raise GraphcError(f"model {self.name} has no input {unknown[0]} here (its inputs: "
+                              f"{', '.join(_names(g))})")
+        checked = {}
+        for inp in g.inputs:
+            name = inp.value.name
+            if name not in feeds:
+                if inp.default is not None:
+                    continue
+                raise GraphcError(f"input {name} ({inp.value.type}) is not given", inp.loc)
+            checked[name] = self._checked(inp, feeds[name])
+        return checked
+
+    def _checked(self, inp: Input, value: np.ndarray | float) -> np.ndarray:
+        v, name, want = np.asarray(value), inp.value.name, tuple(inp.value.dims)
+        if v.shape != want:
+            raise DataError(f"input {name} is {inp.value.type}, given shape "
+                            f"[{', '.join(map(str, v.shape))}]", inp.loc)
+        if inp.value.dtype == "i32":
+            if v.dtype.kind not in "iu" or (v.size and (v.min() < 0 or v.max() > np.iinfo(np.int32).max)):
+                raise DataError(f"input {name} is {inp.value.type}: give non-negative integers "
+                                f"(got {v.dtype})", inp.loc)
+            declared = next(i for i in self.program.graph.inputs if i.value.name == name)
+            check_labels(v.reshape(-1), self.program.graph, declared, f"input {name}", "batch")
+        elif v.dtype.kind not in "fiub" or (v.dtype.kind == "f" and not np.isfinite(v).all()):
+            raise DataError(f"input {name} is {inp.value.type}: give finite numbers (got "
+                            f"{v.dtype}{'' if v.dtype.kind != 'f' else ' with NaN or Inf'})", inp.loc)
+        return v.astype(NP_DTYPES[inp.value.dtype], copy=False)
+
+
+def _names(g: Graph) -> list[str]:
+    return [i.value.name for i in g.inputs if i.value.name != LR]
+
