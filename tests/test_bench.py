@@ -18,6 +18,8 @@ MLPS = ("mlp.net b128", "twolayer.net b100", "mlp.net b8")
 sys.path.insert(0, str(ROOT / "bench"))  # bench/ is a folder of scripts, not a package
 import netspec  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the full tier: README's test command runs it, `-m "not slow"` skips it
+
 
 def test_smoke_run_prints_a_table_with_graphc_and_numpy_and_reasons_for_skips():
     p = subprocess.run([sys.executable, "bench/run.py", "--smoke"], cwd=ROOT, capture_output=True,

@@ -20,6 +20,8 @@ from graphc.ir.init import init_params
 from graphc.runtime.execute.step import BoundsError
 from test_ops import ALL, build, feeds_for, ref, run
 
+pytestmark = pytest.mark.slow  # the full tier: README's test command runs it, `-m "not slow"` skips it
+
 
 @pytest.mark.parametrize("model,batch", [("mlp", 3), ("lenet", 2), ("lcn", 2), ("cnn_bn", 2),
                                          ("mlp_bn", 5), ("digits", 7), ("apples", None)])

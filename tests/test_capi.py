@@ -23,6 +23,8 @@ from graphc.errors import GraphcError
 from graphc.artifacts import SHARED_SUFFIX, write_artifacts
 from graphc.ir.init import init_params
 
+pytestmark = pytest.mark.slow  # the full tier: README's test command runs it, `-m "not slow"` skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 CC = shlex.split(os.environ.get("CC") or "cc")
 needs_cc = pytest.mark.skipif(shutil.which(CC[0]) is None, reason=f"no C compiler ({CC[0]}) to link with")

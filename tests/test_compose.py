@@ -13,6 +13,8 @@ from graphc.ir.graph import Builder, Graph, Input, Param, TensorType, Value
 from graphc.ops import REGISTRY
 from graphc.runtime.train.gradcheck import check_graph
 
+pytestmark = pytest.mark.slow  # the full tier: README's test command runs it, `-m "not slow"` skips it
+
 GRAPHS = 240
 PER_TEST = 8  # graphs a test case builds: failures name the seed
 

@@ -26,6 +26,8 @@ from graphc.runtime.train.data import load_dataset
 from graphc.ir.init import init_params
 from graphc.runtime.train.trainer import TrainOptions, train
 
+pytestmark = pytest.mark.slow  # the full tier: README's test command runs it, `-m "not slow"` skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 SEED, BATCH, POISONED = 0, 32, 500
 

@@ -17,6 +17,8 @@ from graphc.driver import compile_graph
 from graphc.ir.graph import Builder, Graph, Input, TensorType, Value
 from graphc.runtime.execute.step import aligned
 
+pytestmark = pytest.mark.slow  # the full tier: README's test command runs it, `-m "not slow"` skips it
+
 VARIANTS = [(False, False), (False, True), (True, False), (True, True)]
 PAIRS = [[(False, False), (True, True)], [(False, True), (True, False)]]
 NP_DTYPE = {"f32": np.float32, "f64": np.float64}

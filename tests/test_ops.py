@@ -166,7 +166,11 @@ def test_compiled_kernel_matches_ref(name, i, case, dtype):
 GRAD = [(n, i, c) for n, i, c in ALL if REGISTRY[n].vjp is not None]
 
 
-@pytest.mark.parametrize("loss", list(LOSSES))
+# the constant cotangents run in the full tier; the weighted one in the fast tier too
+LOSS_TIERS = [loss if loss == "weighted" else pytest.param(loss, marks=pytest.mark.slow) for loss in LOSSES]
+
+
+@pytest.mark.parametrize("loss", LOSS_TIERS)
 @pytest.mark.parametrize("name,i,case", GRAD, ids=[f"{n}-{i}" for n, i, _ in GRAD])
 def test_vjp_matches_numerical_gradient(name, i, case, loss):
     types, attrs = case

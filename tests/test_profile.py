@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from graphc import driver
 from graphc.cli import main
 from graphc.runtime.train.profile import profile_step
+
+pytestmark = pytest.mark.slow  # the full tier: README's test command runs it, `-m "not slow"` skips it
 
 
 def test_kernel_times_account_for_the_step(capsys):

@@ -19,6 +19,8 @@ from graphc.ir.graph import NP_DTYPES
 from graphc.ir.init import init_params
 from graphc.passes.pipeline import schedule
 
+pytestmark = pytest.mark.slow  # the full tier: README's test command runs it, `-m "not slow"` skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = host_target()
 # (CPU, vector bits): AVX-512 on Zen 4, Zen 5 and Intel; AVX2; SSE2
