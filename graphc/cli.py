@@ -193,6 +193,8 @@ def _train(a) -> None:
     data = _data(a, prog)
     print(f"data {data.name}: {len(data.raw_train)} train, {len(data.raw_test)} test samples "
           f"({time.perf_counter() - t0:.2f} s)")
+    if a.init_from:
+        _init_from(a.init_from, prog, opts)
     history = train(prog, data, opts)
     if opts.out:
         print(f"params saved to {opts.out / 'params.npz'}")
@@ -204,6 +206,20 @@ def _train(a) -> None:
         last = history[-1]
         acc = next((v for k, v in last.items() if k.startswith("test_acc")), None)
         print(f"final: test_loss {last['test_loss']:.4f}" + (f"  test_accuracy {acc:.4f}" if acc is not None else ""))
+
+
+def _init_from(path: str, prog, opts) -> None:
+    """Start from the weights saved in `path` (fine-tuning): those it holds are checked against the
+    model's and trained; the rest keep their initializer, and the output says which."""
+    from graphc.runtime.train.checkpoint import load_params
+    if opts.resume:
+        raise GraphcError("--init-from starts a new run from saved weights; --resume continues a run "
+                          "with its own: give one of them")
+    leaves = prog.graph.params + prog.graph.state
+    opts.params = load_params(path, leaves, partial=True)
+    kept = [p.value.name for p in leaves if p.value.name not in opts.params]
+    print(f"initialized {len(opts.params)} of {len(leaves)} params from {path}"
+          + (f"; not in it, so drawn by their initializers: {', '.join(kept)}" if kept else ""))
 
 
 def _eval(a) -> None:
@@ -378,6 +394,9 @@ def parser() -> argparse.ArgumentParser:
                            help="also checkpoint every N steps (needs --out or --resume)")
             s.add_argument("--resume", metavar="DIR",
                            help="continue the run checkpointed in DIR (and keep checkpointing there)")
+            s.add_argument("--init-from", metavar="PARAMS",
+                           help="start from the weights in a params.npz or checkpoint.npz (fine-tuning); "
+                                "params it lacks keep their initializer")
             s.add_argument("--force", action="store_true",
                            help="replace a run already in --out (otherwise refused: --resume continues it)")
             s.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
