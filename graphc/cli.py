@@ -177,6 +177,12 @@ def _data(a, prog):
         raise DataError(e.message, prog.train.locs["data"], hint=e.hint) from None  # point at `data =`
 
 
+def _summary(a) -> None:
+    from graphc import driver
+    from graphc.runtime.train.summary import format_summary, summarize
+    print(format_summary(summarize(driver.load(a.model), a.batch)))
+
+
 def _train(a) -> None:
     from graphc import driver
     from graphc.runtime.train.trainer import train
@@ -374,6 +380,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=_whole(1),
                    help="bind the batch dim of the training step (default: the train block's)")
     s.set_defaults(fn=_viz)
+
+    s = sub.add_parser("summary", help="layers, output shapes, params, FLOPs and the step's memory")
+    s.add_argument("model")
+    s.add_argument("--batch", type=_whole(1), help="the training step's batch (default: the train block's)")
+    s.set_defaults(fn=_summary)
 
     s = sub.add_parser("cache", help="show the object cache's directory and size, or clear it")
     s.add_argument("--clear", action="store_true", help="remove graphc's entries")
