@@ -18,16 +18,18 @@ void graphc_pool_worker(void *pool, int64_t tid);
 void graphc_pool_run(void *pool, gc_task task, void *arg, int64_t nt);
 void graphc_pool_stop(void *pool);
 
-enum gc_init { GC_ZERO, GC_FILL, GC_NORMAL, GC_UNIFORM };
+enum gc_init { GC_ZERO, GC_FILL, GC_NORMAL, GC_UNIFORM, GC_TRUNCATED_NORMAL, GC_ORTHOGONAL };
 enum { GC_SLOT_POOL_RUN = -1, GC_SLOT_POOL = -2 }; /* table slots that are not buffers */
 enum { GC_TRAIN, GC_INFER };
+#define GC_TRUNCATE 2.0 /* truncated normal's bound in std (graphc.ir.init.TRUNCATE) */
 
 typedef struct gc_buffer {
     const char *name; /* the value's name; random fills draw from a stream keyed by it */
     int64_t bytes;
     int dtype;      /* enum graphc_dtype */
     int init;       /* enum gc_init: how create fills it */
-    double a, b;    /* GC_FILL: value; GC_NORMAL: mean, std; GC_UNIFORM: low, high */
+    double a, b;    /* GC_FILL: value; GC_NORMAL, GC_TRUNCATED_NORMAL: mean, std; GC_UNIFORM: low,
+                     * high; GC_ORTHOGONAL: gain, rows (graphc.ir.init.Dist) */
 } gc_buffer;
 
 /* An integer input a step indexes with (labels): every value must lie in [0, bound). */
@@ -110,8 +112,42 @@ static double gc_load(const void *p, int dtype) {
     return *(const int32_t *)p;
 }
 
+static double gc_load_at(const void *p, int dtype, int64_t i) {
+    return gc_load((const char *)p + i * (dtype == GRAPHC_F64 ? 8 : 4), dtype);
+}
+
 static int64_t gc_dtype_bytes(int dtype) {
     return dtype == GRAPHC_F64 ? 8 : 4;
+}
+
+/* A standard normal, the n-th of stream `key` (Box-Muller on its 2n-th and 2n+1-th uniforms). */
+static double gc_normal(uint64_t key, uint64_t n) {
+    double u1 = gc_uniform(key, 2 * n), u2 = gc_uniform(key, 2 * n + 1);
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+/* Makes the rows (or, where there are more rows than columns, the columns) of the rows x cols
+ * matrix p orthonormal by modified Gram-Schmidt, then scales them by gain: from a matrix of
+ * standard normals, a random orthogonal one (as QR does in NumPy). Vector v's element k sits at
+ * v * step + k * stride. */
+static void gc_orthogonalize(void *p, int dtype, int64_t rows, int64_t cols, double gain) {
+    int wide = rows <= cols;
+    int64_t count = wide ? rows : cols, len = wide ? cols : rows;
+    int64_t step = wide ? cols : 1, stride = wide ? 1 : cols;
+    for (int64_t v = 0; v < count; v++) {
+        const int64_t at = v * step;
+        for (int64_t u = 0; u <= v; u++) { /* u < v: take out v's part along u; u == v: normalize */
+            double dot = 0;
+            for (int64_t k = 0; k < len; k++)
+                dot += gc_load_at(p, dtype, at + k * stride) * gc_load_at(p, dtype, u * step + k * stride);
+            for (int64_t k = 0; k < len; k++) {
+                double x = gc_load_at(p, dtype, at + k * stride);
+                gc_store(p, dtype, at + k * stride,
+                         u < v ? x - dot * gc_load_at(p, dtype, u * step + k * stride) : x / sqrt(dot));
+            }
+        }
+    }
+    for (int64_t i = 0; i < rows * cols; i++) gc_store(p, dtype, i, gain * gc_load_at(p, dtype, i));
 }
 
 /* Fills buffer i as its table says. Random ones draw from a stream keyed by (seed, name): a
@@ -125,14 +161,20 @@ static void gc_fill(gc_ctx *c, int i, uint64_t seed) {
     int64_t n = b->bytes / gc_dtype_bytes(b->dtype);
     for (int64_t j = 0; j < n; j++) {
         double v = b->a;
-        if (b->init == GC_NORMAL) { /* Box-Muller */
-            double u1 = gc_uniform(key, 2 * (uint64_t)j), u2 = gc_uniform(key, 2 * (uint64_t)j + 1);
-            v = b->a + b->b * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+        if (b->init == GC_NORMAL) {
+            v = b->a + b->b * gc_normal(key, (uint64_t)j);
+        } else if (b->init == GC_TRUNCATED_NORMAL) { /* rejection: the next draw of j's own */
+            double z = gc_normal(key, (uint64_t)j);
+            for (uint64_t t = 1; fabs(z) > GC_TRUNCATE; t++) z = gc_normal(key, (uint64_t)j + t * (uint64_t)n);
+            v = b->a + b->b * z;
+        } else if (b->init == GC_ORTHOGONAL) {
+            v = gc_normal(key, (uint64_t)j); /* orthogonalized below */
         } else if (b->init == GC_UNIFORM) {
             v = b->a + (b->b - b->a) * (1.0 - gc_uniform(key, (uint64_t)j)); /* [low, high) */
         }
         gc_store(c->own[i], b->dtype, j, v);
     }
+    if (b->init == GC_ORTHOGONAL) gc_orthogonalize(c->own[i], b->dtype, (int64_t)b->b, n / (int64_t)b->b, b->a);
 }
 
 static void gc_tables(gc_ctx *c) {

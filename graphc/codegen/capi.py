@@ -33,10 +33,11 @@ from graphc.passes.pipeline import Schedule
 
 TRAIN_ENTRY, INFER_ENTRY = "graphc_train_step", "graphc_infer_step"
 _DTYPE = {"f32": "GRAPHC_F32", "f64": "GRAPHC_F64", "i32": "GRAPHC_I32"}
-_INIT = {None: "GC_ZERO", "fill": "GC_FILL", "normal": "GC_NORMAL", "uniform": "GC_UNIFORM"}
+_INIT = {None: "GC_ZERO", "fill": "GC_FILL", "normal": "GC_NORMAL", "uniform": "GC_UNIFORM",
+         "truncated_normal": "GC_TRUNCATED_NORMAL", "orthogonal": "GC_ORTHOGONAL"}
 _SLOT = {"pool_run": "GC_SLOT_POOL_RUN", "pool": "GC_SLOT_POOL"}
 
-Init = tuple[str, float, float]  # (family, a, b) as graphc.ir.init.Dist: fill, normal, uniform
+Init = tuple[str, float, float]  # (family, a, b) as graphc.ir.init.Dist
 
 
 @dataclass

@@ -213,7 +213,8 @@ class _Lowerer:
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 raise GraphcError(f"{init.func}({kw.name}=...) must be a number", kw.value.loc)
             args[kw.name] = float(v)
-        problem = check_arguments(init.func, args)
+        bound = all(isinstance(d, int) for d in t.shape)  # else checked on a stand-in shape
+        problem = check_arguments(init.func, args, t.dims if bound else (1, 1))
         if problem:
             raise GraphcError(f"{init.func}(): {problem}", init.loc)
         if fr is self.top:
