@@ -21,7 +21,11 @@ GENERIC = {1: [((F(3, 5),), {}), ((F(2, 3, 4),), {})],
                ((F(4, 3, 5), F(3, 1)), {}), ((F(3, 5), F()), {})]}
 CASES = {
     "matmul": [((F(3, 4), F(4, 5)), {}), ((F(4, 3), F(4, 5)), {"ta": True}),
-               ((F(3, 4), F(5, 4)), {"tb": True}), ((F(4, 3), F(5, 4)), {"ta": True, "tb": True})],
+               ((F(3, 4), F(5, 4)), {"tb": True}), ((F(4, 3), F(5, 4)), {"ta": True, "tb": True}),
+               # batch dims: shared weights (one GEMM over the rows), per-batch, broadcast both ways
+               ((F(2, 3, 4), F(4, 5)), {}), ((F(2, 4, 3), F(5, 4)), {"ta": True, "tb": True}),
+               ((F(2, 3, 3, 4), F(2, 3, 4, 5)), {}), ((F(2, 1, 3, 4), F(3, 5, 4)), {"tb": True}),
+               ((F(3, 4), F(2, 4, 5)), {}), ((F(2, 4, 3), F(1, 2, 4, 5)), {"ta": True})],
     "sum": [((F(3, 5),), {}), ((F(3, 5),), {"axes": 0}), ((F(2, 3, 4),), {"axes": (0, 2), "keepdims": True}),
             ((F(2, 3, 4),), {"axes": -1})],
     "broadcast_to": [((F(5),), {"shape": (3, 5)}), ((F(3, 1),), {"shape": (2, 3, 4)})],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 from llvmlite import ir
 
@@ -156,8 +157,9 @@ def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target:
     n = k.nodes[0]
     if k.kind is KernelKind.CONTRACT:
         c = _gemm(n)
-        b.call(define_gemm(m, target, n.out.dtype, c.ta, c.tb, (c.m, c.n), c.k),
-               _gemm_args(n, arg_of) + [ir.Constant(I32, 0), fn.args[-1]])
+        gemm = define_gemm(m, target, n.out.dtype, c.ta, c.tb, (c.m, c.n), c.k)
+        _each_product(b, c, _gemm_args(n, arg_of), 0, c.count,
+                      lambda args: b.call(gemm, args + [ir.Constant(I32, 0), fn.args[-1]]))
         _then_epilogue(b, fn, k, arg_of, {}, fault)
         return
     # a view whose result lives elsewhere (a graph output), or an external call's copy to update
@@ -183,6 +185,27 @@ def _gemm_args(n: Node, arg_of: dict) -> list[ir.Value]:
     i64 = lambda x: ir.Constant(I64, x)
     return [i64(c.m), i64(c.n), i64(c.k), arg_of[a], i64(c.lda), arg_of[w], i64(c.ldb), arg_of[n.out], i64(c.n)]
 
+
+
+def _each_product(b: ir.IRBuilder, c: Contraction, args: list[ir.Value], lo: int | ir.Value,
+                  hi: int | ir.Value, call: Callable[[list[ir.Value]], object]) -> None:
+    """call(GEMM args) for products [lo, hi) of a batched contraction (the one product without
+    batch axes): A, B and C moved to each product's offsets, its batch index split over the axes."""
+    if not c.batch:
+        call(args)
+        return
+    M, N, K, A, lda, B, ldb, C, ldc = args
+
+    def product(t: ir.Value) -> None:
+        offsets = [ir.Constant(I64, 0)] * 3
+        inner = c.count
+        for size, *strides in c.batch:
+            inner //= size
+            i = b.urem(b.udiv(t, ir.Constant(I64, inner)), ir.Constant(I64, size))
+            offsets = [b.add(o, b.mul(i, ir.Constant(I64, s))) for o, s in zip(offsets, strides)]
+        a, w, out = (b.gep(p, [o]) for p, o in zip((A, B, C), offsets))
+        call([M, N, K, a, lda, w, ldb, out, ldc])
+    for_range(b, hi, product, lo)
 
 
 def _worth_splitting(k: Kernel, target: Target) -> bool:
@@ -239,6 +262,10 @@ class _GemmShare:
         self.scratch = self.b.gep(fn.args[-3], [self.b.mul(self.tid, ir.Constant(I64, _slot_bytes(target, self.dtype)))])
 
     def emit(self, fault: Fault | None) -> None:
+        if self.g.batch:
+            self.product_share()
+            self.b.ret_void()  # a batched GEMM has no epilogue (fusion keeps C's blocks whole)
+            return
         if _k_split(self.n, self.target, self.threads):
             self.k_share()
             self.b.ret_void()  # the epilogue runs on the summed C, after the split
@@ -247,6 +274,14 @@ class _GemmShare:
         wide = N.constant >= self.blk.nr * self.threads and N.constant >= M.constant
         block = self.column_share() if wide else self.row_share()
         _then_epilogue(self.b, self.fn, self.k, self.arg_of, block, fault)  # on this thread's block of C
+
+    def product_share(self) -> None:
+        """Whole products of a batched contraction."""
+        b = self.b
+        lo, hi = share(b, ir.Constant(I64, self.g.count), self.tid, self.nt)
+        _each_product(b, self.g, self.args, lo, hi,
+                      lambda args: b.call(self.rng, args + [ir.Constant(I32, 0), ir.Constant(I64, 0), args[1],
+                                                             self.scratch]))
 
     def k_share(self) -> None:
         """Whole KC blocks of K (vectors, for the dot kernel): thread 0 writes C, the others a partial
@@ -332,7 +367,7 @@ def _k_split(n, target: Target, threads: int) -> bool:
     pack all of the long operands), or the dot-product kernel's (each would read all of A or B,
     in uneven shares of a small C), and K gives every thread whole KC blocks."""
     c, blk = _gemm(n), _blocking(n, target)
-    return (blk.dot or c.n < blk.nr * threads and c.m < 2 * blk.mr * threads) and c.m * c.n <= target.tuning.partial_max \
+    return not c.batch and (blk.dot or c.n < blk.nr * threads and c.m < 2 * blk.mr * threads) and c.m * c.n <= target.tuning.partial_max \
         and c.k >= blk.kc * threads
 
 

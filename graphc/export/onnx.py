@@ -119,7 +119,11 @@ def _window(n: Node) -> dict[str, list[int]]:
 
 
 def _matmul(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
-    return e.node("Gemm", xs, transA=int(n.attrs["ta"]), transB=int(n.attrs["tb"]))
+    if n.inputs[0].type.rank == n.inputs[1].type.rank == 2:
+        return e.node("Gemm", xs, transA=int(n.attrs["ta"]), transB=int(n.attrs["tb"]))
+    swap = lambda x, v: e.node("Transpose", [x], perm=[*range(v.type.rank - 2), v.type.rank - 1, v.type.rank - 2])
+    a, b = (swap(x, v) if n.attrs[t] else x for x, v, t in zip(xs, n.inputs, ("ta", "tb")))
+    return e.node("MatMul", [a, b])
 
 
 def _transpose(e: OnnxBuilder, n: Node, xs: list[str]) -> str:

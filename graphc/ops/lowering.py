@@ -31,6 +31,7 @@ the step's call. Generated code never touches memory outside its buffers.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Protocol
@@ -140,13 +141,21 @@ class Reduce:
 @dataclass(frozen=True)
 class Contraction:
     """C[m, n] = op(A) · op(B) over k, A stored [m, k] (or [k, m] where `ta`), B stored [k, n] (or
-    [n, k] where `tb`), all row-major and dense."""
+    [n, k] where `tb`), all row-major and dense; for each index of the `batch` axes, one such product
+    at the operands' offsets: per axis (size, A's stride, B's stride, C's stride) in elements, a
+    stride of 0 where that operand is broadcast."""
 
     m: int
     n: int
     k: int
     ta: bool
     tb: bool
+    batch: tuple[tuple[int, int, int, int], ...] = ()
+
+    @property
+    def count(self) -> int:
+        """The products computed (1 without batch axes)."""
+        return math.prod(size for size, *_ in self.batch)
 
     @property
     def lda(self) -> int:
@@ -158,7 +167,7 @@ class Contraction:
 
     @property
     def macs(self) -> int:
-        return self.m * self.n * self.k
+        return self.count * self.m * self.n * self.k
 
 
 @dataclass(frozen=True)

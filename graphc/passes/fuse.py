@@ -108,7 +108,13 @@ def _reads_only_stored_values(gemm: Kernel, n: Node, step: _Step) -> bool:
                    for v in n.inputs)
 
 
-EPILOGUE_BARS = (_reduces, _streams_another_c, _overwrites_an_operand, _reads_only_stored_values)
+def _not_a_matrix(gemm: Kernel, n: Node, step: _Step) -> bool:
+    """C has batch axes: a thread's block of it is not the block of rows or columns an epilogue
+    loop over C's axes can follow."""
+    return len(gemm.space) > 2
+
+
+EPILOGUE_BARS = (_not_a_matrix, _reduces, _streams_another_c, _overwrites_an_operand, _reads_only_stored_values)
 
 
 def fuse(g: Graph) -> list[Kernel]:
