@@ -1,4 +1,4 @@
-"""The `graphc` command line: ir, grad, check, profile, compile, export, viz, train, eval (each also a
+"""The `graphc` command line: ir, grad, check, profile, compile, export, viz, train, eval, predict (each also a
 Python API), and cache."""
 
 from __future__ import annotations
@@ -159,7 +159,33 @@ def _opts(a, prog):
                         progress=not a.no_progress, threads=a.threads,
                         resume=Path(a.resume) if a.resume else None,
                         checkpoint_every=a.checkpoint_every, on_nonfinite=a.on_nonfinite,
-                        check_bounds=a.check_bounds, force=a.force)
+                        check_bounds=a.check_bounds, force=a.force, data_map=_mapping(a, prog),
+                        patience=a.patience or t.patience)
+
+
+def _mapping(a, prog) -> dict[str, str]:
+    """Input -> array: the train block's mapping, with --map's entries over it."""
+    mapping = dict(prog.train.data_map)
+    for entry in a.map:
+        name, eq, array = entry.partition("=")
+        if not (eq and name and array):
+            raise GraphcError(f"--map {entry}: expected INPUT=ARRAY, e.g. --map x=images")
+        mapping[name] = array
+    return mapping
+
+
+def _validation(a, prog) -> float | str | None:
+    """--validation (a fraction, or a file), else the train block's."""
+    text = getattr(a, "validation", None)
+    if text is None:
+        return prog.train.validation
+    try:
+        v = float(text)
+    except ValueError:
+        return text
+    if not 0 < v < 1:
+        raise GraphcError(f"--validation {text}: give a fraction between 0 and 1, or a file")
+    return v
 
 
 def _data(a, prog):
@@ -170,7 +196,7 @@ def _data(a, prog):
         raise GraphcError("no data: set data in the train block or pass --data PATH",
                           prog.train.locs.get("train"))
     try:
-        return load_dataset(spec)
+        return load_dataset(spec, _validation(a, prog))
     except DataError as e:
         if a.data:
             raise
@@ -197,8 +223,8 @@ def _train(a) -> None:
         check_plot_path(plots[0])  # before training, not after it
     t0 = time.perf_counter()
     data = _data(a, prog)
-    print(f"data {data.name}: {len(data.raw_train)} train, {len(data.raw_test)} test samples "
-          f"({time.perf_counter() - t0:.2f} s)")
+    counts = ", ".join(f"{len(next(iter(v.values())))} {k}" for k, v in data.splits().items())
+    print(f"data {data.name}: {counts} samples ({time.perf_counter() - t0:.2f} s)")
     if a.init_from:
         _init_from(a.init_from, prog, opts)
     history = train(prog, data, opts)
@@ -231,15 +257,32 @@ def _init_from(path: str, prog, opts) -> None:
 def _eval(a) -> None:
     from graphc import driver
     from graphc.runtime.train.checkpoint import load_params
-    from graphc.runtime.train.trainer import Evaluator, check_labels, data_inputs, fit_features
+    from graphc.runtime.train.feeds import bind, scales
+    from graphc.runtime.train.trainer import Evaluator
     prog = driver.load(a.model)
     g = prog.eval_graph  # reads the params and the model's state (batch norm's running statistics)
-    params = load_params(a.params, g.params + g.state)
+    params = load_params(a.params, g.params + g.state, scale=scales(prog))
     data = _data(a, prog)
-    xin, yin = data_inputs(prog.graph)
-    check_labels(data.y_test, prog.graph, yin, data.name, "test")
-    res = Evaluator(prog, params)(fit_features(data.x_test, xin, data.name), data.y_test)
+    evaluate = Evaluator(prog, params, note=lambda line: print(line, file=sys.stderr))
+    test = bind(prog, driver.forward(prog, training=False), data.test, _mapping(a, prog), data.name, "test")
+    res = evaluate(test)
     print("  ".join(f"test_{k} {v:.4f}" for k, v in res.items()))
+
+
+def _predict(a) -> None:
+    from graphc import driver
+    from graphc.runtime.train.checkpoint import load_params
+    from graphc.runtime.train.data import load_arrays
+    from graphc.runtime.train.feeds import scales
+    from graphc.runtime.train.predict import predict, write_predictions
+    prog = driver.load(a.model)
+    out = Path(a.output)
+    _check_output("-o", out, None)
+    g = prog.eval_graph
+    params = load_params(a.params, g.params + g.state, scale=scales(prog))
+    name, arrays = load_arrays(a.data)
+    outputs = predict(prog, params, arrays, _mapping(a, prog), name, progress=True if a.progress else None)
+    print(write_predictions(out, outputs))
 
 
 def _export(a) -> None:
@@ -393,8 +436,16 @@ def parser() -> argparse.ArgumentParser:
     for name, fn, helptext in (("train", _train, "train a model"), ("eval", _eval, "evaluate saved params")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("model")
-        s.add_argument("--data", help="bundled name, MNIST IDX directory, CSV(.gz) with label last, or NPZ")
+        s.add_argument("--data", help="bundled name, MNIST IDX directory, directory of .npy files, "
+                                      "CSV(.gz) with label last, or NPZ: arrays named like the inputs")
+        s.add_argument("--map", action="append", default=[], metavar="INPUT=ARRAY",
+                       help="feed INPUT from the array ARRAY (where names differ; repeatable)")
         if name == "train":
+            s.add_argument("--validation", metavar="FRACTION|FILE",
+                           help="hold out this fraction of the training samples, or read this file, "
+                                "for per-epoch metrics (the test split is reported at the end)")
+            s.add_argument("--patience", type=_whole(1), metavar="N",
+                           help="stop after N epochs without a better validation loss")
             s.add_argument("--epochs", type=_whole(1))
             s.add_argument("--batch", type=_whole(1))
             s.add_argument("--lr", type=_rate)
@@ -422,6 +473,17 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--params", required=True,
                            help="a params.npz or checkpoint.npz written by graphc train --out")
         s.set_defaults(fn=fn)
+
+    s = sub.add_parser("predict", help="the model's outputs for every sample of a data file")
+    s.add_argument("model")
+    s.add_argument("--params", required=True, help="a params.npz or checkpoint.npz written by graphc train --out")
+    s.add_argument("--data", required=True,
+                   help="an NPZ, a directory of .npy files, a CSV or a bundled name: arrays named like the inputs")
+    s.add_argument("--map", action="append", default=[], metavar="INPUT=ARRAY",
+                   help="feed INPUT from the array ARRAY (e.g. --map x=x_test)")
+    s.add_argument("-o", "--output", required=True, help="a .npy (one output), .npz or .csv file")
+    s.add_argument("--progress", action="store_true", help="a progress bar even when not on a terminal")
+    s.set_defaults(fn=_predict)
     return p
 
 

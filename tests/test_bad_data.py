@@ -46,7 +46,7 @@ def samples(n: int, features: int = 6, classes: int = 3) -> dict[str, np.ndarray
 def test_samples_of_another_shape_point_at_the_input(tmp_path, capsys):
     err = run(tmp_path, "train", capsys, **samples(20, features=7))
     assert err.splitlines() == [
-        f"{tmp_path / 'small.net'}:3:7: error: d: samples have shape [7] but input x takes [6] per sample",
+        f"{tmp_path / 'small.net'}:3:7: error: d: array 'x' holds samples of shape [7] but input x takes [6] per sample",
         "    input x : f32[B, 6]", "          ^"]
 
 

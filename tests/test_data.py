@@ -17,12 +17,10 @@ from graphc.runtime.train.data import Dataset, load_dataset
 
 
 def _check_types(ds: Dataset) -> None:
-    for x in (ds.x_train, ds.x_test):
-        assert x.dtype == np.float32 and x.flags.c_contiguous
-    for raw, x in ((ds.raw_train, ds.x_train), (ds.raw_test, ds.x_test)):
-        assert raw.dtype in (np.uint8, np.float32) and raw.flags.c_contiguous and raw.shape == x.shape
-    for y in (ds.y_train, ds.y_test):
-        assert y.dtype == np.int32 and y.ndim == 1
+    """Images as bytes or float32, labels as whole numbers; every array C-contiguous."""
+    for split in (ds.train, ds.test):
+        assert split["x"].dtype in (np.uint8, np.float32) and split["x"].flags.c_contiguous
+        assert split["y"].dtype.kind in "iu" and split["y"].ndim == 1
 
 
 # ---- bundled data ----
@@ -35,33 +33,24 @@ def mnist() -> Dataset:
 def test_mnist_shapes_and_ranges(mnist: Dataset) -> None:
     _check_types(mnist)
     assert mnist.name == "mnist"
-    assert mnist.x_train.shape == (60000, 28, 28)
-    assert mnist.x_test.shape == (10000, 28, 28)
-    assert mnist.y_train.shape == (60000,) and mnist.y_test.shape == (10000,)
-    assert mnist.x_train.min() == 0.0 and mnist.x_train.max() == 1.0
-    assert 0.0 <= mnist.x_test.min() and mnist.x_test.max() <= 1.0
-    assert set(np.unique(mnist.y_train)) == set(range(10))
-    assert set(np.unique(mnist.y_test)) == set(range(10))
-    assert mnist.num_classes == 10
-    # kept as the files' bytes, a quarter of the memory; the features are float32(byte) / 255
-    assert mnist.raw_train.dtype == np.uint8 and mnist.divisor == 255
-    assert np.array_equal(mnist.x_test, mnist.raw_test.astype(np.float32) / np.float32(255))
-    # The canonical first test labels: scaling/reading must not shuffle or shift the data.
-    assert mnist.y_test[:5].tolist() == [7, 2, 1, 0, 4]
+    assert mnist.train["x"].shape == (60000, 28, 28) and mnist.test["x"].shape == (10000, 28, 28)
+    assert mnist.train["y"].shape == (60000,) and mnist.test["y"].shape == (10000,)
+    # kept as the files' bytes: the models declare pixels(255), nothing is scaled here
+    assert mnist.train["x"].dtype == np.uint8 and mnist.train["x"].max() == 255
+    assert set(np.unique(mnist.train["y"])) == set(range(10)) == set(np.unique(mnist.test["y"]))
+    # The canonical first test labels: reading must not shuffle or shift the data.
+    assert mnist.test["y"][:5].tolist() == [7, 2, 1, 0, 4]
 
 
 def test_digits_fixed_split() -> None:
     a, b = load_dataset("digits"), load_dataset("digits")
     _check_types(a)
-    assert a.x_train.shape[1:] == (64,)
-    assert len(a.x_train) + len(a.x_test) == 1797
-    assert len(a.x_test) == 359
-    assert a.num_classes == 10
-    # Pixels are integers 0..16 in the file, divided by 16.
-    assert a.x_train.min() == 0.0 and a.x_train.max() == 1.0
-    assert np.array_equal(a.x_train * 16, np.round(a.x_train * 16))
-    for field in ("x_train", "y_train", "x_test", "y_test"):
-        assert np.array_equal(getattr(a, field), getattr(b, field))
+    assert a.train["x"].shape[1:] == (64,)
+    assert len(a.train["x"]) + len(a.test["x"]) == 1797 and len(a.test["x"]) == 359
+    assert a.train["x"].max() == 16  # the file's intensities; digits.net declares pixels(16)
+    for split in ("train", "test"):
+        for k in ("x", "y"):
+            assert np.array_equal(getattr(a, split)[k], getattr(b, split)[k])
 
 
 def test_unknown_bundled_name() -> None:
@@ -91,19 +80,16 @@ def _write_csv(path: Path, x: np.ndarray, y: np.ndarray, fmt: str = "%d") -> Non
 def test_csv_round_trip_integer_features(tmp_path: Path, filename: str) -> None:
     rng = np.random.default_rng(1)
     x = rng.integers(0, 8, size=(50, 7))
-    x[0, 0] = 7  # the scale: max over the file
     y = rng.integers(0, 3, size=50)
     _write_csv(tmp_path / filename, x, y)
     ds = load_dataset(tmp_path / filename)
     _check_types(ds)
     assert ds.name == "ints"
-    assert ds.x_train.shape == (40, 7) and ds.x_test.shape == (10, 7)
-    assert ds.num_classes == int(y.max()) + 1
-    # The split is a permutation of the rows: every (sample, label) pair survives.
-    got = np.column_stack([np.concatenate([ds.x_train, ds.x_test]) * 7,
-                           np.concatenate([ds.y_train, ds.y_test])])
-    want = np.column_stack([x, y]).astype(np.float32)
-    assert np.array_equal(np.unique(got, axis=0), np.unique(want, axis=0))
+    assert ds.train["x"].shape == (40, 7) and ds.test["x"].shape == (10, 7)
+    # The split is a permutation of the rows: every (sample, label) pair survives, unscaled.
+    got = np.column_stack([np.concatenate([ds.train["x"], ds.test["x"]]),
+                           np.concatenate([ds.train["y"], ds.test["y"]])])
+    assert np.array_equal(np.unique(got, axis=0), np.unique(np.column_stack([x, y]), axis=0))
 
 
 def test_csv_float_features_unscaled(tmp_path: Path) -> None:
@@ -112,7 +98,7 @@ def test_csv_float_features_unscaled(tmp_path: Path) -> None:
     path = tmp_path / "floats.csv"
     _write_csv(path, x, y, fmt="%.17g")
     ds = load_dataset(path)
-    assert sorted(np.concatenate([ds.x_train, ds.x_test]).ravel().tolist()) == \
+    assert sorted(np.concatenate([ds.train["x"], ds.test["x"]]).ravel().tolist()) == \
         pytest.approx(sorted(x.ravel().tolist()))
 
 
@@ -122,8 +108,6 @@ def test_csv_float_features_unscaled(tmp_path: Path) -> None:
     ("a,b,label\n1,2,0\n", r"line 1: non-numeric.*header"),
     ("1,2,0\n\n1,nan,1\n", r"line 3, column 2 is nan, not a finite number"),
     ("1,2,0\n1,inf,1\n", r"line 2, column 2 is inf, not a finite number"),
-    ("1,2,0\n1,2,-1\n", r"line 2: label -1"),
-    ("1,2,0\n1,2,1.5\n", r"line 2: label 1.5"),
     ("", r"no data rows"),
     ("1\n2\n", r"line 1: need at least one feature"),
 ])
@@ -163,58 +147,34 @@ def test_npz_with_splits(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     x_train = rng.integers(0, 256, size=(20, 3, 5), dtype=np.uint8)
     x_test = rng.integers(0, 256, size=(6, 3, 5), dtype=np.uint8)
-    x_train[0, 0, 0] = 255
     y_train, y_test = np.arange(20) % 4, np.arange(6) % 5
     path = tmp_path / "split.npz"
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, w_val=np.ones((3, 2)))
     ds = load_dataset(path)
-    _check_types(ds)
     assert ds.name == "split"
-    assert ds.x_train.shape == (20, 3, 5) and ds.x_test.shape == (6, 3, 5)
-    np.testing.assert_allclose(ds.x_train, x_train / 255, rtol=1e-6)
-    np.testing.assert_allclose(ds.x_test, x_test / 255, rtol=1e-6)
-    assert ds.y_train.tolist() == y_train.tolist() and ds.y_test.tolist() == y_test.tolist()
-    assert ds.num_classes == 5
+    assert np.array_equal(ds.train["x"], x_train) and np.array_equal(ds.test["x"], x_test)
+    assert ds.train["y"].tolist() == y_train.tolist() and ds.test["y"].tolist() == y_test.tolist()
+    assert ds.validation is not None and ds.validation["w"].shape == (3, 2)
 
 
-@pytest.mark.parametrize("low, high, kept", [(0, 1000, np.float32), (-3, 200, np.float32),
-                                             (0, 200, np.uint8), (0, 1, np.uint8)])
-def test_integer_data_kept_as_bytes_only_when_they_hold_it(tmp_path: Path, low, high, kept) -> None:
-    """Integers in [0, 255] stay bytes; others are stored as their float32 features. Either way the
-    features are the integers divided by the file's maximum when it is > 1, in float32."""
-    x = np.random.default_rng(5).integers(low, high + 1, size=(30, 7)).astype(np.int32)
-    x[0, 0] = high
-    path = tmp_path / "ints.npz"
-    np.savez(path, x=x, y=np.arange(30) % 2)
-    ds = load_dataset(path)
-    _check_types(ds)
-    assert ds.raw_train.dtype == kept and ds.divisor == (high if kept == np.uint8 and high > 1 else 1)
-    got = np.sort(np.concatenate([ds.x_train, ds.x_test]), axis=None)
-    assert np.array_equal(got, np.sort(x.astype(np.float32) / np.float32(max(high, 1)), axis=None))
-
-
-def test_npz_single_split_float(tmp_path: Path) -> None:
-    x = np.random.default_rng(3).normal(size=(25, 11)).astype(np.float64) * 10
-    y = (np.arange(25) % 3).astype(np.float32)  # integral float labels are accepted
+def test_npz_single_split_and_a_validation_fraction(tmp_path: Path) -> None:
+    x = np.random.default_rng(3).normal(size=(25, 11)) * 10
     path = tmp_path / "xy.npz"
-    np.savez(path, x=x, y=y)
+    np.savez(path, x=x, y=(np.arange(25) % 3).astype(np.float32))
     ds = load_dataset(path)
-    _check_types(ds)
-    assert ds.x_train.shape == (20, 11) and ds.x_test.shape == (5, 11)
-    all_x = np.concatenate([ds.x_train, ds.x_test])
-    assert np.allclose(np.sort(all_x, axis=None), np.sort(x.astype(np.float32), axis=None))
-    assert ds.num_classes == 3
-    # Same split as the CSV path would give, and identical across loads.
-    again = load_dataset(path)
-    assert np.array_equal(ds.x_test, again.x_test)
+    assert ds.train["x"].shape == (20, 11) and ds.test["x"].shape == (5, 11)
+    assert np.array_equal(np.sort(np.concatenate([ds.train["x"], ds.test["x"]]), axis=None), np.sort(x, axis=None))
+    assert np.array_equal(ds.test["x"], load_dataset(path).test["x"])  # identical across loads
+    held = load_dataset(path, 0.25)
+    assert held.validation is not None and len(held.validation["x"]) == 5 and len(held.train["x"]) == 15
 
 
 @pytest.mark.parametrize(("arrays", "expect"), [
-    ({"a": np.zeros((2, 2))}, r"expected arrays x_train.*found a"),
-    ({"x": np.zeros((3, 2)), "y": np.array([0, -2, 1])}, r"y\[1\]: label -2"),
+    ({"a_train": np.zeros((2, 2))}, r"no test split"),
+    ({"x_train": np.zeros((2, 2)), "x_test": np.zeros((2, 2)), "y": np.zeros(2)}, r"y have no split suffix"),
     ({"x": np.array([[0.0, 1], [np.nan, 2]]), "y": np.array([0, 1])}, r"x\[1, 0\] is nan"),
-    ({"x": np.zeros((3, 2)), "y": np.array([0, 1])}, r"'y' has shape \(2,\)"),
-    ({"x": np.zeros((0, 2)), "y": np.zeros(0, int)}, r"'x' has shape \(0, 2\)"),
+    ({"x": np.zeros((3, 2)), "y": np.array([0, 1])}, r"x has 3, y has 2"),
+    ({"x": np.zeros((0, 2)), "y": np.zeros(0, int)}, r"x has 0, y has 0"),
     ({"x": np.zeros((4, 2)), "y": np.array(["a", "b", "c", "d"])}, r"'y' has dtype"),
 ])
 def test_npz_errors(tmp_path: Path, arrays: dict, expect: str) -> None:
@@ -269,8 +229,8 @@ def test_idx_directory(tmp_path: Path, gz: bool) -> None:
     ds = load_dataset(tmp_path / "tiny")
     _check_types(ds)
     assert ds.name == "tiny"
-    assert ds.x_train.shape == (6, 5, 3) and ds.x_test.shape == (4, 5, 3)
-    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    assert ds.train["x"].shape == (6, 5, 3) and ds.test["x"].shape == (4, 5, 3)
+    assert ds.train["x"].dtype == np.uint8 and ds.train["y"].dtype == np.int32
 
 
 def test_idx_missing_files(tmp_path: Path) -> None:

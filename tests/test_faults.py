@@ -45,11 +45,11 @@ def options(out: Path | None, **kw) -> TrainOptions:
 def poisoned(data):
     """The data set with one training sample's features set to Inf (the loaders refuse such files,
     so it is built here), and the step of epoch 1 whose batch holds it."""
-    x = data.x_train.copy()
+    x = data.train["x"].astype(np.float32)  # the model scales them: pixels(16)
     x[POISONED] = np.inf
     position = int(np.flatnonzero(np.random.default_rng(SEED + 1).permutation(len(x)) == POISONED)[0])
     assert position < len(x) // BATCH * BATCH  # not in the dropped remainder
-    return replace(data, raw_train=x, divisor=1.0), position // BATCH + 1
+    return replace(data, train={**data.train, "x": x}), position // BATCH + 1
 
 
 def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_the_last_checkpoint(digits, tmp_path):
@@ -103,7 +103,7 @@ def test_checkpoint_holds_the_whole_run_and_needs_no_pickle(digits, tmp_path):
     arrays, meta = load_arrays(tmp_path / CHECKPOINT)
     assert (meta["epoch"], meta["step"]) == (2, 0)  # after epoch 1: epoch 2 is next, from its start
     assert meta["rng"]["bit_generator"] == "PCG64"
-    assert meta["config"]["batch"] == BATCH and meta["config"]["samples"] == len(data.x_train)
+    assert meta["config"]["batch"] == BATCH and meta["config"]["samples"] == len(data.train["x"])
 
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(digits, tmp_path):

@@ -181,6 +181,7 @@ class TrainEntry:
     key: str
     value: Expr
     loc: Loc
+    mapping: list[tuple[str, str, Loc]] | None = None  # `{ input = "array", ... }` after the value
 
 
 @dataclass

@@ -11,7 +11,8 @@ from graphc.autodiff.lr_schedule import DURATIONS, EPOCHS, SCHEDULES
 from graphc.errors import GraphcError, Loc
 from graphc.frontend import ast
 
-KEYS = ("optimizer", "schedule", "clip_norm", "batch", "epochs", "seed", "data")
+KEYS = ("optimizer", "schedule", "clip_norm", "batch", "epochs", "seed", "data", "validation",
+        "patience")
 
 
 @dataclass
@@ -25,6 +26,10 @@ class TrainConfig:
     epochs: int = 1
     seed: int = 0
     data: str | None = None  # a bundled name (mnist, digits) or a path
+    # `data = "f.npz" { x = "images" }`: the array that feeds each input whose name differs
+    data_map: dict[str, str] = field(default_factory=dict)
+    validation: float | str | None = None  # a fraction of the training samples, or a file
+    patience: int | None = None  # stop after this many epochs without a better validation loss
     # where each setting was written: "batch", "data", ..., "optimizer.lr", "schedule.warmup";
     # "train" is the block
     locs: dict[str, Loc] = field(default_factory=dict)
@@ -55,6 +60,9 @@ def train_config(module: ast.Module, base: Path | None = None) -> TrainConfig:
         if entry.key not in KEYS:
             raise GraphcError(f"unknown train key '{entry.key}'", entry.loc, hint=_key_hint(entry.key))
         cfg.locs[entry.key] = entry.value.loc
+        if entry.mapping is not None and entry.key != "data":
+            raise GraphcError(f"only data takes a {{ input = \"array\" }} mapping, not {entry.key}",
+                              entry.mapping[0][2] if entry.mapping else entry.loc)
         if entry.key == "optimizer":
             _optimizer(entry.value, cfg)
         elif entry.key == "schedule":
@@ -63,6 +71,13 @@ def train_config(module: ast.Module, base: Path | None = None) -> TrainConfig:
             cfg.clip_norm = _positive("clip_norm", entry.value)
         elif entry.key == "data":
             cfg.data = _data(entry.value, base)
+            for name, array, loc in entry.mapping or ():
+                if name in cfg.data_map:
+                    raise GraphcError(f"input {name} is mapped twice", loc)
+                cfg.data_map[name] = array
+                cfg.locs[f"data.{name}"] = loc
+        elif entry.key == "validation":
+            cfg.validation = _validation(entry.value, base)
         else:
             least = 0 if entry.key == "seed" else 1
             setattr(cfg, entry.key, _whole(entry.key, entry.value, least))
@@ -161,6 +176,17 @@ def _schedule_arg_problem(name: str, v: float) -> str | None:
     if name == "final" and not 0 <= v <= 1:
         return "between 0 and 1 (a fraction of lr)"
     return None
+
+
+def _validation(e: ast.Expr, base: Path | None) -> float | str:
+    """A fraction in (0, 1) of the training samples held out, or a quoted file."""
+    if isinstance(e, ast.Str):
+        return _data(e, base)
+    v = ast.literal(e)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1:
+        raise GraphcError("validation must be a fraction of the training samples between 0 and 1 "
+                          "(validation = 0.1) or a quoted file", e.loc)
+    return float(v)
 
 
 def _data(e: ast.Expr, base: Path | None) -> str:

@@ -52,6 +52,22 @@ def lower(module: ast.Module, training: bool = True) -> Graph:
     return _Lowerer(module, training).run()
 
 
+SCALING = "pixels"  # `input x : f32[B, 784] = pixels(255)`: the data is divided by 255
+
+
+def _scaling(call: ast.Call, t: TensorType) -> float:
+    """The divisor of `pixels(MAX)`, checked: one positive number, on a float input."""
+    args = call.positional
+    v = ast.literal(args[0]) if len(call.args) == 1 and args else None
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0 or call.scope is not None:
+        raise GraphcError(f"{SCALING} takes one positive number, the data's maximum: "
+                          f"{SCALING}(255) divides the data by 255", call.loc)
+    if not t.is_float:
+        raise GraphcError(f"only float inputs are scaled; this one is {t} (labels and tokens "
+                          "are fed as they are)", call.loc)
+    return float(v)
+
+
 def _not_reserved(name: str, loc: Loc) -> None:
     """Graph leaves share one namespace with what later stages add (the `lr` input)."""
     if name in RESERVED:
@@ -121,19 +137,22 @@ class _Lowerer:
     def _input(self, s: ast.InputDecl) -> None:
         _not_reserved(s.name, s.loc)
         t = self._type(s.type, self.top)
-        default = None
-        if s.default is not None:
+        default = scale = None
+        if isinstance(s.default, ast.Call) and s.default.func == SCALING:
+            scale = _scaling(s.default, t)
+        elif s.default is not None:
             default = ast.literal(s.default)
             if not isinstance(default, (int, float)) or isinstance(default, bool):
-                raise GraphcError("an input's default must be a number", s.default.loc)
+                raise GraphcError(f"an input's default must be a number (or {SCALING}(MAX), "
+                                  "how its data is scaled)", s.default.loc)
             if t.rank:
                 raise GraphcError(f"only scalar inputs take a default value; {s.name} is {t}",
-                                  s.default.loc)
+                                  s.default.loc, hint=f"to scale its data, write = {SCALING}(255)")
         v = Value(s.name, t)
         self._define(self.top, s.name, v, s.loc)
         # integer inputs (labels) have no gradient
         self.graph.inputs.append(Input(v, s.nograd or not t.is_float,
-                                       None if default is None else float(default), s.loc))
+                                       None if default is None else float(default), s.loc, scale))
 
     def _set_loss(self, v: Value | Number, loc: Loc) -> None:
         if not isinstance(v, Value) or not v.type.is_float or v.type.rank:

@@ -243,8 +243,15 @@ class _ToAst(Transformer_NonRecursive):  # no recursion: a 200,000-term sum is a
         ret, body = tail[0], [s for s in tail[1:] if s is not None]
         return ast.Layer(str(name), params, ret, body, self._loc(name))
 
-    def train_entry(self, key: Token, value: ast.Expr) -> ast.TrainEntry:
-        return ast.TrainEntry(str(key), value, self._loc(key))
+    def train_entry(self, key: Token, value: ast.Expr,
+                    mapping: list[tuple[str, str, Loc]] | None) -> ast.TrainEntry:
+        return ast.TrainEntry(str(key), value, self._loc(key), mapping)
+
+    def data_map(self, *entries: tuple[str, str, Loc]) -> list[tuple[str, str, Loc]]:
+        return list(entries)
+
+    def map_entry(self, name: Token, array: Token) -> tuple[str, str, Loc]:
+        return str(name), str(array)[1:-1], self._loc(name)
 
     def train_block(self, kw: Token, *entries: ast.TrainEntry) -> ast.Train:
         return ast.Train(list(entries), self._loc(kw))

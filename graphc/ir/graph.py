@@ -121,6 +121,9 @@ class Input:
     nograd: bool = False
     default: float | None = None  # scalar graphs (apples.net) give inputs a value
     loc: Loc | None = None
+    # `= pixels(255)`: the data is divided by this before it is fed (the runtime applies it, and
+    # saves it with the params, so evaluation and prediction scale new data the same way)
+    scale: float | None = None
 
 
 @dataclass

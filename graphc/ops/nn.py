@@ -1,4 +1,4 @@
-"""Network ops built from primitives: softmax, log_softmax, softmax_cross_entropy, mse, accuracy.
+"""Network ops built from primitives: softmax, log_softmax, softmax_cross_entropy, mse, mae, accuracy.
 
 Each has its own vjp (the compact closed forms from the blog posts, e.g. SoftmaxWithLoss backward is
 (softmax - onehot) / B) and lowers by decomposing into reductions and elementwise ops.
@@ -77,13 +77,21 @@ register(OpDef(
     {}, "logits: T[n,c], labels: i32[n] -> T[], mean of -log softmax(logits)[label]",
     traits=frozenset({Trait.LOSS}), operands=("logits", "labels"), indices=_classes))
 
+def _accuracy(b, x, y):
+    """1 where the label is the first max (argmax): `score` is c - index at each max and 0
+    elsewhere, so its max sits at the first max alone, and a tie with an earlier class counts
+    as wrong."""
+    score = b.mul(b.eq(x, b.max(x, axes=-1, keepdims=True)), b.sub(float(x.shape[-1]), b.iota(x, axis=-1)))
+    return b.mean(b.eq(b.sum(b.mul(_onehot_like(b, x, y), score), axes=-1), b.max(score, axes=-1)))
+
+
 register(OpDef(
     "accuracy", 2, _labels_shape, None,
-    lambda x, y: np.mean(x[np.arange(len(y)), y] == x.max(axis=-1)).astype(x.dtype),
-    Decompose(lambda b, x, y: b.mean(b.eq(b.sum(b.mul(_onehot_like(b, x, y), x), axes=-1),
-                                          b.max(x, axes=-1)))),
-    {}, "logits: T[n,c], labels: i32[n] -> T[], fraction where the label's logit is the max "
-        "(no gradient)", operands=("logits", "labels"), indices=_classes))
+    lambda x, y: np.mean(np.argmax(x, axis=-1) == y).astype(x.dtype),
+    Decompose(_accuracy),
+    {}, "logits: T[n,c], labels: i32[n] -> T[], fraction where the label is the argmax (the first "
+        "max: a tie with an earlier class is wrong; no gradient)", operands=("logits", "labels"),
+    indices=_classes))
 
 
 def _mse_shape(ts, attrs):
@@ -104,4 +112,19 @@ register(OpDef(
     lambda p, t: np.mean((p - t) ** 2),
     Decompose(lambda b, p, t: b.mean(b.mul(b.sub(p, t), b.sub(p, t)))),
     {}, "prediction: T[s], target: T[s] -> T[], mean squared difference",
+    traits=frozenset({Trait.LOSS}), operands=("prediction", "target")))
+
+
+def _mae_vjp(b, n, g):
+    p, t = n.inputs
+    diff = b.sub(p, t)
+    d = b.mul(b.sub(b.gt(diff, 0.0), b.gt(0.0, diff)), b.mul(g, 1.0 / p.type.size()))  # sign(p - t)
+    return [d, b.neg(d)]
+
+
+register(OpDef(
+    "mae", 2, _mse_shape, _mae_vjp,
+    lambda p, t: np.mean(np.abs(p - t)),
+    Decompose(lambda b, p, t: b.mean(b.maximum(b.sub(p, t), b.sub(t, p)))),
+    {}, "prediction: T[s], target: T[s] -> T[], mean absolute difference",
     traits=frozenset({Trait.LOSS}), operands=("prediction", "target")))

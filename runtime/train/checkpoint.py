@@ -99,17 +99,22 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
-def load_params(path: str | os.PathLike, params: list[Param],
-                partial: bool = False) -> dict[str, np.ndarray]:
+def load_params(path: str | os.PathLike, params: list[Param], partial: bool = False,
+                scale: dict[str, float] | None = None) -> dict[str, np.ndarray]:
     """The arrays a model's `params` need, read from a file written by save_arrays (graphc train
     --out, params.npz or the checkpoint); each must be present with the param's shape, hold floats
     (converted to the param's dtype: float64 to float32 is fine where the values fit) and be finite.
 
     `partial` (starting from saved weights): params the file lacks are left out of the result, and
-    an array the file holds that names no param is refused (a different model's file)."""
+    an array the file holds that names no param is refused (a different model's file). `scale`,
+    the model's declared input scaling, must match the one the file was trained with, if stored."""
     arrays, meta = load_arrays(path)
     if meta.get("format") == FORMAT:  # a run's checkpoint: the model's arrays are its params/
         arrays = {k.removeprefix("params/"): v for k, v in arrays.items() if k.startswith("params/")}
+    stored = (meta.get("config") or {}).get("scale") if meta.get("format") == FORMAT else meta.get("scale")
+    if scale is not None and stored is not None and stored != scale:
+        raise DataError(f"{path}: these params were trained on inputs scaled {_scaling(stored)}, but "
+                        f"the model declares {_scaling(scale)}: new data would be scaled differently")
     names = [p.value.name for p in params]
     if partial:
         unknown = [k for k in arrays if k not in names]
@@ -128,6 +133,10 @@ def load_params(path: str | os.PathLike, params: list[Param],
             out[name] = np.ascontiguousarray(arr, dtype=NP_DTYPES[p.value.dtype])
         check_finite(path, arr, out[name], lambda i, name=name: f"param {name}{list(i) if i else ''}")
     return out
+
+
+def _scaling(scale: dict[str, float]) -> str:
+    return ", ".join(f"{k} = pixels({v:g})" for k, v in scale.items()) or "not at all"
 
 
 # ---- the state of a training run ----

@@ -1,39 +1,35 @@
-"""Loads training data sets: bundled ones by name, or MNIST IDX directories, CSV and NPZ files.
+"""Loads data sets as named arrays, split into training, validation and test samples.
 
 `load_dataset(spec)` accepts:
   * a bundled name: "mnist" (60,000 / 10,000 28x28 images) or "digits" (1,797 8x8 images);
     a plain name wins over a same-named local path, so write "./mnist" to load a local folder;
   * a directory holding the four MNIST IDX files (train/t10k, images-idx3/labels-idx1, each
-    optionally gzipped);
+    optionally gzipped), or a directory of .npy files (one array per file, named by its stem);
   * a .csv or .csv.gz file: no header, one sample per line, features then the label last;
-  * a .npz file holding x_train, y_train, x_test, y_test, or just x and y.
+  * a .npz file of named arrays.
 
-CSV files and single-split NPZ files (x, y) are split deterministically: a fixed permutation from
-np.random.default_rng(0), whose last 20% (at least one sample) is the test set.
+Every source becomes named arrays of samples, [N, ...]: images and labels are `x` and `y` (IDX,
+CSV), an .npz or .npy array is named by its key or file. A name ending in `_train`, `_val` or
+`_test` puts the array in that split (`x_train`, `x_test`, ...); arrays without such a suffix are
+split deterministically: a fixed permutation from np.random.default_rng(0), whose last 20% (at least
+one sample) is the test set. `validation` holds out a fraction of the training samples the same way,
+or names a file whose arrays are the validation split.
 
-Features (`x_train`, `x_test`) are float32 and C-contiguous, shaped [N, ...] by the sample's natural
-shape (MNIST [N, 28, 28], CSV [N, F]); labels come back int32. Features are scaled so that raw pixel
-data lands in [0, 1] without the user choosing a transform:
-  * IDX data (uint8) is divided by 255;
-  * integer-valued CSV features and integer-dtype NPZ features are divided by their maximum over
-    the whole file when that maximum is > 1 (the bundled digits: / 16);
-  * float features (non-integral CSV values, float NPZ arrays) are used as given.
-Integer data in [0, 255] is kept as its bytes (`raw_train`, `raw_test`: uint8, with `divisor`), a
-quarter of float32's memory; the trainer's feed converts each batch (codegen/feed.py), and the
-float features are made, float32(byte) / divisor, only when asked for. Other data is kept as its
-float32 features (divisor 1).
+Arrays are kept as the source holds them: nothing is scaled here (a model declares its scaling, and
+runtime/train/feeds.py applies it, feeding each input by name). CSV numbers that are whole and in
+[0, 255] are kept as bytes (a quarter of float32's memory), other features as float32, and whole
+labels as int32.
 
 Every problem with a file raises DataError naming the file and what is wrong: among them a feature
 that is not finite as the model reads it (1e39 is finite in float64 but not in float32), and data
 whose numbers would not fit in memory. That is checked before the numbers are read: against the
-sizes NPZ and IDX headers declare, and for CSV (read a line at a time, gunzipped as it goes) as the
-table grows; a few MB of gzip may declare or decompress to many gigabytes.
+sizes NPZ, NPY and IDX headers declare, and for CSV (read a line at a time, gunzipped as it goes) as
+the table grows; a few MB of gzip may declare or decompress to many gigabytes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import gzip
 import importlib.resources
 import math
@@ -49,7 +45,7 @@ from typing import BinaryIO
 import numpy as np
 
 from graphc.about import PACKAGE_DIR
-from graphc.errors import DataError
+from graphc.errors import DataError, check_regular
 
 BUNDLED = {"mnist": "mnist", "digits": "digits/digits.csv.gz"}
 
@@ -60,7 +56,6 @@ _IDX_FILES = {
     "x_test": ("t10k-images-idx3-ubyte", 0x00000803),
     "y_test": ("t10k-labels-idx1-ubyte", 0x00000801),
 }
-_NPZ_SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 TEST_FRACTION = 0.2
 _INT32_MAX = np.iinfo(np.int32).max
 # Loading holds up to about this many times the numbers' size at once (a CSV's rows and their
@@ -71,33 +66,42 @@ _LINE_COST = 64
 _CSV_BLOCK = 1 << 20  # bytes of float64 rows parsed into one block
 
 
+SPLITS = ("train", "val", "test")  # the suffixes that place an array in a split
+
+
 @dataclass
 class Dataset:
+    """Named arrays of samples ([N, ...], as the source holds them) for each split."""
+
     name: str
-    raw_train: np.ndarray  # [N, ...] natural sample shape: uint8 bytes, or float32 features
-    y_train: np.ndarray    # int32 [N]
-    raw_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int       # max label + 1 over both splits
-    divisor: float = 1.0   # features = float32(raw) / divisor
+    train: dict[str, np.ndarray]
+    test: dict[str, np.ndarray]
+    validation: dict[str, np.ndarray] | None = None
 
-    @functools.cached_property
-    def x_train(self) -> np.ndarray:
-        """The training features, float32."""
-        return self.features(self.raw_train)
-
-    @functools.cached_property
-    def x_test(self) -> np.ndarray:
-        """The test features, float32."""
-        return self.features(self.raw_test)
-
-    def features(self, raw: np.ndarray) -> np.ndarray:
-        """float32 features of some of this data set's raw samples."""
-        return raw if raw.dtype == np.float32 else np.divide(raw, np.float32(self.divisor), dtype=np.float32)
+    def splits(self) -> dict[str, dict[str, np.ndarray]]:
+        """The splits that hold samples: "train", then "validation" if any, then "test"."""
+        out = {"train": self.train, "validation": self.validation, "test": self.test}
+        return {k: v for k, v in out.items() if v}
 
 
-def load_dataset(spec: str | os.PathLike) -> Dataset:
-    """Loads a bundled data set by name, or an MNIST directory / .csv / .csv.gz / .npz path."""
+def load_dataset(spec: str | os.PathLike, validation: float | str | os.PathLike | None = None) -> Dataset:
+    """A bundled data set by name, or a directory / .csv / .csv.gz / .npz path, split; `validation`
+    is a fraction of the training samples to hold out, or a file of validation samples."""
+    name, arrays = load_arrays(spec)
+    splits = _splits(str(spec), arrays)
+    if isinstance(validation, float):
+        if "val" in splits:
+            raise DataError(f"{name}: holds a validation split (arrays ending in _val) already; "
+                            "drop validation = ... or those arrays")
+        splits["train"], splits["val"] = _held_out(str(spec), splits["train"], validation, "validation")
+    elif validation is not None:
+        splits["val"] = load_arrays(validation)[1]
+        _count(str(validation), splits["val"])
+    return Dataset(name, splits["train"], splits["test"], splits.get("val"))  # named by its stem
+
+
+def load_arrays(spec: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
+    """The data set's name and its arrays by name, as the source holds them (not split)."""
     if isinstance(spec, str) and spec in BUNDLED:
         path, name = _bundled_dir() / BUNDLED[spec], spec
     else:
@@ -106,13 +110,60 @@ def load_dataset(spec: str | os.PathLike) -> Dataset:
             raise DataError(f"unknown data set '{spec}': not a bundled name "
                             f"(known: {', '.join(sorted(BUNDLED))}) and no such file or directory")
         name = path.resolve().name
-        for suffix in (".csv.gz", ".csv", ".npz"):
+        for suffix in (".csv.gz", ".csv", ".npz", ".npy"):
             if name.lower().endswith(suffix):
                 name = name[: -len(suffix)]
     try:
-        return _load_path(path, name)
+        return name, _load_path(path)
     except MemoryError:
         raise DataError(f"{path}: out of memory loading this data set") from None
+
+
+def _splits(name: str, arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Arrays grouped by their split suffix; unsuffixed ones split into train and test."""
+    splits: dict[str, dict[str, np.ndarray]] = {}
+    plain = {}
+    for key, a in arrays.items():
+        base, _, suffix = key.rpartition("_")
+        if base and suffix in SPLITS:
+            splits.setdefault(suffix, {})[base] = a
+        else:
+            plain[key] = a
+    if plain and splits:
+        raise DataError(f"{name}: arrays {', '.join(plain)} have no split suffix but "
+                        f"{', '.join(k for k in arrays if k not in plain)} do: name every array "
+                        "NAME_train / NAME_val / NAME_test, or none (a fixed 20% is then the test split)")
+    if plain:
+        splits["train"], splits["test"] = _held_out(name, plain, TEST_FRACTION, "test")
+    for split in ("train", "test"):
+        if split not in splits:
+            raise DataError(f"{name}: no {split} split: arrays ending in _train go with arrays "
+                            f"ending in _test (found {', '.join(arrays)})")
+    for split, group in splits.items():
+        _count(f"{name} ({split} split)", group)
+    return splits
+
+
+def _count(where: str, arrays: dict[str, np.ndarray]) -> int:
+    """The number of samples `arrays` hold, the same in each (checked)."""
+    sizes = {k: len(a) if a.ndim else 0 for k, a in arrays.items()}
+    if len(set(sizes.values())) > 1 or 0 in sizes.values():
+        raise DataError(f"{where}: every array needs the same number of samples, at least one: "
+                        + ", ".join(f"{k} has {n}" for k, n in sizes.items()))
+    return next(iter(sizes.values()))
+
+
+def _held_out(name: str, arrays: dict[str, np.ndarray], fraction: float,
+              what: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Splits samples by a fixed permutation: the last `fraction` (at least one) is held out."""
+    n = _count(name, arrays)
+    if n < 2:
+        raise DataError(f"{name}: {n} sample(s); need at least 2 to hold out a {what} split")
+    order = np.random.default_rng(0).permutation(n)
+    k = max(1, int(n * fraction))
+    keep, held = order[:-k], order[-k:]
+    return ({k_: np.ascontiguousarray(a[keep]) for k_, a in arrays.items()},
+            {k_: np.ascontiguousarray(a[held]) for k_, a in arrays.items()})
 
 
 def _bundled_dir() -> Path:
@@ -126,19 +177,21 @@ def _bundled_dir() -> Path:
     raise DataError(f"bundled data folder not found (looked in {packaged} and {repo})")
 
 
-def _load_path(path: Path, name: str) -> Dataset:
+_KINDS = "an MNIST IDX directory, a directory of .npy files, a .csv / .csv.gz file, or a .npz file"
+
+
+def _load_path(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
-        raise DataError(f"{path}: no such file or directory (expected an MNIST IDX directory, "
-                        "a .csv / .csv.gz file, or a .npz file)")
+        raise DataError(f"{path}: no such file or directory (expected {_KINDS})")
     if path.is_dir():
-        return _load_idx_dir(path, name)
+        npys = sorted(path.glob("*.npy"))
+        return _load_npys(path, npys) if npys else _load_idx_dir(path)
     lower = path.name.lower()
     if lower.endswith((".csv", ".csv.gz")):
-        return _load_csv(path, name)
+        return _load_csv(path)
     if lower.endswith(".npz"):
-        return _load_npz(path, name)
-    raise DataError(f"{path}: unsupported data file (expected an MNIST IDX directory, "
-                    "a .csv / .csv.gz file, or a .npz file)")
+        return _load_npz(path)
+    raise DataError(f"{path}: unsupported data file (expected {_KINDS})")
 
 
 @contextlib.contextmanager
@@ -182,7 +235,7 @@ def _gib(nbytes: int) -> str:
 
 # ---- MNIST IDX ----
 
-def _load_idx_dir(path: Path, name: str) -> Dataset:
+def _load_idx_dir(path: Path) -> dict[str, np.ndarray]:
     files: dict[str, Path] = {}
     for role, (base, _) in _IDX_FILES.items():
         found = [p for p in (path / f"{base}.gz", path / base) if p.is_file()]
@@ -202,7 +255,7 @@ def _load_idx_dir(path: Path, name: str) -> Dataset:
                             f"{files[f'y_{split}']} holds {len(labels)} labels")
         if len(images) == 0:
             raise DataError(f"{files[f'x_{split}']}: holds no images")
-    return _dataset(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], 255)
+    return {k: a.astype(np.int32) if k.startswith("y") else a for k, a in arrays.items()}
 
 
 def _read_idx(path: Path, magic: int, split: str) -> np.ndarray:
@@ -234,13 +287,25 @@ def _read_idx(path: Path, magic: int, split: str) -> np.ndarray:
 
 # ---- CSV ----
 
-def _load_csv(path: Path, name: str) -> Dataset:
+def _load_csv(path: Path) -> dict[str, np.ndarray]:
     table, lines = _read_csv(path)
-    x = table[:, :-1]
-    y = _labels(path, table[:, -1], lambda i: f"line {lines[i]}")
-    (stored,), divisor = _stored([x], integral=bool(np.array_equal(x, np.floor(x))))
-    check_finite(path, x, stored, lambda i: f"line {lines[i[0]]}, column {i[1] + 1}")
-    return _split(path, name, stored, y, divisor)
+    x, y = table[:, :-1], table[:, -1]
+    return {"x": _numbers(path, x, lambda i: f"line {lines[i[0]]}, column {i[1] + 1}"),
+            "y": _numbers(path, y, lambda i: f"line {lines[i[0]]}, column {table.shape[1]}")}
+
+
+def _numbers(path: Path, a: np.ndarray, where: Callable[[tuple[int, ...]], str]) -> np.ndarray:
+    """CSV numbers as they are kept: whole numbers in [0, 255] as bytes, other whole numbers that
+    fit as int32, the rest as float32 (checked finite)."""
+    if np.isfinite(a).all() and np.array_equal(a, np.floor(a)):
+        if a.min() >= 0 and a.max() <= 255:
+            return a.astype(np.uint8)
+        if np.abs(a).max() <= _INT32_MAX:
+            return a.astype(np.int32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = a.astype(np.float32)
+    check_finite(path, a, cast, where)
+    return cast
 
 
 def _read_csv(path: Path) -> tuple[np.ndarray, array]:
@@ -294,37 +359,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, array]:
 
 # ---- NPZ ----
 
-def _load_npz(path: Path, name: str) -> Dataset:
-    arrays = _read_npz(path)
-    for key, a in arrays.items():
-        if a.dtype.kind not in "biuf":
-            raise DataError(f"{path}: array '{key}' has dtype {a.dtype}; expected numbers")
-    xs = {k: a for k, a in arrays.items() if k.startswith("x")}
-    ys: dict[str, np.ndarray] = {}
-    for xk, x in xs.items():
-        yk = "y" + xk[1:]
-        y = arrays[yk]
-        if x.ndim < 2 or x.shape[0] == 0 or x[0].size == 0:
-            raise DataError(f"{path}: array '{xk}' has shape {x.shape}; expected [N, features...] "
-                            "with N > 0 and at least one feature")
-        if y.shape != (len(x),):
-            raise DataError(f"{path}: array '{yk}' has shape {y.shape}; expected ({len(x)},) "
-                            f"to match '{xk}'")
-        ys[yk] = _labels(path, y, lambda i, yk=yk: f"{yk}[{i}]")
-    if len({x.shape[1:] for x in xs.values()}) > 1:
-        raise DataError(f"{path}: x_train has samples of shape {xs['x_train'].shape[1:]} but "
-                        f"x_test has {xs['x_test'].shape[1:]}")
-    integral = all(x.dtype.kind in "biu" for x in xs.values())
-    x_arrays, divisor = _stored(list(xs.values()), integral)
-    for (xk, x), stored in zip(xs.items(), x_arrays):
-        check_finite(path, x, stored, lambda i, xk=xk: f"{xk}[{', '.join(map(str, i))}]")
-    if "x" in xs:
-        return _split(path, name, x_arrays[0], ys["y"], divisor)
-    return _dataset(name, x_arrays[0], ys["y_train"], x_arrays[1], ys["y_test"], divisor)
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays a data set needs, in split order (x_train, y_train, x_test, y_test or x, y)."""
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -332,19 +367,41 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     if isinstance(npz, np.ndarray):
         raise DataError(f"{path}: holds a single .npy array, not an .npz archive of named arrays")
     with npz:
-        present = set(npz.files)
-        if set(_NPZ_SPLIT_KEYS) <= present:
-            keys: tuple[str, ...] = _NPZ_SPLIT_KEYS
-        elif {"x", "y"} <= present:
-            keys = ("x", "y")
-        else:
-            raise DataError(f"{path}: expected arrays x_train, y_train, x_test, y_test (or x, y); "
-                            f"found {', '.join(sorted(present)) or 'none'}")
+        if not npz.files:
+            raise DataError(f"{path}: holds no arrays")
         try:
-            return read_npz_arrays(path, npz, keys)
+            return _checked(path, read_npz_arrays(path, npz, npz.files))
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             # Object arrays land here too: they would need pickle, which is never enabled.
             raise DataError(f"{path}: cannot read arrays ({e})") from None
+
+
+def _load_npys(path: Path, files: list[Path]) -> dict[str, np.ndarray]:
+    """A directory of .npy files: one array per file, named by its stem."""
+    arrays = {}
+    for f in files:
+        try:
+            check_regular(f)
+            with f.open("rb") as s:
+                version = np.lib.format.read_magic(s)
+                shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)(s)
+            _check_memory(f, math.prod(shape) * dtype.itemsize, "its header declares")
+            arrays[f.stem] = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"{f}: not a readable .npy array ({e})") from None
+    return _checked(path, arrays)
+
+
+def _checked(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Arrays of numbers with a sample axis; float ones finite."""
+    for key, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise DataError(f"{path}: array '{key}' has dtype {a.dtype}; expected numbers")
+        if a.ndim == 0:
+            raise DataError(f"{path}: array '{key}' is a scalar; expected samples, [N, ...]")
+        check_finite(path, a, a, lambda i, key=key: f"{key}[{', '.join(map(str, i))}]")
+    return arrays
 
 
 def read_npz_arrays(path: Path, npz: np.lib.npyio.NpzFile,
@@ -382,48 +439,3 @@ def check_finite(path: str | os.PathLike, raw: np.ndarray, cast: np.ndarray,
     why = ("not a finite number" if not np.isfinite(value) else
            f"beyond {cast.dtype}'s range (±{np.finfo(cast.dtype).max:.3g})")
     raise DataError(f"{path}: {where(i)} is {value!s}, {why}")  # !s: format() would round to float
-
-
-def _labels(path: Path, y: np.ndarray, where: Callable[[int], str]) -> np.ndarray:
-    """Checks that labels are non-negative integers that fit int32; returns them as int32."""
-    yf = y.astype(np.float64)  # one check for int and float labels; exact below 2**53
-    bad = np.flatnonzero(~np.isfinite(yf) | (yf < 0) | (yf != np.floor(yf)) | (yf > _INT32_MAX))
-    if bad.size:
-        i = int(bad[0])
-        raise DataError(f"{path}: {where(i)}: label {y[i].item()!r} is not a non-negative integer")
-    return y.astype(np.int32)
-
-
-def _stored(xs: list[np.ndarray], integral: bool) -> tuple[list[np.ndarray], float]:
-    """The arrays as a Dataset keeps them, and their divisor: integer data is divided by its maximum
-    over the file when that is > 1, and kept as bytes when it fits them; other data as float32."""
-    peak = max(float(x.max()) for x in xs)
-    divisor = peak if integral and peak > 1 else 1.0
-    if integral and min(float(x.min()) for x in xs) >= 0 and peak <= 255:
-        return [x.astype(np.uint8) for x in xs], divisor
-    with np.errstate(over="ignore", invalid="ignore"):  # check_finite names what overflows
-        return [np.divide(x, np.float32(divisor), dtype=np.float32) for x in xs], 1.0
-
-
-def _split(path: Path, name: str, x: np.ndarray, y: np.ndarray, divisor: float) -> Dataset:
-    """Splits one sample set by a fixed permutation: the last TEST_FRACTION is the test set."""
-    n = len(x)
-    if n < 2:
-        raise DataError(f"{path}: {n} sample(s); need at least 2 to split into train and test")
-    order = np.random.default_rng(0).permutation(n)
-    n_test = max(1, int(n * TEST_FRACTION))
-    train, test = order[:-n_test], order[-n_test:]
-    return _dataset(name, x[train], y[train], x[test], y[test], divisor)
-
-
-def _dataset(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-             y_test: np.ndarray, divisor: float) -> Dataset:
-    return Dataset(
-        name=name,
-        raw_train=np.ascontiguousarray(x_train),
-        y_train=np.ascontiguousarray(y_train, dtype=np.int32),
-        raw_test=np.ascontiguousarray(x_test),
-        y_test=np.ascontiguousarray(y_test, dtype=np.int32),
-        num_classes=int(max(y_train.max(), y_test.max())) + 1,
-        divisor=divisor,
-    )

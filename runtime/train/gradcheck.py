@@ -30,14 +30,14 @@ def _feeds(prog: Program, g: Graph, batch: int, seed: int) -> dict[str, np.ndarr
     feeds: dict[str, np.ndarray] = {}
     if prog.train.data and batch_dim(prog.graph):
         from graphc.runtime.train.data import load_dataset
-        from graphc.runtime.train.trainer import data_inputs, fit_features
+        from graphc.runtime.train.feeds import bind, rows, samples
         data = load_dataset(prog.train.data)
-        if batch > len(data.y_train):
-            raise DataError(f"{data.name}: {len(data.y_train)} training samples, fewer than the batch "
-                            f"of {batch} to check")
-        xin, yin = data_inputs(prog.graph)
-        feeds[xin.value.name] = fit_features(data.features(data.raw_train[:batch]), xin, data.name).astype(np.float64)
-        feeds[yin.value.name] = data.y_train[:batch]
+        sources = bind(prog, g, data.train, prog.train.data_map, data.name, "train")
+        if batch > samples(sources):
+            raise DataError(f"{data.name}: {samples(sources)} training samples, fewer than the "
+                            f"batch of {batch} to check")
+        types = {i.value.name: i.value.dtype for i in g.inputs}
+        feeds.update({k: rows(src, types[k], 0, batch) for k, src in sources.items()})
     for i in g.inputs:
         v = i.value
         if v.name in feeds:

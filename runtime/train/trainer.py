@@ -21,76 +21,37 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from graphc.driver import Compiled, compile_graph, forward, train_graph
+from graphc.driver import Compiled, batch_dim, compile_graph, forward, train_graph
 from graphc.errors import DataError, GraphcError
 from graphc.autodiff.lr_schedule import horizon
 from graphc.frontend import Program
-from graphc.ir.graph import LR, Graph, Input
+from graphc.ir.graph import LR, Graph
 from graphc.ir.serialize import to_json
-from graphc.ops import REGISTRY
 from graphc.runtime.train.checkpoint import CHECKPOINT, PARAMS, Rollback, RunState, lock_run, save_arrays
 from graphc.runtime.train.data import Dataset
+from graphc.runtime.train.feeds import Source, bind, check_labels, fed_inputs, rows, samples, scales
+
+__all__ = ["BEST", "EVAL_BATCH", "Evaluator", "TrainOptions", "TrainingInterrupted", "check_labels", "train"]
 from graphc.ir.init import init_params
 
 EVAL_BATCH = 1000
-
-
-def data_inputs(g: Graph) -> tuple[Input, Input]:
-    """The model's feature and label inputs: the first float and the first i32 input."""
-    x = next((i for i in g.inputs if i.value.type.is_float and i.value.name != LR), None)
-    y = next((i for i in g.inputs if i.value.dtype == "i32"), None)
-    if x is None or y is None:
-        raise GraphcError(f"model {g.name} needs a float feature input and an i32 label input to train")
-    return x, y
-
-
-def fit_shape(x: np.ndarray, inp: Input, source: str) -> np.ndarray:
-    """Reshape a dataset's samples to the model's per-sample input shape, or say why not."""
-    shape = tuple(inp.value.shape[1:])
-    if any(not isinstance(d, int) for d in shape) or math.prod(shape) != math.prod(x.shape[1:]):
-        raise DataError(f"{source}: samples have shape {list(x.shape[1:])} but input "
-                        f"{inp.value.name} takes {list(shape)} per sample", inp.loc)
-    return x.reshape((len(x),) + shape)
-
-
-def fit_features(x: np.ndarray, inp: Input, source: str) -> np.ndarray:
-    """Float features reshaped to the model's per-sample input shape, in the input's dtype."""
-    return np.ascontiguousarray(fit_shape(x, inp, source), dtype=np.float32
-                                if inp.value.dtype == "f32" else np.float64)
-
-
-def train_rows(data: Dataset, inp: Input) -> np.ndarray | tuple[np.ndarray, float]:
-    """The training samples as a Feeder reads them: the bytes and their divisor where the data set
-    keeps bytes (the feed converts each batch), else features in the input's dtype."""
-    if data.raw_train.dtype == np.uint8:
-        return fit_shape(data.raw_train, inp, data.name), data.divisor
-    return fit_features(data.raw_train, inp, data.name)
-
-
-def check_labels(y: np.ndarray, g: Graph, yin: Input, source: str, split: str) -> None:
-    """Every label must name a class of each op that reads it: below the bound the op declares for
-    it (an index into the logits' last axis, below onehot's n)."""
-    for n in g.nodes:
-        indices = REGISTRY[n.op].indices
-        bounds = indices([x.type for x in n.inputs], n.attrs) if indices else {}
-        for i, classes in bounds.items():
-            bad = np.flatnonzero(y >= classes) if n.inputs[i] is yin.value and isinstance(classes, int) else []
-            if len(bad):
-                raise DataError(f"{source}: label {y[bad[0]]} of {split} sample {bad[0]} is out of "
-                                f"range: {n.op} here takes {classes} classes (labels 0..{classes - 1})",
-                                n.loc)
+BEST = "params.best.npz"  # the params of the epoch with the lowest validation loss
 
 
 @dataclass
 class Evaluator:
     """Forward-only steps (the evaluation form: no dropout, batch norm on running statistics) at the
-    eval batch and at the remainder, sharing the trainer's params and model state."""
+    eval batch and at the remainder, sharing the trainer's params and model state. A model with a
+    fixed batch (no `dim` leads its inputs) is evaluated in batches of that size; the remainder,
+    which it cannot take, is left out, and `note` says so once."""
 
     prog: Program
     params: dict[str, np.ndarray]
     threads: int | None = None
     check_bounds: bool = False
     steps: dict[int, Compiled] = field(default_factory=dict)
+    note: Callable[[str], None] = print
+    noted: set[str] = field(default_factory=set)  # the splits whose left-out remainder was noted
 
     def step(self, n: int) -> Compiled:
         if n not in self.steps:
@@ -98,18 +59,34 @@ class Evaluator:
                                           threads=self.threads, check_bounds=self.check_bounds)
         return self.steps[n]
 
-    def __call__(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    def fixed(self) -> int | None:
+        """The model's fixed batch, if its inputs have one."""
+        if batch_dim(self.prog.graph):
+            return None
+        return next(int(i.value.shape[0]) for i in fed_inputs(self.prog.graph) if i.value.shape)
+
+    def __call__(self, sources: dict[str, Source], split: str = "test") -> dict[str, float]:
         g = self.prog.graph
-        xin, yin = data_inputs(g)
         names = [g.loss] + list(g.metrics)
         total = dict.fromkeys(names, 0.0)
-        batch = min(EVAL_BATCH, len(x))
-        for s in range(0, len(x), batch):
-            xb, yb = x[s:s + batch], y[s:s + batch]
-            out = self.step(len(xb)).step(**{xin.value.name: xb, yin.value.name: yb})
+        n, fixed = samples(sources), self.fixed()
+        batch = fixed or min(EVAL_BATCH, n)
+        if fixed and n < fixed:
+            raise DataError(f"the {split} split holds {n} samples, fewer than the model's fixed batch "
+                            f"of {fixed}: it can evaluate none", g.inputs[0].loc,
+                            hint="declare `dim B` and use it for the batch, or give more samples")
+        used = n - n % batch if fixed else n
+        if used < n and split not in self.noted:
+            self.noted.add(split)
+            self.note(f"note: {n - used} of {n} {split} samples left out of evaluation: the model's "
+                      f"batch is fixed at {fixed} (declare `dim B` to use them all)")
+        types = {i.value.name: i.value.dtype for i in g.inputs}
+        for s in range(0, used, batch):
+            e = min(s + batch, used)
+            out = self.step(e - s).step(**{k: rows(src, types[k], s, e) for k, src in sources.items()})
             for k in names:
-                total[k] += float(out[k]) * len(xb)
-        return {k: v / len(x) for k, v in total.items()}
+                total[k] += float(out[k]) * (e - s)
+        return {k: v / used for k, v in total.items()}
 
 
 @dataclass
@@ -133,6 +110,8 @@ class TrainOptions:
     # graphc.Model's params; the model's arrays not named here start at their initializer
     params: dict[str, np.ndarray] = field(default_factory=dict)
     callbacks: tuple[Callable[[dict], None], ...] = ()  # each called with each epoch's record
+    data_map: dict[str, str] = field(default_factory=dict)  # input -> the array that feeds it
+    patience: int | None = None  # stop after this many epochs without a better validation loss
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -203,31 +182,32 @@ def graph_digest(g: Graph) -> str:
     return hashlib.sha256(json.dumps(ir, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def data_digest(data: Dataset, rows: int = 1024) -> str:
-    """A cheap fingerprint of the training data: its shape, scale and labels, and `rows` samples
-    spread evenly over it. Other data under the same name and size is caught; an edit to a sample
-    that is not read here is not."""
-    n = len(data.raw_train)
-    h = hashlib.sha256(repr((data.raw_train.shape, data.raw_train.dtype.str, data.divisor)).encode())
-    h.update(np.ascontiguousarray(data.y_train).tobytes())
-    picked = np.linspace(0, n - 1, min(n, rows), dtype=np.int64)
-    h.update(np.ascontiguousarray(data.raw_train[picked]).tobytes())
+def data_digest(sources: dict[str, Source], picks: int = 1024) -> str:
+    """A cheap fingerprint of the training samples as fed: each input's shape, dtype and scale, and
+    `picks` samples spread evenly over them. Other data under the same name and size is caught; an
+    edit to a sample that is not read here is not."""
+    n = samples(sources)
+    picked = np.linspace(0, n - 1, min(n, picks), dtype=np.int64)
+    h = hashlib.sha256()
+    for name, src in sorted(sources.items()):
+        a, divisor = src if isinstance(src, tuple) else (src, 1.0)
+        h.update(repr((name, a.shape, a.dtype.str, divisor)).encode())
+        h.update(np.ascontiguousarray(a[picked]).tobytes())
     return h.hexdigest()[:16]
 
 
 def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[str], None]) -> list[dict]:
     g = prog.graph
-    xin, yin = data_inputs(g)
-    x_train = train_rows(data, xin)
-    x_test = fit_features(data.x_test, xin, data.name)
-    check_labels(data.y_train, g, yin, data.name, "training")
-    check_labels(data.y_test, g, yin, data.name, "test")
-    samples = len(data.raw_train)
-    if samples < opt.batch:
-        written = prog.train.locs.get("batch") if opt.batch == prog.train.batch else None
-        raise DataError(f"{data.name}: {samples} training samples, fewer than one batch of "
-                        f"{opt.batch}", written)
     step_graph = train_graph(prog, opt.batch, opt.optimizer, opt.opt_args)
+    fed = {k: bind(prog, step_graph, arrays, opt.data_map, data.name, k) for k, arrays in data.splits().items()}
+    if opt.patience and "validation" not in fed:
+        raise GraphcError("patience needs a validation split: validation = 0.1 (or a file) in the "
+                          "train block, or --validation", prog.train.locs.get("patience"))
+    n_train = samples(fed["train"])
+    if n_train < opt.batch:
+        written = prog.train.locs.get("batch") if opt.batch == prog.train.batch else None
+        raise DataError(f"{data.name}: {n_train} training samples, fewer than one batch of "
+                        f"{opt.batch}", written)
     # the model's arrays: its params and its state (batch norm's running statistics, dropout's step
     # counter), shared with the evaluator and saved together
     model_state = {s.value.name for s in g.state}
@@ -239,25 +219,23 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
            f"{' (cached)' if compiled.cache_hit else ''}: {len(compiled.schedule.kernels)} kernels, "
            f"arena {compiled.schedule.plan.arena_bytes / 1024:.0f} KiB")
     step = compiled.step
-    evaluate = Evaluator(prog, params, opt.threads, opt.check_bounds)
-    # check_labels: the labels fit the input's dtype
-    feed = step.feeder(**{xin.value.name: x_train, yin.value.name: np.ascontiguousarray(
-        data.y_train, step.inputs[yin.value.name].dtype)})
-    per_epoch = samples // opt.batch  # the remainder is dropped; shuffling covers it over epochs
+    evaluate = Evaluator(prog, params, opt.threads, opt.check_bounds, note=report)
+    feed = step.feeder(**fed["train"])
+    per_epoch = n_train // opt.batch  # the remainder is dropped; shuffling covers it over epochs
     for name, v in {LR: opt.lr, **horizon(per_epoch, opt.epochs)}.items():
         if name in step.inputs:  # a schedule has the run's length as inputs when it needs it
             step.inputs[name][...] = v
     config = {"model": g.name, "batch": opt.batch, "lr": opt.lr, "seed": opt.seed,
               "optimizer": opt.optimizer, "opt_args": opt.opt_args, "data": data.name,
-              "samples": samples, "graph_sha256": graph_digest(step_graph),
-              "data_sha256": data_digest(data)}
+              "samples": n_train, "graph_sha256": graph_digest(step_graph),
+              "data_sha256": data_digest(fed["train"]), "scale": scales(prog)}
     if "total_steps" in step.inputs:  # a schedule over the run's length: it must not change
         config["epochs"] = opt.epochs
     run = RunState(params, {k: v for k, v in step.state.items() if k not in params},
                    np.random.default_rng(opt.seed + 1), config)
-    saves = _Checkpoints(run, opt.out, g.name)
+    saves = _Checkpoints(run, opt.out, g.name, scales(prog))
     if opt.resume:
-        run.restore(opt.resume, samples, per_epoch)
+        run.restore(opt.resume, n_train, per_epoch)
         saves.last = (run.epoch, run.step)
         done = ""
         if run.epoch > opt.epochs:  # a schedule's horizon is part of config: it cannot grow
@@ -280,7 +258,7 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
             while run.epoch <= opt.epochs:
                 epoch, t0 = run.epoch, time.perf_counter()
                 before = (epoch - 1) * per_epoch  # steps done in earlier epochs
-                run.start_epoch(samples, per_epoch)
+                run.start_epoch(n_train, per_epoch)
                 for i in tqdm(range(run.step, per_epoch), desc=f"epoch {epoch}/{opt.epochs}",
                               unit="step", leave=False, disable=not opt.progress, file=sys.stderr,
                               initial=run.step, total=per_epoch):
@@ -306,10 +284,12 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                 train_loss = float(np.nanmean(run.losses)) if skipped < per_epoch else math.nan
                 run.end_epoch()
                 saves.save(epoch, per_epoch, finished=True)
-                test = evaluate(x_test, data.y_test)
+                split = "validation" if "validation" in fed else "test"
+                result = evaluate(fed[split], split)
+                prefix = "val" if split == "validation" else "test"
                 rec = {"epoch": epoch, "seconds": round(seconds, 4), "train_loss": train_loss,
-                       "test_loss": test[g.loss]}
-                rec.update({f"test_{m}": test[m] for m in g.metrics})
+                       f"{prefix}_loss": result[g.loss]}
+                rec.update({f"{prefix}_{m}": result[m] for m in g.metrics})
                 if skipped:
                     rec["skipped_batches"] = skipped
                 history.append(rec)
@@ -325,10 +305,34 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                         raise GraphcError(f"cannot write the log {opt.log}: {e.strerror}") from None
                 if interrupted() and run.epoch <= opt.epochs:
                     raise saves.stopped()
+                if split == "validation" and _stop_early(result[g.loss], epoch, opt, saves, report):
+                    break
+        if history and "validation" in fed:  # the test split, once, with the final params
+            test = evaluate(fed["test"], "test")
+            final = {f"test_{k if k != g.loss else 'loss'}": v for k, v in test.items()}
+            history[-1].update(final)
+            report("test: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
+            if log:
+                log.write(json.dumps({"epoch": history[-1]["epoch"], **final}).encode() + b"\n")
     finally:
         if log:
             log.close()
     return history
+
+
+def _stop_early(loss: float, epoch: int, opt: TrainOptions, saves: _Checkpoints,
+                report: Callable[[str], None]) -> bool:
+    """After an epoch's validation: keeps the best params (params.best.npz in `out`), and says
+    whether `patience` epochs have passed without a better validation loss."""
+    if saves.best is None or loss < saves.best[1]:
+        saves.best = (epoch, loss)
+        saves.params(epoch, BEST)
+        return False
+    if opt.patience and epoch - saves.best[0] >= opt.patience:
+        report(f"early stop: no better validation loss for {opt.patience} epochs (best "
+               f"{saves.best[1]:.4f} at epoch {saves.best[0]}{', saved to ' + BEST if saves.out else ''})")
+        return True
+    return False
 
 
 @dataclass
@@ -338,7 +342,9 @@ class _Checkpoints:
     run: RunState
     out: Path | None
     model: str
+    scale: dict[str, float]  # each input's declared scaling, saved with the params
     last: tuple[int, int] | None = None  # (epoch, step) of the checkpoint on disk
+    best: tuple[int, float] | None = None  # (epoch, validation loss) of the best params so far
 
     def save(self, epoch: int, step: int, finished: bool = False) -> None:
         """Saves the run, just after `step` of `epoch`, after checking its params (each epoch's end,
@@ -355,10 +361,11 @@ class _Checkpoints:
         self.run.save(self.out)
         self.last = (self.run.epoch, self.run.step)
 
-    def params(self, epoch: int) -> None:
-        """Writes the params as they are after `epoch` to params.npz."""
+    def params(self, epoch: int, name: str = PARAMS) -> None:
+        """Writes the params as they are after `epoch` to params.npz (or `name`)."""
         if self.out is not None:
-            save_arrays(self.out / PARAMS, self.run.params, {"model": self.model, "epoch": epoch})
+            save_arrays(self.out / name, self.run.params,
+                        {"model": self.model, "epoch": epoch, "scale": self.scale})
 
     def nonfinite(self, what: str, epoch: int, step: int) -> GraphcError:
         kept = (f"; the last checkpoint, {self.out / CHECKPOINT} (at epoch {self.last[0]}, step "

@@ -1,0 +1,179 @@
+"""Binds a data set's named arrays to a model's inputs: by name, shape-checked, scaled as declared.
+
+Every input but the learning rate and the schedule's is fed from the array of its name, or of the
+name a mapping gives it (`data = "f.npz" { x = "images" }`, `--map x=images`). Images and labels
+(`x` and `y` of the bundled sets, IDX and CSV files) also feed an input of another name where the
+model's dtypes leave one choice: images the one float input, labels the one i32 input. Nothing is
+guessed beyond that: an input no array feeds, or two that one array could feed, is an error naming
+them.
+
+Samples keep their values: a float input's data is divided by its declared `pixels(MAX)` (bytes
+stay bytes, converted as each batch is fed), i32 inputs (labels, tokens) are never scaled, and
+integer data that looks like pixels for a float input that declares no scaling is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import numpy as np
+
+from graphc.autodiff.lr_schedule import INPUTS as SCHEDULE_INPUTS
+from graphc.errors import DataError, GraphcError, Loc
+from graphc.frontend import Program
+from graphc.ir.graph import LR, NP_DTYPES, Graph, Input
+from graphc.ops import REGISTRY
+from graphc.runtime.train.data import check_finite
+
+# an input's samples as a Feeder takes them: rows of its dtype, or bytes and their divisor
+Source = Union[np.ndarray, tuple[np.ndarray, float]]
+_ROLES = {"x": "images", "y": "labels"}  # the arrays a role may feed: x a float input, y an i32 one
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def fed_inputs(g: Graph) -> list[Input]:
+    """The inputs data feeds: all but the learning rate, the schedule's and those with a value."""
+    return [i for i in g.inputs
+            if i.value.name != LR and i.value.name not in SCHEDULE_INPUTS and i.default is None]
+
+
+def scales(prog: Program) -> dict[str, float]:
+    """The declared scaling (`= pixels(MAX)`) of each input that has one, as params.npz stores it."""
+    return {i.value.name: i.scale for i in prog.graph.inputs if i.scale is not None}
+
+
+def bind(prog: Program, g: Graph, arrays: dict[str, np.ndarray], mapping: dict[str, str],
+         source: str, split: str) -> dict[str, Source]:
+    """The sources of `g`'s fed inputs (g: bound, so its dims are numbers) from `arrays`, named by
+    input; `source` and `split` name the data in errors."""
+    declared = {i.value.name: i for i in prog.graph.inputs}
+    inputs = fed_inputs(g)
+    chosen = _resolve(prog, inputs, list(arrays), mapping, f"{source} ({split} split)")
+    out = {}
+    for inp in inputs:
+        name = inp.value.name
+        out[name] = _source(inp, declared[name], arrays[chosen[name]], source, chosen[name])
+        if inp.value.dtype == "i32":
+            check_labels(np.asarray(out[name]), prog.graph, declared[name], source, split)
+    return out
+
+
+def rows(source: Source, dtype: str, start: int, stop: int) -> np.ndarray:
+    """Samples start:stop of a source, in the input's dtype (bytes divided as the feed does)."""
+    if isinstance(source, tuple):
+        raw, divisor = source
+        np_dtype = NP_DTYPES[dtype]
+        return np.divide(raw[start:stop], np_dtype(divisor), dtype=np_dtype)
+    return source[start:stop]
+
+
+def samples(sources: dict[str, Source]) -> int:
+    """The number of samples the sources hold (the same in each: the loader checks it)."""
+    first = next(iter(sources.values()))
+    return len(first[0] if isinstance(first, tuple) else first)
+
+
+def _resolve(prog: Program, inputs: list[Input], keys: list[str], mapping: dict[str, str],
+             where: str) -> dict[str, str]:
+    """The array that feeds each input: by name or mapping, then images/labels by dtype."""
+    names = [i.value.name for i in fed_inputs(prog.graph)]  # a mapping may name a label predict skips
+    for name, key in mapping.items():
+        if name not in names:
+            raise GraphcError(f"data mapping {name} = \"{key}\": the model has no input {name} that "
+                              f"data feeds (its inputs: {', '.join(names)})", prog.train.locs.get(f"data.{name}"))
+    chosen = {}
+    for inp in inputs:
+        name = inp.value.name
+        key = mapping.get(name, name)
+        if key in keys:
+            chosen[name] = key
+        elif name in mapping:
+            raise DataError(f"{where}: no array '{key}' to feed input {name} (arrays: {', '.join(keys)})",
+                            prog.train.locs.get(f"data.{name}"))
+    for key, role in _ROLES.items():
+        if key not in keys or key in chosen.values():
+            continue
+        fits = [i for i in inputs if i.value.name not in chosen and (i.value.type.is_float) == (key == "x")]
+        if len(fits) > 1:
+            a, b = (i.value.name for i in fits[:2])
+            raise DataError(f"{where}: its {role} ('{key}') could feed input {a} or input {b}; "
+                            f"map each input to an array", fits[1].loc,
+                            hint=f"data = \"...\" {{ {a} = \"{key}\" }} in the train block, or --map {a}={key}")
+        if fits:
+            chosen[fits[0].value.name] = key
+    declared = {i.value.name: i.value.type for i in prog.graph.inputs}
+    for inp in inputs:
+        name = inp.value.name
+        if name not in chosen:
+            raise DataError(f"{where}: no array feeds input {name} ({declared[name]}); it holds "
+                            f"{', '.join(keys)}", inp.loc,
+                            hint=f"name an array {name}, or map one: data = \"...\" {{ {name} = \"ARRAY\" }} "
+                                 f"in the train block, or --map {name}=ARRAY")
+    return chosen
+
+
+def _source(inp: Input, declared: Input, a: np.ndarray, source: str, key: str) -> Source:
+    """One input's samples from array `key`: shape fitted, checked and converted (scaled if declared)."""
+    what = f"{source}: array '{key}'"
+    a = _fit_shape(inp, declared.loc, a, what)
+    name, t = inp.value.name, inp.value.type
+    integer = a.dtype.kind in "biu"
+    if inp.value.dtype == "i32":
+        whole = integer or bool(np.array_equal(a, np.floor(a)))
+        bad = np.flatnonzero(~(a >= 0) | (a > _INT32_MAX)) if whole else \
+            np.flatnonzero(a.reshape(-1) != np.floor(a.reshape(-1)))
+        if bad.size:
+            value = a.reshape(-1)[bad[0]].item()
+            raise DataError(f"{what} holds {value!r} (sample {bad[0] // max(1, math.prod(a.shape[1:]))}) "
+                            f"but input {name} is {t}: labels and tokens are non-negative whole numbers",
+                            declared.loc)
+        return np.ascontiguousarray(a, np.int32)
+    low, high = (float(a.min()), float(a.max())) if integer and a.size else (0.0, 0.0)
+    if declared.scale is not None:
+        if integer and low >= 0 and high <= 255:  # kept as bytes: the feed divides each batch
+            return np.ascontiguousarray(a, np.uint8), declared.scale
+        a = a / declared.scale
+    elif integer and low >= 0 and 1 < high <= 255:
+        raise DataError(f"{what} holds integers in [0, {high:g}] (pixels?) for input {name} ({t}), "
+                        f"which declares no scaling", declared.loc,
+                        hint=f"declare how its data is scaled: input {name} : {declared.value.type} = pixels(255) "
+                             "(or store floats as the model should read them)")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(a, NP_DTYPES[inp.value.dtype])
+    if np.isfinite(a).all():  # the loaders refuse NaN and Inf; here, numbers the dtype cannot hold
+        check_finite(source, a, out, lambda i: f"{key}[{', '.join(map(str, i))}]")
+    return out
+
+
+def _fit_shape(inp: Input, loc: Loc | None, a: np.ndarray, what: str) -> np.ndarray:
+    """`a` with the input's per-sample shape: as it is, flattened to a 1-D input, or with axes of
+    size 1 added or removed; never with its axes reordered."""
+    want = tuple(int(d) for d in inp.value.dims[1:])
+    got = a.shape[1:]
+    if got == want or (len(want) == 1 and math.prod(got) == want[0]) or \
+            [d for d in got if d != 1] == [d for d in want if d != 1]:
+        return a.reshape((len(a),) + want)
+    message = (f"{what} holds samples of shape {list(got)} but input {inp.value.name} "
+               f"takes {list(want)} per sample")
+    if sorted(got) == sorted(want):
+        raise DataError(message + ": the same sizes in another order (channels-last NHWC data for a "
+                        "channels-first NCHW input?); graphc never reorders axes", loc,
+                        hint="transpose the array, e.g. np.transpose(images, (0, 3, 1, 2))")
+    raise DataError(message, loc)
+
+
+def check_labels(y: np.ndarray, g: Graph, yin: Input, source: str, split: str) -> None:
+    """Every label or token must be below the bound each op that reads it declares for it (an index
+    into the logits' last axis, below onehot's n)."""
+    flat = y.reshape(-1)
+    per = max(1, math.prod(y.shape[1:]))
+    for n in g.nodes:
+        indices = REGISTRY[n.op].indices
+        bounds = indices([x.type for x in n.inputs], n.attrs) if indices else {}
+        for i, classes in bounds.items():
+            bad = np.flatnonzero(flat >= classes) if n.inputs[i] is yin.value and isinstance(classes, int) else []
+            if len(bad):
+                raise DataError(f"{source}: label {flat[bad[0]]} of {split + ' ' if split else ''}sample "
+                                f"{bad[0] // per} is out of range: {n.op} here takes {classes} classes "
+                                f"(labels 0..{classes - 1})", n.loc)
