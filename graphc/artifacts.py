@@ -45,7 +45,8 @@ def write_artifacts(prog: Program, out: Path, batch: int | None = None,
     name = prog.graph.name
     inits = {p.value.name: distribution(p) for p in step.params + step.state}
     lr = prog.train.opt_args.get("lr", 0.0)
-    lib = build_library(name, sched, infer, step.dims.get(driver.batch_dim(prog.graph)), inits, lr,
+    dim = driver.batch_dim(prog.graph)
+    lib = build_library(name, sched, infer, step.dims[dim] if dim else None, inits, lr,
                         target, threads, prog.path)
     linked = link(lib.modules)
     ll = str(linked)  # before emit optimizes it in place

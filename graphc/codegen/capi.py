@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 from importlib import resources
 
 from llvmlite import ir
@@ -76,7 +78,7 @@ class _Context:
         return i
 
 
-def build_library(name: str, train: Schedule, infer: Schedule, batch: int | None, inits: dict[str, Init],
+def build_library(name: str, train: Schedule, infer: Schedule, batch: int | None, inits: Mapping[str, Init],
                   lr: float, target: Target, threads: int, source: str) -> Library:
     """The library of a model `name` from its training and inference schedules, both at `batch`
     (None: the model has no batch dim).
@@ -87,8 +89,8 @@ def build_library(name: str, train: Schedule, infer: Schedule, batch: int | None
         raise GraphcError(f"model name {name!r} cannot prefix C symbols (it must be an identifier, "
                           f"and gc_ is the glue's own prefix): rename the net")
     # inputs start at their defaults, the learning rate at the train block's
-    inits = inits | {i.value.name: ("fill", i.default, 0.0) for s in (train, infer) for i in s.graph.inputs
-                     if i.default is not None} | {LR: ("fill", lr, 0.0)}
+    inits = {**inits, **{i.value.name: ("fill", i.default, 0.0) for s in (train, infer) for i in s.graph.inputs
+                         if i.default is not None}, LR: ("fill", lr, 0.0)}
     ctx = _Context()
     for sched in (train, infer):
         ctx.tables.append(_table(ctx, sched, inits, target, threads))
@@ -101,16 +103,17 @@ def build_library(name: str, train: Schedule, infer: Schedule, batch: int | None
     modules.append(build_pool(target))
     t = train.graph
     leaf = lambda v: (v.name, v, ctx.index[("leaf", v.name)])
-    outputs = {}  # name -> (name, value, buffer)
+    outputs: dict[str, tuple[str, Value, int]] = {}  # name -> (name, value, buffer)
     writers: dict[str, list[str]] = {}  # name -> the functions whose step writes it
     for sched, table, step in ((train, ctx.tables[0], "train_step"), (infer, ctx.tables[1], "infer")):
         for k, v in sched.graph.outputs.items():
-            outputs.setdefault(k, (k, v, table[sched.plan.place[v][0]]))
+            outputs.setdefault(k, (k, v, cast(int, table[sched.plan.place[v][0]])))  # a buffer, not a slot
             writers.setdefault(k, []).append(f"{name}_{step}")
-    named = {"inputs": [leaf(i.value) for i in t.inputs if i.value.name != LR],
+    named: dict[str, list[tuple[str, Value, int]]] = {"inputs": [leaf(i.value) for i in t.inputs if i.value.name != LR],
              "outputs": list(outputs.values()), "params": [leaf(p.value) for p in t.params + t.state]}
     checks = [_checks(sched, [n for n, _, _ in named["inputs"]]) for sched in (train, infer)]
-    glue = _source(name, ctx, named, checks, ctx.index[("leaf", LR)], outputs[t.loss][2], threads,
+    loss_buffer = next(buf for k, _, buf in outputs.values() if k == t.loss)
+    glue = _source(name, ctx, named, checks, ctx.index[("leaf", LR)], loss_buffer, threads,
                    state_bytes(target))
     ranges = {named["inputs"][i][0]: f"values 0..{bound - 1}, checked by each step" for i, bound in
               sorted(set(checks[0] + checks[1]))}
@@ -120,7 +123,7 @@ def build_library(name: str, train: Schedule, infer: Schedule, batch: int | None
     return Library(name, modules, glue, header)
 
 
-def _table(ctx: _Context, sched: Schedule, inits: dict[str, Init], target: Target,
+def _table(ctx: _Context, sched: Schedule, inits: Mapping[str, Init], target: Target,
            threads: int) -> list[int | str]:
     g = sched.graph
     leaves = {v.name: v for v in g.leaves()}
@@ -171,8 +174,8 @@ def _source(name: str, ctx: _Context, named: dict[str, list[tuple[str, Value, in
         infos = []
         for n, v, _ in items:
             infos.append(f"{{{json.dumps(n)}, {_DTYPE[v.dtype]}, {len(v.shape)}, GC_SHAPES + {len(shapes)}, "
-                         f"{math.prod(v.shape)}}}")
-            shapes += v.shape
+                         f"{math.prod(v.dims)}}}")
+            shapes += v.dims
         tables.append(f"static const graphc_tensor_info GC_{kind.upper()}[] = {_c_list(infos)};")
         tables.append(f"static const int GC_{kind.upper()}_BUFFER[] = "
                       f"{_c_list([str(b) for _, _, b in items], 16)};")

@@ -8,7 +8,7 @@ the C library of `graphc compile` samples the same distributions natively (graph
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -48,7 +48,7 @@ def _uniform(variance3: float) -> Dist:
 
 
 # name -> (shape, **arguments) -> Dist
-INITIALIZERS = {
+INITIALIZERS: dict[str, Callable[..., Dist]] = {
     "zeros": lambda shape: Dist("fill", 0.0),
     "ones": lambda shape: Dist("fill", 1.0),
     "constant": lambda shape, value=0.0: Dist("fill", value),
@@ -115,5 +115,5 @@ def init_params(params: list[Param], seed: int) -> dict[str, np.ndarray]:
     """Fresh arrays for `params`, reproducible from `seed` (each param draws in declaration order)."""
     rng = np.random.default_rng(seed)
     # np.array, not ascontiguousarray: that would turn a scalar (a step counter) into shape [1]
-    return {p.value.name: np.array(sample(distribution(p), rng, tuple(p.value.shape)),
-                                   dtype=NP_DTYPES[p.value.dtype], order="C") for p in params}
+    return {p.value.name: np.array(sample(distribution(p), rng, p.value.dims),
+                                   dtype=np.dtype(NP_DTYPES[p.value.dtype]), order="C") for p in params}
