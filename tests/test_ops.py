@@ -55,6 +55,7 @@ CASES = {
             ((F(2, 3, 4),), {"axis": -1, "after": 2, "value": 1.5})],
     "concat": [((F(3, 5), F(2, 5)), {}), ((F(2, 3, 4), F(2, 2, 4)), {"axis": 1})],
     "iota": [((F(3, 5),), {"axis": 1}), ((F(2, 3, 4),), {"axis": 0})],
+    "where": [((F(3, 5), F(3, 5), F(3, 5)), {}), ((F(3, 1), F(1, 5), F(5)), {}), ((F(4, 3, 5), F(3, 5), F()), {})],
     # x, then the step counter (sampled like any float operand: the hash truncates it)
     "dropout": [((F(3, 5), F()), {"p": 0.3, "seed": 7}), ((F(2, 3, 4), F()), {})],
     "gather": [((F(5, 3), I(4)), {}), ((F(6, 2, 3), I(2, 3)), {}), ((F(7), I(3, 2)), {})],
@@ -68,6 +69,7 @@ CASES["avg_pool2d"] = CASES["max_pool2d"]
 for red in ("max", "mean"):
     CASES[red] = CASES["sum"]
 POSITIVE = {"log", "sqrt", "pow"}  # ops whose float operands must be > 0
+MASKS = {("where", 0)}  # (op, operand) holding 0 or 1, a selection (no gradient: it is not differentiable)
 
 
 def cases(name):
@@ -112,7 +114,8 @@ LOSSES = {
 def build(name, types, attrs, loss="weighted"):
     g = Graph(name)
     b = Builder(g)
-    g.inputs = [Input(Value(f"x{i}", t), nograd=t.dtype == "i32") for i, t in enumerate(types)]
+    g.inputs = [Input(Value(f"x{i}", t), nograd=t.dtype == "i32" or (name, i) in MASKS)
+                for i, t in enumerate(types)]
     y = b.op(name, *[i.value for i in g.inputs], name_out="y", **attrs)
     r = Value("r", y.type)
     if loss == "weighted":
@@ -126,7 +129,8 @@ def feeds_for(name, types, attrs, seed=0):
     rng = np.random.default_rng(seed)
     opdef = REGISTRY[name]
     bounds = opdef.indices(list(types), {**opdef.defaults, **attrs}) if opdef.indices else {}
-    xs = [sample(t, rng, name, bounds.get(j, 5)) for j, t in enumerate(types)]
+    xs = [rng.integers(0, 2, t.shape).astype(np.float64) if (name, j) in MASKS else sample(t, rng, name, bounds.get(j, 5))
+          for j, t in enumerate(types)]
     out_t = opdef.shape(list(types), {**opdef.defaults, **attrs})
     return xs, rng.normal(size=out_t.shape)
 
@@ -185,7 +189,7 @@ def test_vjp_matches_numerical_gradient(name, i, case, loss):
     f = lambda xp: float(LOSSES[loss][1](ref(name, xp, attrs), r))
     h = 1e-6
     for j, (x, t) in enumerate(zip(xs, types)):
-        if not t.is_float:
+        if not t.is_float or (name, j) in MASKS:
             continue
         num = np.zeros_like(x)
         for k in np.ndindex(x.shape):

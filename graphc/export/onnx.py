@@ -191,6 +191,7 @@ EMITTERS: dict[str, Emitter] = {
     "concat": lambda e, n, xs: e.node("Concat", xs, axis=n.attrs["axis"]),
     "onehot": _onehot,
     "iota": _iota,
+    "where": lambda e, n, xs: e.node("Where", [e.node("Cast", [xs[0]], to=e.onnx.TensorProto.BOOL), *xs[1:]]),
     "gather": lambda e, n, xs: e.node("Gather", xs, axis=0),
     "scatter_add": _scatter_add,
     "sum": _reduce("ReduceSum"), "max": _reduce("ReduceMax"), "mean": _reduce("ReduceMean"),

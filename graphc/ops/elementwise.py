@@ -71,6 +71,26 @@ binary("gt", None, lambda x, y: (x > y).astype(x.dtype), lambda s, x, y: s.gt(x,
 binary("eq", None, lambda x, y: (x == y).astype(x.dtype), lambda s, x, y: s.eq(x, y),
        "a: T[s], b: T[t] -> T[broadcast(s, t)], 1 where a == b else 0 (no gradient)")
 
+def _where_shape(ts: list[TensorType], attrs: dict) -> TensorType:
+    c, a, b = ts
+    for t, what in zip(ts, ("condition", "left operand", "right operand")):
+        float_type(t, what)
+    require(c.dtype == a.dtype == b.dtype, f"dtypes differ: {c}, {a} and {b}")
+    return TensorType(a.dtype, broadcast_shapes(broadcast_shapes(c.shape, a.shape), b.shape))
+
+
+def _where_vjp(b, n, g):
+    c, x, y = n.inputs
+    return [None, sum_to(b, b.where(c, g, 0.0), x.shape), sum_to(b, b.where(c, 0.0, g), y.shape)]
+
+
+register(OpDef(
+    "where", 3, _where_shape, _where_vjp,
+    lambda c, x, y: np.where(c != 0, x, y).astype(x.dtype),
+    Elementwise(lambda s, c, x, y: s.select(c, x, y)), {},
+    "c: T[s], a: T[t], b: T[u] -> T[broadcast(s, t, u)], a where c is not 0 else b (a mask such as "
+    "gt(...) selects; no gradient for c)"))
+
 unary("neg", lambda b, n, g: [b.neg(g)], np.negative, lambda s, x: s.neg(x), "x: T[s] -> T[s] (prefix `-x`)")
 unary("exp", lambda b, n, g: [b.mul(g, n.out)], np.exp, lambda s, x: s.exp(x))
 unary("log", lambda b, n, g: [b.div(g, n.inputs[0])], np.log, lambda s, x: s.log(x))
