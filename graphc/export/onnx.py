@@ -209,7 +209,7 @@ EMITTERS: dict[str, Emitter] = {
 # ops with no ONNX form, and why: the inference graph has no losses or metrics and no dropout (its
 # evaluation form), window/fold/fold_taps exist only inside graphc's lowering of convolutions and
 # pooling, and an external call is a function the runtime binds
-NOT_EXPORTABLE = {"softmax_cross_entropy", "mse", "accuracy", "dropout", "window", "fold", "fold_taps",
+NOT_EXPORTABLE = {"softmax_cross_entropy", "mse", "mae", "accuracy", "dropout", "window", "fold", "fold_taps",
                   "extern_call"}
 
 
