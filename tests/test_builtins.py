@@ -154,7 +154,7 @@ def test_step_counter_advances_once_per_training_step():
 DIGITS = """
 net digits_bn
 dim B
-input x : f32[B, 64]
+input x : f32[B, 64] = pixels(16)
 input y : i32[B] nograd
 layer dense(h: f32[B, I], units: int) -> f32[B, units] {
   param W : f32[I, units] = he_normal()

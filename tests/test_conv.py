@@ -150,7 +150,7 @@ def test_conv_weight_gradient_split_over_k_matches_one_thread():
 
 KINKY = """net kinky
 dim B
-input x : f32[B, 784]
+input x : f32[B, 784] = pixels(255)
 input y : i32[B] nograd
 param W1 : f32[3, 1, 5, 5] = he_normal()
 param b1 : f32[3, 1, 1] = zeros()

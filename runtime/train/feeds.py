@@ -63,8 +63,7 @@ def rows(source: Source, dtype: str, start: int, stop: int) -> np.ndarray:
     """Samples start:stop of a source, in the input's dtype (bytes divided as the feed does)."""
     if isinstance(source, tuple):
         raw, divisor = source
-        np_dtype = NP_DTYPES[dtype]
-        return np.divide(raw[start:stop], np_dtype(divisor), dtype=np_dtype)
+        return np.divide(raw[start:stop], divisor, dtype=NP_DTYPES[dtype])  # float32(byte) / divisor
     return source[start:stop]
 
 
@@ -135,7 +134,8 @@ def _source(inp: Input, declared: Input, a: np.ndarray, source: str, key: str) -
             return np.ascontiguousarray(a, np.uint8), declared.scale
         a = a / declared.scale
     elif integer and low >= 0 and 1 < high <= 255:
-        raise DataError(f"{what} holds integers in [0, {high:g}] (pixels?) for input {name} ({t}), "
+        raise DataError(f"{what} holds integers in [0, {high:g}] (pixels?) for input {name} "
+                        f"({declared.value.type}), "
                         f"which declares no scaling", declared.loc,
                         hint=f"declare how its data is scaled: input {name} : {declared.value.type} = pixels(255) "
                              "(or store floats as the model should read them)")
@@ -172,8 +172,11 @@ def check_labels(y: np.ndarray, g: Graph, yin: Input, source: str, split: str) -
         indices = REGISTRY[n.op].indices
         bounds = indices([x.type for x in n.inputs], n.attrs) if indices else {}
         for i, classes in bounds.items():
-            bad = np.flatnonzero(flat >= classes) if n.inputs[i] is yin.value and isinstance(classes, int) else []
+            if n.inputs[i] is not yin.value or not isinstance(classes, int):
+                continue
+            bad = np.flatnonzero(flat >= classes)
             if len(bad):
-                raise DataError(f"{source}: label {flat[bad[0]]} of {split + ' ' if split else ''}sample "
+                named = {"train": "training ", "": ""}.get(split, split + " ")
+                raise DataError(f"{source}: label {flat[bad[0]]} of {named}sample "
                                 f"{bad[0] // per} is out of range: {n.op} here takes {classes} classes "
                                 f"(labels 0..{classes - 1})", n.loc)

@@ -76,7 +76,7 @@ def write_predictions(path: Path, outputs: dict[str, np.ndarray]) -> str:
                           "a .npy file holds one: write a .npz")
     try:
         if kind == ".npz":
-            np.savez(path, **outputs)
+            np.savez(path, **outputs)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
         elif kind == ".npy":
             np.save(path, next(iter(outputs.values())))
         else:
