@@ -67,7 +67,7 @@ import resource  # noqa: E402
 import statistics  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass, field, replace  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Protocol  # noqa: E402
 
@@ -84,7 +84,7 @@ from graphc.autodiff.graphs import training_graph  # noqa: E402
 from graphc.driver import compile_graph, forward, load  # noqa: E402
 from graphc.runtime.train.data import load_dataset  # noqa: E402
 from graphc.ir.init import init_params  # noqa: E402
-from graphc.runtime.train.trainer import data_inputs, fit_features, train_rows  # noqa: E402
+from graphc.runtime.train.feeds import bind, rows  # noqa: E402
 
 MOMENTUM = 0.9
 SEED = 0
@@ -231,6 +231,7 @@ class Problem:
     rows: np.ndarray | tuple[np.ndarray, float]  # the same samples as graphc's trainer feeds them
     y: np.ndarray                  # [N] int32
     lr: float
+    inputs: tuple[str, str]        # the model's image and label inputs
 
     @property
     def batch(self) -> int:
@@ -248,11 +249,13 @@ def make_problem(net: Network, data: Any, samples: int | None) -> Problem:
     prog = load(ROOT / net.model)
     init = init_params(prog.graph.params, prog.train.seed)
     spec = read_spec(forward(prog, net.batch))
-    xin, _ = data_inputs(prog.graph)
-    data = replace(data, raw_train=data.raw_train[:samples], y_train=data.y_train[:samples])
-    x = fit_features(data.x_train, xin, data.name).reshape((-1,) + spec.input_shape)
+    g = forward(prog, net.batch)
+    sources = bind(prog, g, {k: a[:samples] for k, a in data.train.items()}, {}, data.name, "train")
+    dtypes = {i.value.name: i.value.dtype for i in g.inputs}
+    (xin, images), (yin, labels) = sorted(sources.items(), key=lambda kv: dtypes[kv[0]] == "i32")
+    x = rows(images, "f32", 0, len(labels)).reshape((-1,) + spec.input_shape)
     lr = float(prog.train.opt_args["lr"]) * net.batch / prog.train.batch  # the linear scaling rule
-    return Problem(net, prog, spec, init, x, train_rows(data, xin), data.y_train, lr)
+    return Problem(net, prog, spec, init, x, images, np.asarray(labels, np.int32), lr, (xin, yin))
 
 
 # ---- the frameworks -------------------------------------------------------------------------
@@ -284,10 +287,9 @@ class Graphc:
             warm = compile_graph(g, params, threads=threads)
         self.warm = warm.seconds
         self.compiled = warm.step
-        xin, yin = data_inputs(p.prog.graph)
+        xin, yin = p.inputs
         warm.step.inputs["lr"][...] = p.lr
-        self.feed = warm.step.feeder(**{xin.value.name: p.rows, yin.value.name: np.ascontiguousarray(
-            p.y, warm.step.inputs[yin.value.name].dtype)})
+        self.feed = warm.step.feeder(**{xin: p.rows, yin: np.ascontiguousarray(p.y, warm.step.inputs[yin].dtype)})
         self.loss = p.prog.graph.loss
 
     def step(self, idx: np.ndarray) -> float:
