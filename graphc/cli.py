@@ -48,10 +48,11 @@ def _ir(a) -> None:
         print(optimize(backend.module(sched, driver.ENTRY, Build()), backend.target))
 
 
-def _values(prog, sets: list[str]) -> dict[str, np.ndarray]:
+def _values(prog, sets: list[str]) -> dict[str, np.ndarray | np.float64]:
     """Values of inputs (defaults from the model) and params, from --set NAME=NUMBER|FILE.npy."""
     from graphc.errors import DataError
-    vals = {i.value.name: np.float64(i.default) for i in prog.graph.inputs if i.default is not None}
+    vals: dict[str, np.ndarray | np.float64] = {i.value.name: np.float64(i.default)
+                                                for i in prog.graph.inputs if i.default is not None}
     inputs = [i.value.name for i in prog.graph.inputs]
     names = inputs + [p.value.name for p in prog.graph.params]
     for s in sets:
@@ -494,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     except GraphcError as e:
         if a.debug:
             traceback.print_exc()
-        print(str(e.with_source(_source(e))), file=sys.stderr)
+        source = _source(e)  # None: no file to quote, and the error prints without its line
+        print(str(e.with_source(source) if source is not None else e), file=sys.stderr)
         return 2
     except InternalError as e:
         if a.debug:

@@ -110,7 +110,7 @@ def _positive(key: str, e: ast.Expr) -> float:
 
 
 def _call(e: ast.Expr, key: str, table: dict[str, dict[str, float | None]], example: str,
-          cfg: TrainConfig) -> tuple[str, dict[str, float], ast.Expr]:
+          cfg: TrainConfig) -> tuple[str, dict[str, float], ast.Call]:
     """A `NAME(arg=number, ...)` entry checked against `table` (name -> {argument: default}): the
     name, the arguments written (booleans as 1.0 / 0.0; positions in cfg.locs as "KEY.ARG") and
     the call expression."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from graphc.autodiff.lr_schedule import INPUTS as SCHEDULE_INPUTS
-from graphc.errors import GraphcError, Loc
+from graphc.errors import GraphcError, InternalError, Loc
 from graphc.frontend import ast
 from graphc.frontend.builtins import BUILTINS, Builtin, Instance
 from graphc.frontend.config import did_you_mean
@@ -191,7 +191,7 @@ class _Lowerer:
 
     def _type(self, t: ast.TypeExpr, fr: _Frame) -> TensorType:
         self._dtype(t)
-        shape = []
+        shape: list[Dim] = []
         for d in t.dims:
             if isinstance(d.value, int):
                 if d.value <= 0:
@@ -238,17 +238,18 @@ class _Lowerer:
             raise GraphcError(f"{init.func}(): {problem}", init.loc)
         if fr is self.top:
             _not_reserved(s.name, s.loc)
-        v = Value(_join(fr.scope, s.name), t)
-        self._define(fr, s.name, v, s.loc)
-        self.graph.params.append(Param(v, init.func, args, s.loc))
+        value = Value(_join(fr.scope, s.name), t)
+        self._define(fr, s.name, value, s.loc)
+        self.graph.params.append(Param(value, init.func, args, s.loc))
 
     # ---- expressions ----
 
     def _lookup(self, e: ast.Name, fr: _Frame) -> Value | Number:
         if e.id in fr.values:
             return fr.values[e.id]
-        if isinstance(fr.dims.get(e.id), int):  # a dim bound to a size is a number (x / D)
-            return fr.dims[e.id]
+        size = fr.dims.get(e.id)
+        if isinstance(size, int):  # a dim bound to a size is a number (x / D)
+            return size
         if e.id in fr.dims:
             raise GraphcError(f"'{e.id}' is a symbolic dim; its size is not known until compile time",
                               e.loc)
@@ -317,7 +318,7 @@ class _Lowerer:
     def _apply(self, op: str, args: list[Value | Number], attrs: dict[str, Const], loc: Loc,
                fr: _Frame) -> Value:
         self.b.loc, self.b.scope = loc, fr.scope
-        return self.b.op(op, *args, **attrs)
+        return self.b.op(op, *args, name_out=None, **attrs)
 
     def _const(self, e: ast.Expr, fr: _Frame) -> Const:
         """A compile-time value: numbers, true/false, lists, dims, int/float arguments, dtypes."""
@@ -332,8 +333,9 @@ class _Lowerer:
             if isinstance(e, ast.Name):
                 if e.id in fr.dims:
                     return fr.dims[e.id]
-                if isinstance(fr.values.get(e.id), (int, float)):
-                    return fr.values[e.id]
+                number = fr.values.get(e.id)
+                if isinstance(number, (int, float)):
+                    return number
                 if e.id in DTYPES:
                     return e.id
                 if e.id in fr.values:
@@ -345,12 +347,13 @@ class _Lowerer:
                 x = self._const(first, fr)
                 for op in chain:
                     parts = [x] if isinstance(op, ast.Neg) else [x, self._const(op.right, fr)]
-                    if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parts):
+                    nums = [p for p in parts if isinstance(p, (int, float)) and not isinstance(p, bool)]
+                    if len(nums) != len(parts):
                         raise GraphcError("arithmetic on constants needs numbers (dims must be known)", op.loc)
                     if isinstance(op, ast.Neg):
-                        x = -x
+                        x = -nums[0]
                         continue
-                    r = self._fold(op, *parts)
+                    r = self._fold(op, *nums)
                     x = int(r) if isinstance(r, float) and r.is_integer() and op.op == "/" else r
                 return x
             raise GraphcError("attribute values must be constants (numbers, true/false, lists, dims)", e.loc)
@@ -383,7 +386,7 @@ class _Lowerer:
         if target == "id":
             if len(c.args) != 1 or c.kwargs:
                 raise GraphcError(f"{c.func} (id) takes one argument, got {len(c.args)}", c.loc)
-            return self._tensor(c.args[0], fr)
+            return self._tensor(c.positional[0], fr)
         return self._op_call(REGISTRY[target], c, fr)
 
     def _op_call(self, op: OpDef, c: ast.Call, fr: _Frame) -> Value:
@@ -446,7 +449,10 @@ class _Lowerer:
         fr.scope = self._instance_scope(layer.name, c, caller)
         fr.dims = {**self.top.dims, **bound}
         self.active.append(layer.name)
-        *body, ret = layer.body
+        *stmts, ret = layer.body
+        body = [s for s in stmts if not isinstance(s, ast.Return)]
+        if len(body) != len(stmts) or not isinstance(ret, ast.Return):  # _check_layer checked both
+            raise InternalError(f"layer {layer.name}'s body does not end in its only return")
         try:
             for s in body:
                 if isinstance(s, ast.ParamDecl):
@@ -522,13 +528,12 @@ class _Lowerer:
         bound: dict[str, Dim] = {}
         # non-tensor arguments first: int arguments are dims the tensor types may use
         for p in sorted(layer.params, key=lambda p: isinstance(p.kind, ast.TypeExpr)):
-            e = given.get(p.name)
-            if e is None and p.default is None:
+            e = given.get(p.name, p.default)
+            if e is None:
                 raise GraphcError(f"{layer.name} is missing the argument '{p.name}'", c.loc,
                                   hint=_signature(layer))
             # a default is evaluated where the layer is defined: the top level
             ctx = caller if p.name in given else self.top
-            e = e if e is not None else p.default
             if isinstance(p.kind, ast.TypeExpr):
                 v = self._tensor(e, ctx)
                 if not isinstance(v, Value):
@@ -538,15 +543,14 @@ class _Lowerer:
             elif p.kind.id == "fn":
                 fr.fns[p.name] = self._fn_arg(layer, p, e, ctx)
             else:
-                v = self._const(e, ctx)
-                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and \
-                    (p.kind.id == "float" or isinstance(v, int))
-                if not ok:
-                    raise GraphcError(f"{layer.name} expects {p.name}: {p.kind.id}, got {v!r}", e.loc)
-                v = float(v) if p.kind.id == "float" else v
-                self._define(fr, p.name, v, p.loc)
-                if p.kind.id == "int":
-                    bound[p.name] = v
+                const = self._const(e, ctx)
+                if not (isinstance(const, (int, float)) and not isinstance(const, bool)
+                        and (p.kind.id == "float" or isinstance(const, int))):
+                    raise GraphcError(f"{layer.name} expects {p.name}: {p.kind.id}, got {const!r}", e.loc)
+                n = float(const) if p.kind.id == "float" else const
+                self._define(fr, p.name, n, p.loc)
+                if isinstance(n, int):  # an int parameter (a float one's number was made float)
+                    bound[p.name] = n
         return bound
 
     def _fn_arg(self, layer: ast.Layer, p: ast.LayerParam, e: ast.Expr, ctx: _Frame) -> str:
@@ -561,6 +565,8 @@ class _Lowerer:
                bound: dict[str, Dim], loc: Loc) -> None:
         """Match a declared parameter type against an argument's type, binding its dim names."""
         declared = p.kind
+        if not isinstance(declared, ast.TypeExpr):  # _bind_args unifies tensor parameters only
+            raise InternalError(f"{layer.name}: unifying {p.name}: {declared.id}, not a tensor type")
         mismatch = f"{layer.name} expects {p.name}: {declared}"
         if actual.dtype != declared.dtype or actual.rank != len(declared.dims):
             raise GraphcError(f"{mismatch}, got {actual}", loc)
@@ -578,10 +584,11 @@ def _chain(e: ast.Neg | ast.BinOp) -> tuple[ast.Expr, list[ast.Neg | ast.BinOp]]
     """A chain of operators down their left operands (a + b - c ..., - - x): its first operand and
     the operators to apply to it, innermost first. A 200,000-term sum nests that deep."""
     chain: list[ast.Neg | ast.BinOp] = []
-    while isinstance(e, (ast.Neg, ast.BinOp)):
-        chain.append(e)
-        e = e.operand if isinstance(e, ast.Neg) else e.left
-    return e, chain[::-1]
+    x: ast.Expr = e
+    while isinstance(x, (ast.Neg, ast.BinOp)):
+        chain.append(x)
+        x = x.operand if isinstance(x, ast.Neg) else x.left
+    return x, chain[::-1]
 
 
 def _signature(layer: ast.Layer) -> str:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Iterator
+from typing import Iterator, cast
 
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken,
                              VisitError)
 from lark.lexer import PatternStr
 
-from graphc.errors import GraphcError, Loc
+from graphc.errors import GraphcError, InternalError, Loc
 from graphc.frontend import ast
 from graphc.resources import grammar
 
@@ -89,10 +89,18 @@ def _end_loc(text: str, file: str) -> Loc:
     return Loc(file, line, len(body) - (body.rfind("\n") + 1) + 1)
 
 
+def _token_loc(file: str, tok: Token) -> Loc:
+    """Where `tok` starts: the lexer gives every token it makes a line and a column."""
+    if tok.line is None or tok.column is None:
+        raise InternalError(f"token {tok.type} {str(tok)!r} has no position")
+    return Loc(file, tok.line, tok.column)
+
+
 def _syntax_error(e: UnexpectedInput, text: str, file: str) -> GraphcError:
     parser = _parser()
     if isinstance(e, UnexpectedCharacters):
-        ch, loc = text[e.pos_in_stream], Loc(file, e.line, e.column)
+        # lark types pos_in_stream as None on the base class; the lexer sets it to where it stopped
+        ch, loc = text[cast(int, e.pos_in_stream)], Loc(file, e.line, e.column)
         if ch == '"':
             return GraphcError("unterminated string", loc, hint='a string ends with " on its own line')
         return GraphcError(f"unexpected character {ch!r}", loc, hint=_LOOKALIKES.get(ch))
@@ -105,7 +113,7 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> GraphcError:
         hint = (f"'{before[0]}' is a keyword; give the value another name"
                 if tok.type == "EQUAL" and len(before) == 1 and before[0] in _KEYWORDS
                 else _unclosed(text, tok.start_pos, tok.line))
-        return GraphcError(f"unexpected {what}; expected {expected}", Loc(file, tok.line, tok.column),
+        return GraphcError(f"unexpected {what}; expected {expected}", _token_loc(file, tok),
                            hint=hint)
     if isinstance(e, (UnexpectedToken, UnexpectedEOF)):
         expected = _expected(set(e.accepts or e.expected if isinstance(e, UnexpectedToken)
@@ -141,6 +149,11 @@ def _unclosed(text: str, end: int, line: int | None) -> str | None:
 
 # ---- lark tree -> AST ----
 
+# in _ToAst's body, `list` is its method for the grammar's list rule, not the builtin
+_DimDecls = list[ast.DimDecl]
+_DataMap = list[tuple[str, str, Loc]]
+_Stmts = list[ast.Stmt]
+
 @v_args(inline=True)
 class _ToAst(Transformer_NonRecursive):  # no recursion: a 200,000-term sum is a deep tree
     def __init__(self, file: str) -> None:
@@ -148,7 +161,7 @@ class _ToAst(Transformer_NonRecursive):  # no recursion: a 200,000-term sum is a
         self.file = file
 
     def _loc(self, tok: Token) -> Loc:
-        return Loc(self.file, tok.line, tok.column)
+        return _token_loc(self.file, tok)
 
     def _at(self, x: Token | ast.Expr) -> Loc:
         return self._loc(x) if isinstance(x, Token) else x.loc
@@ -206,7 +219,7 @@ class _ToAst(Transformer_NonRecursive):  # no recursion: a 200,000-term sum is a
     def net(self, name: Token) -> ast.Net:
         return ast.Net(str(name), self._loc(name))
 
-    def dim_decl(self, *names: Token) -> list[ast.DimDecl]:
+    def dim_decl(self, *names: Token) -> _DimDecls:
         return [ast.DimDecl(str(n), self._loc(n)) for n in names]
 
     def input_decl(self, name: Token, type_: ast.TypeExpr, nograd: Token | None,
@@ -230,9 +243,8 @@ class _ToAst(Transformer_NonRecursive):  # no recursion: a 200,000-term sum is a
 
     def layer_param(self, name: Token, kind: ast.TypeExpr | Token,
                     default: ast.Expr | None) -> ast.LayerParam:
-        if isinstance(kind, Token):
-            kind = ast.Name(str(kind), self._loc(kind))
-        return ast.LayerParam(str(name), kind, default, self._loc(name))
+        typ = ast.Name(str(kind), self._loc(kind)) if isinstance(kind, Token) else kind
+        return ast.LayerParam(str(name), typ, default, self._loc(name))
 
     def layer_def(self, name: Token, *rest) -> ast.Layer:
         params = [p for p in rest if isinstance(p, ast.LayerParam)]
@@ -244,10 +256,10 @@ class _ToAst(Transformer_NonRecursive):  # no recursion: a 200,000-term sum is a
         return ast.Layer(str(name), params, ret, body, self._loc(name))
 
     def train_entry(self, key: Token, value: ast.Expr,
-                    mapping: list[tuple[str, str, Loc]] | None) -> ast.TrainEntry:
+                    mapping: _DataMap | None) -> ast.TrainEntry:
         return ast.TrainEntry(str(key), value, self._loc(key), mapping)
 
-    def data_map(self, *entries: tuple[str, str, Loc]) -> list[tuple[str, str, Loc]]:
+    def data_map(self, *entries: tuple[str, str, Loc]) -> _DataMap:
         return list(entries)
 
     def map_entry(self, name: Token, array: Token) -> tuple[str, str, Loc]:
@@ -256,5 +268,5 @@ class _ToAst(Transformer_NonRecursive):  # no recursion: a 200,000-term sum is a
     def train_block(self, kw: Token, *entries: ast.TrainEntry) -> ast.Train:
         return ast.Train(list(entries), self._loc(kw))
 
-    def start(self, *stmts: ast.Stmt | list[ast.DimDecl]) -> list[ast.Stmt]:
+    def start(self, *stmts: ast.Stmt | _DimDecls) -> _Stmts:
         return [s for group in stmts for s in (group if isinstance(group, list) else [group])]

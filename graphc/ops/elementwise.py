@@ -84,9 +84,12 @@ def _where_vjp(b, n, g):
     return [None, sum_to(b, b.where(c, g, 0.0), x.shape), sum_to(b, b.where(c, 0.0, g), y.shape)]
 
 
+def _where_ref(c: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.where(c != 0, x, y).astype(x.dtype)
+
+
 register(OpDef(
-    "where", 3, _where_shape, _where_vjp,
-    lambda c, x, y: np.where(c != 0, x, y).astype(x.dtype),
+    "where", 3, _where_shape, _where_vjp, _where_ref,
     Elementwise(lambda s, c, x, y: s.select(c, x, y)), {},
     "c: T[s], a: T[t], b: T[u] -> T[broadcast(s, t, u)], a where c is not 0 else b (a mask such as "
     "gt(...) selects; no gradient for c)"))

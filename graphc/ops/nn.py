@@ -70,7 +70,7 @@ def _onehot_like(b, x, y):
 register(OpDef(
     "softmax_cross_entropy", 2, _labels_shape,
     lambda b, n, g: [b.mul(b.sub(b.softmax(n.inputs[0], axis=-1), _onehot_like(b, *n.inputs)),
-                           b.mul(g, 1.0 / n.inputs[0].shape[0])), None],
+                           b.mul(g, 1.0 / n.inputs[0].dims[0])), None],
     lambda x, y: -np.mean(_np_log_softmax(x, -1)[np.arange(len(y)), y]),
     Decompose(lambda b, x, y: b.mul(b.sum(b.mul(_onehot_like(b, x, y), b.log_softmax(x, axis=-1))),
                                     -1.0 / x.shape[0])),

@@ -23,15 +23,17 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeGuard, TypeVar
 
 import numpy as np
 
-from graphc.errors import DataError, check_regular
+from graphc.errors import DataError, InternalError, check_regular
 from graphc.ir.graph import NP_DTYPES, Param
 from graphc.runtime.train.data import check_finite, read_npz_arrays
 
 META_KEY = "__meta__"
+
+_T = TypeVar("_T")
 
 
 def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray],
@@ -207,6 +209,8 @@ class RunState:
         directory.mkdir(parents=True, exist_ok=True)
         arrays = self._arrays()
         if self.order is not None:
+            if self.losses is None:  # start_epoch, restore and end_epoch set and clear both together
+                raise InternalError("a run state with an epoch order has no losses")
             arrays |= {"order": self.order, "losses": self.losses}
         meta = {"format": FORMAT, "version": VERSION, "epoch": self.epoch, "step": self.step,
                 "rng": self.rng.bit_generator.state, "config": self.config}
@@ -285,12 +289,12 @@ class RunState:
         return None
 
 
-def _whole(v: object) -> bool:
+def _whole(v: object) -> TypeGuard[int]:
     """An integer in JSON's sense and Python's: not 1.0, not true."""
     return type(v) is int
 
 
-def _like(value: object, template: object) -> bool:
+def _like(value: object, template: _T) -> TypeGuard[_T]:
     """Whether `value` has `template`'s structure: the same keys, leaves of the same types."""
     if isinstance(template, dict):
         return (isinstance(value, dict) and value.keys() == template.keys()

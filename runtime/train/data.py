@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import importlib.resources
+import io
 import math
 import os
 import zipfile
@@ -40,12 +41,11 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from graphc.about import PACKAGE_DIR
-from graphc.errors import DataError, check_regular
+from graphc.errors import DataError, InternalError, check_regular
 
 BUNDLED = {"mnist": "mnist", "digits": "digits/digits.csv.gz"}
 
@@ -195,7 +195,7 @@ def _load_path(path: Path) -> dict[str, np.ndarray]:
 
 
 @contextlib.contextmanager
-def _open(path: Path) -> Iterator[BinaryIO]:
+def _open(path: Path) -> Iterator[io.BufferedIOBase]:
     """The file as a binary stream, gunzipped as it is read when the name ends in .gz (never whole:
     a few MB of gzip can hold gigabytes); errors opening or reading it become DataError."""
     gz = path.name.lower().endswith(".gz")
@@ -400,8 +400,13 @@ def _checked(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]
             raise DataError(f"{path}: array '{key}' has dtype {a.dtype}; expected numbers")
         if a.ndim == 0:
             raise DataError(f"{path}: array '{key}' is a scalar; expected samples, [N, ...]")
-        check_finite(path, a, a, lambda i, key=key: f"{key}[{', '.join(map(str, i))}]")
+        check_finite(path, a, a, _element_of(key))
     return arrays
+
+
+def _element_of(key: str) -> Callable[[tuple[int, ...]], str]:
+    """Names element `i` of array `key`, as `key[i, j]`."""
+    return lambda i: f"{key}[{', '.join(map(str, i))}]"
 
 
 def read_npz_arrays(path: Path, npz: np.lib.npyio.NpzFile,
@@ -415,8 +420,11 @@ def read_npz_arrays(path: Path, npz: np.lib.npyio.NpzFile,
 
 def _declared_bytes(npz: np.lib.npyio.NpzFile, key: str) -> int:
     """The size array `key` of an .npz declares in its .npy header, read without its data."""
-    member = key if key in npz.zip.namelist() else f"{key}.npy"  # as NpzFile finds it
-    with npz.zip.open(member) as f:
+    zf = npz.zip
+    if zf is None:  # NpzFile drops its zip only once closed, and callers pass an open one
+        raise InternalError(f"{npz.fid}: .npz read after it was closed")
+    member = key if key in zf.namelist() else f"{key}.npy"  # as NpzFile finds it
+    with zf.open(member) as f:
         version = np.lib.format.read_magic(f)
         shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)(f)  # 3.0 differs in encoding

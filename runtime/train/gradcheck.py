@@ -12,7 +12,7 @@ import numpy as np
 
 from graphc.autodiff.graphs import gradient_graph
 from graphc.driver import batch_dim, compile_graph, forward
-from graphc.errors import DataError
+from graphc.errors import DataError, InternalError
 from graphc.frontend import Program
 from graphc.ir.graph import Graph
 from graphc.ops.registry import index_bound
@@ -24,10 +24,10 @@ TOLERANCE = 1e-4
 KINK = TOLERANCE   # one-sided slopes differing by more than this (relative) mark a kink
 
 
-def _feeds(prog: Program, g: Graph, batch: int, seed: int) -> dict[str, np.ndarray]:
+def _feeds(prog: Program, g: Graph, batch: int, seed: int) -> dict[str, np.ndarray | float]:
     """Real samples when the model names its data, else seeded random values; defaults win."""
     rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
+    feeds: dict[str, np.ndarray | float] = {}  # a default is a number (an np.float64)
     if prog.train.data and batch_dim(prog.graph):
         from graphc.runtime.train.data import load_dataset
         from graphc.runtime.train.feeds import bind, rows, samples
@@ -45,9 +45,12 @@ def _feeds(prog: Program, g: Graph, batch: int, seed: int) -> dict[str, np.ndarr
         if i.default is not None:
             feeds[v.name] = np.float64(i.default)
         elif v.dtype == "i32":
-            feeds[v.name] = rng.integers(0, index_bound(g, v) or 2, v.shape).astype(np.int32)
+            bound = index_bound(g, v)
+            if isinstance(bound, str):  # g is bound, and with it the class counts ops declare
+                raise InternalError(f"{v.name}'s index bound {bound} is not bound")
+            feeds[v.name] = rng.integers(0, bound or 2, v.dims).astype(np.int32)
         else:
-            feeds[v.name] = rng.normal(size=v.shape)
+            feeds[v.name] = rng.normal(size=v.dims)
     return feeds
 
 
@@ -60,7 +63,7 @@ def gradcheck(prog: Program, batch: int | None = None, seed: int = 0) -> dict:
     return {"model": prog.graph.name, "batch": batch, **check_graph(fwd, params, _feeds(prog, fwd, batch, seed))}
 
 
-def check_graph(fwd: Graph, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> dict:
+def check_graph(fwd: Graph, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray | float]) -> dict:
     """Backprop against central differences for a bound float64 forward graph, at `params` (changed
     in place while differencing, restored after) and `feeds`: every param and float input."""
     fwd.updates = []  # like the gradient graph: every run sees the same state (dropout masks)

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from graphc.driver import Compiled, batch_dim, compile_graph, forward, train_graph
-from graphc.errors import DataError, GraphcError
+from graphc.errors import DataError, GraphcError, InternalError
 from graphc.autodiff.lr_schedule import horizon
 from graphc.frontend import Program
 from graphc.ir.graph import LR, Graph
@@ -67,7 +67,7 @@ class Evaluator:
 
     def __call__(self, sources: dict[str, Source], split: str = "test") -> dict[str, float]:
         g = self.prog.graph
-        names = [g.loss] + list(g.metrics)
+        names = [loss_name(g)] + list(g.metrics)
         total = dict.fromkeys(names, 0.0)
         n, fixed = samples(sources), self.fixed()
         batch = fixed or min(EVAL_BATCH, n)
@@ -153,24 +153,32 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
     if opt.out is None:
         return _train(prog, data, opt, report)
     with lock_run(opt.out):
-        _claim(opt)
+        _claim(opt, opt.out)
         return _train(prog, data, opt, report)
 
 
-def _claim(opt: TrainOptions) -> None:
-    """Refuses a fresh run over the run in `opt.out` unless forced; forced, removes that run's files
-    first, so that none of them is taken for the new run's."""
-    if opt.resume and opt.resume.resolve() == opt.out.resolve():
+def _claim(opt: TrainOptions, out: Path) -> None:
+    """Refuses a fresh run over the run in `out` (opt.out) unless forced; forced, removes that run's
+    files first, so that none of them is taken for the new run's."""
+    if opt.resume and opt.resume.resolve() == out.resolve():
         return
-    old = [opt.out / name for name in (CHECKPOINT, PARAMS) if (opt.out / name).exists()]
+    old = [out / name for name in (CHECKPOINT, PARAMS) if (out / name).exists()]
     if old and not opt.force:
-        raise DataError(f"{opt.out}: holds a run already ({', '.join(p.name for p in old)}); "
-                        f"continue it with --resume {opt.out}, or pass --force to replace it")
+        raise DataError(f"{out}: holds a run already ({', '.join(p.name for p in old)}); "
+                        f"continue it with --resume {out}, or pass --force to replace it")
     for path in old:
         try:
             path.unlink()
         except OSError as e:
             raise DataError(f"{path}: cannot replace it ({e.strerror or e})") from None
+
+
+def loss_name(g: Graph) -> str:
+    """The name of the output a program's graph is trained and evaluated on: lowering gives every
+    program one (its loss, or else its first output)."""
+    if g.loss is None:
+        raise InternalError(f"{g.name}'s graph names no loss output")
+    return g.loss
 
 
 def graph_digest(g: Graph) -> str:
@@ -199,6 +207,7 @@ def data_digest(sources: dict[str, Source], picks: int = 1024) -> str:
 def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[str], None]) -> list[dict]:
     g = prog.graph
     step_graph = train_graph(prog, opt.batch, opt.optimizer, opt.opt_args)
+    loss_key = loss_name(g)
     fed = {k: bind(prog, step_graph, arrays, opt.data_map, data.name, k) for k, arrays in data.splits().items()}
     if opt.patience and "validation" not in fed:
         raise GraphcError("patience needs a validation split: validation = 0.1 (or a file) in the "
@@ -265,7 +274,7 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                     feed(run.order[i * opt.batch:(i + 1) * opt.batch])
                     if rollback:
                         rollback.take()
-                    loss = float(step.run()[g.loss])
+                    loss = float(step.run()[loss_key])
                     if rollback and not (math.isfinite(loss) and _nonfinite(rollback.live) is None):
                         rollback.undo()  # skipped: its loss stays NaN in run.losses
                     elif not math.isfinite(loss):
@@ -288,7 +297,7 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                 result = evaluate(fed[split], split)
                 prefix = "val" if split == "validation" else "test"
                 rec = {"epoch": epoch, "seconds": round(seconds, 4), "train_loss": train_loss,
-                       f"{prefix}_loss": result[g.loss]}
+                       f"{prefix}_loss": result[loss_key]}
                 rec.update({f"{prefix}_{m}": result[m] for m in g.metrics})
                 if skipped:
                     rec["skipped_batches"] = skipped
@@ -305,11 +314,11 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                         raise GraphcError(f"cannot write the log {opt.log}: {e.strerror}") from None
                 if interrupted() and run.epoch <= opt.epochs:
                     raise saves.stopped()
-                if split == "validation" and _stop_early(result[g.loss], epoch, opt, saves, report):
+                if split == "validation" and _stop_early(result[loss_key], epoch, opt, saves, report):
                     break
         if history and "validation" in fed:  # the test split, once, with the final params
             test = evaluate(fed["test"], "test")
-            final = {f"test_{k if k != g.loss else 'loss'}": v for k, v in test.items()}
+            final = {f"test_{k if k != loss_key else 'loss'}": v for k, v in test.items()}
             history[-1].update(final)
             report("test: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
             if log:
