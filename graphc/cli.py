@@ -105,8 +105,8 @@ def _grad(a) -> None:
     if a.json:
         print(json.dumps(result, indent=1))
         return
-    for k, v in out.items():
-        text = np.array2string(np.asarray(v), precision=6, threshold=20) if np.ndim(v) else f"{float(v):.6g}"
+    for k, a in out.items():
+        text = np.array2string(np.asarray(a), precision=6, threshold=20) if np.ndim(a) else f"{float(a):.6g}"
         print(f"{k:<{max(map(len, out))}} = {text}")
 
 

@@ -155,11 +155,15 @@ class Graph:
         numbered = [int(k[1:]) for k in names if k.startswith("%") and k[1:].isdigit()]
         self._count = max(numbered, default=-1) + 1
 
-    def loss_value(self) -> Value:
-        """The differentiated output."""
+    def loss_name(self) -> str:
+        """The name of the differentiated output."""
         if self.loss is None:
             raise GraphcError(f"{self.name} has no loss to differentiate: write `loss = ...`")
-        return self.outputs[self.loss]
+        return self.loss
+
+    def loss_value(self) -> Value:
+        """The differentiated output."""
+        return self.outputs[self.loss_name()]
 
     def leaves(self) -> Iterator[Value]:
         yield from (i.value for i in self.inputs)

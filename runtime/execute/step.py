@@ -123,7 +123,7 @@ class Step:
         # the first bad index a kernel met: kernel + 1, site, index, bound (codegen.kernels.Fault)
         self.fault = np.zeros(4, np.int64) if "fault" in names else None
         extra = {"scratch": self._scratch.ctypes.data,
-                 "pool_run": pool and pool.run_address, "pool": pool and pool.state_address,
+                 "pool_run": pool.run_address if pool else None, "pool": pool.state_address if pool else None,
                  "cycles": self.cycles is not None and self.cycles.ctypes.data,
                  "fault": self.fault is not None and self.fault.ctypes.data}
         slots = [a.ctypes.data for a in buffers] + [extra.get(n) for n in names]

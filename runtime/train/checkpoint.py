@@ -15,6 +15,7 @@ it for one run at a time and sweeps away the temporary files of a writer that wa
 from __future__ import annotations
 
 import contextlib
+import functools
 import fcntl
 import json
 import os
@@ -133,7 +134,7 @@ def load_params(path: str | os.PathLike, params: list[Param], partial: bool = Fa
             raise DataError(f"{path}: param {name} {got}, model wants {p.value.type}")
         with np.errstate(over="ignore"):  # check_finite names a value that overflows
             out[name] = np.ascontiguousarray(arr, dtype=NP_DTYPES[p.value.dtype])
-        check_finite(path, arr, out[name], lambda i, name=name: f"param {name}{list(i) if i else ''}")
+        check_finite(path, arr, out[name], functools.partial(_param_element, name))
     return out
 
 
@@ -177,6 +178,10 @@ def lock_run(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _param_element(name: str, index: tuple[int, ...]) -> str:
+    return f"param {name}{list(index) if index else ''}"
+
+
 @dataclass
 class RunState:
     """Everything a training run needs to continue exactly where it was.
@@ -195,11 +200,13 @@ class RunState:
     order: np.ndarray | None = None   # its sample order, drawn when it starts
     losses: np.ndarray | None = None  # its losses so far; NaN marks a skipped batch
 
-    def start_epoch(self, samples: int, steps: int) -> None:
-        """Draw this epoch's order, unless a resumed run is already in the middle of it."""
-        if self.order is None:
+    def start_epoch(self, samples: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """Draw this epoch's order, unless a resumed run is already in the middle of it; returns the
+        epoch's order and its losses so far."""
+        if self.order is None or self.losses is None:  # a checkpoint holds both or neither
             self.order = self.rng.permutation(samples)
             self.losses = np.full(steps, np.nan)
+        return self.order, self.losses
 
     def end_epoch(self) -> None:
         self.epoch, self.step, self.order, self.losses = self.epoch + 1, 0, None, None

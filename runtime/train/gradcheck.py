@@ -7,6 +7,7 @@ generated code paths: the gradient graph for backprop, the forward graph for the
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ def check_graph(fwd: Graph, params: dict[str, np.ndarray], feeds: dict[str, np.n
     fwd.updates = []  # like the gradient graph: every run sees the same state (dropout masks)
     back = compile_graph(gradient_graph(fwd), params).step
     front = compile_graph(fwd, params).step
-    loss = fwd.loss
+    loss = fwd.loss_name()
 
     runs = []
     for _ in range(5):
@@ -103,7 +104,7 @@ def check_graph(fwd: Graph, params: dict[str, np.ndarray], feeds: dict[str, np.n
         kinks[name] = ~smooth.reshape(arr.shape)
     numeric_s = time.perf_counter() - t0
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, n in numerical.items():
         a = backprop[name]
         err = np.where(kinks[name], 0.0, np.abs(a - n))

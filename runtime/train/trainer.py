@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from graphc.driver import Compiled, batch_dim, compile_graph, forward, train_graph
-from graphc.errors import DataError, GraphcError, InternalError
+from graphc.errors import DataError, GraphcError
 from graphc.autodiff.lr_schedule import horizon
 from graphc.frontend import Program
 from graphc.ir.graph import LR, Graph
@@ -67,7 +67,7 @@ class Evaluator:
 
     def __call__(self, sources: dict[str, Source], split: str = "test") -> dict[str, float]:
         g = self.prog.graph
-        names = [loss_name(g)] + list(g.metrics)
+        names = [g.loss_name()] + list(g.metrics)
         total = dict.fromkeys(names, 0.0)
         n, fixed = samples(sources), self.fixed()
         batch = fixed or min(EVAL_BATCH, n)
@@ -173,14 +173,6 @@ def _claim(opt: TrainOptions, out: Path) -> None:
             raise DataError(f"{path}: cannot replace it ({e.strerror or e})") from None
 
 
-def loss_name(g: Graph) -> str:
-    """The name of the output a program's graph is trained and evaluated on: lowering gives every
-    program one (its loss, or else its first output)."""
-    if g.loss is None:
-        raise InternalError(f"{g.name}'s graph names no loss output")
-    return g.loss
-
-
 def graph_digest(g: Graph) -> str:
     """A hash of a training step's IR without source positions (a comment added to the model file
     must not stop a resume; a changed activation must)."""
@@ -207,7 +199,7 @@ def data_digest(sources: dict[str, Source], picks: int = 1024) -> str:
 def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[str], None]) -> list[dict]:
     g = prog.graph
     step_graph = train_graph(prog, opt.batch, opt.optimizer, opt.opt_args)
-    loss_key = loss_name(g)
+    loss_key = g.loss_name()
     fed = {k: bind(prog, step_graph, arrays, opt.data_map, data.name, k) for k, arrays in data.splits().items()}
     if opt.patience and "validation" not in fed:
         raise GraphcError("patience needs a validation split: validation = 0.1 (or a file) in the "
@@ -267,11 +259,11 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
             while run.epoch <= opt.epochs:
                 epoch, t0 = run.epoch, time.perf_counter()
                 before = (epoch - 1) * per_epoch  # steps done in earlier epochs
-                run.start_epoch(n_train, per_epoch)
+                order, losses = run.start_epoch(n_train, per_epoch)
                 for i in tqdm(range(run.step, per_epoch), desc=f"epoch {epoch}/{opt.epochs}",
                               unit="step", leave=False, disable=not opt.progress, file=sys.stderr,
                               initial=run.step, total=per_epoch):
-                    feed(run.order[i * opt.batch:(i + 1) * opt.batch])
+                    feed(order[i * opt.batch:(i + 1) * opt.batch])
                     if rollback:
                         rollback.take()
                     loss = float(step.run()[loss_key])
@@ -280,7 +272,7 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                     elif not math.isfinite(loss):
                         raise saves.nonfinite(f"loss became {loss}", epoch, i + 1)
                     else:
-                        run.losses[i] = loss
+                        losses[i] = loss
                     run.step = i + 1
                     if interrupted():
                         saves.save(epoch, run.step)
@@ -289,8 +281,8 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                     if every and run.step < per_epoch and (before + run.step) % every == 0:
                         saves.save(epoch, run.step)
                 seconds = time.perf_counter() - t0
-                skipped = int(np.isnan(run.losses).sum())
-                train_loss = float(np.nanmean(run.losses)) if skipped < per_epoch else math.nan
+                skipped = int(np.isnan(losses).sum())
+                train_loss = float(np.nanmean(losses)) if skipped < per_epoch else math.nan
                 run.end_epoch()
                 saves.save(epoch, per_epoch, finished=True)
                 split = "validation" if "validation" in fed else "test"
@@ -378,7 +370,7 @@ class _Checkpoints:
 
     def nonfinite(self, what: str, epoch: int, step: int) -> GraphcError:
         kept = (f"; the last checkpoint, {self.out / CHECKPOINT} (at epoch {self.last[0]}, step "
-                f"{self.last[1]}), is good: continue with --resume {self.out}" if self.last else "")
+                f"{self.last[1]}), is good: continue with --resume {self.out}" if self.last and self.out else "")
         return GraphcError(f"{what} at epoch {epoch}, step {step}; training stopped{kept}",
                            hint="try a smaller learning rate, or --on-nonfinite skip to skip such batches")
 
