@@ -36,6 +36,9 @@ from test_capi import Library as CLibrary, needs_cc
 from test_faults import digits, options  # noqa: F401 (digits is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
+# the installed command (run from the repository, `python -m graphc.cli` would import the source tree,
+# where runtime/ is not yet graphc/runtime)
+GRAPHC = [str(Path(sys.executable).parent / "graphc")]
 
 
 # --- the object cache (issue 17, items 1 and 2) ---------------------------------------------------
@@ -118,9 +121,9 @@ def test_fifo_cache_entry_does_not_hang(cache):
     key = "e" * 64
     cache.mkdir(mode=0o700)
     os.mkfifo(_entry(cache, key), 0o600)
-    script = ("import ctypes, sys; sys.path.insert(0, 'tests'); from test_hostile import _run_tiny; "
-              f"print(_run_tiny('{key}', 7))")
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+    script = (f"import ctypes, sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); "
+              f"from test_hostile import _run_tiny; print(_run_tiny('{key}', 7))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=cache.parent, capture_output=True, text=True,
                           timeout=60, env={**os.environ, "GRAPHC_CACHE_DIR": str(cache)})
     assert done.returncode == 0 and done.stdout.strip() == "(7, False)"
     assert "not a regular file" in done.stderr
@@ -137,8 +140,8 @@ def test_cache_entry_of_another_key_is_not_run(cache):
 
 @pytest.mark.parametrize("env", [{"GRAPHC_CACHE_DIR": "/dev/null/x"},
                                  {"GRAPHC_CACHE_DIR": "", "HOME": "/dev/null"}])
-def test_unusable_cache_does_not_stop_a_compile(env):
-    done = subprocess.run([sys.executable, "-m", "graphc.cli", "grad", "models/apples.net"], cwd=ROOT,
+def test_unusable_cache_does_not_stop_a_compile(env, tmp_path):
+    done = subprocess.run([*GRAPHC, "grad", str(ROOT / "models/apples.net")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, env={**os.environ, **env})
     assert done.returncode == 0, done.stderr
     assert "5.4" in done.stdout
@@ -250,7 +253,7 @@ _HOLD = ("import sys; from pathlib import Path; from graphc.runtime.train.checkp
 
 def test_a_run_directory_in_use_is_refused_naming_the_process(digits, tmp_path):
     prog, data = digits
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], cwd=ROOT, text=True,
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], cwd=tmp_path, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline() == "locked\n"
@@ -670,7 +673,7 @@ def test_model_file_may_start_with_a_byte_order_mark(tmp_path):
 @pytest.mark.parametrize("args", [["ir", "{}"], ["eval", "models/twolayer.net", "--params", "{}"]])
 def test_a_fifo_as_model_or_params_is_refused(tmp_path, args):
     os.mkfifo(tmp_path / "fifo")
-    done = subprocess.run([sys.executable, "-m", "graphc.cli", *(a.format(tmp_path / "fifo") for a in args)],
+    done = subprocess.run([*GRAPHC, *(a.format(tmp_path / "fifo") for a in args)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (2, f"error: {tmp_path / 'fifo'} is a FIFO, not a regular file\n")
 
