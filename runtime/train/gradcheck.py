@@ -124,7 +124,8 @@ def _derivative(f, x0: float, f0: float, h: float) -> tuple[float, bool]:
     A step is trusted where f is smooth across it: its one-sided slopes agree (within a quarter of
     the tolerance, on the scale the comparison uses, plus their rounding noise), or they differ by
     curvature alone: the gap shrinks with the step (to a quarter at a quarter step) and the central
-    difference agrees with the larger step's (which is used: it has less rounding noise). A kink within h (a relu, or one downstream, crossing
+    difference agrees with the larger step's. Where two steps agree, the larger one's difference is
+    used: it has a quarter of the rounding noise. A kink within h (a relu, or one downstream, crossing
     0; a tie in a max) fails both at h; at h / 4 it is either outside (that step is used) or at x0
     (a gap that does not shrink: no derivative to compare, any subgradient is right)."""
     close = lambda a, b, noise: abs(a - b) <= KINK / 4 * max(abs(a), abs(b), FLOOR) + noise
@@ -134,10 +135,11 @@ def _derivative(f, x0: float, f0: float, h: float) -> tuple[float, bool]:
         ahead, behind = (up - f0) / step, (f0 - down) / step
         central, gap = (up - down) / (2 * step), abs(ahead - behind)
         noise = 4 * np.finfo(np.float64).eps * max(abs(up), abs(down), abs(f0)) / step
-        if close(ahead, behind, noise):
+        smooth = close(ahead, behind, noise)
+        if before is not None and close(central, before[0], noise) and (smooth or gap <= before[1] / 2):
+            return before[0], True  # the larger step's difference: it has less rounding noise
+        if smooth:
             return central, True
-        if before is not None and gap <= before[1] / 2 and close(central, before[0], noise):
-            return before[0], True  # curvature: the larger step's difference, with less rounding noise
         before = central, gap
     return central, False
 
