@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # the full tier (subprocesses): README's test command runs it, `-m "not slow"` skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 GOLDEN = Path(__file__).resolve().parent / "golden"

@@ -131,6 +131,7 @@ def test_pool_windows_unrolled_into_vectorized_rows_match_numpy(width):
     np.testing.assert_array_equal(_pool_grad(x, kernel=2), _first_max_grad(x, kernel=2, stride=2, padding=0))
 
 
+@pytest.mark.slow
 def test_conv_weight_gradient_split_over_k_matches_one_thread():
     prog = driver.load("models/lenet.net")
     g = driver.train_graph(prog, 64)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,8 @@ from graphc.frontend import load_source
 from graphc.ops import REGISTRY
 from graphc.passes.pipeline import schedule
 from graphc.ir.init import init_params
+
+pytestmark = pytest.mark.slow  # the full tier: README's test command runs it, `-m "not slow"` skips it
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {p.name: p.read_text() for p in sorted((ROOT / "models").glob("*.net"))}

@@ -40,6 +40,7 @@ def perturbed_arrays(prog, seed: int = 0) -> dict[str, np.ndarray]:
     return arrays | {s.value.name: rng.uniform(0.5, 1.5, s.value.shape).astype(np.float32) for s in g.state}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "twolayer", "lenet", "mlp_bn"])
 def test_onnxruntime_agrees_with_graphc(model):
     prog = driver.load(MODELS / f"{model}.net")

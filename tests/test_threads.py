@@ -10,6 +10,8 @@ import pytest
 from graphc import driver
 from graphc.ir.init import init_params
 
+pytestmark = pytest.mark.slow  # the full tier: README's test command runs it, `-m "not slow"` skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
