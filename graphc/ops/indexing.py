@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from graphc.ir.graph import TensorType
-from graphc.ops.lowering import Accumulate, Call, Elementwise, Extern, Indexed, Scatter
+from graphc.ops.lowering import Described, Elementwise, Extern, Indexed, Scatter
 from graphc.ops.registry import OpDef, float_type, is_int, register, require, show
 
 
@@ -73,7 +73,7 @@ def _scatter(n) -> Scatter:
 register(OpDef(
     "scatter_add", 2, _scatter_shape,
     lambda b, n, g: [b.gather(g, n.inputs[1]), None],
-    _scatter_ref, Accumulate(_scatter), {},
+    _scatter_ref, Described(_scatter), {},
     "values: T[s, d...], idx: i32[s], rows -> T[rows, d...], zeros plus each index position's "
     "values added at row idx (an index outside [0, rows) is an error when the step runs)",
     indices=lambda ts, attrs: {1: attrs["rows"]}))
@@ -89,6 +89,6 @@ register(OpDef(
     "extern_call", 1, _extern_shape,
     lambda b, n, g: [g],
     lambda x, slot: x.copy(),  # what a callee that leaves the values gives
-    Call(lambda n: Extern(n.attrs["slot"])), {},
+    Described(lambda n: Extern(n.attrs["slot"])), {},
     "x: T[s], slot -> T[s], x after the function bound to slot updated it in place "
     "(Step.bind_extern; the gradient passes through unchanged)"))

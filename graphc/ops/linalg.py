@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from graphc.ir.graph import TensorType
-from graphc.ops.lowering import Contract, Contraction
+from graphc.ops.lowering import Contraction, Described
 from graphc.ops.registry import OpDef, broadcast_shapes, float_type, register, require, sum_to
 
 
@@ -70,6 +70,6 @@ def _matmul_ref(a, b, ta, tb):
 
 register(OpDef(
     "matmul", 2, _matmul_shape, _matmul_vjp, _matmul_ref,
-    Contract(_contraction), {"ta": False, "tb": False},
+    Described(_contraction), {"ta": False, "tb": False},
     "a: T[..., m, k], b: T[..., k, n] -> T[..., m, n] over broadcast leading dims; ta/tb=true read "
     "a's last two axes as [k, m] / b's as [n, k] (infix a @ b)"))

@@ -9,15 +9,16 @@ everything codegen needs (codegen reads no op attributes):
   `fill(attrs)` outside the input: windows, padding, slices; an `Indexed(j)`: data-dependent, the
   value of input j, an i32 tensor, read at the output index through j's own map: a gather); the
   default is NumPy broadcasting. Elementwise chains fuse into one loop nest, gathers included.
-- `Accumulate(describe)` -> `Scatter(rows, positions, width)`: a zeroed [rows, width] output to
+- `Reduce(kind)` -> `Reduction(kind, axes)`: sum or max over axes; fuses its elementwise prologue.
+- `Described(describe)`: the node states its descriptor, one of these three:
+- `Contraction(m, n, k, ta, tb, batch)`: run by the generated GEMM, once per product of its batch axes.
+- `Scatter(rows, positions, width)`: a zeroed [rows, width] output to
   which each index position adds its row of `width` values at the row its index names; threads
   split the width, never the positions, so no two add into one element and every run (any thread
   count) sums in the same order.
-- `Call(describe)` -> `Extern(slot)`: the input copied to the output, then a call to the function
+- `Extern(slot)`: the input copied to the output, then a call to the function
   whose pointer sits in the step table's slot `extern:<slot>`, given the output's address, element
   count and dtype code (its index in DTYPES), to update it in place (an allreduce, a callback).
-- `Reduce(kind)` -> `Reduction(kind, axes)`: sum or max over axes; fuses its elementwise prologue.
-- `Contract(describe)` -> `Contraction(m, n, k, ta, tb)`: run by the generated GEMM.
 - `View()`: the output aliases the input's buffer (reshape).
 - `Decompose(fn)`: the op is rewritten into other ops before scheduling; `fn(b, *inputs, **attrs)`
   emits them with a Builder and returns the result value. It has no descriptor.
@@ -171,14 +172,6 @@ class Contraction:
 
 
 @dataclass(frozen=True)
-class Contract:
-    describe: Callable[[Node], Contraction]
-
-    def at(self, n: Node) -> Contraction:
-        return self.describe(n)
-
-
-@dataclass(frozen=True)
 class Scatter:
     """out[rows, width] = 0, then out[idx[i], :] += g[i, :] for i in [0, positions) in order, with g
     stored [positions, width] and idx [positions] (i32), all row-major and dense."""
@@ -186,14 +179,6 @@ class Scatter:
     rows: int
     positions: int
     width: int
-
-
-@dataclass(frozen=True)
-class Accumulate:
-    describe: Callable[[Node], Scatter]
-
-    def at(self, n: Node) -> Scatter:
-        return self.describe(n)
 
 
 @dataclass(frozen=True)
@@ -205,10 +190,13 @@ class Extern:
 
 
 @dataclass(frozen=True)
-class Call:
-    describe: Callable[[Node], Extern]
+class Described:
+    """The rule of an op whose node states its own descriptor: `describe(node)` (a contraction,
+    a scatter, an external call)."""
 
-    def at(self, n: Node) -> Extern:
+    describe: Callable[[Node], "Contraction | Scatter | Extern"]
+
+    def at(self, n: Node) -> "Contraction | Scatter | Extern":
         return self.describe(n)
 
 
@@ -223,7 +211,7 @@ class Decompose:
     fn: Callable[..., Any]
 
 
-Lowering = Elementwise | Reduce | Contract | Accumulate | Call | View | Decompose  # an op's rule
+Lowering = Elementwise | Reduce | Described | View | Decompose  # an op's rule
 Lowered = Pointwise | Reduction | Contraction | Scatter | Extern | View            # a node's descriptor
 
 
