@@ -11,14 +11,14 @@ everything codegen needs (codegen reads no op attributes):
   default is NumPy broadcasting. Elementwise chains fuse into one loop nest, gathers included.
 - `Reduce(kind)` -> `Reduction(kind, axes)`: sum or max over axes; fuses its elementwise prologue.
 - `Described(describe)`: the node states its descriptor, one of these three:
-- `Contraction(m, n, k, ta, tb, batch)`: run by the generated GEMM, once per product of its batch axes.
-- `Scatter(rows, positions, width)`: a zeroed [rows, width] output to
-  which each index position adds its row of `width` values at the row its index names; threads
-  split the width, never the positions, so no two add into one element and every run (any thread
-  count) sums in the same order.
-- `Extern(slot)`: the input copied to the output, then a call to the function
-  whose pointer sits in the step table's slot `extern:<slot>`, given the output's address, element
-  count and dtype code (its index in DTYPES), to update it in place (an allreduce, a callback).
+  - `Contraction(m, n, k, ta, tb, batch)`: run by the generated GEMM, once per product of its batch axes.
+  - `Scatter(rows, positions, width)`: a zeroed [rows, width] output to
+    which each index position adds its row of `width` values at the row its index names; threads
+    split the width, never the positions, so no two add into one element and every run (any thread
+    count) sums in the same order.
+  - `Extern(slot)`: the input copied to the output, then a call to the function
+    whose pointer sits in the step table's slot `extern:<slot>`, given the output's address, element
+    count and dtype code (its index in DTYPES), to update it in place (an allreduce, a callback).
 - `View()`: the output aliases the input's buffer (reshape).
 - `Decompose(fn)`: the op is rewritten into other ops before scheduling; `fn(b, *inputs, **attrs)`
   emits them with a Builder and returns the result value. It has no descriptor.
