@@ -15,8 +15,12 @@ from graphc.ops.lowering import Elementwise, Reduce
 
 
 def materialize(g: Graph) -> Graph:
+    reads_memory = lambda n: not isinstance(REGISTRY[n.op].lowering, (Elementwise, Reduce))
+    if not any(reads_memory(n) and any(v.const is not None for v in n.inputs) for n in g.nodes):
+        return g  # the usual case: no graph rebuild, which would run every shape rule again
+
     def rule(b: Builder, n: Node, args: list[Value], attrs: dict) -> Value | None:
-        if isinstance(REGISTRY[n.op].lowering, (Elementwise, Reduce)) or all(a.const is None for a in args):
+        if not reads_memory(n) or all(a.const is None for a in args):
             return None
         filled = [b.broadcast_to(b.const(a.const, a.dtype), shape=a.shape) if a.const is not None else a
                   for a in args]
