@@ -53,8 +53,9 @@ register(OpDef(
 def _labels_shape(ts, attrs):
     x, y = ts
     float_type(x, "logits")
-    require(x.rank == 2, f"logits must be [batch, classes], got {x}")
-    require(y.dtype == "i32" and y.shape == x.shape[:1], f"labels must be i32[{x.shape[0]}], got {y}")
+    require(x.rank >= 2, f"logits must be [..., classes] with at least one leading axis, got {x}")
+    want = ",".join(map(str, x.shape[:-1]))
+    require(y.dtype == "i32" and y.shape == x.shape[:-1], f"labels must be i32[{want}], got {y}")
     return TensorType(x.dtype, ())
 
 
@@ -64,17 +65,27 @@ def _classes(ts, attrs):
 
 
 def _onehot_like(b, x, y):
-    return b.onehot(y, n=x.shape[1], dtype=x.dtype)
+    return b.onehot(y, n=x.shape[-1], dtype=x.dtype)
+
+
+def _rows(x) -> int:
+    """How many label positions the logits hold (every axis but the classes)."""
+    return int(np.prod(x.dims[:-1]))
+
+
+def _np_picked(x, y):
+    """log softmax(x) at each label."""
+    return np.take_along_axis(_np_log_softmax(x, -1), y[..., None], axis=-1)
 
 
 register(OpDef(
     "softmax_cross_entropy", 2, _labels_shape,
     lambda b, n, g: [b.mul(b.sub(b.softmax(n.inputs[0], axis=-1), _onehot_like(b, *n.inputs)),
-                           b.mul(g, 1.0 / n.inputs[0].dims[0])), None],
-    lambda x, y: -np.mean(_np_log_softmax(x, -1)[np.arange(len(y)), y]),
+                           b.mul(g, 1.0 / _rows(n.inputs[0]))), None],
+    lambda x, y: -np.mean(_np_picked(x, y)),
     Decompose(lambda b, x, y: b.mul(b.sum(b.mul(_onehot_like(b, x, y), b.log_softmax(x, axis=-1))),
-                                    -1.0 / x.shape[0])),
-    {}, "logits: T[n,c], labels: i32[n] -> T[], mean of -log softmax(logits)[label]",
+                                    -1.0 / _rows(x))),
+    {}, "logits: T[..., c], labels: i32[...] -> T[], mean over the label positions of -log softmax(logits)[label]",
     traits=frozenset({Trait.LOSS}), operands=("logits", "labels"), indices=_classes))
 
 def _accuracy(b, x, y):
@@ -89,7 +100,7 @@ register(OpDef(
     "accuracy", 2, _labels_shape, None,
     lambda x, y: np.mean(np.argmax(x, axis=-1) == y).astype(x.dtype),
     Decompose(_accuracy),
-    {}, "logits: T[n,c], labels: i32[n] -> T[], fraction where the label is the argmax (the first "
+    {}, "logits: T[..., c], labels: i32[...] -> T[], fraction where the label is the argmax (the first "
         "max: a tie with an earlier class is wrong; no gradient)", operands=("logits", "labels"),
     indices=_classes))
 
