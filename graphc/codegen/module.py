@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 from llvmlite import ir
@@ -32,7 +33,8 @@ from graphc.ir.graph import DTYPES, Node, Value
 from graphc.ops.lowering import Contraction, Extern
 from graphc.ops.registry import lowered
 from graphc.passes.fuse import LOOPS, Kernel, KernelKind
-from graphc.passes.pipeline import Schedule
+from graphc.passes.memory import nbytes
+from graphc.passes.pipeline import Schedule, loop
 
 I8P = ir.IntType(8).as_pointer()
 I64, I32 = ir.IntType(64), ir.IntType(32)
@@ -42,9 +44,11 @@ LINE_BYTES = 64  # a scatter's column shares are whole cache lines: threads neve
 
 
 def table_slots(s: Schedule, threads: int, profile: bool = False, check_bounds: bool = False) -> list[str]:
-    """The names of the table's slots after the plan's buffers, in order (see module doc)."""
-    fault = check_bounds or any(k.indexes_data for k in s.kernels)
-    externs = dict.fromkeys(_extern_slot(k) for k in s.kernels if k.kind is KernelKind.EXTERN)
+    """The names of the table's slots after the plan's buffers, in order (see module doc); a loop's
+    body is run with a table of its own buffers followed by the same slots."""
+    every = s.every_kernel()
+    fault = check_bounds or any(k.indexes_data for k in every)
+    externs = dict.fromkeys(_extern_slot(k) for k in every if k.kind is KernelKind.EXTERN)
     return (["scratch"] + (["pool_run", "pool"] if threads > 1 else []) + (["cycles"] if profile else [])
             + (["fault"] if fault else []) + list(externs))
 
@@ -58,51 +62,136 @@ def _extern_slot(k: Kernel) -> str:
 
 def scratch_bytes(s: Schedule, target: Target, threads: int) -> int:
     """Bytes the table's "scratch" slot must point to (64-byte aligned): a slot per thread for GEMM
-    packing and a partial C."""
-    return threads * max((_slot_bytes(target, k.nodes[0].out.dtype)
-                          for k in s.kernels if k.kind is KernelKind.CONTRACT), default=0)
+    packing and a partial C, then the work space of the loops (`_Work`)."""
+    return _gemm_bytes(s, target, threads) + _work_bytes(s)
+
+
+def _gemm_bytes(s: Schedule, target: Target, threads: int) -> int:
+    return _aligned(threads * max((_slot_bytes(target, k.nodes[0].out.dtype)
+                                   for k in s.every_kernel() if k.kind is KernelKind.CONTRACT), default=0))
 
 
 def _slot_bytes(target: Target, dtype: str) -> int:
     return gemm_scratch_bytes(target, dtype) + target.tuning.partial_max * ELEMENT_BYTES[dtype]
 
 
+def _aligned(n: int) -> int:
+    return -(-n // LINE_BYTES) * LINE_BYTES
+
+
+@dataclass(frozen=True)
+class _Work:
+    """Where a scan kernel keeps, from its work space's start: its body's arena, two buffers per carry
+    (the step reads one and writes the other), a buffer for each per-step value no node stores, then
+    the work space of the loops in its body."""
+
+    arena: int
+    carries: tuple[tuple[int, int], ...]
+    unstored: dict[int, int]  # result index -> offset
+    nested: int
+    size: int
+
+
+def _work(k: Kernel, body: Schedule) -> _Work:
+    lp = loop(k)
+    outs = list(lp.body.outputs.values())
+    at = _aligned(body.plan.arena_bytes)
+    carries = []
+    for v in outs[:lp.carries]:
+        carries.append((at, at + _aligned(nbytes(v))))
+        at += 2 * _aligned(nbytes(v))
+    stored = {n.attrs["result"] for n in k.nodes}
+    unstored = {}
+    for r in range(lp.carries, len(outs)):
+        if r not in stored:
+            unstored[r] = at
+            at += _aligned(nbytes(outs[r]))
+    return _Work(0, tuple(carries), unstored, at, at + _work_bytes(body))
+
+
+def _work_bytes(s: Schedule) -> int:
+    """The work space the loops of `s` need (they run one after another: they share it)."""
+    return max((_work(s.kernels[i], body).size for i, body in s.bodies.items()), default=0)
+
+
 def build_module(s: Schedule, target: Target, entry: str = "graphc_step", threads: int = 1,
                  profile: bool = False, check_bounds: bool = False) -> ir.Module:
     m = ir.Module(name=s.graph.name)
     m.triple = target.triple
-    step = ir.Function(m, ir.FunctionType(ir.VoidType(), [I8P.as_pointer()]), entry)
-    b = ir.IRBuilder(step.append_basic_block("entry"))
-    table = step.args[0]
-    control = flush_denormals(b, target)
-    bases = [b.load(b.gep(table, [ir.Constant(I64, i)])) for i in range(len(s.plan.buffers))]
-    slot = {name: b.load(b.gep(table, [ir.Constant(I64, len(bases) + i)]))
-            for i, name in enumerate(table_slots(s, threads, profile, check_bounds))}
-    run = b.bitcast(slot["pool_run"], RUN.as_pointer()) if threads > 1 else None
-    cycles = None
-    if profile:
-        cycles = b.bitcast(slot["cycles"], I64.as_pointer())
-        clock = m.declare_intrinsic("llvm.readcyclecounter", (), ir.FunctionType(I64, []))
+    _Steps(m, s, target, threads, profile, check_bounds).define(s, entry, 0, _gemm_bytes(s, target, threads))
+    return m
 
-    def pointer(v: Value) -> ir.Value:
-        buf, off = s.plan.place[v]
-        p = b.gep(bases[buf], [ir.Constant(I64, off)]) if off else bases[buf]
-        return b.bitcast(p, LLTYPES[v.dtype].as_pointer())
 
-    for i, k in enumerate(s.kernels):
-        if k.kind is KernelKind.VIEW and s.plan.place[k.outputs[0]] == s.plan.place[k.inputs[0]]:
-            continue  # the view shares its source's buffer: nothing to run
+class _Steps:
+    """Defines a schedule's step function `void f(i8** table)`, and one for each loop body it runs.
+    Kernels are numbered as `Schedule.every_kernel` lists them (faults and profiles name them)."""
+
+    def __init__(self, m: ir.Module, root: Schedule, target: Target, threads: int, profile: bool,
+                 check_bounds: bool) -> None:
+        self.m, self.target, self.threads, self.profile, self.check_bounds = m, target, threads, profile, check_bounds
+        self.names = table_slots(root, threads, profile, check_bounds)
+
+    def define(self, s: Schedule, name: str, first: int, work: int) -> ir.Function:
+        """The step of `s`, whose kernels are numbered from `first` and whose loops work at byte
+        `work` of the scratch slot."""
+        m, target, threads = self.m, self.target, self.threads
+        step = ir.Function(m, ir.FunctionType(ir.VoidType(), [I8P.as_pointer()]), name)
+        top = first == 0
+        if not top:
+            step.linkage = "internal"
+        b = ir.IRBuilder(step.append_basic_block("entry"))
+        table = step.args[0]
+        control = flush_denormals(b, target) if top else None
+        bases = [b.load(b.gep(table, [ir.Constant(I64, i)])) for i in range(len(s.plan.buffers))]
+        slot = {name: b.load(b.gep(table, [ir.Constant(I64, len(bases) + i)]))
+                for i, name in enumerate(self.names)}
+        run = b.bitcast(slot["pool_run"], RUN.as_pointer()) if threads > 1 else None
+        cycles = None
+        if self.profile:
+            cycles = b.bitcast(slot["cycles"], I64.as_pointer())
+            clock = m.declare_intrinsic("llvm.readcyclecounter", (), ir.FunctionType(I64, []))
+
+        def pointer(v: Value) -> ir.Value:
+            buf, off = s.plan.place[v]
+            p = b.gep(bases[buf], [ir.Constant(I64, off)]) if off else bases[buf]
+            return b.bitcast(p, LLTYPES[v.dtype].as_pointer())
+
+        nested = first + len(s.kernels)  # the number of the first kernel of the next body
+        for i, k in enumerate(s.kernels):
+            number = first + i
+            start = b.call(clock, []) if cycles else None
+            if k.kind is KernelKind.SCAN:
+                body = s.bodies[i]
+                fn = self.define(body, f"{name}_loop{i}", nested, work + _work(k, body).nested)
+                nested += len(body.every_kernel())
+                _emit_scan(b, k, body, fn, pointer, slot, self.names, work)
+            elif k.kind is KernelKind.VIEW and s.plan.place[k.outputs[0]] == s.plan.place[k.inputs[0]]:
+                continue  # the view shares its source's buffer: nothing to run
+            else:
+                self._kernel(b, s, k, number, pointer, slot, run)
+            if cycles:
+                total = b.gep(cycles, [ir.Constant(I64, number)])
+                b.store(b.add(b.load(total), b.sub(b.call(clock, []), start)), total)
+        if control is not None:
+            restore_fp_control(b, target, control)
+        b.ret_void()
+        return step
+
+    def _kernel(self, b: ir.IRBuilder, s: Schedule, k: Kernel, number: int, pointer: Callable[[Value], ir.Value],
+                slot: dict[str, ir.Value], run: ir.Value | None) -> None:
+        """Define kernel `k`'s function and call it (or post it to the pool) from the step."""
+        m, target, threads = self.m, self.target, self.threads
         args = _distinct(k, s.plan.place)
         parallel = run is not None and _worth_splitting(k, target)
         # after the buffer pointers: the fault slot where indices come from data or loops are
         # checked, a GEMM's scratch, an extern kernel's function
-        checked = check_bounds and (k.kind in LOOPS or _epilogue(k) is not None)
+        checked = self.check_bounds and (k.kind in LOOPS or _epilogue(k) is not None)
         faults = checked or k.indexes_data
         extra = [slot[name] for name, used in (("fault", faults), ("scratch", k.kind is KernelKind.CONTRACT))
                  if used] + ([slot[_extern_slot(k)]] if k.kind is KernelKind.EXTERN else [])
         types = ([LLTYPES[v.dtype].as_pointer() for v in args] + [I8P] * len(extra)
                  + ([I64, I64] if parallel else []))
-        fn = ir.Function(m, ir.FunctionType(ir.VoidType(), types), f"k{i}_{k.name}")
+        fn = ir.Function(m, ir.FunctionType(ir.VoidType(), types), f"k{number}_{k.name}")
         fn.linkage = "internal"
         shared = {p for p in (s.plan.place[v] for v in k.inputs + k.outputs)
                   if sum(s.plan.place[v] == p for v in set(k.inputs + k.outputs)) > 1}
@@ -111,9 +200,9 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
                 a.add_attribute("noalias")
         arg_of = {v: fn.args[args.index(_first(args, v, s.plan.place))] for v in k.inputs + k.outputs}
         ptrs = [pointer(v) for v in args] + extra
-        fault = Fault(fn.args[len(args)], i, checked) if faults else None
-        start = b.call(clock, []) if cycles else None
+        fault = Fault(fn.args[len(args)], number, checked) if faults else None
         if parallel:
+            assert run is not None
             _emit_share(m, fn, k, arg_of, target, threads, fault)
             _post(b, run, slot["pool"], _task(fn), ptrs, threads)
             if k.kind is KernelKind.CONTRACT and _k_split(k.nodes[0], target, threads):
@@ -123,12 +212,78 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
         else:
             _emit_kernel(m, fn, k, arg_of, target, fault)
             b.call(fn, ptrs)
-        if cycles:
-            total = b.gep(cycles, [ir.Constant(I64, i)])
-            b.store(b.add(b.load(total), b.sub(b.call(clock, []), start)), total)
-    restore_fp_control(b, target, control)
-    b.ret_void()
-    return m
+
+
+def _emit_scan(b: ir.IRBuilder, k: Kernel, body: Schedule, step: ir.Function,
+               pointer: Callable[[Value], ir.Value], slot: dict[str, ir.Value], names: list[str],
+               work: int) -> None:
+    """Run a scan kernel: for each step t (counting down where reverse), fill the body's table
+    (the carries it starts from, step t of each sequence, the invariants, where its outputs go)
+    and call its step; outputs the body's plan keeps elsewhere (a carry passed through, a y that
+    is the new carry) are copied where they belong. The final carries are copied out at the end."""
+    lp, w = loop(k), _work(k, body)
+    plan, g = body.plan, body.graph
+    outs = list(g.outputs.values())
+    steps = k.nodes[0].inputs[lp.carries].dims[0]
+    base = b.gep(slot["scratch"], [ir.Constant(I64, work)])
+    at = lambda off: b.gep(base, [ir.Constant(I64, off)])
+    stored = {n.attrs["result"]: b.bitcast(pointer(n.out), I8P) for n in k.nodes}
+    operand = [b.bitcast(pointer(v), I8P) if v.const is None else None for v in k.nodes[0].inputs]
+    table = b.alloca(I8P, len(plan.buffers) + len(names))
+    put = lambda i, p: b.store(p, b.gep(table, [ir.Constant(I64, i)]))
+    for i, name in enumerate(names):
+        put(len(plan.buffers) + i, slot[name])
+    current = b.alloca(I8P, max(lp.carries, 1))  # the carries the next step starts from
+    for c in range(lp.carries):
+        b.store(operand[c], b.gep(current, [ir.Constant(I64, c)]))
+    out_names = list(g.outputs)
+
+    def step_at(t: ir.Value) -> None:
+        t = b.sub(ir.Constant(I64, steps - 1), t) if lp.reverse else t
+        odd = b.trunc(t, ir.IntType(1))
+        ptr: dict[int, ir.Value] = {}  # body buffer -> its address this step
+        for j, inp in enumerate(g.inputs):
+            if j < lp.carries:
+                ptr[j] = b.load(b.gep(current, [ir.Constant(I64, j)]))
+            elif j < lp.carries + lp.xs:
+                v = inp.value
+                ptr[j] = b.gep(operand[j], [b.mul(t, ir.Constant(I64, nbytes(v)))])
+            else:
+                ptr[j] = operand[j]
+        dest = {}
+        for r, v in enumerate(outs):
+            if r < lp.carries:
+                even, odd_at = w.carries[r]
+                dest[r] = b.select(odd, at(odd_at), at(even))
+            elif r in stored:  # step t of the stacked result
+                dest[r] = b.gep(stored[r], [b.mul(t, ir.Constant(I64, nbytes(v)))])
+            else:
+                dest[r] = at(w.unstored[r])
+        for j, buf in enumerate(plan.buffers):
+            if buf.role == "output":
+                ptr[j] = dest[out_names.index(buf.name)]
+            elif buf.role == "arena":
+                ptr[j] = at(w.arena)
+        for j, p in ptr.items():
+            put(j, p)
+        b.call(step, [table])
+        for r, v in enumerate(outs):
+            buf, off = plan.place[v]
+            if plan.buffers[buf].role != "output" or plan.buffers[buf].name != out_names[r]:
+                src = b.gep(ptr[buf], [ir.Constant(I64, off)]) if off else ptr[buf]
+                _copy(b, src, dest[r], nbytes(v))
+        for c in range(lp.carries):
+            b.store(dest[c], b.gep(current, [ir.Constant(I64, c)]))
+
+    for_range(b, steps, step_at, vectorize=False)
+    for r in range(lp.carries):
+        if r in stored:
+            _copy(b, b.load(b.gep(current, [ir.Constant(I64, r)])), stored[r], nbytes(outs[r]))
+
+
+def _copy(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, size: int) -> None:
+    memcpy = b.module.declare_intrinsic("llvm.memcpy", [I8P, I8P, I64])
+    b.call(memcpy, [dst, src, ir.Constant(I64, size), ir.Constant(ir.IntType(1), 0)])
 
 
 def _first(args: list[Value], v: Value, place: dict) -> Value:

@@ -381,6 +381,8 @@ class _Lowerer:
             return self._inline(self.layers[target], c, fr)
         if target in BUILTINS:
             return self._builtin(BUILTINS[target], c, fr)
+        if target == "scan":
+            return self._scan(c, fr)
         if c.scope is not None:
             raise GraphcError(f"`as` names a layer instance, but {c.func} is not a layer", c.scope.loc)
         if target == "id":
@@ -510,6 +512,51 @@ class _Lowerer:
             raise GraphcError(f"{layer.name} takes a tensor, got the number {x}", c.positional[0].loc)
         scope = self._instance_scope(layer.name, c, caller)
         return layer.emit(Instance(Builder(self.graph, c.loc, scope), self.training), x, **args)
+
+    def _scan(self, c: ast.Call, fr: _Frame) -> Value:
+        """`scan(cell, xs, init, ARG=..., ...) [as NAME]`: the cell, a layer taking (x, carry) and
+        returning the new carry, run at each step of xs (along axis 0) from carry init; the carries
+        after every step, stacked [T, ...]. The cell is lowered once, into the loop's body: its params
+        (NAME.W, ...) are the model's, shared by every step; ARGs are its other arguments."""
+        usage = "scan(cell, xs, init): cell is a layer cell(x, carry) -> new carry"
+        if len(c.positional) != 3:
+            raise GraphcError(f"scan takes a cell layer, a sequence and an initial carry, got "
+                              f"{len(c.positional)} arguments", c.loc, hint=usage)
+        cell_e, xs_e, init_e = c.positional
+        layer = self.layers.get(fr.fns.get(cell_e.id, cell_e.id)) if isinstance(cell_e, ast.Name) else None
+        if layer is None:
+            raise GraphcError("scan's cell must be a layer of this file", cell_e.loc, hint=usage)
+        xs, init = self._tensor(xs_e, fr), self._tensor(init_e, fr)
+        for e, v in ((xs_e, xs), (init_e, init)):
+            if not isinstance(v, Value) or (v is xs and not v.type.rank):
+                raise GraphcError("scan's sequence and carry must be tensors, the sequence with a step "
+                                  "axis (axis 0)", e.loc, hint=usage)
+        assert isinstance(xs, Value) and isinstance(init, Value)
+        body = Graph(f"{_join(fr.scope, c.scope.id if c.scope else 'scan')}.cell")
+        x = Value("x", TensorType(xs.dtype, xs.shape[1:]))
+        carry = Value("carry", init.type)
+        body.inputs = [Input(carry), Input(x)]
+        caller = _Frame(fr.scope, fr.dims, {**fr.values, "@x": x, "@carry": carry}, dict(fr.fns))
+        call = ast.Call(layer.name, [ast.Name("@x", xs_e.loc), ast.Name("@carry", init_e.loc), *c.kwargs],
+                        c.scope, c.loc)
+        outer, self.graph, self.b = (self.graph, self.b), body, Builder(body)
+        try:
+            new = self._inline(layer, call, caller)
+        finally:
+            self.graph, self.b = outer
+        if body.state or body.updates:
+            raise GraphcError("a scan's cell cannot keep state (batch_norm's statistics, dropout's "
+                              "step counter)", c.loc)
+        if new.type != carry.type:
+            raise GraphcError(f"scan's cell must return its carry's type {carry.type}, got {new.type}",
+                              c.loc, hint=usage)
+        weights = [Value(p.value.name, p.value.type) for p in body.params]
+        self.graph.params += [Param(w, p.init, p.init_args, p.loc) for w, p in zip(weights, body.params)]
+        body.inputs += [Input(p.value) for p in body.params]
+        body.params = []
+        body.outputs = {"carry": new, "y": new}
+        return self._apply("scan", [init, xs, *weights], {"body": body, "carries": 1, "xs": 1, "result": 1},
+                           c.loc, fr)
 
     def _bind_args(self, layer: ast.Layer, c: ast.Call, caller: _Frame, fr: _Frame) -> dict[str, Dim]:
         """Match call arguments to the layer's parameters; returns the dims they bind."""

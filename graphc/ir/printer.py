@@ -2,7 +2,8 @@
 
 The text carries everything the graph means (leaf initializers, nograd flags, input defaults, bound
 dims, which output is the loss and which are metrics), so graphc.ir.parse_text reads it back; of a
-node's source position it keeps the file name and line.
+node's source position it keeps the file name and line. A loop's body graph (a scan's) is printed
+after the graph that runs it, named where it is used (`body=@rnn.cell`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from graphc.ir.graph import OPS, Graph, Input, Node, Param, Value
 
 
 def fmt_attr(v: Any) -> str:
+    if isinstance(v, Graph):  # a loop's body, printed after the graph that runs it
+        return f"@{v.name}"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (tuple, list)):
@@ -85,4 +88,5 @@ def print_graph(g: Graph) -> str:
     for t, v in g.updates:
         lines.append(f"  {t.name} <- {ref(v)}")
     lines.append("}")
-    return "\n".join(lines)
+    bodies = {id(a): a for n in g.nodes for a in n.attrs.values() if isinstance(a, Graph)}
+    return "\n".join(lines + [print_graph(body) for body in bodies.values()])

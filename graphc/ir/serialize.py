@@ -17,6 +17,8 @@ def _type(t: TensorType) -> dict:
 
 
 def _attr(v: Any) -> Any:
+    if isinstance(v, Graph):  # a loop's body
+        return to_json(v)
     return [_attr(e) for e in v] if isinstance(v, (tuple, list)) else v
 
 
@@ -59,6 +61,8 @@ def from_json(d: dict) -> Graph:
         return TensorType(t["dtype"], tuple(t["shape"]))
 
     def attr(v: Any) -> Any:
+        if isinstance(v, dict):  # a loop's body
+            return from_json(v)
         return tuple(attr(e) for e in v) if isinstance(v, list) else v
 
     def const(a: dict) -> Value:

@@ -17,6 +17,8 @@ def verify(g: Graph, bound: bool = False) -> None:
     defined = set(g.leaves())
     for n in g.nodes:
         check(n.op in OPS, f"unknown op {n.op}")
+        for body in (a for a in n.attrs.values() if isinstance(a, Graph)):
+            verify(body, bound)
         for v in n.inputs:
             check(v.const is not None or v in defined, f"{n.out.name}: {v.name} used before definition")
         try:

@@ -10,7 +10,7 @@ everything codegen needs (codegen reads no op attributes):
   value of input j, an i32 tensor, read at the output index through j's own map: a gather); the
   default is NumPy broadcasting. Elementwise chains fuse into one loop nest, gathers included.
 - `Reduce(kind)` -> `Reduction(kind, axes)`: sum or max over axes; fuses its elementwise prologue.
-- `Described(describe)`: the node states its descriptor, one of these three:
+- `Described(describe)`: the node states its descriptor, one of these four:
   - `Contraction(m, n, k, ta, tb, batch)`: run by the generated GEMM, once per product of its batch axes.
   - `Scatter(rows, positions, width)`: a zeroed [rows, width] output to
     which each index position adds its row of `width` values at the row its index names; threads
@@ -19,6 +19,8 @@ everything codegen needs (codegen reads no op attributes):
   - `Extern(slot)`: the input copied to the output, then a call to the function
     whose pointer sits in the step table's slot `extern:<slot>`, given the output's address, element
     count and dtype code (its index in DTYPES), to update it in place (an allreduce, a callback).
+  - `Loop(body, carries, xs, reverse)`: a scan (ops/control.py): the body graph run once per step of
+    its sequences, compiled once whatever their length.
 - `View()`: the output aliases the input's buffer (reshape).
 - `Decompose(fn)`: the op is rewritten into other ops before scheduling; `fn(b, *inputs, **attrs)`
   emits them with a Builder and returns the result value. It has no descriptor.
@@ -190,13 +192,26 @@ class Extern:
 
 
 @dataclass(frozen=True)
+class Loop:
+    """A scan: the node's inputs are `carries` initial carries, `xs` sequences (stepped along axis 0,
+    from the last step where `reverse`) and loop-invariant operands, the body's inputs in that
+    order; its outputs are the new carries, then per-step values stacked along a new axis 0. Each
+    node of the scan is one of those results (ops/control.py)."""
+
+    body: Any  # the body Graph (graphc.ir.graph; kept opaque here like the rest of this vocabulary)
+    carries: int
+    xs: int
+    reverse: bool
+
+
+@dataclass(frozen=True)
 class Described:
     """The rule of an op whose node states its own descriptor: `describe(node)` (a contraction,
-    a scatter, an external call)."""
+    a scatter, an external call, a loop)."""
 
-    describe: Callable[[Node], "Contraction | Scatter | Extern"]
+    describe: Callable[[Node], "Contraction | Scatter | Extern | Loop"]
 
-    def at(self, n: Node) -> "Contraction | Scatter | Extern":
+    def at(self, n: Node) -> "Contraction | Scatter | Extern | Loop":
         return self.describe(n)
 
 
@@ -212,7 +227,7 @@ class Decompose:
 
 
 Lowering = Elementwise | Reduce | Described | View | Decompose  # an op's rule
-Lowered = Pointwise | Reduction | Contraction | Scatter | Extern | View            # a node's descriptor
+Lowered = Pointwise | Reduction | Contraction | Scatter | Extern | Loop | View           # a node's descriptor
 
 
 def broadcast_maps(in_types: list, out_type: Any, attrs: dict) -> list[Map]:

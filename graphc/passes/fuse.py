@@ -9,7 +9,8 @@
   in cache, with no second pass. `EPILOGUE_BARS` names the nodes that stay out, each with its
   reason (the measurements are in docs/perf.md).
 - A scatter-add, an external call and a view are kernels of their own (they read their inputs
-  whole; a scatter writes rows its indices pick).
+  whole; a scatter writes rows its indices pick). So is a scan: one kernel for all of its result
+  nodes, a loop that runs its body's own schedule (passes/pipeline.py) once per step.
 Joining is refused when it would make the kernel depend on itself through another kernel.
 Kernels are then ordered topologically, with one more rule from the design: the kernel that writes
 a param or state in place runs after every kernel that reads its old value.
@@ -23,7 +24,7 @@ from enum import Enum
 
 from graphc.errors import InternalError
 from graphc.ir.graph import Graph, Node, Value
-from graphc.ops.lowering import Contraction, Extern, Indexed, Map, Pointwise, Reduction, Scatter, View
+from graphc.ops.lowering import Contraction, Extern, Indexed, Loop, Map, Pointwise, Reduction, Scatter, View
 from graphc.ops.registry import lowered
 
 
@@ -33,11 +34,12 @@ class KernelKind(Enum):
     CONTRACT = "contract"  # a GEMM and its elementwise epilogue
     SCATTER = "scatter"    # rows added into a zeroed output at data-dependent indices
     EXTERN = "extern"      # a copy, then a call through the step's table
+    SCAN = "scan"          # a loop running a body graph's kernels once per step
     VIEW = "view"
 
 
 WHOLE = {Contraction: KernelKind.CONTRACT, Scatter: KernelKind.SCATTER, Extern: KernelKind.EXTERN,
-         View: KernelKind.VIEW}  # the kernel a node of each descriptor starts, reading its inputs whole
+         Loop: KernelKind.SCAN, View: KernelKind.VIEW}  # the kernel a node of each descriptor starts, reading its inputs whole
 
 
 LOOPS = (KernelKind.ELEMENTWISE, KernelKind.REDUCE)  # the kernels that are one loop nest
@@ -61,6 +63,11 @@ class Kernel:
         return self.kind is KernelKind.SCATTER or any(
             isinstance(a, Indexed) for n in self.nodes if isinstance(lowered(n), Pointwise)
             for m in input_maps(n) for a in m)
+
+
+def same_loop(a: Node, b: Node) -> bool:
+    """Two results of one scan: the same body over the same operands."""
+    return a.attrs["body"] is b.attrs["body"] and a.inputs == b.inputs and a.attrs["reverse"] == b.attrs["reverse"]
 
 
 def input_maps(n: Node) -> tuple[Map, ...]:
@@ -173,8 +180,10 @@ def fuse(g: Graph) -> list[Kernel]:
             if isinstance(d, Reduction):
                 k.kind = KernelKind.REDUCE  # closes the kernel: nothing joins after its reduction
         else:
-            k = Kernel(WHOLE[type(d)], n.out.dims)
-            kernels.append(k)
+            k = next((k for k in kernels if isinstance(d, Loop) and k.kind is KernelKind.SCAN
+                      and same_loop(k.nodes[0], n)), None) or Kernel(WHOLE[type(d)], n.out.dims)
+            if k not in kernels:
+                kernels.append(k)
         k.nodes.append(n)
         kernel_of[n] = k
 
@@ -193,7 +202,7 @@ def _connect(g: Graph, kernels: list[Kernel], kernel_of: dict[Node | None, Kerne
         inside = set(k.nodes)
         for n in k.nodes:
             # a GEMM, scatter, call or view reads its inputs whole; only an epilogue follows the loop's index
-            whole = n is k.nodes[0] and k.kind not in LOOPS
+            whole = k.kind not in LOOPS and (n is k.nodes[0] or k.kind is KernelKind.SCAN)
             maps = (None,) * len(n.inputs) if whole else input_maps(n)
             for v, m in zip(n.inputs, maps):
                 internal = v.producer in inside and m is not None and identity_access(v, m, k.space)

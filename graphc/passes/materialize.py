@@ -8,7 +8,7 @@ or a view reads its operands from memory, so a constant operand there (the cotan
 
 from __future__ import annotations
 
-from graphc.ir.graph import Builder, Graph, Node, Value
+from graphc.ir.graph import Builder, Graph, Node, TensorType, Value
 from graphc.ir.rewrite import rewrite
 from graphc.ops import REGISTRY
 from graphc.ops.lowering import Elementwise, Reduce
@@ -19,11 +19,20 @@ def materialize(g: Graph) -> Graph:
     if not any(reads_memory(n) and any(v.const is not None for v in n.inputs) for n in g.nodes):
         return g  # the usual case: no graph rebuild, which would run every shape rule again
 
+    # one fill per constant and graph (the nodes of one scan share their operands)
+    fills: dict[tuple[int, float, TensorType], Value] = {}
+
+    def fill(b: Builder, a: Value) -> Value:
+        if a.const is None:
+            return a
+        key = (id(b.graph), a.const, a.type)
+        if key not in fills:
+            fills[key] = b.broadcast_to(b.const(a.const, a.dtype), shape=a.shape)
+        return fills[key]
+
     def rule(b: Builder, n: Node, args: list[Value], attrs: dict) -> Value | None:
         if not reads_memory(n) or all(a.const is None for a in args):
             return None
-        filled = [b.broadcast_to(b.const(a.const, a.dtype), shape=a.shape) if a.const is not None else a
-                  for a in args]
-        return b.op(n.op, *filled, name_out=n.out.name, **attrs)
+        return b.op(n.op, *[fill(b, a) for a in args], name_out=n.out.name, **attrs)
 
     return rewrite(g, rule)

@@ -118,7 +118,7 @@ class Step:
         threads = pool.threads if pool else 1
         self._scratch = aligned((max(scratch_bytes(sched, target, threads), 1),), np.uint8)
         # a profiling build adds each kernel's cycles to this array (one entry per scheduled kernel)
-        self.cycles = np.zeros(len(sched.kernels), np.int64) if profile else None
+        self.cycles = np.zeros(len(sched.every_kernel()), np.int64) if profile else None
         names = table_slots(sched, threads, profile, check_bounds)
         # the first bad index a kernel met: kernel + 1, site, index, bound (codegen.kernels.Fault)
         self.fault = np.zeros(4, np.int64) if "fault" in names else None
@@ -151,7 +151,7 @@ class Step:
         if self.fault is not None and self.fault[0]:
             kernel, site, index, bound = (int(x) for x in self.fault)
             self.fault[:] = 0
-            k = self.schedule.kernels[kernel - 1]
+            k = self.schedule.every_kernel()[kernel - 1]
             if site:
                 n = k.nodes[site - 1]
                 raise IndexFault(f"{n.op}: index {index} out of range [0, {bound})", n.loc)

@@ -1,0 +1,155 @@
+"""A loop over a body graph: `scan`, the recurrence of RNNs and LSTMs (JAX's `lax.scan`).
+
+    scan(init_1..init_K, xs_1..xs_M, const_1..const_P; body, carries=K, xs=M, reverse, result)
+
+The body is a graph whose inputs are K carries, one step of each of the M sequences (their axis 0
+dropped) and the P loop-invariant operands (the weights a recurrent cell shares across time); its
+outputs are the K new carries, then per-step values y_1..y_Y. Step t runs the body on the carries
+of step t - 1 (the inits at the first step) and xs[t], from t = 0 up, or down where `reverse`. The
+scan's results are the K final carries, then each y stacked along a new axis 0 ([T, ...]). A node
+is one result (`result` indexes them); the nodes of one scan share its inputs and body, and codegen
+runs them as one loop, so the body is compiled once whatever the sequence length.
+
+Its vjp is a scan too, running the other way: its carries are the cotangents of the forward carries
+and the gradients of the loop-invariant operands, summed over the steps; at each step it recomputes
+the body from the saved carries (the stacked ones; the frontend's body returns its new carry as a y)
+and pulls the cotangents back through it (graphc.ops.backprop).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.ir.graph import Builder, Graph, Input, Node, TensorType, Value
+from graphc.ir.rewrite import inline, rewrite
+from graphc.ops.backprop import backprop
+from graphc.ops.lowering import Described, Loop
+from graphc.ops.reference import evaluate
+from graphc.ops.registry import OpDef, is_int, register, require
+
+
+def _parts(xs: list, attrs: dict) -> tuple[list, list, list]:
+    """Split a scan's operands (or their types) into carries, sequences and loop invariants."""
+    k, m = attrs["carries"], attrs["xs"]
+    return xs[:k], xs[k:k + m], xs[k + m:]
+
+
+def _step_type(t: TensorType) -> TensorType:
+    return TensorType(t.dtype, t.shape[1:])
+
+
+def _shape(ts: list[TensorType], attrs: dict) -> TensorType:
+    body, k, m, r = attrs["body"], attrs["carries"], attrs["xs"], attrs["result"]
+    require(isinstance(body, Graph), "body must be a graph")
+    require(is_int(k) and k >= 0 and is_int(m) and m >= 1, "a scan has carries >= 0 and at least one sequence")
+    ins = [i.value.type for i in body.inputs]
+    require(not body.params and not body.state, "a scan's body takes its weights as inputs")
+    require(len(ts) == len(ins), f"the body takes {len(ins)} operands, the scan has {len(ts)}")
+    inits, seqs, consts = _parts(ts, attrs)
+    require(all(t.rank >= 1 for t in seqs), "a sequence has a step axis (axis 0)")
+    steps = {t.shape[0] for t in seqs}
+    require(len(steps) == 1, f"the sequences differ in length: {sorted(map(str, steps))}")
+    for i, (got, want) in enumerate(zip(inits + [_step_type(t) for t in seqs] + consts, ins)):
+        require(got == want, f"operand {i} is {got} but the body's input {body.inputs[i].value.name} is {want}")
+    outs = [v.type for v in body.outputs.values()]
+    require(outs[:k] == ins[:k], f"the body's new carries {[str(t) for t in outs[:k]]} must have "
+                                 f"the carries' types {[str(t) for t in ins[:k]]}")
+    require(is_int(r) and 0 <= r < len(outs), f"result {r} of {len(outs)}")
+    return outs[r] if r < k else TensorType(outs[r].dtype, (seqs[0].shape[0], *outs[r].shape))
+
+
+def _ref(*arrays: np.ndarray, body: Graph, carries: int, xs: int, reverse: bool, result: int) -> np.ndarray:
+    inits, seqs, consts = _parts(list(arrays), {"carries": carries, "xs": xs})
+    steps = range(len(seqs[0]))
+    ys: dict[int, list[np.ndarray]] = {}
+    for t in reversed(steps) if reverse else steps:
+        outs = evaluate(body, [*inits, *(s[t] for s in seqs), *consts])
+        inits, ys[t] = outs[:carries], outs[carries:]
+    return inits[result] if result < carries else np.stack([ys[t][result - carries] for t in steps])
+
+
+def _stacked_carries(b: Builder, n: Node) -> list[Value]:
+    """Each carry's values after every step, [T, ...]: results of n's scan where its body returns
+    the new carry as a y too (the frontend's does), else of a scan whose body does."""
+    body, k = n.attrs["body"], n.attrs["carries"]
+    outs = list(body.outputs.values())
+    if any(v not in outs[k:] for v in outs[:k]):
+        body = rewrite(body)
+        news = list(body.outputs.values())[:k]
+        body.outputs |= {f"carry{i}": v for i, v in enumerate(news) if v not in list(body.outputs.values())[k:]}
+        outs = list(body.outputs.values())
+    result = lambda r: n.out if body is n.attrs["body"] and r == n.attrs["result"] else \
+        b.op("scan", *n.inputs, **{**n.attrs, "body": body, "result": r})
+    return [result(outs.index(v, k)) for v in outs[:k]]
+
+
+def _previous(b: Builder, init: Value, stacked: Value, reverse: bool) -> Value:
+    """The carry each step starts from: init at the first step, then the one the step before made."""
+    t = stacked.shape[0]
+    first = b.reshape(init, shape=(1, *init.shape))
+    if t == 1:
+        return first
+    rest = b.slice(stacked, axis=0, start=1, stop=t) if reverse else b.slice(stacked, axis=0, start=0, stop=t - 1)
+    return b.concat(rest, first, axis=0) if reverse else b.concat(first, rest, axis=0)
+
+
+def _vjp(b: Builder, n: Node, g: Value) -> list[Value | None]:
+    body, k, r = n.attrs["body"], n.attrs["carries"], n.attrs["result"]
+    inits, seqs, consts = _parts(n.inputs, n.attrs)
+    ins = [i.value for i in body.inputs]
+    outs = list(body.outputs.values())
+    trained = [j for j, c in enumerate(consts) if c.type.is_float]  # loop invariants with a gradient
+    stacked = _stacked_carries(b, n)
+    prevs = [_previous(b, init, s, n.attrs["reverse"]) for init, s in zip(inits, stacked)]
+    # the backward body: carries (cotangents of the carries, gradient sums of the invariants), steps
+    # (the carries each forward step started from, its xs, the cotangent of its y), invariants
+    back = Graph(f"{body.name}.vjp")
+    leaf = lambda name, t: (back.inputs.append(Input(Value(name, t))), back.inputs[-1].value)[1]
+    d_carry = [leaf(f"d.{v.name}", v.type) for v in ins[:k]]
+    sums = [leaf(f"d.{ins[len(ins) - len(consts) + j].name}", consts[j].type) for j in trained]
+    prev = [leaf(v.name, v.type) for v in ins[:k]]
+    step = [leaf(v.name, v.type) for v in ins[k:k + len(seqs)]]
+    d_y = [leaf("d.y", _step_type(g.type))] if r >= k else []
+    inv = [leaf(v.name, v.type) for v in ins[k + len(seqs):]]
+    bb = Builder(back, n.loc, n.scope)
+    fwd = inline(bb, body, prev + step + inv)
+    seeds: dict[Value, Value] = {}
+    for v, d in zip(fwd, d_carry + [None] * (len(fwd) - k)):
+        if d is not None:
+            seeds[v] = bb.add(seeds[v], d) if v in seeds else d
+    if r >= k:
+        v = fwd[r]
+        seeds[v] = bb.add(seeds[v], d_y[0]) if v in seeds else d_y[0]
+    d = backprop(back, seeds, prev + step + inv)
+    zeros = lambda v: bb.broadcast_to(bb.const(0.0, v.dtype), shape=v.shape)
+    new_carries = [d[v] or zeros(v) for v in prev]
+    new_sums = [s if d[inv[j]] is None else bb.add(s, d[inv[j]]) for s, j in zip(sums, trained)]
+    d_steps = [d[v] or zeros(v) for v in step]
+    back.outputs = {f"c{i}": v for i, v in enumerate(new_carries + new_sums)} | \
+                   {f"y{i}": v for i, v in enumerate(d_steps)}
+    zero = lambda v: b.const(0.0, v.dtype, v.shape)
+    operands = ([g if i == r else zero(v) for i, v in enumerate(inits)] + [zero(consts[j]) for j in trained]
+                + prevs + seqs + ([g] if r >= k else []) + consts)
+    attrs = {"body": back, "carries": k + len(trained), "xs": k + len(seqs) + (r >= k),
+             "reverse": not n.attrs["reverse"]}
+    result = lambda i: b.op("scan", *operands, **attrs, result=i)
+    d_consts: list[Value | None] = [None] * len(consts)
+    for i, j in enumerate(trained):
+        d_consts[j] = result(k + i)
+    d_inits: list[Value | None] = [result(i) if v.type.is_float else None for i, v in enumerate(inits)]
+    d_seqs: list[Value | None] = [result(k + len(trained) + i) if v.type.is_float else None
+                                  for i, v in enumerate(seqs)]
+    return d_inits + d_seqs + d_consts
+
+
+def _loop(n: Node) -> Loop:
+    a = n.attrs
+    return Loop(a["body"], a["carries"], a["xs"], a["reverse"])
+
+
+register(OpDef(
+    "scan", 0, _shape, _vjp, _ref, Described(_loop),
+    {"carries": 1, "xs": 1, "reverse": False, "result": 0},
+    "init..., xs..., invariants...; body, carries, xs, reverse, result -> the final carries, then "
+    "the body's per-step values stacked on a new axis 0 (written `scan(cell, xs, init)` in .net)"))
+
