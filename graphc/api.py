@@ -77,13 +77,14 @@ class Model:
         count = sum(math.prod(p.value.dims) for p in self._train_graph.params)
         return f"<graphc.Model {self.name}: {count} params, batch {self.batch}>"
 
-    def step(self, lr: float | None = None, **inputs: np.ndarray | float) -> dict[str, float]:
+    def step(self, lr: float | None = None, **inputs: np.ndarray | float) -> dict[str, float | np.ndarray]:
         """One training step on a batch (forward, backward, update: one native call): each input
-        by name with the shape the model gives it at this batch. Returns the loss and metrics;
-        the params are updated in place. `lr` defaults to the train block's."""
+        by name with the shape the model gives it at this batch. Returns the loss and metrics as
+        floats (and any other output the model declares, as an array); the params are updated in
+        place. `lr` defaults to the train block's."""
         compiled = self._compile("step", lambda: self._train_graph)
         out = self._run(compiled, {LR: learning_rate(self.program, lr), **inputs})
-        return {k: float(v) for k, v in out.items()}
+        return {k: float(v) if v.ndim == 0 else v.copy() for k, v in out.items()}
 
     def grad(self, **inputs: np.ndarray | float) -> dict[str, np.ndarray | float]:
         """The loss, metrics and gradients on a batch, without an update: `d.NAME` for each param

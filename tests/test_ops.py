@@ -15,6 +15,23 @@ from graphc.ops import REGISTRY, ShapeError
 F = lambda *s: TensorType("f32", s)
 I = lambda *s: TensorType("i32", s)
 
+
+
+def _cell() -> Graph:
+    """A scan body: carries h [3, 4] and a running sum [4], one step x [3, 2], weights w [2, 4];
+    per-step values: the new h and a product that is no carry."""
+    g = Graph("cell")
+    h, acc, x, w = (Value(n, t) for n, t in (("h", F(3, 4)), ("acc", F(4)), ("x", F(3, 2)), ("w", F(2, 4))))
+    g.inputs = [Input(v) for v in (h, acc, x, w)]
+    b = Builder(g)
+    new = b.tanh(b.add(b.mul(h, 0.5), b.matmul(x, w)))
+    g.outputs = {"h": new, "acc": b.add(acc, b.sum(new, axes=0)), "y0": new, "y1": b.mul(new, h)}
+    return g
+
+
+CELL = _cell()
+SCAN = (F(3, 4), F(4), F(5, 3, 2), F(2, 4))  # inits, 5 steps of x, the weights
+
 # Generic input patterns by arity; ops needing attrs or special operands list their own cases.
 GENERIC = {1: [((F(3, 5),), {}), ((F(2, 3, 4),), {})],
            2: [((F(3, 5), F(3, 5)), {}), ((F(3, 5), F(5)), {}), ((F(3, 1), F(1, 5)), {}),
@@ -62,6 +79,9 @@ CASES = {
     "scatter_add": [((F(4, 3), I(4)), {"rows": 5}), ((F(2, 3, 4), I(2, 3)), {"rows": 6}),
                     ((F(3, 2), I(3, 2)), {"rows": 4})],
     "extern_call": [((F(3, 5),), {"slot": "cb"})],
+    # each result: a final carry, per-step values (one the carry itself), forwards and backwards
+    "scan": [(SCAN, {"body": CELL, "carries": 2, "result": r, "reverse": rev}) for r in range(4)
+             for rev in (False, True)],
 }
 CASES["fold"].append(((F(3, 1, 1, 2, 4, 2),), {"size": (5, 4), "kernel": (2, 3)}))  # one value per patch
 CASES["fold_taps"] = CASES["fold"]

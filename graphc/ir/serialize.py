@@ -60,9 +60,14 @@ def from_json(d: dict) -> Graph:
     def ttype(t: dict) -> TensorType:
         return TensorType(t["dtype"], tuple(t["shape"]))
 
+    bodies: dict[str, Graph] = {}  # the nodes of one scan share its body
+
     def attr(v: Any) -> Any:
         if isinstance(v, dict):  # a loop's body
-            return from_json(v)
+            key = json.dumps(v, sort_keys=True)
+            if key not in bodies:
+                bodies[key] = from_json(v)
+            return bodies[key]
         return tuple(attr(e) for e in v) if isinstance(v, list) else v
 
     def const(a: dict) -> Value:
