@@ -3,6 +3,8 @@ float64 central differences of the ref, plus random broadcasting cases. Shapes a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -220,6 +222,25 @@ def test_vjp_matches_numerical_gradient(name, i, case, loss):
                 vals.append(f(xp))
             num[k] = (vals[0] - vals[1]) / (2 * h)
         np.testing.assert_allclose(out[f"d.x{j}"], num, rtol=1e-6, atol=1e-7, err_msg=f"d/d x{j}")
+
+
+@pytest.mark.parametrize("dtype,ulps", [("f32", 1.5), ("f64", 2.0)])
+def test_erf_within_ulps_over_its_whole_range(dtype, ulps):
+    """The generated erf is a polynomial per range (codegen/scalar.py), checked beyond the sampled
+    cases: tiny, negative, around the switch at 1, the tail where it rounds to 1, 0, -0, inf, NaN."""
+    npt = NP_DTYPES[dtype]
+    x = np.concatenate([np.linspace(-7, 7, 4001), 10.0 ** -np.arange(1, 30), -(10.0 ** -np.arange(1, 30)),
+                        np.nextafter(1.0, [0.0, 2.0]), [0.0, -0.0, np.inf, -np.inf, np.nan]]).astype(npt)
+    g = Graph("erf")
+    v = Value("x", TensorType(dtype, x.shape))
+    g.inputs = [Input(v)]
+    g.outputs = {"y": Builder(g).erf(v)}
+    g.loss = "y"
+    got = compile_graph(g).step(x=x)["y"]
+    want = np.array([math.erf(t) for t in x.astype(np.float64)])  # math.erf(nan) is nan
+    ulp = np.spacing(np.abs(want).astype(npt)).astype(np.float64)
+    np.testing.assert_array_less(np.abs(got - want)[~np.isnan(want)] / ulp[~np.isnan(want)], ulps)
+    assert np.isnan(got[-1]) and np.signbit(got[-4])  # erf(-0) = -0
 
 
 def test_fan_out_gradients_add_up():

@@ -180,7 +180,7 @@ EMITTERS: dict[str, Emitter] = {
     "gt": _compare("Greater"), "eq": _compare("Equal"),
     "neg": _op("Neg"), "exp": _op("Exp"), "log": _op("Log"), "sqrt": _op("Sqrt"), "tanh": _op("Tanh"),
     "sigmoid": _op("Sigmoid"), "relu": _op("Relu"), "maximum": _op("Max"), "minimum": _op("Min"),
-    "sin": _op("Sin"), "cos": _op("Cos"), "floor": _op("Floor"),
+    "sin": _op("Sin"), "cos": _op("Cos"), "floor": _op("Floor"), "erf": _op("Erf"),
     "leaky_relu": lambda e, n, xs: e.node("LeakyRelu", xs, alpha=float(n.attrs["alpha"])),
     "broadcast_to": lambda e, n, xs: e.node("Expand", [xs[0], e.shape(n.out.shape)]),
     "transpose": _transpose,

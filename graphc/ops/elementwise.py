@@ -3,6 +3,8 @@ comparisons."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from graphc.ir.graph import TensorType
@@ -104,6 +106,15 @@ unary("floor", None, np.floor, lambda s, x: s.floor(x),
       "x: T[s] -> T[s], the largest whole number <= x (no gradient: piecewise constant)")
 unary("tanh", lambda b, n, g: [b.mul(g, b.sub(1.0, b.mul(n.out, n.out)))], np.tanh,
       lambda s, x: s.tanh(x))
+
+
+def _erf_ref(x: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[x.dtype])(x)  # NumPy has no erf
+
+
+unary("erf", lambda b, n, g: [b.mul(g, b.mul(b.exp(b.neg(b.mul(*n.inputs, *n.inputs))), 2 / math.sqrt(math.pi)))],
+      _erf_ref, lambda s, x: s.erf(x),
+      "x: T[s] -> T[s], the error function: 2/sqrt(pi) times the integral of exp(-t^2) from 0 to x")
 unary("sigmoid", lambda b, n, g: [b.mul(g, b.mul(n.out, b.sub(1.0, n.out)))],
       lambda x: 1 / (1 + np.exp(-x)),
       lambda s, x: s.div(s.const(1.0), s.add(s.const(1.0), s.exp(s.neg(x)))))
