@@ -1,6 +1,7 @@
 """Exports a model's inference graph as ONNX (standard opset), built with the onnx package's helper API.
 
-EMITTERS maps each graphc op to the ONNX node(s) computing it, one entry per op; NOT_EXPORTABLE
+EMITTERS maps each graphc op to the ONNX node(s) computing it, one entry per op (one that ONNX
+lacks, such as gelu, as the primitives graphc decomposes it into); NOT_EXPORTABLE
 lists the others, each with its reason, and exporting one is an error naming it. Batch norm needs
 no entry: it is built from primitives, and
 its evaluation form reads the running statistics, exported as initializers. The batch dim stays
@@ -18,8 +19,10 @@ import numpy as np
 from graphc.about import __version__
 from graphc.autodiff.graphs import inference_graph
 from graphc.errors import GraphcError
-from graphc.ir.graph import NP_DTYPES, Dim, Graph, Node, Value
+from graphc.ir.graph import NP_DTYPES, Builder, Dim, Graph, Node, Value
+from graphc.ops import REGISTRY
 from graphc.ops.conv import geometry, pool_window
+from graphc.ops.lowering import Decompose
 
 if TYPE_CHECKING:
     import onnx
@@ -175,6 +178,20 @@ def _iota(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
     return e.node("Expand", [column, e.shape(n.out.shape)])
 
 
+def _decomposed(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
+    """An op ONNX lacks (gelu: opset 18 has no Gelu), as the primitives graphc decomposes it into."""
+    rule = REGISTRY[n.op].lowering
+    assert isinstance(rule, Decompose)
+    g = Graph(n.op)
+    operands = [Value(f"x{i}", v.type) for i, v in enumerate(n.inputs)]
+    names = {id(v): x for v, x in zip(operands, xs)}
+    out = rule.fn(Builder(g, n.loc, n.scope), *operands, **n.attrs)
+    for m in g.nodes:
+        names[id(m.out)] = EMITTERS[m.op](e, m, [e.ref(v) if v.const is not None else names[id(v)]
+                                                 for v in m.inputs])
+    return names[id(out)]
+
+
 EMITTERS: dict[str, Emitter] = {
     "add": _op("Add"), "sub": _op("Sub"), "mul": _op("Mul"), "div": _op("Div"), "pow": _op("Pow"),
     "gt": _compare("Greater"), "eq": _compare("Equal"),
@@ -182,6 +199,7 @@ EMITTERS: dict[str, Emitter] = {
     "sigmoid": _op("Sigmoid"), "relu": _op("Relu"), "maximum": _op("Max"), "minimum": _op("Min"),
     "sin": _op("Sin"), "cos": _op("Cos"), "floor": _op("Floor"), "erf": _op("Erf"),
     "leaky_relu": lambda e, n, xs: e.node("LeakyRelu", xs, alpha=float(n.attrs["alpha"])),
+    "gelu": _decomposed,
     "broadcast_to": lambda e, n, xs: e.node("Expand", [xs[0], e.shape(n.out.shape)]),
     "transpose": _transpose,
     "reshape": lambda e, n, xs: e.node("Reshape", [xs[0], e.shape(n.out.shape)]),

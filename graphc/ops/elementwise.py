@@ -1,5 +1,5 @@
 """Elementwise math ops (with NumPy broadcasting): arithmetic, trigonometry, rounding, activations,
-comparisons."""
+comparisons. gelu is written with erf or tanh (a decomposition that fuses like any elementwise chain)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from graphc.ir.graph import TensorType
-from graphc.ops.lowering import Elementwise
+from graphc.ops.lowering import Decompose, Elementwise
 from graphc.ops.registry import OpDef, Trait, broadcast_shapes, float_type, register, require, sum_to
 
 
@@ -127,3 +127,42 @@ unary("leaky_relu",
       lambda x, alpha: np.where(x > 0, x, alpha * x),
       lambda s, x, alpha: s.select(s.gt(x, s.const(0.0)), x, s.mul(x, s.const(alpha))),
       "x: T[s] -> T[s], x where x > 0 else alpha*x (alpha=0.01)", alpha=0.01)
+
+
+# gelu(x) = x·Phi(x), Phi the standard normal CDF: exactly 0.5·x·(1 + erf(x/sqrt 2)), or with
+# tanh=true PyTorch's approximate="tanh": 0.5·x·(1 + tanh(sqrt(2/pi)·(x + 0.044715·x³)))
+_GELU_K, _GELU_C = math.sqrt(2 / math.pi), 0.044715
+
+
+def _gelu_inner(b, x):
+    """sqrt(2/pi)·(x + c·x³), the tanh form's argument."""
+    return b.mul(b.add(x, b.mul(b.mul(b.mul(x, x), x), _GELU_C)), _GELU_K)
+
+
+def _gelu(b, x, tanh):
+    phi2 = b.tanh(_gelu_inner(b, x)) if tanh else b.erf(b.mul(x, math.sqrt(0.5)))  # 2·Phi(x) - 1
+    return b.mul(b.mul(x, 0.5), b.add(phi2, 1.0))
+
+
+def _gelu_vjp(b, n, g):
+    x = n.inputs[0]
+    if n.attrs["tanh"]:  # d/dx: 0.5·(1 + t) + 0.5·x·(1 - t²)·sqrt(2/pi)·(1 + 3c·x²), t = tanh(inner)
+        t = b.tanh(_gelu_inner(b, x))
+        slope = b.mul(b.sub(1.0, b.mul(t, t)), b.mul(b.add(b.mul(b.mul(x, x), 3 * _GELU_C), 1.0), _GELU_K))
+        d = b.mul(b.add(b.add(t, 1.0), b.mul(x, slope)), 0.5)
+    else:  # d/dx: Phi(x) + x·phi(x), phi the standard normal density
+        cdf = b.mul(b.add(b.erf(b.mul(x, math.sqrt(0.5))), 1.0), 0.5)
+        d = b.add(cdf, b.mul(x, b.mul(b.exp(b.mul(b.mul(x, x), -0.5)), 1 / math.sqrt(2 * math.pi))))
+    return [b.mul(g, d)]
+
+
+def _gelu_ref(x: np.ndarray, tanh: bool) -> np.ndarray:
+    if tanh:
+        return 0.5 * x * (1 + np.tanh(_GELU_K * (x + _GELU_C * x ** 3)))
+    return 0.5 * x * (1 + _erf_ref(x * math.sqrt(0.5)))
+
+
+register(OpDef("gelu", 1, _unary_shape, _gelu_vjp, _gelu_ref, Decompose(_gelu), {"tanh": False},
+               "x: T[s] -> T[s], x*Phi(x) with Phi the standard normal CDF: 0.5*x*(1 + erf(x/sqrt(2))), "
+               "or with tanh=true 0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x^3))) (PyTorch's "
+               "approximate='none' / 'tanh')"))
