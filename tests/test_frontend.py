@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from graphc.autodiff.graphs import gradient_graph
+from graphc.driver import compile_graph
 from graphc.errors import GraphcError
 from graphc.frontend import load, load_source
+from graphc.ir.bind import bind
 from graphc.ops import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,3 +314,27 @@ def test_language_page_op_table_is_the_registrys():
     page = (ROOT / "docs" / "language.md").read_text()
     assert op_table() in page + "\n", "docs/language.md's op table is stale: run python -m graphc.ops.doc"
     assert all(f"| `{name}` |" in page for name in REGISTRY)
+
+
+def test_tensor_constructors():
+    src = ("dim B\ninput x : f32[B, 3]\n"
+           "loss = sum(x * full([B, 3], 2.5) + ones([3]) + zeros([B, 1], dtype=f32))\n")
+    g = bind(load_source(src, "c.net").graph, {"B": 2})
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    out = compile_graph(gradient_graph(g)).step(x=x)
+    assert float(out["loss"]) == pytest.approx(np.sum(x * 2.5 + 1.0))
+    np.testing.assert_array_equal(out["d.x"], np.full((2, 3), 2.5, np.float32))
+
+
+@pytest.mark.parametrize("expr, message", [
+    ("full([B, 3])", "full takes a shape and a number"),
+    ("zeros(3)", "zeros takes a shape"),
+    ("ones([B, 0])", "ones: a dim is a positive whole number or a dim name, got 0"),
+    ("zeros([B, 3], dtype=f16)", "unknown name 'f16'"),
+    ("zeros([B, 3], dtype=B)", "zeros: dtype must be one of f32, f64, i32"),
+    ("full([3], 0.5, dtype=i32)", "full: an i32 tensor holds whole numbers, got 0.5"),
+])
+def test_tensor_constructor_errors(expr, message):
+    with pytest.raises(GraphcError) as e:
+        load_source(f"dim B\ninput x : f32[B, 3]\nloss = sum(x) + sum({expr})\n", "c.net")
+    assert message in str(e.value) and e.value.loc.line == 3

@@ -33,6 +33,8 @@ MAX_DEPTH = 100
 # Layers are inlined at each call, so a file of a few lines can ask for 2**30 nodes.
 MAX_NODES = 100_000
 Const = int | float | bool | str | tuple  # a compile-time attribute value
+# tensor constructors: `zeros([B, 16])`, `ones([4])`, `full([B, 16], 0.5)`, each with `dtype=` (f32)
+CONSTRUCTORS: dict[str, float | None] = {"zeros": 0.0, "ones": 1.0, "full": None}
 
 
 @dataclass
@@ -261,7 +263,8 @@ class _Lowerer:
         """What a called name means: a layer, a built-in layer, an op, or "id" (through fn
         arguments); None if unknown."""
         target = fr.fns.get(name, name)
-        known = target == "id" or target in self.layers or target in BUILTINS or target in REGISTRY
+        known = (target == "id" or target in self.layers or target in BUILTINS or target in REGISTRY
+                 or target in CONSTRUCTORS)
         return target if known else None
 
     @contextmanager
@@ -375,7 +378,7 @@ class _Lowerer:
         if target is None:
             if c.func in fr.values:
                 raise GraphcError(f"'{c.func}' is a value, not a function", c.loc)
-            known = [*fr.fns, *self.layers, *BUILTINS, *REGISTRY, "id"]
+            known = [*fr.fns, *self.layers, *BUILTINS, *REGISTRY, *CONSTRUCTORS, "id"]
             raise GraphcError(f"unknown function '{c.func}'", c.loc, hint=did_you_mean(c.func, known))
         if target in self.layers:
             return self._inline(self.layers[target], c, fr)
@@ -385,6 +388,8 @@ class _Lowerer:
             return self._scan(c, fr)
         if c.scope is not None:
             raise GraphcError(f"`as` names a layer instance, but {c.func} is not a layer", c.scope.loc)
+        if target in CONSTRUCTORS:
+            return self._constructor(target, c, fr)
         if target == "id":
             if len(c.args) != 1 or c.kwargs:
                 raise GraphcError(f"{c.func} (id) takes one argument, got {len(c.args)}", c.loc)
@@ -512,6 +517,33 @@ class _Lowerer:
             raise GraphcError(f"{layer.name} takes a tensor, got the number {x}", c.positional[0].loc)
         scope = self._instance_scope(layer.name, c, caller)
         return layer.emit(Instance(Builder(self.graph, c.loc, scope), self.training), x, **args)
+
+    def _constructor(self, name: str, c: ast.Call, fr: _Frame) -> Value:
+        """`zeros(SHAPE)`, `ones(SHAPE)`, `full(SHAPE, VALUE)`, with `dtype=` (f32): a constant
+        tensor, every element the value (codegen writes it inline, or fills a buffer where an op
+        reads memory)."""
+        fill = CONSTRUCTORS[name]
+        usage = f"{name}([B, 16]{', 0.5' if fill is None else ''}, dtype=f32)"
+        args = [self._const(a, fr) for a in c.positional]
+        kwargs = {k.name: self._const(k.value, fr) for k in c.kwargs}
+        value = args[1] if fill is None and len(args) == 2 else fill
+        want = 1 if fill is not None else 2
+        shape = args[0] if args else None
+        if len(args) != want or set(kwargs) - {"dtype"} or not isinstance(shape, tuple) or \
+                not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise GraphcError(f"{name} takes a shape{' and a number' if fill is None else ''}", c.loc,
+                              hint=usage)
+        dtype = kwargs.get("dtype", "f32")
+        if dtype not in DTYPES:
+            raise GraphcError(f"{name}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}", c.loc)
+        for d in shape:
+            if not (isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d > 0)):
+                raise GraphcError(f"{name}: a dim is a positive whole number or a dim name, got {d!r}",
+                                  c.loc, hint=usage)
+        if dtype == "i32" and not float(value).is_integer():
+            raise GraphcError(f"{name}: an i32 tensor holds whole numbers, got {value}", c.loc)
+        TensorType(str(dtype), shape).check_size(c.loc)
+        return self.b.const(float(value), str(dtype), shape)
 
     def _scan(self, c: ast.Call, fr: _Frame) -> Value:
         """`scan(cell, xs, init, ARG=..., ...) [as NAME]`: the cell, a layer taking (x, carry) and
