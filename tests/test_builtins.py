@@ -1,6 +1,6 @@
-"""The built-in layers dropout and batch_norm, and the training vs evaluation forms of a model:
-masks drawn in generated code, gradients against numerical ones, running statistics, and eval after
-training and after loading saved params. Shapes are non-square."""
+"""The built-in layers dropout, batch_norm and layer_norm, and the training vs evaluation forms of a
+model: masks drawn in generated code, gradients against numerical ones, running statistics, and eval
+after training and after loading saved params. Shapes are non-square."""
 
 from __future__ import annotations
 
@@ -127,6 +127,36 @@ def test_training_form_uses_batch_statistics_and_updates_running_ones(shape):
         np.testing.assert_allclose(step.state["bn.running_var"], var, rtol=1e-5)
 
 
+LAYER_NORM = """
+dim B
+input x : f32[B, 3, 5]
+input r : f32[B, 3, 5] nograd
+h = layer_norm(x * x + x) as ln1
+output loss = sum(h * r)
+"""
+
+
+def test_layer_norm_normalizes_the_last_axis_alike_in_both_forms():
+    prog = load_source("dim B\ninput x : f32[B, 3, 5]\noutput z = layer_norm(x, eps=1e-3) as ln1\n")
+    assert [(p.value.name, p.init, p.value.shape) for p in prog.graph.params] == [
+        ("ln1.gamma", "ones", (5,)), ("ln1.beta", "zeros", (5,))]
+    assert not prog.graph.state and not prog.graph.updates
+    rng = np.random.default_rng(4)
+    arrays = {"ln1.gamma": rng.normal(size=5).astype(np.float32), "ln1.beta": rng.normal(size=5).astype(np.float32)}
+    x = rng.normal(2.0, 3.0, (2, 3, 5)).astype(np.float32)
+    mu, sigma2 = x.mean(axis=-1, keepdims=True), x.var(axis=-1, keepdims=True)  # biased, as PyTorch
+    want = (x - mu) / np.sqrt(sigma2 + 1e-3) * arrays["ln1.gamma"] + arrays["ln1.beta"]
+    for training in (True, False):
+        z = compile_graph(forward(prog, 2, training=training), arrays).step(x=x)["z"]
+        np.testing.assert_allclose(z, want, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_gradients_match_numerical():
+    report = gradcheck(load_source(LAYER_NORM), batch=2)
+    assert {r["name"] for r in report["params"]} == {"ln1.gamma", "ln1.beta", "x"}  # x: an input
+    assert report["ok"], report
+
+
 def test_forms_differ_only_where_the_builtins_do():
     prog = load_source(MLP)
     train_ops = [n.op for n in prog.graph.nodes]
@@ -198,6 +228,8 @@ def test_ir_prints_the_eval_form(capsys):
     ("h = batch_norm(x, momentum=2)", "5:5", "batch_norm: momentum must be in [0, 1], got 2.0"),
     ("h = batch_norm(sum(x, axes=1))", "5:5", "batch_norm takes a float tensor [N, C, ...]"),
     ("h = batch_norm()", "5:5", "batch_norm takes a tensor and up to 2 numbers, got 0"),
+    ("h = layer_norm(x, eps=0)", "5:5", "layer_norm: eps must be positive, got 0.0"),
+    ("h = layer_norm(sum(x))", "5:5", "layer_norm takes a float tensor [..., D] with a known feature count"),
     ("layer dropout(h: f32[B, 7]) {\n  return h\n}", "5:7",
      "'dropout' is already defined (a built-in)"),
 ])

@@ -1,11 +1,12 @@
-"""Built-in layers: batch_norm and dropout, written from primitive ops.
+"""Built-in layers: batch_norm, layer_norm and dropout, written from primitive ops.
 
-They are called like .net layers (`batch_norm(h) as bn1`, `dropout(h, p=0.5)`) and need two things
-a .net layer cannot say: state that the training step updates in place (batch norm's running
-statistics; the step counter that dropout's masks are drawn from, shared with the learning-rate
-schedule), and a different form for training and for evaluation. The front end lowers a model
-once per mode; a built-in emits that mode's form. Autodiff derives its gradient from the
-primitives, like any layer's.
+They are called like .net layers (`batch_norm(h) as bn1`, `dropout(h, p=0.5)`). batch_norm and
+dropout need two things a .net layer cannot say: state that the training step updates in place
+(batch norm's running statistics; the step counter that dropout's masks are drawn from, shared
+with the learning-rate schedule), and a different form for training and for evaluation. The
+front end lowers a model once per mode; a built-in emits that mode's form. layer_norm needs
+neither (a .net layer could write it), but a transformer has one in every block, so it is built
+in once. Autodiff derives each one's gradient from the primitives, like any layer's.
 """
 
 from __future__ import annotations
@@ -82,6 +83,24 @@ def batch_norm(inst: Instance, x: Value, momentum: float, eps: float) -> Value:
     return b.add(b.mul(normed, column(gamma)), column(beta))
 
 
+def layer_norm(inst: Instance, x: Value, eps: float) -> Value:
+    """Normalize each position ([N, D], [B, T, D], ...) by the mean and (biased) variance of its
+    features, the last axis, then scale by gamma and shift by beta, as PyTorch's LayerNorm over
+    one axis; the same form in training and evaluation."""
+    b, t = inst.b, x.type
+    if not t.is_float or t.rank < 1 or not isinstance(t.shape[-1], int):
+        raise GraphcError(f"layer_norm takes a float tensor [..., D] with a known feature count D, "
+                          f"got {t}", b.loc)
+    _check(eps > 0, f"layer_norm: eps must be positive, got {eps}", b)
+    d = t.shape[-1]
+    gamma = inst.param("gamma", (d,), t.dtype, "ones")
+    beta = inst.param("beta", (d,), t.dtype, "zeros")
+    centered = b.sub(x, b.mean(x, axes=-1, keepdims=True))
+    var = b.mean(b.mul(centered, centered), axes=-1, keepdims=True)
+    normed = b.mul(centered, b.div(1.0, b.sqrt(b.add(var, eps))))
+    return b.add(b.mul(normed, gamma), beta)
+
+
 def dropout(inst: Instance, x: Value, p: float) -> Value:
     """Training: zero each element with probability p and scale the rest by 1/(1-p), with a mask
     that is a hash of (this instance, the step counter, the position). Evaluation: x itself."""
@@ -111,5 +130,6 @@ class Builtin:
 
 BUILTINS: dict[str, Builtin] = {b.name: b for b in (
     Builtin("batch_norm", {"momentum": 0.1, "eps": 1e-5}, batch_norm),
+    Builtin("layer_norm", {"eps": 1e-5}, layer_norm),
     Builtin("dropout", {"p": 0.5}, dropout),
 )}
