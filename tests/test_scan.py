@@ -17,6 +17,7 @@ from graphc.errors import GraphcError
 from graphc.frontend import load_source as loads
 from graphc.ir.bind import bind
 from graphc.ir.init import init_params
+from graphc.ir.parse_text import parse_text
 from graphc.ir.printer import print_graph
 from graphc.ir.serialize import dumps, loads as json_loads
 from graphc.ops.reference import evaluate
@@ -139,6 +140,12 @@ def test_ir_shows_the_loop_and_its_reverse():
     assert "scan" in text and "body=@rnn.cell" in text and "graph rnn.cell(carry: f32[2,4], x: f32[2,3]" in text
     grad_text = print_graph(gradient_graph(driver.forward(prog, 2)))
     assert "graph rnn.cell.vjp(" in grad_text and "reverse=true" in grad_text
+
+
+def test_text_ir_reads_back_with_its_bodies():
+    for g in (driver.forward(_rnn(), 2), gradient_graph(driver.forward(_rnn(), 2))):
+        text = print_graph(g)
+        assert print_graph(parse_text(text)) == text
 
 
 def test_json_round_trip_keeps_the_body():

@@ -37,7 +37,12 @@ def parse_text(text: str, file: str = "<ir>") -> Graph:
         raise GraphcError(_syntax_message(e), Loc(file, e.line, e.column), text) from None
     at = lambda tok: Loc(file, tok.line, tok.column)
     try:
-        return _Reader(at).graph(*_ToData(at).transform(tree).children)
+        graphs = _ToData(at).transform(tree).children
+        bodies: dict[str, Graph] = {}
+        for data in reversed(graphs):  # a body is printed after the graph that runs it
+            g = _Reader(at, bodies).graph(*data.children)
+            bodies[g.name] = g
+        return g
     except VisitError as e:  # a GraphcError raised while reading a rule (e.g. a bad dtype)
         if isinstance(e.orig_exc, GraphcError):
             raise e.orig_exc.with_source(text) from None
@@ -93,6 +98,11 @@ class _Assign:                 # `name = ref` (an output) or `name <- ref` (an u
     tok: Token
     ref: _Ref | None           # an output may leave it out: `name` is then its own value
     update: bool
+
+
+@dataclass
+class _BodyRef:                # `body=@NAME`: a graph printed further down
+    tok: Token
 
 
 @dataclass
@@ -166,6 +176,9 @@ class _ToData(Transformer):
     def attr_list(self, *values: Any) -> tuple:
         return values
 
+    def attr_graph(self, name: Token) -> _BodyRef:
+        return _BodyRef(name)
+
     def where(self, file: Token, line: Token) -> Loc:
         return Loc(str(file), int(line), 1)
 
@@ -188,8 +201,9 @@ class _ToData(Transformer):
 class _Reader:
     """Builds the graph statement by statement, resolving names as the text defines them."""
 
-    def __init__(self, at) -> None:
+    def __init__(self, at, bodies: dict[str, Graph]) -> None:
         self.at = at
+        self.bodies = bodies  # the loop bodies read so far, by name
         self.env: dict[str, Value] = {}
         self.g = Graph("")
 
@@ -244,7 +258,7 @@ class _Reader:
         if s.op not in OPS:
             raise GraphcError(f"unknown op '{s.op}'", self.at(s.op))
         opdef = OPS[s.op]
-        if len(s.args) != opdef.nargs:
+        if opdef.nargs and len(s.args) != opdef.nargs:
             raise GraphcError(f"{s.op} takes {opdef.nargs} operand(s), got {len(s.args)}", self.at(s.op))
         names, required = opdef.attributes()
         unknown = [k for k in s.attrs if k not in names]
@@ -263,6 +277,11 @@ class _Reader:
             if producer is None:
                 raise GraphcError(f"vjp of {fwd}, which is not a node above", self.at(fwd))
             grad_of = (producer, i)
+        for k, a in s.attrs.items():
+            if isinstance(a, _BodyRef):
+                if str(a.tok) not in self.bodies:
+                    raise GraphcError(f"no graph {a.tok} follows", self.at(a.tok))
+                s.attrs[k] = self.bodies[str(a.tok)]
         b = Builder(self.g, s.loc, s.scope, grad_of)
         try:
             v = b.op(str(s.op), *args, name_out=str(s.out), **s.attrs)

@@ -20,7 +20,7 @@ def _attributes(opdef: OpDef) -> str:
 
 def op_table() -> str:
     """Every registered op, in registration order: name, operand count, attributes, shape rule."""
-    return HEADER + "".join(f"| `{o.name}` | {o.nargs} | {_attributes(o)} | {o.doc} |\n" for o in REGISTRY.values())
+    return HEADER + "".join(f"| `{o.name}` | {o.nargs or 'any'} | {_attributes(o)} | {o.doc} |\n" for o in REGISTRY.values())
 
 
 def with_table(page: str) -> str:

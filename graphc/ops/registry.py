@@ -30,7 +30,7 @@ IndexBounds = Callable[[list[TensorType], dict], dict[int, Dim]]
 @dataclass(frozen=True)
 class OpDef:
     name: str
-    nargs: int
+    nargs: int                 # its tensor operands (0: any number, as a scan's)
     shape: ShapeRule
     vjp: Vjp | None            # None: the op has no gradient (explicitly)
     ref: Callable[..., Any]    # ref(*arrays, **attrs) -> np.ndarray
