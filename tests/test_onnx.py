@@ -57,6 +57,58 @@ def test_onnxruntime_agrees_with_graphc(model):
     np.testing.assert_allclose(three, want[:3], rtol=1e-5, atol=1e-5)
 
 
+# a one-block causal transformer: token embedding (gather) plus positions, layer norms, two-head
+# attention ([B, heads, T, T] scores, a causal mask from iota and gt, softmax over the last axis),
+# a gelu MLP (exact, then the tanh form) and residual adds
+TINY_LM = """
+net tiny_lm
+dim B
+input tok : i32[B, 6]
+input y : i32[B, 6]
+param emb : f32[11, 8] = normal(std=0.5)
+param pos : f32[6, 8] = normal(std=0.1)
+param Wq : f32[8, 8] = xavier_uniform()
+param Wk : f32[8, 8] = xavier_uniform()
+param Wv : f32[8, 8] = xavier_uniform()
+param Wo : f32[8, 8] = xavier_uniform()
+param W1 : f32[8, 16] = xavier_uniform()
+param W2 : f32[16, 8] = xavier_uniform()
+param Wout : f32[8, 11] = xavier_uniform()
+
+layer heads(h: f32[B, 6, 8], W: f32[8, 8]) -> f32[B, 2, 6, 4] {
+  return transpose(reshape(h @ W, shape=[B, 6, 2, 4]), perm=[0, 2, 1, 3])
+}
+
+h = gather(emb, tok) + pos
+a = layer_norm(h) as ln1
+s = matmul(heads(a, Wq), heads(a, Wk), tb=true) * 0.5
+future = gt(iota(s, axis=3), iota(s, axis=2))
+att = softmax(where(future, -1e9, s), axis=-1)
+o = reshape(transpose(att @ heads(a, Wv), perm=[0, 2, 1, 3]), shape=[B, 6, 8])
+h2 = h + o @ Wo
+h3 = h2 + gelu(gelu(layer_norm(h2) as ln2 @ W1) @ W2, tanh=true)
+logits = layer_norm(h3) as lnf @ Wout
+loss = softmax_cross_entropy(logits, y)
+"""
+
+
+@pytest.mark.slow
+def test_transformer_block_runs_alike_in_onnxruntime():
+    prog = load_source(TINY_LM, "tiny_lm.net")
+    arrays = perturbed_arrays(prog)
+    exported = to_onnx(prog.eval_graph, arrays)
+    assert {"Gather", "Erf", "Where", "Softmax", "MatMul", "Transpose"} <= {n.op_type for n in exported.graph.node}
+    tok = np.random.default_rng(1).integers(0, 11, (5, 6)).astype(np.int32)
+    want = driver.compile_graph(inference_graph(driver.forward(prog, 5, training=False)), arrays).step.run(tok=tok)
+    (got,) = run(exported, tok=tok)
+    np.testing.assert_allclose(got, want["logits"], rtol=1e-5, atol=1e-5)
+    later = tok.copy()
+    later[:, 4:] = (later[:, 4:] + 1) % 11  # the mask is causal: earlier positions do not see it
+    (changed,) = run(exported, tok=later)
+    np.testing.assert_array_equal(changed[:, :4], got[:, :4])
+    assert not np.allclose(changed[:, 4:], got[:, 4:])
+
+
 def test_signature_is_the_inference_graph():
     prog = driver.load(MODELS / "mlp.net")
     m = to_onnx(prog.eval_graph, init_params(prog.eval_graph.params, 0))
