@@ -20,6 +20,7 @@ from graphc import driver
 from graphc.autodiff.graphs import inference_graph
 from graphc.cli import main
 from graphc.errors import GraphcError
+from graphc.frontend import Program
 from graphc.artifacts import SHARED_SUFFIX, write_artifacts
 from graphc.ir.init import init_params
 
@@ -51,7 +52,7 @@ class Library:
             "input": (v, [p, s]), "set_input": (i, [p, s, v]), "bind_input": (i, [p, s, v]),
             "set_lr": (i, [p, ctypes.c_double]), "train_step": (i, [p, ctypes.POINTER(ctypes.c_double)]),
             "infer": (i, [p]), "output": (v, [p, s]),
-            "get_param": (i, [p, s, v]), "set_param": (i, [p, s, v]),
+            "get_param": (i, [p, s, v]), "set_param": (i, [p, s, v]), "error": (s, [p]),
         }
         self.dll = ctypes.CDLL(str(path))
         for fn, (res, args) in signatures.items():
@@ -225,6 +226,115 @@ def test_inputs_start_at_their_defaults(tmp_path):
         apples.destroy(ctx)
     assert "#define APPLES_BATCH 1 /* samples per step (compiled in: the model has no batch dim) */" \
         in (tmp_path / "apples.h").read_text()
+
+
+# an embedding (gather; its gradient a scatter_add) of [B, 5] tokens, and an RNN whose cell
+# gathers each step's tokens inside a scan, where no check of the input can bound them
+EMBED = """
+net embed
+dim B
+input tok : i32[B, 5]
+input y : i32[B]
+param emb : f32[13, 6] = normal(std=0.5)
+param W : f32[6, 4] = xavier_uniform()
+loss = softmax_cross_entropy(mean(gather(emb, tok), axes=1) @ W, y)
+train { optimizer = adam(lr=0.01) }
+"""
+SCANNED = """
+net scanned
+dim B
+input tok : i32[5, B]
+input y : i32[B]
+layer cell(t: i32[B], h: f32[B, 4]) -> f32[B, 4] {
+  param emb : f32[7, 4] = normal(std=0.5)
+  param Wh : f32[4, 4] = orthogonal()
+  return tanh(gather(emb, t) + h @ Wh)
+}
+hs = scan(cell, tok, zeros([B, 4])) as rnn
+loss = softmax_cross_entropy(reshape(slice(hs, axis=0, start=4, stop=5), shape=[B, 4]), y)
+train { optimizer = sgd(lr=0.1) }
+"""
+
+
+def token_library(tmp_path: Path, src: str, name: str, batch: int) -> tuple[Library, Program]:
+    (tmp_path / f"{name}.net").write_text(src)
+    prog = driver.load(tmp_path / f"{name}.net")
+    write_artifacts(prog, tmp_path, batch, threads=2)
+    return Library(tmp_path / f"lib{name}{SHARED_SUFFIX}", name), prog
+
+
+def set_all(lib: Library, ctx: int, params: dict[str, np.ndarray], **inputs: np.ndarray) -> None:
+    for k, arr in params.items():
+        assert lib.set_param(ctx, k.encode(), arr.ctypes.data) == 0
+    for k, arr in inputs.items():
+        assert lib.set_input(ctx, k.encode(), arr.ctypes.data) == 0
+
+
+@needs_cc
+@pytest.mark.parametrize("src,name,shape,rows", [(EMBED, "embed", (6, 5), 13), (SCANNED, "scanned", (5, 6), 7)])
+def test_gathers_train_as_in_python(tmp_path, src, name, shape, rows):
+    """A model that gathers (and scatters its gradient) keeps the fault slot in the C library:
+    its steps give the Python runtime's losses and params."""
+    lib, prog = token_library(tmp_path, src, name, 6)
+    g = driver.train_graph(prog, 6)
+    params = init_params(g.params, 1)
+    step = driver.compile_graph(g, params, threads=2).step
+    rng = np.random.default_rng(0)
+    tok, y = rng.integers(0, rows, shape).astype(np.int32), rng.integers(0, 4, 6).astype(np.int32)
+    ctx = lib.create(0)
+    try:
+        set_all(lib, ctx, params, tok=tok, y=y)
+        for _ in range(3):
+            want = float(step(tok=tok, y=y, lr=prog.train.opt_args["lr"])["loss"])
+            assert lib.step(ctx) == pytest.approx(want, abs=1e-5)
+        assert lib.error(ctx) == b""
+        for k, arr in params.items():
+            np.testing.assert_allclose(lib.get(ctx, k, arr), arr, atol=1e-6, err_msg=k)
+    finally:
+        lib.destroy(ctx)
+
+
+@needs_cc
+def test_an_index_out_of_range_is_a_status_and_a_message(tmp_path):
+    """A token past the embedding: refused before the step when it is an input the library checks,
+    reported by the kernel (the fault slot) when it is read inside a scan; neither crashes, and the
+    next good step runs."""
+    embed, _ = token_library(tmp_path, EMBED, "embed", 6)
+    ctx = embed.create(0)
+    try:
+        tok, y = np.zeros((6, 5), np.int32), np.zeros(6, np.int32)
+        tok[2, 3] = 20
+        set_all(embed, ctx, {}, tok=tok, y=y)
+        emb = embed.get(ctx, "emb", np.empty((13, 6), np.float32))
+        assert embed.train_step(ctx, None) == -2  # GRAPHC_ERANGE
+        assert embed.error(ctx) == b"input tok: element 13 is 20, out of range [0, 13); nothing ran"
+        np.testing.assert_array_equal(embed.get(ctx, "emb", emb), emb)
+        assert embed.infer(ctx) == -2
+        tok[2, 3] = 12
+        set_all(embed, ctx, {}, tok=tok)
+        assert embed.train_step(ctx, None) == 0 and embed.error(ctx) == b""
+    finally:
+        embed.destroy(ctx)
+    scanned, _ = token_library(tmp_path, SCANNED, "scanned", 6)
+    ctx = scanned.create(0)
+    try:
+        tok, y = np.zeros((5, 6), np.int32), np.zeros(6, np.int32)
+        tok[1, 4] = -3
+        set_all(scanned, ctx, {}, tok=tok, y=y)
+        assert scanned.train_step(ctx, None) == -3  # GRAPHC_EINDEX
+        assert re.fullmatch(rb"\S*scanned.net:9:\d+: gather: index -3 out of range \[0, 7\)", scanned.error(ctx))
+        tok[1, 4] = 6
+        set_all(scanned, ctx, {}, tok=tok)
+        assert scanned.train_step(ctx, None) == 0 and scanned.error(ctx) == b""
+    finally:
+        scanned.destroy(ctx)
+
+
+def test_an_extern_call_is_refused_with_what_to_do(tmp_path):
+    (tmp_path / "ext.net").write_text("net ext\ndim B\ninput x : f32[B, 3]\nparam W : f32[3, 2] = zeros()\n"
+                                      "output z = extern_call(x @ W, slot=\"hook\")\nloss = mean(z)\n")
+    with pytest.raises(GraphcError, match=r"cannot hold a step with an extern_call \(slot 'hook'\).*Python runtime"):
+        write_artifacts(driver.load(tmp_path / "ext.net"), tmp_path, 4, threads=1)
 
 
 def test_compile_without_a_c_compiler_says_so_and_writes_the_rest(tmp_path, monkeypatch):

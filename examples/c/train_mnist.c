@@ -149,7 +149,7 @@ int main(int argc, char **argv) {
         for (int64_t s = 0; s < steps; s++) {
             fill_batch(x, y, &xtr, &ytr, order + s * MLP_BATCH, MLP_BATCH);
             double step_loss;
-            if (mlp_train_step(ctx, &step_loss) != GRAPHC_OK) die("mlp_train_step: a label is not 0..9", NULL);
+            if (mlp_train_step(ctx, &step_loss) != GRAPHC_OK) die("mlp_train_step", mlp_error(ctx));
             loss += step_loss;
         }
         double seconds = now() - t0;
@@ -161,7 +161,7 @@ int main(int argc, char **argv) {
         for (int64_t s = 0; s < xte.n; s += MLP_BATCH) {
             int64_t count = xte.n - s < MLP_BATCH ? xte.n - s : MLP_BATCH;
             fill_batch(x, y, &xte, &yte, order + s, count);
-            if (mlp_infer(ctx) != GRAPHC_OK) die("mlp_infer failed", NULL);
+            if (mlp_infer(ctx) != GRAPHC_OK) die("mlp_infer", mlp_error(ctx));
             for (int64_t r = 0; r < count; r++) {
                 const float *z = logits + r * 10;
                 int best = 0;

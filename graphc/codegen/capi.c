@@ -8,6 +8,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,7 +20,7 @@ void graphc_pool_run(void *pool, gc_task task, void *arg, int64_t nt);
 void graphc_pool_stop(void *pool);
 
 enum gc_init { GC_ZERO, GC_FILL, GC_NORMAL, GC_UNIFORM, GC_TRUNCATED_NORMAL, GC_ORTHOGONAL };
-enum { GC_SLOT_POOL_RUN = -1, GC_SLOT_POOL = -2 }; /* table slots that are not buffers */
+enum { GC_SLOT_POOL_RUN = -1, GC_SLOT_POOL = -2, GC_SLOT_FAULT = -3 }; /* table slots that are not buffers */
 enum { GC_TRAIN, GC_INFER };
 #define GC_TRUNCATE 2.0 /* truncated normal's bound in std (graphc.ir.init.TRUNCATE) */
 
@@ -38,12 +39,21 @@ typedef struct gc_check {
     int64_t bound;
 } gc_check;
 
+/* A node whose kernel reports an index from data outside its range (a gather's, a scatter's) into
+ * the fault words: kernel + 1 and site as it writes them (graphc.codegen.kernels.Fault). */
+typedef struct gc_site {
+    int64_t kernel, site;
+    const char *what; /* "model.net:9:15: gather of tok": where and what, for the message */
+} gc_site;
+
 typedef struct gc_step {
     void (*entry)(void **table);
     int nslots;
     const int *slots; /* a buffer index, or GC_SLOT_* */
     int nchecks;
     const gc_check *checks;
+    int nsites;
+    const gc_site *sites;
 } gc_step;
 
 typedef struct gc_names {
@@ -76,6 +86,8 @@ typedef struct gc_ctx {
     void *pool;
     gc_worker *workers;
     int started;    /* workers running */
+    int64_t fault[4]; /* the first bad index a step's kernels met: kernel + 1, site, index, bound */
+    char error[512];  /* why the last step failed ("" after one that did not) */
 } gc_ctx;
 
 static const int64_t GC_ALIGN = 64;
@@ -184,6 +196,7 @@ static void gc_tables(gc_ctx *c) {
         for (int k = 0; k < st->nslots; k++) {
             int slot = st->slots[k];
             if (slot == GC_SLOT_POOL_RUN) memcpy(&c->tables[s][k], &run, sizeof run); /* ISO C: no cast */
+            else if (slot == GC_SLOT_FAULT) c->tables[s][k] = c->fault;
             else c->tables[s][k] = slot == GC_SLOT_POOL ? c->pool : c->buf[slot];
         }
     }
@@ -304,20 +317,39 @@ static int gc_set_lr(gc_ctx *c, double lr) {
     return GRAPHC_OK;
 }
 
-/* Runs step s if the integer inputs it indexes with are in range: the generated code trusts them
- * (a label past the classes matches none: a loss of -0 and wrong gradients, no error). */
+/* The first bad index step st's kernels reported, as c->error says it; the fault words are
+ * cleared for the next step. */
+static int gc_fault(gc_ctx *c, const gc_step *st) {
+    const char *what = "an index from data";
+    for (int k = 0; k < st->nsites; k++)
+        if (st->sites[k].kernel == c->fault[0] && st->sites[k].site == c->fault[1]) what = st->sites[k].what;
+    snprintf(c->error, sizeof c->error, "%s: index %lld out of range [0, %lld)", what,
+             (long long)c->fault[2], (long long)c->fault[3]);
+    memset(c->fault, 0, sizeof c->fault);
+    return GRAPHC_EINDEX;
+}
+
+/* Runs step s if the integer inputs it indexes with are in range (a label past the classes would
+ * match none: a loss of -0 and wrong gradients, no error). An index the step computes itself (a
+ * gather's inside a scan) is checked by the kernel reading it, which reports it in c->fault. */
 static int gc_run(gc_ctx *c, int s) {
     if (!c) return GRAPHC_EINVAL;
     const gc_step *st = &c->m->steps[s];
     const gc_names *in = &c->m->inputs;
+    c->error[0] = '\0';
     for (int k = 0; k < st->nchecks; k++) {
         int i = st->checks[k].input;
         const int32_t *v = c->buf[in->buffer[i]];
         for (int64_t j = 0; j < in->info[i].size; j++)
-            if (v[j] < 0 || v[j] >= st->checks[k].bound) return GRAPHC_ERANGE;
+            if (v[j] < 0 || v[j] >= st->checks[k].bound) {
+                snprintf(c->error, sizeof c->error, "input %s: element %lld is %d, out of range [0, %lld); nothing ran",
+                         in->info[i].name, (long long)j, (int)v[j], (long long)st->checks[k].bound);
+                return GRAPHC_ERANGE;
+            }
     }
+    memset(c->fault, 0, sizeof c->fault);
     st->entry(c->tables[s]);
-    return GRAPHC_OK;
+    return c->fault[0] ? gc_fault(c, st) : GRAPHC_OK;
 }
 
 static int gc_train_step(gc_ctx *c, double *loss) {

@@ -2,10 +2,12 @@
 
 The library holds the model's training step and its inference step, both compiled for one batch
 size, the worker pool, and C glue around them. A context (`<model>_create`) owns every buffer
-the steps touch, the GEMM packing scratch and the pool's threads; the generated code keeps no
-state of its own, so contexts are independent. Both steps' pointer tables index one list of
-context buffers: leaves (inputs, params, state) and outputs are shared by name, so the inference
-step reads the params the training step updates, and a bound input feeds both.
+the steps touch, the GEMM packing scratch, the pool's threads and the fault words where a kernel
+reports an index from data out of range (which the glue turns into a status and a message); the
+generated code keeps no state of its own, so contexts are independent. Both steps' pointer
+tables index one list of context buffers: leaves (inputs, params, state) and outputs are shared
+by name, so the inference step reads the params the training step updates, and a bound input
+feeds both.
 
 The glue is C rather than LLVM IR: it is bookkeeping (allocation, initializers, name lookup,
 threads) that reads best as C, and linking a shared library needs the C toolchain anyway. Its
@@ -29,7 +31,7 @@ from graphc.codegen.pool import build_pool, state_bytes
 from graphc.codegen.target import Target
 from graphc.errors import GraphcError
 from graphc.ir.graph import LR, Value
-from graphc.ops.registry import index_bound
+from graphc.ops.registry import declared_indices, index_bound
 from graphc.passes.memory import nbytes
 from graphc.passes.pipeline import Schedule
 
@@ -37,7 +39,7 @@ TRAIN_ENTRY, INFER_ENTRY = "graphc_train_step", "graphc_infer_step"
 _DTYPE = {"f32": "GRAPHC_F32", "f64": "GRAPHC_F64", "i32": "GRAPHC_I32"}
 _INIT = {None: "GC_ZERO", "fill": "GC_FILL", "normal": "GC_NORMAL", "uniform": "GC_UNIFORM",
          "truncated_normal": "GC_TRUNCATED_NORMAL", "orthogonal": "GC_ORTHOGONAL"}
-_SLOT = {"pool_run": "GC_SLOT_POOL_RUN", "pool": "GC_SLOT_POOL"}
+_SLOT = {"pool_run": "GC_SLOT_POOL_RUN", "pool": "GC_SLOT_POOL", "fault": "GC_SLOT_FAULT"}
 
 Init = tuple[str, float, float]  # (family, a, b) as graphc.ir.init.Dist
 
@@ -113,8 +115,8 @@ def build_library(name: str, train: Schedule, infer: Schedule, batch: int | None
              "outputs": list(outputs.values()), "params": [leaf(p.value) for p in t.params + t.state]}
     checks = [_checks(sched, [n for n, _, _ in named["inputs"]]) for sched in (train, infer)]
     loss_buffer = next(buf for k, _, buf in outputs.values() if k == t.loss)
-    glue = _source(name, ctx, named, checks, ctx.index[("leaf", LR)], loss_buffer, threads,
-                   state_bytes(target))
+    glue = _source(name, ctx, named, checks, [_sites(train), _sites(infer)], ctx.index[("leaf", LR)],
+                   loss_buffer, threads, state_bytes(target))
     ranges = {named["inputs"][i][0]: f"values 0..{bound - 1}, checked by each step" for i, bound in
               sorted(set(checks[0] + checks[1]))}
     header = _header(name, named, ranges, {k: ", ".join(w) for k, w in writers.items()},
@@ -144,10 +146,28 @@ def _table(ctx: _Context, sched: Schedule, inits: Mapping[str, Init], target: Ta
                                _Buffer("scratch", "f32", scratch_bytes(sched, target, threads), None)))
         elif slot in _SLOT:
             row.append(slot)
-        else:  # the fault slot, an extern_call's function: the Python runtime's for now
-            raise GraphcError(f"the C library cannot yet hold a step that needs a {slot.split(':')[0]} slot "
-                              f"(gather, scatter_add, extern_call)")
+        else:  # an extern_call's function, which only the Python runtime binds
+            raise GraphcError(f"the C library cannot hold a step with an extern_call (slot "
+                              f"{slot.removeprefix('extern:')!r}): its function is bound at run time from "
+                              f"Python (Step.bind_extern); train the model with graphc's Python runtime, or "
+                              f"compile it without the extern_call")
     return row
+
+
+def _sites(sched: Schedule) -> list[tuple[int, int, str]]:
+    """(kernel + 1, site, what) for each node whose kernel reports a bad index from data into the
+    fault slot, numbered as codegen.kernels.Fault reports them; `what` names it in the message, and
+    the model's input it indexes with, if it is one."""
+    inputs = {id(i.value) for i in sched.graph.inputs}
+    sites = []
+    for k, kernel in enumerate(sched.every_kernel()):
+        for j, n in enumerate(kernel.nodes if kernel.indexes_data else []):
+            indices = declared_indices(n)  # a gather's, a scatter's: the nodes that report
+            if indices:
+                named = [n.inputs[i].name for i in indices if id(n.inputs[i]) in inputs]
+                what = n.op + (f" of input {named[0]}" if named else "")
+                sites.append((k + 1, j + 1, f"{n.loc}: {what}" if n.loc else what))
+    return sites
 
 
 def _checks(sched: Schedule, inputs: list[str]) -> list[tuple[int, int]]:
@@ -163,8 +183,8 @@ def _c_list(items: list[str], per_line: int = 1) -> str:
 
 
 def _source(name: str, ctx: _Context, named: dict[str, list[tuple[str, Value, int]]],
-            checks: list[list[tuple[int, int]]], lr_buffer: int, loss_buffer: int, threads: int,
-            pool_bytes: int) -> str:
+            checks: list[list[tuple[int, int]]], sites: list[list[tuple[int, int, str]]], lr_buffer: int,
+            loss_buffer: int, threads: int, pool_bytes: int) -> str:
     runtime = resources.files("graphc.codegen").joinpath("capi.c").read_text()
     out = [f"/* The C glue of lib{name}: generated by graphc {__version__}; do not edit. */",
            f'#include "{name}.h"', "", runtime, "/* ---- the model ---- */"]
@@ -184,16 +204,20 @@ def _source(name: str, ctx: _Context, named: dict[str, list[tuple[str, Value, in
     bufs = [f"{{{json.dumps(b.name)}, {b.bytes}, {_DTYPE[b.dtype]}, {_INIT[b.init and b.init[0]]}, "
             f"{b.init[1] if b.init else 0.0!r}, {b.init[2] if b.init else 0.0!r}}}" for b in ctx.buffers]
     out.append(f"static const gc_buffer GC_BUFFERS[] = {_c_list(bufs)};")
-    for step, table, step_checks in zip(("TRAIN", "INFER"), ctx.tables, checks):
+    for step, table, step_checks, step_sites in zip(("TRAIN", "INFER"), ctx.tables, checks, sites):
         slots = [_SLOT[s] if isinstance(s, str) else str(s) for s in table]
         out.append(f"static const int GC_{step}_SLOTS[] = {_c_list(slots, 8)};")
         out.append(f"static const gc_check GC_{step}_CHECKS[] = "
                    f"{_c_list([f'{{{i}, {b}}}' for i, b in step_checks])};")
+        out.append(f"static const gc_site GC_{step}_SITES[] = "
+                   f"{_c_list([f'{{{k}, {j}, {json.dumps(what)}}}' for k, j, what in step_sites])};")
     out += [f"void {TRAIN_ENTRY}(void **table);", f"void {INFER_ENTRY}(void **table);", f"""
 static const gc_model GC_MODEL = {{
     {len(ctx.buffers)}, GC_BUFFERS,
-    {{{{{TRAIN_ENTRY}, {len(ctx.tables[0])}, GC_TRAIN_SLOTS, {len(checks[0])}, GC_TRAIN_CHECKS}},
-     {{{INFER_ENTRY}, {len(ctx.tables[1])}, GC_INFER_SLOTS, {len(checks[1])}, GC_INFER_CHECKS}}}},
+    {{{{{TRAIN_ENTRY}, {len(ctx.tables[0])}, GC_TRAIN_SLOTS, {len(checks[0])}, GC_TRAIN_CHECKS,
+      {len(sites[0])}, GC_TRAIN_SITES}},
+     {{{INFER_ENTRY}, {len(ctx.tables[1])}, GC_INFER_SLOTS, {len(checks[1])}, GC_INFER_CHECKS,
+      {len(sites[1])}, GC_INFER_SITES}}}},
     {{{len(named['inputs'])}, GC_INPUTS, GC_INPUTS_BUFFER}},
     {{{len(named['outputs'])}, GC_OUTPUTS, GC_OUTPUTS_BUFFER}},
     {{{len(named['params'])}, GC_PARAMS, GC_PARAMS_BUFFER}},
@@ -224,6 +248,7 @@ GC_API int {name}_bind_input({name}_ctx *ctx, const char *name, void *data) {{
 GC_API int {name}_set_lr({name}_ctx *ctx, double lr) {{ return gc_set_lr(GC(ctx), lr); }}
 GC_API int {name}_train_step({name}_ctx *ctx, double *loss) {{ return gc_train_step(GC(ctx), loss); }}
 GC_API int {name}_infer({name}_ctx *ctx) {{ return gc_run(GC(ctx), GC_INFER); }}
+GC_API const char *{name}_error({name}_ctx *ctx) {{ return ctx ? GC(ctx)->error : NULL; }}
 GC_API const void *{name}_output({name}_ctx *ctx, const char *name) {{
     return gc_lookup(GC(ctx), &GC_MODEL.outputs, name);
 }}
@@ -272,9 +297,10 @@ def _header(name: str, named: dict[str, list[tuple[str, Value, int]]], ranges: d
  * The library has no global state: contexts are independent, and different contexts may be used
  * from different threads at once; one context must be used by one thread at a time.
  *
- * Functions that can fail return an enum graphc_status (0 is success) or NULL. A NULL context is
- * refused (GRAPHC_EINVAL or NULL; ignored by destroy); a context used after {name}_destroy, or
- * destroyed twice, cannot be told from a live one: that is undefined behaviour, as with free().
+ * Functions that can fail return an enum graphc_status (0 is success) or NULL; when a step fails,
+ * {name}_error says why. A NULL context is refused (GRAPHC_EINVAL or NULL; ignored by destroy); a
+ * context used after {name}_destroy, or destroyed twice, cannot be told from a live one: that is
+ * undefined behaviour, as with free().
  *
 {chr(10).join(listing)}
  * (the learning rate, an input of the training step too, is set with {name}_set_lr)
@@ -309,7 +335,9 @@ typedef struct graphc_tensor_info {{
 enum graphc_status {{
     GRAPHC_OK = 0,
     GRAPHC_EINVAL = -1, /* a NULL context or pointer, an unknown name, a learning rate not finite */
-    GRAPHC_ERANGE = -2  /* an integer input (labels) holds a value outside its range: nothing ran */
+    GRAPHC_ERANGE = -2, /* an integer input (labels, tokens) holds a value outside its range: nothing ran */
+    GRAPHC_EINDEX = -3  /* an index the step computed (a gather's inside a scan) was outside its range:
+                         * the step ran on, reading row 0 for it, so its outputs and update are wrong */
 }};
 #endif
 
@@ -357,9 +385,11 @@ int {name}_set_lr({ctx} *ctx, double lr);
 
 /* Runs one training step on the current inputs: forward, backward and the optimizer's update of
  * the params, all in generated native code, and stores the loss (the batch mean, before the
- * update) in *loss unless `loss` is NULL. Returns GRAPHC_OK, or GRAPHC_ERANGE when an integer
- * input holds a value outside its range (listed above: a label that names no class); then
- * nothing runs and the params are unchanged. */
+ * update) in *loss unless `loss` is NULL. Returns GRAPHC_OK; GRAPHC_ERANGE when an integer input
+ * holds a value outside its range (listed above: a label that names no class, a token past the
+ * embedding's rows), and then nothing runs and the params are unchanged; or GRAPHC_EINDEX when a
+ * gather or scatter met an index out of range that no input check could see coming (one computed
+ * inside a scan). {name}_error names the input or op, and the index. */
 int {name}_train_step({ctx} *ctx, double *loss);
 
 /* Runs the forward pass for inference on the current inputs (with the params as they are) and
@@ -367,6 +397,12 @@ int {name}_train_step({ctx} *ctx, double *loss);
  * samples, fill the unused rows with anything (zeros) and ignore their outputs: a row's
  * prediction depends on that row only unless the model itself mixes samples across the batch. */
 int {name}_infer({ctx} *ctx);
+
+/* Why the last {name}_train_step or {name}_infer on ctx failed, as one line ("" after one that
+ * succeeded): "input y: element 3 is 12, out of range [0, 10); nothing ran", or
+ * "model.net:9:15: gather of t: index 9 out of range [0, 7)". Owned by the context and valid
+ * until its next step; NULL for a NULL context. */
+const char *{name}_error({ctx} *ctx);
 
 /* Output `name` as the step that writes it last left it (see the list above), or NULL for an
  * unknown name. The buffer belongs to the context: read it, don't free it. */
