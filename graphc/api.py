@@ -119,17 +119,19 @@ class Model:
             out: str | os.PathLike | None = None, progress: bool = True,
             callbacks: Iterable[Callable[[dict], None]] = (),
             report: Callable[[str], None] = print) -> list[dict]:
-        """Train with `graphc train`'s trainer (shuffled epochs, evaluation on the test split,
-        `log` as JSON lines, checkpoints and params.npz into `out`) starting from, and updating,
-        these params. `data` is a Dataset or what `--data` takes; each callback is called with each
-        epoch's record (epoch, train_loss, test_loss, test metrics). Returns the records."""
+        """Train with `graphc train`'s trainer (shuffled epochs, or the train block's
+        steps_per_epoch; evaluation on the test split, or a text's validation split; `log` as JSON
+        lines, checkpoints and params.npz into `out`) starting from, and updating, these params.
+        `data` is a Dataset or what `--data` takes; each callback is called with each epoch's record
+        (epoch, train_loss, test_loss, test metrics). Returns the records."""
         t = self.program.train
         args = {k: v for k, v in t.opt_args.items() if k != LR}  # lr is the step's input
         opts = TrainOptions(epochs=epochs or t.epochs, batch=self.batch,
                             lr=learning_rate(self.program, lr), seed=t.seed if seed is None else seed,
                             optimizer=t.optimizer, opt_args=args, log=Path(log) if log else None,
                             out=Path(out) if out else None, progress=progress, threads=self.threads,
-                            params=self.params, callbacks=tuple(callbacks))
+                            params=self.params, callbacks=tuple(callbacks),
+                            steps_per_epoch=t.steps_per_epoch)
         dataset = data if isinstance(data, Dataset) else load_dataset(data)
         return train(self.program, dataset, opts, report)
 

@@ -1,5 +1,5 @@
-"""The `graphc` command line: ir, grad, check, profile, compile, export, viz, train, eval, predict (each also a
-Python API), and cache."""
+"""The `graphc` command line: ir, grad, check, profile, compile, export, viz, train, eval, predict,
+sample (each also a Python API), and cache."""
 
 from __future__ import annotations
 
@@ -161,7 +161,8 @@ def _opts(a, prog):
                         resume=Path(a.resume) if a.resume else None,
                         checkpoint_every=a.checkpoint_every, on_nonfinite=a.on_nonfinite,
                         check_bounds=a.check_bounds, force=a.force, data_map=_mapping(a, prog),
-                        patience=a.patience or t.patience)
+                        patience=a.patience or t.patience,
+                        steps_per_epoch=a.steps_per_epoch or t.steps_per_epoch)
 
 
 def _mapping(a, prog) -> dict[str, str]:
@@ -224,8 +225,10 @@ def _train(a) -> None:
         check_plot_path(plots[0])  # before training, not after it
     t0 = time.perf_counter()
     data = _data(a, prog)
-    counts = ", ".join(f"{len(next(iter(v.values())))} {k}" for k, v in data.splits().items())
-    print(f"data {data.name}: {counts} samples ({time.perf_counter() - t0:.2f} s)")
+    # a text's streams each hold all of the split's bytes but one
+    counts = ", ".join(f"{len(next(iter(v.values()))) + data.text} {k}" for k, v in data.splits().items())
+    print(f"data {data.name}: {counts} {'bytes of text' if data.text else 'samples'} "
+          f"({time.perf_counter() - t0:.2f} s)")
     if a.init_from:
         _init_from(a.init_from, prog, opts)
     history = train(prog, data, opts)
@@ -235,10 +238,11 @@ def _train(a) -> None:
         write_curves(history, plots, f"{prog.graph.name}: {opts.optimizer} lr {opts.lr:g}, batch {opts.batch}")
         for path in plots:
             print(f"curves plotted to {path}")
-    if history:
+    if history:  # the test split's figures; text has none, and its last validation stands
         last = history[-1]
-        acc = next((v for k, v in last.items() if k.startswith("test_acc")), None)
-        print(f"final: test_loss {last['test_loss']:.4f}" + (f"  test_accuracy {acc:.4f}" if acc is not None else ""))
+        split = "test" if "test_loss" in last else "val"
+        shown = [f"{split}_loss"] + [k for k in last if k.startswith((f"{split}_acc", f"{split}_bpb"))]
+        print("final: " + "  ".join(f"{k} {last[k]:.4f}" for k in shown))
 
 
 def _init_from(path: str, prog, opts) -> None:
@@ -264,10 +268,12 @@ def _eval(a) -> None:
     g = prog.eval_graph  # reads the params and the model's state (batch norm's running statistics)
     params = load_params(a.params, g.params + g.state, scale=scales(prog))
     data = _data(a, prog)
-    evaluate = Evaluator(prog, params, note=lambda line: print(line, file=sys.stderr))
-    test = bind(prog, driver.forward(prog, training=False), data.test, _mapping(a, prog), data.name, "test")
-    res = evaluate(test)
-    print("  ".join(f"test_{k} {v:.4f}" for k, v in res.items()))
+    evaluate = Evaluator(prog, params, note=lambda line: print(line, file=sys.stderr),
+                         batch=prog.train.batch if data.text else None, text=data.text)
+    split, prefix = ("validation", "val") if data.text else ("test", "test")  # text has no test split
+    fed = bind(prog, driver.forward(prog, training=False), data.splits()[split], _mapping(a, prog),
+               data.name, split, data.text)
+    print("  ".join(f"{prefix}_{k} {v:.4f}" for k, v in evaluate(fed, split).items()))
 
 
 def _predict(a) -> None:
@@ -284,6 +290,24 @@ def _predict(a) -> None:
     name, arrays = load_arrays(a.data)
     outputs = predict(prog, params, arrays, _mapping(a, prog), name, progress=True if a.progress else None)
     print(write_predictions(out, outputs))
+
+
+def _sample(a) -> None:
+    import codecs
+    from graphc import driver
+    from graphc.runtime.train.checkpoint import load_params
+    from graphc.runtime.train.feeds import scales
+    from graphc.runtime.train.sample import generate
+    prog = driver.load(a.model)
+    g = prog.eval_graph
+    params = load_params(a.params, g.params + g.state, scale=scales(prog))
+    text = generate(prog, params, a.prompt.encode(), a.tokens, a.temperature, a.seed)
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character's bytes may come apart
+    sys.stdout.write(a.prompt)
+    for byte in text:
+        sys.stdout.write(decode.decode(byte))
+        sys.stdout.flush()
+    print(decode.decode(b"", final=True))
 
 
 def _export(a) -> None:
@@ -351,15 +375,19 @@ def _whole(least: int) -> Callable[[str], int]:
     return parse
 
 
-def _rate(text: str) -> float:
-    """An argparse type: a positive, finite number (a learning rate)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
+def _finite(zero: str | None = None) -> Callable[[str], float]:
+    """An argparse type: a positive, finite number (a learning rate), or 0 too where `zero` says
+    what 0 means (a temperature's "greedy")."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(v) and (v > 0 or zero and v == 0)):
+            raise argparse.ArgumentTypeError(f"must be {f'0 ({zero}) or ' if zero else ''}a positive "
+                                             f"number, got {text}")
+        return v
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -438,7 +466,8 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=helptext)
         s.add_argument("model")
         s.add_argument("--data", help="bundled name, MNIST IDX directory, directory of .npy files, "
-                                      "CSV(.gz) with label last, or NPZ: arrays named like the inputs")
+                                      "CSV(.gz) with label last, or NPZ: arrays named like the inputs; "
+                                      "or UTF-8 text (.txt, .txt.gz) for a language model")
         s.add_argument("--map", action="append", default=[], metavar="INPUT=ARRAY",
                        help="feed INPUT from the array ARRAY (where names differ; repeatable)")
         if name == "train":
@@ -448,8 +477,10 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--patience", type=_whole(1), metavar="N",
                            help="stop after N epochs without a better validation loss")
             s.add_argument("--epochs", type=_whole(1))
+            s.add_argument("--steps-per-epoch", type=_whole(1), metavar="N",
+                           help="an epoch is N steps of batches drawn at random (text's default: 500)")
             s.add_argument("--batch", type=_whole(1))
-            s.add_argument("--lr", type=_rate)
+            s.add_argument("--lr", type=_finite())
             s.add_argument("--seed", type=_whole(0))
             s.add_argument("--log", help="append one JSON object per epoch to this file")
             s.add_argument("--out", help="directory for params.npz and the run's checkpoint (each epoch)")
@@ -485,6 +516,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="a .npy (one output), .npz or .csv file")
     s.add_argument("--progress", action="store_true", help="a progress bar even when not on a terminal")
     s.set_defaults(fn=_predict)
+
+    s = sub.add_parser("sample", help="generate text with a trained byte-level language model")
+    s.add_argument("model")
+    s.add_argument("--params", required=True, help="a params.npz or checkpoint.npz written by graphc train --out")
+    s.add_argument("--prompt", default="\n", help="the text to continue (default: a newline)")
+    s.add_argument("--tokens", type=_whole(1), default=300, help="bytes to generate (default 300)")
+    s.add_argument("--temperature", type=_finite("greedy"), default=0.8,
+                   help="divides the logits: 0 picks the likeliest byte, 1 samples the model as it is "
+                        "(default 0.8)")
+    s.add_argument("--seed", type=_whole(0), default=0, help="seed of the sampling (default 0)")
+    s.set_defaults(fn=_sample)
     return p
 
 

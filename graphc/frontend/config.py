@@ -11,8 +11,8 @@ from graphc.autodiff.lr_schedule import DURATIONS, EPOCHS, SCHEDULES
 from graphc.errors import GraphcError, Loc
 from graphc.frontend import ast
 
-KEYS = ("optimizer", "schedule", "clip_norm", "batch", "epochs", "seed", "data", "validation",
-        "patience")
+KEYS = ("optimizer", "schedule", "clip_norm", "batch", "epochs", "steps_per_epoch", "seed", "data",
+        "validation", "patience")
 
 
 @dataclass
@@ -24,8 +24,11 @@ class TrainConfig:
     clip_norm: float | None = None  # clip the gradients to this global norm
     batch: int = 32
     epochs: int = 1
+    # an epoch of this many steps, each drawing its batch at random; None: a shuffled pass over the
+    # samples (text: the trainer's default)
+    steps_per_epoch: int | None = None
     seed: int = 0
-    data: str | None = None  # a bundled name (mnist, digits) or a path
+    data: str | None = None  # a bundled name (mnist, digits, jargon) or a path
     # `data = "f.npz" { x = "images" }`: the array that feeds each input whose name differs
     data_map: dict[str, str] = field(default_factory=dict)
     validation: float | str | None = None  # a fraction of the training samples, or a file
@@ -195,4 +198,4 @@ def _data(e: ast.Expr, base: Path | None) -> str:
     if isinstance(e, ast.Str):
         path = Path(e.value)
         return str(base / path) if base is not None and not path.is_absolute() else e.value
-    raise GraphcError("data must be a bundled name (mnist, digits) or a quoted path", e.loc)
+    raise GraphcError("data must be a bundled name (mnist, digits, jargon) or a quoted path", e.loc)

@@ -188,7 +188,9 @@ class RunState:
 
     `params` (the model's arrays) and `state` (the step's other state: optimizer moments, the step
     counter) are the compiled step's own buffers, saved from and restored into in place. `rng` draws
-    each epoch's sample order; `config` holds the settings a resumed run must share with the first.
+    each epoch's sample order: a shuffled pass over the samples, or, with `draw`, that many samples
+    for each step, at random (text's windows); `config` holds the settings a resumed run must share
+    with the first.
     """
 
     params: dict[str, np.ndarray]
@@ -199,12 +201,14 @@ class RunState:
     step: int = 0                     # steps done in it
     order: np.ndarray | None = None   # its sample order, drawn when it starts
     losses: np.ndarray | None = None  # its losses so far; NaN marks a skipped batch
+    draw: int | None = None           # samples drawn for each step (with replacement); None: shuffled
 
     def start_epoch(self, samples: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """Draw this epoch's order, unless a resumed run is already in the middle of it; returns the
         epoch's order and its losses so far."""
         if self.order is None or self.losses is None:  # a checkpoint holds both or neither
-            self.order = self.rng.permutation(samples)
+            self.order = (self.rng.permutation(samples) if self.draw is None
+                          else self.rng.integers(samples, size=steps * self.draw))
             self.losses = np.full(steps, np.nan)
         return self.order, self.losses
 
@@ -275,7 +279,7 @@ class RunState:
                     f"count from 1, steps from 0 to {steps})")
         want = {name: (a.dtype, a.shape) for name, a in self._arrays().items()}
         if step:  # mid-epoch: the epoch's order and its losses so far
-            want |= {"order": (np.dtype(np.int64), (samples,)),
+            want |= {"order": (np.dtype(np.int64), (samples if self.draw is None else steps * self.draw,)),
                      "losses": (np.dtype(np.float64), (steps,))}
         odd = sorted(want.keys() ^ arrays.keys())
         if odd:
@@ -286,8 +290,10 @@ class RunState:
                 return f"{name} is {got.dtype}{list(got.shape)}, this run's is {dtype}{list(shape)}"
             if name != "losses" and not np.isfinite(got).all():  # saves never write those
                 return f"{name} holds NaN or Inf"
-        if step and not np.array_equal(np.sort(arrays["order"]), np.arange(samples)):
+        if step and self.draw is None and not np.array_equal(np.sort(arrays["order"]), np.arange(samples)):
             return f"order is not a permutation of the {samples} training samples"
+        if step and self.draw is not None and not ((arrays["order"] >= 0) & (arrays["order"] < samples)).all():
+            return f"order picks samples outside the {samples} training samples"
         if step and (np.isinf(arrays["losses"]).any() or not np.isnan(arrays["losses"][step:]).all()):
             return f"losses do not fit step {step}: finite or NaN (skipped) before it, NaN from it"
         rng, fresh = meta.get("rng"), self.rng.bit_generator.state

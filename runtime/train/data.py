@@ -6,7 +6,8 @@
   * a directory holding the four MNIST IDX files (train/t10k, images-idx3/labels-idx1, each
     optionally gzipped), or a directory of .npy files (one array per file, named by its stem);
   * a .csv or .csv.gz file: no header, one sample per line, features then the label last;
-  * a .npz file of named arrays.
+  * a .npz file of named arrays;
+  * text: "jargon" (the Jargon File 4.4.7, 1.7 MB) or a .txt or .txt.gz file of UTF-8 text.
 
 Every source becomes named arrays of samples, [N, ...]: images and labels are `x` and `y` (IDX,
 CSV), an .npz or .npy array is named by its key or file. A name ending in `_train`, `_val` or
@@ -14,6 +15,11 @@ CSV), an .npz or .npy array is named by its key or file. A name ending in `_trai
 split deterministically: a fixed permutation from np.random.default_rng(0), whose last 20% (at least
 one sample) is the test set. `validation` holds out a fraction of the training samples the same way,
 or names a file whose arrays are the validation split.
+
+Text is byte-level data for a language model (Dataset.text): its bytes are the tokens, the first
+90% train and the last 10% validate (there is no test split), and each split holds two streams of
+bytes, `x` and `y`, y being x shifted by one byte; runtime/train/feeds.py cuts them into the windows
+of T bytes a model's inputs take.
 
 Arrays are kept as the source holds them: nothing is scaled here (a model declares its scaling, and
 runtime/train/feeds.py applies it, feeding each input by name). CSV numbers that are whole and in
@@ -47,7 +53,9 @@ import numpy as np
 from graphc.about import PACKAGE_DIR
 from graphc.errors import DataError, InternalError, check_regular
 
-BUNDLED = {"mnist": "mnist", "digits": "digits/digits.csv.gz"}
+BUNDLED = {"mnist": "mnist", "digits": "digits/digits.csv.gz", "jargon": "text/jargon-4.4.7.txt.gz"}
+TEXT = (".txt", ".txt.gz")  # the names of text files
+TEXT_VALIDATION = 0.1  # the last tenth of a text's bytes validates
 
 # Split role -> (IDX file name without .gz, magic: 0x08 = uint8 data, low byte = number of dims).
 _IDX_FILES = {
@@ -64,6 +72,7 @@ _PEAK = 3
 # Parsing a CSV line can take this many bytes of memory per byte of text (a Python str per field).
 _LINE_COST = 64
 _CSV_BLOCK = 1 << 20  # bytes of float64 rows parsed into one block
+_TEXT_CHUNK = 1 << 20  # bytes of text read at a time
 
 
 SPLITS = ("train", "val", "test")  # the suffixes that place an array in a split
@@ -77,6 +86,7 @@ class Dataset:
     train: dict[str, np.ndarray]
     test: dict[str, np.ndarray]
     validation: dict[str, np.ndarray] | None = None
+    text: bool = False  # byte-level text: each split's arrays are streams of bytes, x and y = x + 1
 
     def splits(self) -> dict[str, dict[str, np.ndarray]]:
         """The splits that hold samples: "train", then "validation" if any, then "test"."""
@@ -87,7 +97,12 @@ class Dataset:
 def load_dataset(spec: str | os.PathLike, validation: float | str | os.PathLike | None = None) -> Dataset:
     """A bundled data set by name, or a directory / .csv / .csv.gz / .npz path, split; `validation`
     is a fraction of the training samples to hold out, or a file of validation samples."""
-    name, arrays = load_arrays(spec)
+    name, path = _locate(spec)
+    if path.name.lower().endswith(TEXT):
+        if validation is not None:
+            raise DataError(f"{name}: text validates on its last {TEXT_VALIDATION:.0%}; drop validation")
+        return _load_text(name, path)
+    arrays = _arrays(path)
     splits = _splits(str(spec), arrays)
     if isinstance(validation, float):
         if "val" in splits:
@@ -102,19 +117,28 @@ def load_dataset(spec: str | os.PathLike, validation: float | str | os.PathLike 
 
 def load_arrays(spec: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
     """The data set's name and its arrays by name, as the source holds them (not split)."""
+    name, path = _locate(spec)
+    return name, _arrays(path)
+
+
+def _locate(spec: str | os.PathLike) -> tuple[str, Path]:
+    """A data set's name and path: a bundled one's, or the path named by its stem."""
     if isinstance(spec, str) and spec in BUNDLED:
-        path, name = _bundled_dir() / BUNDLED[spec], spec
-    else:
-        path = Path(spec)
-        if isinstance(spec, str) and not path.exists() and path.name == spec and not path.suffix:
-            raise DataError(f"unknown data set '{spec}': not a bundled name "
-                            f"(known: {', '.join(sorted(BUNDLED))}) and no such file or directory")
-        name = path.resolve().name
-        for suffix in (".csv.gz", ".csv", ".npz", ".npy"):
-            if name.lower().endswith(suffix):
-                name = name[: -len(suffix)]
+        return spec, _bundled_dir() / BUNDLED[spec]
+    path = Path(spec)
+    if isinstance(spec, str) and not path.exists() and path.name == spec and not path.suffix:
+        raise DataError(f"unknown data set '{spec}': not a bundled name "
+                        f"(known: {', '.join(sorted(BUNDLED))}) and no such file or directory")
+    name = path.resolve().name
+    for suffix in (".csv.gz", ".csv", ".npz", ".npy", ".txt.gz", ".txt"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], path
+    return name, path
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
     try:
-        return name, _load_path(path)
+        return _load_path(path)
     except MemoryError:
         raise DataError(f"{path}: out of memory loading this data set") from None
 
@@ -191,6 +215,9 @@ def _load_path(path: Path) -> dict[str, np.ndarray]:
         return _load_csv(path)
     if lower.endswith(".npz"):
         return _load_npz(path)
+    if lower.endswith(TEXT):
+        raise DataError(f"{path}: text trains and evaluates a language model (graphc train, eval; "
+                        "graphc sample generates text); this command reads arrays")
     raise DataError(f"{path}: unsupported data file (expected {_KINDS})")
 
 
@@ -231,6 +258,34 @@ def _check_memory(path: Path, nbytes: int, what: str) -> None:
 
 def _gib(nbytes: int) -> str:
     return f"{nbytes / 2**30:.3g} GiB"
+
+
+# ---- text ----
+
+def _load_text(name: str, path: Path) -> Dataset:
+    """A text file's bytes as a language model's data: the first 90% train, the last 10% validate."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a text file")
+    chunks, size = [], 0
+    with _open(path) as f:
+        for chunk in iter(lambda: f.read(_TEXT_CHUNK), b""):  # memory checked as it grows (gunzipped)
+            size += len(chunk)
+            _check_memory(path, size, "by now holds")
+            chunks.append(chunk)
+    data = b"".join(chunks)
+    if not data:
+        raise DataError(f"{path}: holds no text")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: not UTF-8 text: byte {e.start} (line {line}) is "
+                        f"0x{data[e.start]:02x} ({e.reason})") from None
+    tokens = np.frombuffer(data, np.uint8)
+    cut = len(tokens) - int(len(tokens) * TEXT_VALIDATION)
+    train, validation = tokens[:cut], tokens[cut:]
+    return Dataset(name, {"x": train[:-1], "y": train[1:]}, {},
+                   {"x": validation[:-1], "y": validation[1:]}, text=True)
 
 
 # ---- MNIST IDX ----

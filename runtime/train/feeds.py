@@ -10,21 +10,27 @@ them.
 Samples keep their values: a float input's data is divided by its declared `pixels(MAX)` (bytes
 stay bytes, converted as each batch is fed), i32 inputs (labels, tokens) are never scaled, and
 integer data that looks like pixels for a float input that declares no scaling is refused.
+
+Text (runtime/train/data.py) holds streams of bytes, `x` and `y` (x shifted by one byte), fed by
+name like arrays (no roles: both are i32). Each feeds an i32[B, T] input, T a number in the model,
+its windows of T bytes: training samples a window at every offset, evaluation the non-overlapping
+ones (each byte predicted once). The windows are views of the bytes, never copied out.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 
 from graphc.autodiff.lr_schedule import INPUTS as SCHEDULE_INPUTS
 from graphc.errors import DataError, GraphcError, Loc
 from graphc.frontend import Program
-from graphc.ir.graph import LR, NP_DTYPES, Graph, Input
+from graphc.ir.graph import LR, NP_DTYPES, Graph, Input, TensorType
 from graphc.ops import REGISTRY
-from graphc.runtime.train.data import check_finite
+from graphc.runtime.execute.step import Step
+from graphc.runtime.train.data import TEXT_VALIDATION, check_finite
 
 # an input's samples as a Feeder takes them: rows of its dtype, or bytes and their divisor
 Source = Union[np.ndarray, tuple[np.ndarray, float]]
@@ -44,27 +50,54 @@ def scales(prog: Program) -> dict[str, float]:
 
 
 def bind(prog: Program, g: Graph, arrays: dict[str, np.ndarray], mapping: dict[str, str],
-         source: str, split: str) -> dict[str, Source]:
+         source: str, split: str, text: bool = False) -> dict[str, Source]:
     """The sources of `g`'s fed inputs (g: bound, so its dims are numbers) from `arrays`, named by
-    input; `source` and `split` name the data in errors."""
+    input; `source` and `split` name the data in errors. `text`: the arrays are streams of bytes,
+    cut into windows ("train" at every offset, other splits without overlap)."""
     declared = {i.value.name: i for i in prog.graph.inputs}
     inputs = fed_inputs(g)
-    chosen = _resolve(prog, inputs, list(arrays), mapping, f"{source} ({split} split)")
-    out = {}
+    where = f"{source} ({split} split)"
+    chosen = _resolve(prog, inputs, list(arrays), mapping, where, {} if text else _ROLES)
+    out: dict[str, Source] = {}
     for inp in inputs:
         name = inp.value.name
-        out[name] = _source(inp, declared[name], arrays[chosen[name]], source, chosen[name])
-        if inp.value.dtype == "i32":
-            check_labels(np.asarray(out[name]), prog.graph, declared[name], source, split)
+        a = arrays[chosen[name]]
+        out[name] = (_windows(declared[name], a, where, chosen[name], split == "train") if text
+                     else _source(inp, declared[name], a, source, chosen[name]))
+        if inp.value.dtype == "i32":  # text's bytes are checked as the stream, not window by window
+            check_labels(a if text else np.asarray(out[name]), prog.graph, declared[name], source, split)
+    if text and len({declared[k].value.shape[1] for k in out}) > 1:
+        shown = " and ".join(f"{k} is {declared[k].value.type}" for k in out)
+        raise DataError(f"{where}: {shown}: a language model's inputs are windows of one length T "
+                        "(y being x shifted by one byte)", declared[next(iter(out))].loc)
     return out
+
+
+def feeder(step: Step, sources: dict[str, Source]) -> Callable[[np.ndarray], None]:
+    """Fills `step`'s inputs with the samples a batch's indices pick: the generated feed (one native
+    call) where every source is rows it reads (C-contiguous), else NumPy (text's windows, views of
+    its bytes: a batch of them is a few KB)."""
+    if all(isinstance(s, tuple) or s.flags.c_contiguous for s in sources.values()):
+        return step.feeder(**sources)
+
+    def feed(idx: np.ndarray) -> None:
+        for name, src in sources.items():
+            dst = step.inputs[name]
+            np.copyto(dst, _pick(src, dst.dtype, idx), casting="same_kind")
+    return feed
 
 
 def rows(source: Source, dtype: str, start: int, stop: int) -> np.ndarray:
     """Samples start:stop of a source, in the input's dtype (bytes divided as the feed does)."""
+    return _pick(source, np.dtype(NP_DTYPES[dtype]), slice(start, stop))
+
+
+def _pick(source: Source, dtype: np.dtype, index: slice | np.ndarray) -> np.ndarray:
+    """The samples `index` picks from a source; bytes with a divisor become `dtype`, divided."""
     if isinstance(source, tuple):
         raw, divisor = source
-        return np.divide(raw[start:stop], divisor, dtype=NP_DTYPES[dtype])  # float32(byte) / divisor
-    return source[start:stop]
+        return np.divide(raw[index], divisor, dtype=dtype)  # float32(byte) / divisor
+    return source[index]
 
 
 def samples(sources: dict[str, Source]) -> int:
@@ -74,8 +107,9 @@ def samples(sources: dict[str, Source]) -> int:
 
 
 def _resolve(prog: Program, inputs: list[Input], keys: list[str], mapping: dict[str, str],
-             where: str) -> dict[str, str]:
-    """The array that feeds each input: by name or mapping, then images/labels by dtype."""
+             where: str, roles: dict[str, str]) -> dict[str, str]:
+    """The array that feeds each input: by name or mapping, then by dtype the arrays `roles` names
+    (images and labels)."""
     names = [i.value.name for i in fed_inputs(prog.graph)]  # a mapping may name a label predict skips
     for name, key in mapping.items():
         if name not in names:
@@ -90,7 +124,7 @@ def _resolve(prog: Program, inputs: list[Input], keys: list[str], mapping: dict[
         elif name in mapping:
             raise DataError(f"{where}: no array '{key}' to feed input {name} (arrays: {', '.join(keys)})",
                             prog.train.locs.get(f"data.{name}"))
-    for key, role in _ROLES.items():
+    for key, role in roles.items():
         if key not in keys or key in chosen.values():
             continue
         fits = [i for i in inputs if i.value.name not in chosen and (i.value.type.is_float) == (key == "x")]
@@ -144,6 +178,28 @@ def _source(inp: Input, declared: Input, a: np.ndarray, source: str, key: str) -
     if np.isfinite(a).all():  # the loaders refuse NaN and Inf; here, numbers the dtype cannot hold
         check_finite(source, a, out, lambda i: f"{key}[{', '.join(map(str, i))}]")
     return out
+
+
+def _windows(declared: Input, stream: np.ndarray, where: str, key: str, overlap: bool) -> np.ndarray:
+    """Input `declared`'s samples from stream `key`: its windows of T bytes, T fixed by the input's
+    type i32[B, T]; a window at every offset (`overlap`), or at every T-th."""
+    name, t = declared.value.name, declared.value.type
+    length = window_length(t)
+    if length is None:
+        raise DataError(f"{where}: text feeds input {name} windows of bytes, but it is {t}: a language "
+                        "model's inputs are i32[B, T], T a number (the window's bytes)", declared.loc,
+                        hint=f"input {name} : i32[B, 64]")
+    if len(stream) < length:
+        raise DataError(f"{where}: {len(stream) + 1} bytes of text, fewer than one window of T + 1 = "
+                        f"{length + 1} bytes (input {name} is {t}; the text's last "
+                        f"{TEXT_VALIDATION:.0%} validates)", declared.loc)
+    windows = np.lib.stride_tricks.sliding_window_view(stream, length)
+    return windows if overlap else windows[::length]
+
+
+def window_length(t: TensorType) -> int | None:
+    """T, for an input declared i32[B, T] with T a number: one that takes windows of T bytes."""
+    return t.shape[1] if t.dtype == "i32" and t.rank == 2 and isinstance(t.shape[1], int) else None
 
 
 def _fit_shape(inp: Input, loc: Loc | None, a: np.ndarray, what: str) -> np.ndarray:

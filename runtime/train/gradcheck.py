@@ -33,7 +33,7 @@ def _feeds(prog: Program, g: Graph, batch: int, seed: int) -> dict[str, np.ndarr
         from graphc.runtime.train.data import load_dataset
         from graphc.runtime.train.feeds import bind, rows, samples
         data = load_dataset(prog.train.data)
-        sources = bind(prog, g, data.train, prog.train.data_map, data.name, "train")
+        sources = bind(prog, g, data.train, prog.train.data_map, data.name, "train", data.text)
         if batch > samples(sources):
             raise DataError(f"{data.name}: {samples(sources)} training samples, fewer than the "
                             f"batch of {batch} to check")

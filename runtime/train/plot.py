@@ -1,4 +1,5 @@
-"""Training curves: loss and metrics per epoch from the trainer's history, drawn with matplotlib.
+"""Training curves: loss and metrics per epoch from the trainer's history, drawn with matplotlib
+(a language model's validation bits per byte is one of its metrics).
 
 matplotlib is an optional extra (graphc[plot]); `check_plot_path` says what is missing before a
 run starts, so a long training never ends in an error about its picture.
@@ -32,22 +33,25 @@ def check_plot_path(path: Path) -> None:
 
 
 def curves(history: list[dict], title: str) -> "Figure":
-    """Loss per epoch (train and test) on the left, each test metric per epoch on the right."""
+    """Loss per epoch (train, and the split each epoch evaluates: validation where there is one,
+    else test) on the left, that split's metrics per epoch on the right (a language model's bits
+    per byte among them)."""
     from matplotlib.ticker import MaxNLocator
     epochs = [r["epoch"] for r in history]
-    metrics = [k for k in history[0] if k.startswith("test_") and k != "test_loss"]
+    prefix, split = ("val_", "validation") if "val_loss" in history[0] else ("test_", "test")
+    metrics = [k for k in history[0] if k.startswith(prefix) and k != prefix + "loss"]
     fig = _figure_class()(figsize=(9 if metrics else 5, 3.6), dpi=120, layout="constrained")
     axes = fig.subplots(1, 2 if metrics else 1, squeeze=False)[0]
-    for key, label in (("train_loss", "train"), ("test_loss", "test")):
+    for key, label in (("train_loss", "train"), (prefix + "loss", split)):
         axes[0].plot(epochs, [r[key] for r in history], marker="o", markersize=3, label=label)
     axes[0].set(title="loss", xlabel="epoch")
     for key in metrics:
         values = [r[key] for r in history]
-        axes[1].plot(epochs, values, marker="o", markersize=3, label=key.removeprefix("test_"))
+        axes[1].plot(epochs, values, marker="o", markersize=3, label=key.removeprefix(prefix))
         axes[1].annotate(f"{values[-1]:.4f}", (epochs[-1], values[-1]), textcoords="offset points",
                          xytext=(0, 6), ha="right", fontsize=8)
     if metrics:
-        axes[1].set(title="test " + ", ".join(k.removeprefix("test_") for k in metrics), xlabel="epoch")
+        axes[1].set(title=f"{split} " + ", ".join(k.removeprefix(prefix) for k in metrics), xlabel="epoch")
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -1,8 +1,14 @@
 """The trainer: feeds batches of a dataset to a compiled training step, evaluates, logs, saves.
 
 Python only orders the work here: each batch is picked into the step's input buffers by the
-generated feed (runtime/execute/step.py's Feeder) and the whole training step (forward, backward, update)
-runs as one native call.
+generated feed (runtime/execute/step.py's Feeder; text's windows by NumPy, runtime/train/feeds.py)
+and the whole training step (forward, backward, update) runs as one native call.
+
+An epoch is a shuffled pass over the training samples, or, with `steps_per_epoch` (text's default:
+TEXT_STEPS), that many steps whose batches are drawn at random, with replacement. Either way the
+run's generator draws the epoch's order when it starts, and checkpoints keep it, so a resumed run
+trains on exactly the batches an uninterrupted one would. A language model (text data) also reports
+its validation loss in bits per byte (`bpb`: nats / ln 2).
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ from graphc.ir.graph import LR, Graph
 from graphc.ir.serialize import to_json
 from graphc.runtime.train.checkpoint import CHECKPOINT, PARAMS, Rollback, RunState, lock_run, save_arrays
 from graphc.runtime.train.data import Dataset
-from graphc.runtime.train.feeds import Source, bind, check_labels, fed_inputs, rows, samples, scales
+from graphc.runtime.train.feeds import Source, bind, check_labels, fed_inputs, feeder, rows, samples, scales
 
 __all__ = ["BEST", "EVAL_BATCH", "Evaluator", "TrainOptions", "TrainingInterrupted", "check_labels", "train"]
 from graphc.ir.init import init_params
 
 EVAL_BATCH = 1000
+TEXT_STEPS = 500  # steps per epoch on text, unless steps_per_epoch says otherwise
 BEST = "params.best.npz"  # the params of the epoch with the lowest validation loss
 
 
@@ -43,7 +50,9 @@ class Evaluator:
     """Forward-only steps (the evaluation form: no dropout, batch norm on running statistics) at the
     eval batch and at the remainder, sharing the trainer's params and model state. A model with a
     fixed batch (no `dim` leads its inputs) is evaluated in batches of that size; the remainder,
-    which it cannot take, is left out, and `note` says so once."""
+    which it cannot take, is left out, and `note` says so once. `batch` replaces the eval batch (text:
+    the training batch, whose step fits in memory; a window is many samples' worth of activations);
+    `text` adds the loss in bits per byte, `bpb`."""
 
     prog: Program
     params: dict[str, np.ndarray]
@@ -52,6 +61,8 @@ class Evaluator:
     steps: dict[int, Compiled] = field(default_factory=dict)
     note: Callable[[str], None] = print
     noted: set[str] = field(default_factory=set)  # the splits whose left-out remainder was noted
+    batch: int | None = None
+    text: bool = False
 
     def step(self, n: int) -> Compiled:
         if n not in self.steps:
@@ -70,7 +81,7 @@ class Evaluator:
         names = [g.loss_name()] + list(g.metrics)
         total = dict.fromkeys(names, 0.0)
         n, fixed = samples(sources), self.fixed()
-        batch = fixed or min(EVAL_BATCH, n)
+        batch = fixed or min(self.batch or EVAL_BATCH, n)
         if fixed and n < fixed:
             raise DataError(f"the {split} split holds {n} samples, fewer than the model's fixed batch "
                             f"of {fixed}: it can evaluate none", g.inputs[0].loc,
@@ -86,7 +97,10 @@ class Evaluator:
             out = self.step(e - s).step(**{k: rows(src, types[k], s, e) for k, src in sources.items()})
             for k in names:
                 total[k] += float(out[k]) * (e - s)
-        return {k: v / used for k, v in total.items()}
+        result = {k: v / used for k, v in total.items()}
+        if self.text:  # a byte per token: the loss in nats per byte, in bits
+            result["bpb"] = result[names[0]] / math.log(2)
+        return result
 
 
 @dataclass
@@ -112,6 +126,8 @@ class TrainOptions:
     callbacks: tuple[Callable[[dict], None], ...] = ()  # each called with each epoch's record
     data_map: dict[str, str] = field(default_factory=dict)  # input -> the array that feeds it
     patience: int | None = None  # stop after this many epochs without a better validation loss
+    # an epoch of this many steps, each drawing its batch at random; None: a shuffled pass (text: TEXT_STEPS)
+    steps_per_epoch: int | None = None
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -200,12 +216,14 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
     g = prog.graph
     step_graph = train_graph(prog, opt.batch, opt.optimizer, opt.opt_args)
     loss_key = g.loss_name()
-    fed = {k: bind(prog, step_graph, arrays, opt.data_map, data.name, k) for k, arrays in data.splits().items()}
+    fed = {k: bind(prog, step_graph, arrays, opt.data_map, data.name, k, data.text)
+           for k, arrays in data.splits().items()}
     if opt.patience and "validation" not in fed:
         raise GraphcError("patience needs a validation split: validation = 0.1 (or a file) in the "
                           "train block, or --validation", prog.train.locs.get("patience"))
     n_train = samples(fed["train"])
-    if n_train < opt.batch:
+    steps = opt.steps_per_epoch or (TEXT_STEPS if data.text else None)
+    if steps is None and n_train < opt.batch:
         written = prog.train.locs.get("batch") if opt.batch == prog.train.batch else None
         raise DataError(f"{data.name}: {n_train} training samples, fewer than one batch of "
                         f"{opt.batch}", written)
@@ -220,9 +238,10 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
            f"{' (cached)' if compiled.cache_hit else ''}: {len(compiled.schedule.kernels)} kernels, "
            f"arena {compiled.schedule.plan.arena_bytes / 1024:.0f} KiB")
     step = compiled.step
-    evaluate = Evaluator(prog, params, opt.threads, opt.check_bounds, note=report)
-    feed = step.feeder(**fed["train"])
-    per_epoch = n_train // opt.batch  # the remainder is dropped; shuffling covers it over epochs
+    evaluate = Evaluator(prog, params, opt.threads, opt.check_bounds, note=report,
+                         batch=opt.batch if data.text else None, text=data.text)
+    feed = feeder(step, fed["train"])
+    per_epoch = steps or n_train // opt.batch  # a pass drops the remainder; shuffling covers it
     for name, v in {LR: opt.lr, **horizon(per_epoch, opt.epochs)}.items():
         if name in step.inputs:  # a schedule has the run's length as inputs when it needs it
             step.inputs[name][...] = v
@@ -232,8 +251,10 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
               "data_sha256": data_digest(fed["train"]), "scale": scales(prog)}
     if "total_steps" in step.inputs:  # a schedule over the run's length: it must not change
         config["epochs"] = opt.epochs
+    if steps:
+        config["steps_per_epoch"] = steps
     run = RunState(params, {k: v for k, v in step.state.items() if k not in params},
-                   np.random.default_rng(opt.seed + 1), config)
+                   np.random.default_rng(opt.seed + 1), config, draw=opt.batch if steps else None)
     saves = _Checkpoints(run, opt.out, g.name, scales(prog))
     if opt.resume:
         run.restore(opt.resume, n_train, per_epoch)
@@ -249,7 +270,7 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
     # only a run that skips bad batches pays for a copy of the step's buffers before each one
     rollback = Rollback({**run.params, **run.state}) if opt.on_nonfinite == "skip" else None
     every = opt.checkpoint_every or 0
-    history = []
+    history: list[dict] = []
     try:  # unbuffered: a failed write (a full disk) is reported once, where it happens
         log = open(opt.log, "ab", buffering=0) if opt.log else None
     except OSError as e:
@@ -260,9 +281,15 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                 epoch, t0 = run.epoch, time.perf_counter()
                 before = (epoch - 1) * per_epoch  # steps done in earlier epochs
                 order, losses = run.start_epoch(n_train, per_epoch)
-                for i in tqdm(range(run.step, per_epoch), desc=f"epoch {epoch}/{opt.epochs}",
-                              unit="step", leave=False, disable=not opt.progress, file=sys.stderr,
-                              initial=run.step, total=per_epoch):
+                bar = tqdm(range(run.step, per_epoch), desc=f"epoch {epoch}/{opt.epochs}", unit="step",
+                           leave=False, disable=not opt.progress, file=sys.stderr, initial=run.step,
+                           total=per_epoch)
+                # the epoch's mean loss so far, then the last epoch's evaluation, as the bar's postfix
+                so_far = losses[:run.step]
+                total, count = float(np.nansum(so_far)), int(np.isfinite(so_far).sum())
+                last = "".join(f"  {k} {v:.4f}" for k, v in history[-1].items()
+                               if k.startswith(("val_", "test_"))) if history else ""
+                for i in bar:
                     feed(order[i * opt.batch:(i + 1) * opt.batch])
                     if rollback:
                         rollback.take()
@@ -273,6 +300,8 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                         raise saves.nonfinite(f"loss became {loss}", epoch, i + 1)
                     else:
                         losses[i] = loss
+                        total, count = total + loss, count + 1
+                        bar.set_postfix_str(f"loss {total / count:.4f}{last}", refresh=False)
                     run.step = i + 1
                     if interrupted():
                         saves.save(epoch, run.step)
@@ -290,7 +319,7 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                 prefix = "val" if split == "validation" else "test"
                 rec = {"epoch": epoch, "seconds": round(seconds, 4), "train_loss": train_loss,
                        f"{prefix}_loss": result[loss_key]}
-                rec.update({f"{prefix}_{m}": result[m] for m in g.metrics})
+                rec.update({f"{prefix}_{k}": v for k, v in result.items() if k != loss_key})
                 if skipped:
                     rec["skipped_batches"] = skipped
                 history.append(rec)
@@ -308,7 +337,7 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                     raise saves.stopped()
                 if split == "validation" and _stop_early(result[loss_key], epoch, opt, saves, report):
                     break
-        if history and "validation" in fed:  # the test split, once, with the final params
+        if history and "validation" in fed and "test" in fed:  # the test split, once, with the final params
             test = evaluate(fed["test"], "test")
             final = {f"test_{k if k != loss_key else 'loss'}": v for k, v in test.items()}
             history[-1].update(final)
