@@ -268,9 +268,9 @@ def _emit_scan(b: ir.IRBuilder, k: Kernel, body: Schedule, step: ir.Function,
             put(j, p)
         b.call(step, [table])
         for r, v in enumerate(outs):
-            buf, off = plan.place[v]
-            if plan.buffers[buf].role != "output" or plan.buffers[buf].name != out_names[r]:
-                src = b.gep(ptr[buf], [ir.Constant(I64, off)]) if off else ptr[buf]
+            j, off = plan.place[v]
+            if plan.buffers[j].role != "output" or plan.buffers[j].name != out_names[r]:
+                src = b.gep(ptr[j], [ir.Constant(I64, off)]) if off else ptr[j]
                 _copy(b, src, dest[r], nbytes(v))
         for c in range(lp.carries):
             b.store(dest[c], b.gep(current, [ir.Constant(I64, c)]))

@@ -587,8 +587,8 @@ class _Lowerer:
         body.inputs += [Input(p.value) for p in body.params]
         body.params = []
         body.outputs = {"carry": new, "y": new}
-        return self._apply("scan", [init, xs, *weights], {"body": body, "carries": 1, "xs": 1, "result": 1},
-                           c.loc, fr)
+        self.b.loc, self.b.scope = c.loc, fr.scope
+        return self.b.op("scan", init, xs, *weights, body=body, carries=1, xs=1, result=1)
 
     def _bind_args(self, layer: ast.Layer, c: ast.Call, caller: _Frame, fr: _Frame) -> dict[str, Dim]:
         """Match call arguments to the layer's parameters; returns the dims they bind."""

@@ -85,7 +85,7 @@ def _stacked_carries(b: Builder, n: Node) -> list[Value]:
 
 def _previous(b: Builder, init: Value, stacked: Value, reverse: bool) -> Value:
     """The carry each step starts from: init at the first step, then the one the step before made."""
-    t = stacked.shape[0]
+    t = stacked.dims[0]
     first = b.reshape(init, shape=(1, *init.shape))
     if t == 1:
         return first
@@ -104,7 +104,11 @@ def _vjp(b: Builder, n: Node, g: Value) -> list[Value | None]:
     # the backward body: carries (cotangents of the carries, gradient sums of the invariants), steps
     # (the carries each forward step started from, its xs, the cotangent of its y), invariants
     back = Graph(f"{body.name}.vjp")
-    leaf = lambda name, t: (back.inputs.append(Input(Value(name, t))), back.inputs[-1].value)[1]
+
+    def leaf(name: str, t: TensorType) -> Value:
+        back.inputs.append(Input(Value(name, t)))
+        return back.inputs[-1].value
+
     d_carry = [leaf(f"d.{v.name}", v.type) for v in ins[:k]]
     sums = [leaf(f"d.{ins[len(ins) - len(consts) + j].name}", consts[j].type) for j in trained]
     prev = [leaf(v.name, v.type) for v in ins[:k]]
@@ -120,11 +124,11 @@ def _vjp(b: Builder, n: Node, g: Value) -> list[Value | None]:
     if r >= k:
         v = fwd[r]
         seeds[v] = bb.add(seeds[v], d_y[0]) if v in seeds else d_y[0]
-    d = backprop(back, seeds, prev + step + inv)
+    cot = backprop(back, seeds, prev + step + inv)
     zeros = lambda v: bb.broadcast_to(bb.const(0.0, v.dtype), shape=v.shape)
-    new_carries = [d[v] or zeros(v) for v in prev]
-    new_sums = [s if d[inv[j]] is None else bb.add(s, d[inv[j]]) for s, j in zip(sums, trained)]
-    d_steps = [d[v] or zeros(v) for v in step]
+    new_carries = [cot[v] or zeros(v) for v in prev]
+    new_sums = [s if (c := cot[inv[j]]) is None else bb.add(s, c) for s, j in zip(sums, trained)]
+    d_steps = [cot[v] or zeros(v) for v in step]
     back.outputs = {f"c{i}": v for i, v in enumerate(new_carries + new_sums)} | \
                    {f"y{i}": v for i, v in enumerate(d_steps)}
     zero = lambda v: b.const(0.0, v.dtype, v.shape)
