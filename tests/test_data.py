@@ -135,9 +135,9 @@ def test_corrupt_gzip(tmp_path: Path) -> None:
 
 
 def test_unsupported_extension(tmp_path: Path) -> None:
-    path = tmp_path / "data.txt"
+    path = tmp_path / "data.dat"  # .txt is text, for a language model (tests/test_text.py)
     path.write_text("1,2,0\n")
-    with pytest.raises(DataError, match="data.txt: unsupported"):
+    with pytest.raises(DataError, match="data.dat: unsupported"):
         load_dataset(path)
 
 

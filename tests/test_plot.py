@@ -29,6 +29,16 @@ def test_curves_draw_every_epoch():
     np.testing.assert_allclose(line.get_ydata(), [0.5 + 0.08 * e for e in range(1, 6)])
 
 
+def test_with_a_validation_split_its_curves_are_drawn():
+    """Each epoch reports validation; the test split, evaluated once at the end, is not a curve."""
+    history = [{"epoch": r["epoch"], "train_loss": r["train_loss"], "val_loss": r["test_loss"],
+                "val_accuracy": r["test_accuracy"]} for r in HISTORY]
+    history[-1].update({"test_loss": 0.5, "test_accuracy": 0.9})
+    loss, acc = curves(history, "m").axes
+    assert [ln.get_label() for ln in loss.get_lines()] == ["train", "validation"]
+    assert [ln.get_label() for ln in acc.get_lines()] == ["accuracy"] and acc.get_title() == "validation accuracy"
+
+
 def test_without_metrics_only_the_loss_is_drawn():
     fig = curves([{k: v for k, v in r.items() if k != "test_accuracy"} for r in HISTORY], "m")
     assert [ax.get_title() for ax in fig.axes] == ["loss"]

@@ -268,6 +268,26 @@ def test_eval_reports_the_validation_split_of_text(tmp_path, capsys):
     assert out.split() == ["val_loss", final[2], "val_bpb", final[4]]
 
 
+def test_the_python_api_fits_text_with_the_train_blocks_steps(tmp_path):
+    import graphc
+    _text(tmp_path)
+    m = graphc.load(_model(tmp_path), threads=1)
+    history = m.fit(tmp_path / "corpus.txt", epochs=1, progress=False, report=lambda s: None)
+    assert list(history[0]) == ["epoch", "seconds", "train_loss", "val_loss", "val_bpb"]
+
+
+def test_plot_draws_validation_loss_and_bits_per_byte():
+    pytest.importorskip("matplotlib")
+    from graphc.runtime.train.plot import curves
+    history = [{"epoch": e, "seconds": 1.0, "train_loss": 3.0 / e, "val_loss": 3.2 / e,
+                "val_bpb": 3.2 / e / math.log(2)} for e in (1, 2, 3)]
+    loss, bpb = curves(history, "lm").axes
+    assert [ln.get_label() for ln in loss.get_lines()] == ["train", "validation"]
+    np.testing.assert_allclose(loss.get_lines()[1].get_ydata(), [3.2, 1.6, 3.2 / 3])
+    (line,) = bpb.get_lines()
+    assert line.get_label() == "bpb" and bpb.get_title() == "validation bpb"
+
+
 # ---- generation ----
 
 def test_sample_is_greedy_at_temperature_0_and_repeats_with_its_seed(tmp_path, capsys):
