@@ -297,13 +297,14 @@ def _sample(a) -> None:
     from graphc import driver
     from graphc.runtime.train.checkpoint import load_params
     from graphc.runtime.train.feeds import scales
-    from graphc.runtime.train.sample import generate
+    from graphc.runtime.train.sample import generate, language_model
     prog = driver.load(a.model)
-    g = prog.eval_graph
-    params = load_params(a.params, g.params + g.state, scale=scales(prog))
-    text = generate(prog, params, a.prompt.encode(), a.tokens, a.temperature, a.seed)
+    lm = language_model(prog)  # another kind of model is refused before its params are read
+    params = load_params(a.params, lm.graph.params + lm.graph.state, scale=scales(prog))
+    prompt = os.fsencode(a.prompt)  # the bytes as given, even those that are not UTF-8
+    text = generate(lm, params, prompt, a.tokens, a.temperature, a.seed)
     decode = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character's bytes may come apart
-    sys.stdout.write(a.prompt)
+    sys.stdout.write(decode.decode(prompt))
     for byte in text:
         sys.stdout.write(decode.decode(byte))
         sys.stdout.flush()

@@ -24,7 +24,7 @@ from graphc.runtime.train import trainer
 from graphc.runtime.train.checkpoint import CHECKPOINT, load_arrays
 from graphc.runtime.train.data import load_dataset
 from graphc.runtime.train.feeds import bind
-from graphc.runtime.train.sample import generate
+from graphc.runtime.train.sample import generate, language_model
 from graphc.runtime.train.trainer import TrainOptions, TrainingInterrupted, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,8 +311,8 @@ def test_sample_reads_the_last_position_of_a_short_window(tmp_path):
     params = {"E": np.zeros((256, 16), np.float32), "W": np.zeros((16, 256), np.float32)}
     params["E"][2::2, 0], params["E"][1::2, 0] = 1, -1  # byte 0, the padding, scores all alike
     params["W"][0, ord("A")], params["W"][0, ord("B")] = 1, -1  # even -> A (odd) -> B (even) -> A
-    assert b"".join(generate(prog, params, b"ab", 3, temperature=0)) == b"ABA"
-    assert b"".join(generate(prog, params, b"x" * (T + 5) + b"b", 3, temperature=0)) == b"ABA"
+    assert b"".join(generate(language_model(prog), params, b"ab", 3, temperature=0)) == b"ABA"
+    assert b"".join(generate(language_model(prog), params, b"x" * (T + 5) + b"b", 3, temperature=0)) == b"ABA"
 
 
 @pytest.mark.parametrize("model,match", [
@@ -321,17 +321,17 @@ def test_sample_reads_the_last_position_of_a_short_window(tmp_path):
 def test_sample_refuses_models_that_are_not_byte_level_language_models(model, match):
     prog = driver.load(ROOT / "models" / model)
     with pytest.raises(GraphcError, match=match):
-        generate(prog, init_params(prog.eval_graph.params, 0), b"hi", 3)
+        generate(language_model(prog), init_params(prog.eval_graph.params, 0), b"hi", 3)
 
 
 def test_sample_refuses_logits_of_another_vocabulary_and_an_empty_prompt(tmp_path):
     path = tmp_path / "small.net"
     path.write_text(TINY.format(x="x", y="y", t=T, t2=T, data="c.txt").replace("16, 256", "16, 128"))
-    prog = driver.load(path)
     with pytest.raises(GraphcError, match=r"it predicts logits f32\[1,8,128\]; sampling needs logits \[B, 8, 256\]"):
-        generate(prog, init_params(prog.eval_graph.params, 0), b"hi", 3)
+        language_model(driver.load(path))
+    lm = language_model(driver.load(_model(tmp_path)))
     with pytest.raises(GraphcError, match="the prompt is empty"):
-        generate(prog, init_params(prog.eval_graph.params, 0), b"", 3)
+        generate(lm, init_params(lm.graph.params, 0), b"", 3)
 
 
 # ---- README's path ----
