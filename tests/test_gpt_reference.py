@@ -390,3 +390,42 @@ def _adamw_tol(g: np.ndarray, scale: float, v_hat: np.ndarray) -> np.ndarray:
     where the gradient is rounding noise (k's bias, zero by symmetry) that is all there is to
     check, in PyTorch as here: eps = 1e-8 is the size of f32 noise, and the step follows its sign."""
     return np.minimum(4 * ADAMW_LR * _grad_tol(g, scale) / (np.sqrt(v_hat) + ADAM_EPS), 2.01 * ADAMW_LR)
+
+
+# the same model with the built-in layer_norm and gelu, as models/gpt.net writes it
+BUILTIN = (MODEL.replace("ln(x) as ln1", "layer_norm(x) as ln1").replace("ln(h) as ln2", "layer_norm(h) as ln2")
+           .replace("ln(h2) as lnf", "layer_norm(h2) as lnf").replace("gelu_tanh(linear", "gelu(linear")
+           .replace("units=20) as fc)", "units=20) as fc, tanh=true)"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", [MODEL, BUILTIN], ids=["primitives", "built-ins"])
+def test_graphc_check_passes_in_float64(source):
+    """`graphc check`'s engine: backprop of the whole small GPT against float64 central differences."""
+    from graphc import driver
+    from graphc.ir.init import init_params
+    from graphc.runtime.train.gradcheck import check_graph
+
+    prog = load_source(source % "adamw(lr=0.01)", "gpt_small.net")
+    fwd = driver.forward(prog, B, "f64")
+    params = {k: v.astype(np.float64) for k, v in init_params(fwd.params, 2).items()}
+    idx, tgt = _batch()
+    report = check_graph(fwd, params, {"idx": idx, "tgt": tgt})
+    assert report["ok"], [r for r in report["params"] if r["max_rel_error"] > 1e-4]
+    assert len(report["params"]) == len(fwd.params)
+
+
+def test_built_ins_compute_what_the_primitives_do():
+    """The built-in layer_norm and gelu(tanh=true) give the primitives' loss and gradients."""
+    idx, tgt = _batch()
+    prim, built = _model("sgd(lr=0.1)"), Model(load_source(BUILTIN % "sgd(lr=0.1)", "gpt_small.net"), batch=B, seed=1)
+    def rename(k: str) -> str:  # the layer's g and b are the built-in's gamma and beta
+        return k.replace(".g", ".gamma").replace(".b", ".beta") if ".ln" in k or k.startswith("lnf") else k
+
+    for k, v in prim.params.items():
+        built.params[rename(k)][...] = v
+    a, b = prim.grad(idx=idx, tgt=tgt), built.grad(idx=idx, tgt=tgt)
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    for k in a:
+        if k.startswith("d."):
+            np.testing.assert_allclose(b[f"d.{rename(k[2:])}"], a[k], rtol=2e-4, atol=1e-5, err_msg=k)
