@@ -60,9 +60,9 @@ def _const(g: Graph, v: Value, leaf_type: Callable[[TensorType], TensorType]) ->
     return Builder(g).const(v.const, t.dtype, t.shape)
 
 
-def inline(b: Builder, g: Graph, args: list[Value]) -> list[Value]:
+def inline(b: Builder, g: Graph, args: list[Value]) -> dict[Value, Value]:
     """Copy `g`'s nodes into `b`'s graph with its leaves (inputs, params, state, in order) replaced
-    by `args`; return its outputs there, in order."""
+    by `args`; return each value of `g` -> its copy (a literal is its own)."""
     env: dict[Value, Value] = dict(zip(g.leaves(), args))
 
     def at(v: Value) -> Value:
@@ -70,4 +70,4 @@ def inline(b: Builder, g: Graph, args: list[Value]) -> list[Value]:
 
     for n in g.nodes:
         env[n.out] = b.op(n.op, *[at(v) for v in n.inputs], **n.attrs)
-    return [at(v) for v in g.outputs.values()]
+    return env

@@ -21,11 +21,11 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.ir.graph import Builder, Graph, Input, Node, TensorType, Value
-from graphc.ir.rewrite import inline, rewrite
+from graphc.ir.rewrite import inline
 from graphc.ops.backprop import backprop
-from graphc.ops.lowering import Described, Loop
+from graphc.ops.lowering import Contraction, Described, Loop
 from graphc.ops.reference import evaluate
-from graphc.ops.registry import OpDef, is_int, register, require
+from graphc.ops.registry import REGISTRY, OpDef, is_int, lowered, register, require
 
 
 def _parts(xs: list, attrs: dict) -> tuple[list, list, list]:
@@ -68,19 +68,39 @@ def _ref(*arrays: np.ndarray, body: Graph, carries: int, xs: int, reverse: bool,
     return inits[result] if result < carries else np.stack([ys[t][result - carries] for t in steps])
 
 
-def _stacked_carries(b: Builder, n: Node) -> list[Value]:
-    """Each carry's values after every step, [T, ...]: results of n's scan where its body returns
-    the new carry as a y too (the frontend's does), else of a scan whose body does."""
+def _stacked(b: Builder, n: Node, values: list[Value]) -> list[Value]:
+    """Each of `values` (values of n's body) at every step, [T, ...]: results of n's scan, the body
+    returning those it does not yet as per-step values. The body is extended in place: the nodes
+    of the scan share it, their results keep their places, and codegen runs one loop for them all."""
     body, k = n.attrs["body"], n.attrs["carries"]
+    for v in values:
+        if v not in list(body.outputs.values())[k:]:
+            body.outputs[f"saved{len(body.outputs)}"] = v
     outs = list(body.outputs.values())
-    if any(v not in outs[k:] for v in outs[:k]):
-        body = rewrite(body)
-        news = list(body.outputs.values())[:k]
-        body.outputs |= {f"carry{i}": v for i, v in enumerate(news) if v not in list(body.outputs.values())[k:]}
-        outs = list(body.outputs.values())
-    result = lambda r: n.out if body is n.attrs["body"] and r == n.attrs["result"] else \
-        b.op("scan", *n.inputs, **{**n.attrs, "body": body, "result": r})
-    return [result(outs.index(v, k)) for v in outs[:k]]
+    result = lambda r: n.out if r == n.attrs["result"] else b.op("scan", *n.inputs, **{**n.attrs, "result": r})
+    return [result(outs.index(v, k)) for v in values]
+
+
+def _saved(body: Graph) -> list[Value]:
+    """What the backward pass reads from the forward loop rather than recomputes: each step's
+    contractions (JAX's `dots_saveable` policy); the elementwise work around them is recomputed."""
+    return [n.out for n in body.nodes if _contraction(n) is not None]
+
+
+def _contraction(n: Node) -> Contraction | None:
+    d = lowered(n) if isinstance(REGISTRY[n.op].lowering, Described) else None
+    return d if isinstance(d, Contraction) else None
+
+
+def _hoistable(c: Value | None, step_values: set[Value]) -> Node | None:
+    """The contraction A^T G that computes a weight's cotangent in one step, where A and G both
+    change from step to step: summed over the steps it is one contraction over all of their rows,
+    done after the loop instead of a small one and an accumulation per step."""
+    node = c.producer if c is not None else None
+    d = _contraction(node) if node is not None else None
+    if node is None or d is None or not d.ta or d.tb or d.batch:
+        return None
+    return node if all(v in step_values for v in node.inputs) else None
 
 
 def _previous(b: Builder, init: Value, stacked: Value, reverse: bool) -> Value:
@@ -97,26 +117,25 @@ def _vjp(b: Builder, n: Node, g: Value) -> list[Value | None]:
     body, k, r = n.attrs["body"], n.attrs["carries"], n.attrs["result"]
     inits, seqs, consts = _parts(n.inputs, n.attrs)
     ins = [i.value for i in body.inputs]
-    outs = list(body.outputs.values())
-    trained = [j for j, c in enumerate(consts) if c.type.is_float]  # loop invariants with a gradient
-    stacked = _stacked_carries(b, n)
+    saved = _saved(body)
+    stacked = _stacked(b, n, list(body.outputs.values())[:k] + saved)
     prevs = [_previous(b, init, s, n.attrs["reverse"]) for init, s in zip(inits, stacked)]
-    # the backward body: carries (cotangents of the carries, gradient sums of the invariants), steps
-    # (the carries each forward step started from, its xs, the cotangent of its y), invariants
+    # The backward body. Its carries: the cotangents of the carries, and the gradient sums of the
+    # loop invariants that are accumulated step by step; its steps: the carries each forward step
+    # started from, that step's xs and saved contractions, and the cotangent of its y; then the
+    # invariants. It recomputes the forward step but for the saved contractions, then pulls the
+    # cotangents back through it.
     back = Graph(f"{body.name}.vjp")
-
-    def leaf(name: str, t: TensorType) -> Value:
-        back.inputs.append(Input(Value(name, t)))
-        return back.inputs[-1].value
-
+    leaf = lambda name, t: Value(name, t)
     d_carry = [leaf(f"d.{v.name}", v.type) for v in ins[:k]]
-    sums = [leaf(f"d.{ins[len(ins) - len(consts) + j].name}", consts[j].type) for j in trained]
     prev = [leaf(v.name, v.type) for v in ins[:k]]
     step = [leaf(v.name, v.type) for v in ins[k:k + len(seqs)]]
+    kept = [leaf(f"saved{i}", v.type) for i, v in enumerate(saved)]
     d_y = [leaf("d.y", _step_type(g.type))] if r >= k else []
     inv = [leaf(v.name, v.type) for v in ins[k + len(seqs):]]
     bb = Builder(back, n.loc, n.scope)
-    fwd = inline(bb, body, prev + step + inv)
+    copies = inline(bb, body, prev + step + inv)
+    fwd = [v if v.const is not None else copies[v] for v in body.outputs.values()]
     seeds: dict[Value, Value] = {}
     for v, d in zip(fwd, d_carry + [None] * (len(fwd) - k)):
         if d is not None:
@@ -124,24 +143,47 @@ def _vjp(b: Builder, n: Node, g: Value) -> list[Value | None]:
     if r >= k:
         v = fwd[r]
         seeds[v] = bb.add(seeds[v], d_y[0]) if v in seeds else d_y[0]
+    trained = [j for j, c in enumerate(consts) if c.type.is_float]  # loop invariants with a gradient
     cot = backprop(back, seeds, prev + step + inv)
+    # the saved contractions are read, not recomputed: no vjp reads a contraction's own result, so
+    # once its uses read the saved value, its recomputation is dead code
+    read = {copies[v]: s for v, s in zip(saved, kept)}
+    for bn in back.nodes:
+        bn.inputs = [read.get(v, v) for v in bn.inputs]
+    varying = set(d_carry + prev + step + kept + d_y)  # what changes from step to step
+    for bn in back.nodes:
+        if any(v in varying for v in bn.inputs):
+            varying.add(bn.out)
+    hoisted = {j: h for j in trained if (h := _hoistable(cot[inv[j]], varying)) is not None}
+    summed = [j for j in trained if j not in hoisted]
+    sums = [leaf(f"d.{inv[j].name}", consts[j].type) for j in summed]
     zeros = lambda v: bb.broadcast_to(bb.const(0.0, v.dtype), shape=v.shape)
     new_carries = [cot[v] or zeros(v) for v in prev]
-    new_sums = [s if (c := cot[inv[j]]) is None else bb.add(s, c) for s, j in zip(sums, trained)]
+    new_sums = [s if (c := cot[inv[j]]) is None else bb.add(s, c) for s, j in zip(sums, summed)]
     d_steps = [cot[v] or zeros(v) for v in step]
-    back.outputs = {f"c{i}": v for i, v in enumerate(new_carries + new_sums)} | \
-                   {f"y{i}": v for i, v in enumerate(d_steps)}
+    # A and G of each hoisted contraction at every step: a step operand is already stacked outside
     zero = lambda v: b.const(0.0, v.dtype, v.shape)
-    operands = ([g if i == r else zero(v) for i, v in enumerate(inits)] + [zero(consts[j]) for j in trained]
-                + prevs + seqs + ([g] if r >= k else []) + consts)
-    attrs = {"body": back, "carries": k + len(trained), "xs": k + len(seqs) + (r >= k),
+    outside = dict(zip(prev + step + kept + d_y, prevs + seqs + stacked[k:] + ([g] if r >= k else [])))
+    made = list(dict.fromkeys(v for j in hoisted for v in hoisted[j].inputs if v not in outside))
+    back.inputs = [Input(v) for v in d_carry + sums + prev + step + kept + d_y + inv]
+    back.outputs = {f"c{i}": v for i, v in enumerate(new_carries + new_sums)} | \
+                   {f"y{i}": v for i, v in enumerate(d_steps + made)}
+    operands = ([g if i == r else zero(v) for i, v in enumerate(inits)] + [zero(consts[j]) for j in summed]
+                + prevs + seqs + stacked[k:] + ([g] if r >= k else []) + consts)
+    attrs = {"body": back, "carries": k + len(summed), "xs": k + len(seqs) + len(saved) + (r >= k),
              "reverse": not n.attrs["reverse"]}
     result = lambda i: b.op("scan", *operands, **attrs, result=i)
     d_consts: list[Value | None] = [None] * len(consts)
-    for i, j in enumerate(trained):
+    for i, j in enumerate(summed):
         d_consts[j] = result(k + i)
+    first = k + len(summed) + len(seqs)  # the results holding what the body made of A and G
+    stacked_at = lambda v: outside[v] if v in outside else result(first + made.index(v))
+    rows = lambda x: b.reshape(x, shape=(-1, x.shape[-1]))  # [T, rows, cols] -> [T * rows, cols]
+    for j, h in hoisted.items():
+        a, gs = (rows(stacked_at(v)) for v in h.inputs)
+        d_consts[j] = b.matmul(a, gs, ta=True)
     d_inits: list[Value | None] = [result(i) if v.type.is_float else None for i, v in enumerate(inits)]
-    d_seqs: list[Value | None] = [result(k + len(trained) + i) if v.type.is_float else None
+    d_seqs: list[Value | None] = [result(k + len(summed) + i) if v.type.is_float else None
                                   for i, v in enumerate(seqs)]
     return d_inits + d_seqs + d_consts
 
