@@ -262,7 +262,7 @@ def _init_from(path: str, prog, opts) -> None:
 def _eval(a) -> None:
     from graphc import driver
     from graphc.runtime.train.checkpoint import load_params
-    from graphc.runtime.train.feeds import bind, scales
+    from graphc.runtime.train.feeds import bind_split, scales
     from graphc.runtime.train.trainer import Evaluator
     prog = driver.load(a.model)
     g = prog.eval_graph  # reads the params and the model's state (batch norm's running statistics)
@@ -271,8 +271,7 @@ def _eval(a) -> None:
     evaluate = Evaluator(prog, params, note=lambda line: print(line, file=sys.stderr),
                          batch=prog.train.batch if data.text else None, text=data.text)
     split, prefix = ("validation", "val") if data.text else ("test", "test")  # text has no test split
-    fed = bind(prog, driver.forward(prog, training=False), data.splits()[split], _mapping(a, prog),
-               data.name, split, data.text)
+    fed = bind_split(prog, driver.forward(prog, training=False), data, split, _mapping(a, prog))
     print("  ".join(f"{prefix}_{k} {v:.4f}" for k, v in evaluate(fed, split).items()))
 
 
@@ -287,8 +286,8 @@ def _predict(a) -> None:
     _check_output("-o", out, None)
     g = prog.eval_graph
     params = load_params(a.params, g.params + g.state, scale=scales(prog))
-    name, arrays = load_arrays(a.data)
-    outputs = predict(prog, params, arrays, _mapping(a, prog), name, progress=True if a.progress else None)
+    origin, arrays = load_arrays(a.data)
+    outputs = predict(prog, params, arrays, _mapping(a, prog), origin, progress=True if a.progress else None)
     print(write_predictions(out, outputs))
 
 
@@ -467,7 +466,8 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=helptext)
         s.add_argument("model")
         s.add_argument("--data", help="bundled name, MNIST IDX directory, directory of .npy files, "
-                                      "CSV(.gz) with label last, or NPZ: arrays named like the inputs; "
+                                      "CSV(.gz) (a header names its arrays; without one, the label "
+                                      "last), or NPZ: arrays named like the inputs; "
                                       "or UTF-8 text (.txt, .txt.gz) for a language model")
         s.add_argument("--map", action="append", default=[], metavar="INPUT=ARRAY",
                        help="feed INPUT from the array ARRAY (where names differ; repeatable)")

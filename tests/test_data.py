@@ -13,7 +13,9 @@ import pytest
 from graphc.errors import DataError
 from graphc.runtime.train import checkpoint
 from graphc.runtime.train.checkpoint import load_arrays, save_arrays
+from graphc.runtime.train import data as data_module
 from graphc.runtime.train.data import Dataset, load_dataset
+from graphc.runtime.train.predict import write_predictions
 
 
 def _check_types(ds: Dataset) -> None:
@@ -105,10 +107,17 @@ def test_csv_float_features_unscaled(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "expect"), [
     ("1,2,0\n3,4\n", r"line 2: expected 3"),
     ("1,2,0\n3,x,1\n", r"line 2: non-numeric"),
-    ("a,b,label\n1,2,0\n", r"line 1: non-numeric.*header"),
+    ("a,b,label\n1,2,0\n1,x,1\n", r"line 3: non-numeric"),
+    ("a,b\n1,2\n1,nan\n", r"line 3, column 2 \(b\) is nan, not a finite number"),
     ("1,2,0\n\n1,nan,1\n", r"line 3, column 2 is nan, not a finite number"),
     ("1,2,0\n1,inf,1\n", r"line 2, column 2 is inf, not a finite number"),
     ("", r"no data rows"),
+    ("a,b,a\n1,2,3\n", r"the header names column a twice \(columns 1 and 3\)"),
+    ("x0,x2,y\n1,2,3\n", r"columns for array x \(x0, x2\) lack element \[1\]: number them from 0 \(or 1\)"),
+    ("x2,x3,y\n1,2,3\n", r"columns for array x \(x2, x3\) start at 2"),
+    ("x,x_0,x_1\n1,2,3\n", r"column x and its column x_0 both name array x"),
+    ('"m[0, 0]",m[1],y\n1,2,3\n', r"columns for array m \(m\[0, 0\], m\[1\]\) mix 1 and 2 indices"),
+    ("a,,b\n1,2,3\n", r"line 1 \(the header\): column 2 has no name"),
     ("1\n2\n", r"line 1: need at least one feature"),
 ])
 def test_csv_errors(tmp_path: Path, text: str, expect: str) -> None:
@@ -117,6 +126,32 @@ def test_csv_errors(tmp_path: Path, text: str, expect: str) -> None:
     with pytest.raises(DataError, match=expect) as exc:
         load_dataset(path)
     assert "bad.csv" in exc.value.message
+
+
+def test_csv_header_names_arrays_and_groups_numbered_columns(tmp_path: Path) -> None:
+    """A first line that is not all numbers names the columns: NAMEi / NAME_i columns (two or more,
+    numbered from 0 or 1, in any order) form array NAME, other columns an array each."""
+    path = tmp_path / "named.csv"
+    path.write_text("id,x1,x0,x2,label,w_1,w_2\n" + "".join(
+        f"{i},{i + 0.5},{i + 0.25},{i + 0.75},{i % 3},{2 * i},{-i}\n" for i in range(10)))
+    origin, arrays = data_module.load_arrays(path)
+    assert list(arrays) == ["id", "x", "label", "w"]  # in the file's order
+    assert arrays["x"].shape == (10, 3) and arrays["x"][4].tolist() == [4.25, 4.5, 4.75]  # by index
+    assert arrays["w"][3].tolist() == [6, -3] and arrays["label"].dtype == np.uint8
+    assert origin.columns == {"id": "column 1", "x": "columns x0..x2", "label": "column 5",
+                              "w": "columns w_1..w_2"}
+    ds = load_dataset(path)  # split as any other source: a fixed 20% tests
+    assert ds.train["x"].shape == (8, 3) and ds.test["label"].shape == (2,)
+
+
+def test_csv_header_reads_what_predict_writes(tmp_path: Path) -> None:
+    outputs = {"pred": np.arange(24, dtype=np.float32).reshape(4, 2, 3) / 8,
+               "score": np.array([1.5, -2, 0, 3], np.float32)}
+    write_predictions(tmp_path / "p.csv", outputs)  # columns "pred[0, 0]", ..., score
+    origin, arrays = data_module.load_arrays(tmp_path / "p.csv")
+    assert arrays.keys() == outputs.keys() and origin.columns["pred"] == "columns pred[0, 0]..pred[1, 2]"
+    for k, v in outputs.items():
+        np.testing.assert_array_equal(arrays[k], v)
 
 
 def test_truncated_gzip(tmp_path: Path) -> None:

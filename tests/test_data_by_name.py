@@ -126,6 +126,25 @@ def test_two_inputs_are_both_fed_by_name_and_mapped(tmp_path, capsys):
            "--map", "a=first", "--map", "b=second")
 
 
+def test_a_csv_header_feeds_inputs_by_name_and_its_mismatches_name_both(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(40, 3)), rng.normal(size=(40, 2))
+    label = (b[:, 0] > 0).astype(int) * 2 + (b[:, 1] > 0)
+    rows = "".join(",".join(f"{v:.6f}" for v in (*ra, *rb)) + f",{l}\n" for ra, rb, l in zip(a, b, label))
+    (tmp_path / "two.csv").write_text("a0,a1,a2,b_0,b_1,label\n" + rows)
+    model = _model(tmp_path, TWO_INPUTS, "two.csv")
+    out = _train(capsys, model, tmp_path / "run", "--epochs", "4", "--lr", "0.5")
+    assert "final: test_loss" in out  # a from a0..a2, b from b_0..b_1, label by name
+    (tmp_path / "other.csv").write_text("a0,a1,a2,c_0,c_1,label\n" + rows)
+    code, _, err = _run(capsys, "train", str(model), "--data", str(tmp_path / "other.csv"), "--no-progress")
+    assert code == 2 and "m.net:4:7: error: other (train split): no array feeds input b (f32[B,2]); it " \
+        "holds a (columns a0..a2), c (columns c_0..c_1), label (column 6)" in err and "--map b=" in err
+    code, _, err = _run(capsys, "train", str(model), "--data", str(tmp_path / "other.csv"), "--map", "b=a",
+                        "--no-progress")
+    assert code == 2 and "other: array 'a' (columns a0..a2) holds samples of shape [3] but input b " \
+        "takes [2] per sample" in err
+
+
 def test_two_float_inputs_on_a_bundled_set_name_both(tmp_path, capsys):
     model = _model(tmp_path, TWO_INPUTS, "x")
     code, _, err = _run(capsys, "train", str(model), "--data", "digits", "--no-progress")

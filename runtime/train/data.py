@@ -5,12 +5,17 @@
     a plain name wins over a same-named local path, so write "./mnist" to load a local folder;
   * a directory holding the four MNIST IDX files (train/t10k, images-idx3/labels-idx1, each
     optionally gzipped), or a directory of .npy files (one array per file, named by its stem);
-  * a .csv or .csv.gz file: no header, one sample per line, features then the label last;
+  * a .csv or .csv.gz file, one sample per line: without a header, features then the label last
+    (arrays `x` and `y`); with one (a first line that is not all numbers), arrays named by it: a
+    column NAME is an array of its own, and columns NAME0, NAME1, ... (or NAME_0, ..., two or more,
+    numbered from 0 or 1) or NAME[i, j, ...] (what graphc predict writes) are the elements of
+    array NAME, [N, k] or [N, k, l, ...];
   * a .npz file of named arrays;
   * text: "jargon" (the Jargon File 4.4.7, 1.7 MB) or a .txt or .txt.gz file of UTF-8 text.
 
 Every source becomes named arrays of samples, [N, ...]: images and labels are `x` and `y` (IDX,
-CSV), an .npz or .npy array is named by its key or file. A name ending in `_train`, `_val` or
+headerless CSV), an .npz or .npy array is named by its key or file, a CSV header's array by its
+columns (Origin.columns says which, for messages). A name ending in `_train`, `_val` or
 `_test` puts the array in that split (`x_train`, `x_test`, ...); arrays without such a suffix are
 split deterministically: a fixed permutation from np.random.default_rng(0), whose last 20% (at least
 one sample) is the test set. `validation` holds out a fraction of the training samples the same way,
@@ -36,16 +41,18 @@ the table grows; a few MB of gzip may declare or decompress to many gigabytes.
 from __future__ import annotations
 
 import contextlib
+import csv
 import gzip
 import importlib.resources
 import io
 import math
 import os
+import re
 import zipfile
 import zlib
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +86,15 @@ SPLITS = ("train", "val", "test")  # the suffixes that place an array in a split
 
 
 @dataclass
+class Origin:
+    """Where arrays were read, for messages: the data's name and, for a CSV file with a header, the
+    columns each array holds ("columns x0..x3", "column 5")."""
+
+    name: str
+    columns: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Dataset:
     """Named arrays of samples ([N, ...], as the source holds them) for each split."""
 
@@ -87,11 +103,16 @@ class Dataset:
     test: dict[str, np.ndarray]
     validation: dict[str, np.ndarray] | None = None
     text: bool = False  # byte-level text: each split's arrays are streams of bytes, x and y = x + 1
+    origins: dict[str, Origin] = field(default_factory=dict)  # split -> where it was read, if known
 
     def splits(self) -> dict[str, dict[str, np.ndarray]]:
         """The splits that hold samples: "train", then "validation" if any, then "test"."""
         out = {"train": self.train, "validation": self.validation, "test": self.test}
         return {k: v for k, v in out.items() if v}
+
+    def origin(self, split: str) -> Origin:
+        """Where split `split` ("train", "validation", "test") was read."""
+        return self.origins.get(split) or Origin(self.name)
 
 
 def load_dataset(spec: str | os.PathLike, validation: float | str | os.PathLike | None = None) -> Dataset:
@@ -102,23 +123,26 @@ def load_dataset(spec: str | os.PathLike, validation: float | str | os.PathLike 
         if validation is not None:
             raise DataError(f"{name}: text validates on its last {TEXT_VALIDATION:.0%}; drop validation")
         return _load_text(name, path)
-    arrays = _arrays(path)
+    arrays, columns = _arrays(path)
     splits = _splits(str(spec), arrays)
+    origins = dict.fromkeys(("train", "validation", "test"), Origin(name, columns))
     if isinstance(validation, float):
         if "val" in splits:
             raise DataError(f"{name}: holds a validation split (arrays ending in _val) already; "
                             "drop validation = ... or those arrays")
         splits["train"], splits["val"] = _held_out(str(spec), splits["train"], validation, "validation")
     elif validation is not None:
-        splits["val"] = load_arrays(validation)[1]
+        origins["validation"], splits["val"] = load_arrays(validation)
         _count(str(validation), splits["val"])
-    return Dataset(name, splits["train"], splits["test"], splits.get("val"))  # named by its stem
+    return Dataset(name, splits["train"], splits["test"], splits.get("val"), origins=origins)  # named by its stem
 
 
-def load_arrays(spec: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
-    """The data set's name and its arrays by name, as the source holds them (not split)."""
+def load_arrays(spec: str | os.PathLike) -> tuple[Origin, dict[str, np.ndarray]]:
+    """Where the data set's arrays were read, and its arrays by name, as the source holds them
+    (not split)."""
     name, path = _locate(spec)
-    return name, _arrays(path)
+    arrays, columns = _arrays(path)
+    return Origin(name, columns), arrays
 
 
 def _locate(spec: str | os.PathLike) -> tuple[str, Path]:
@@ -136,7 +160,8 @@ def _locate(spec: str | os.PathLike) -> tuple[str, Path]:
     return name, path
 
 
-def _arrays(path: Path) -> dict[str, np.ndarray]:
+def _arrays(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A source's arrays, and the CSV header columns each was read from (Origin.columns)."""
     try:
         return _load_path(path)
     except MemoryError:
@@ -204,17 +229,17 @@ def _bundled_dir() -> Path:
 _KINDS = "an MNIST IDX directory, a directory of .npy files, a .csv / .csv.gz file, or a .npz file"
 
 
-def _load_path(path: Path) -> dict[str, np.ndarray]:
+def _load_path(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if not path.exists():
         raise DataError(f"{path}: no such file or directory (expected {_KINDS})")
     if path.is_dir():
         npys = sorted(path.glob("*.npy"))
-        return _load_npys(path, npys) if npys else _load_idx_dir(path)
+        return _load_npys(path, npys) if npys else _load_idx_dir(path), {}
     lower = path.name.lower()
     if lower.endswith((".csv", ".csv.gz")):
         return _load_csv(path)
     if lower.endswith(".npz"):
-        return _load_npz(path)
+        return _load_npz(path), {}
     if lower.endswith(TEXT):
         raise DataError(f"{path}: text trains and evaluates a language model (graphc train, eval; "
                         "graphc sample generates text); this command reads arrays")
@@ -342,11 +367,88 @@ def _read_idx(path: Path, magic: int, split: str) -> np.ndarray:
 
 # ---- CSV ----
 
-def _load_csv(path: Path) -> dict[str, np.ndarray]:
-    table, lines = _read_csv(path)
-    x, y = table[:, :-1], table[:, -1]
-    return {"x": _numbers(path, x, lambda i: f"line {lines[i[0]]}, column {i[1] + 1}"),
-            "y": _numbers(path, y, lambda i: f"line {lines[i[0]]}, column {table.shape[1]}")}
+def _load_csv(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A CSV file's arrays, and for a header's arrays the columns each was read from."""
+    header, table, lines = _read_csv(path)
+    if header is None:  # features, then the label last
+        x, y = table[:, :-1], table[:, -1]
+        return ({"x": _numbers(path, x, lambda i: f"line {lines[i[0]]}, column {i[1] + 1}"),
+                 "y": _numbers(path, y, lambda i: f"line {lines[i[0]]}, column {table.shape[1]}")}, {})
+    arrays, columns = {}, {}
+    for name, (cols, shape) in _header_arrays(path, header).items():
+        def where(i: tuple[int, ...], cols: list[int] = cols, shape: tuple[int, ...] = shape) -> str:
+            col = cols[int(np.ravel_multi_index(i[1:], shape)) if shape else 0]
+            return f"line {lines[i[0]]}, column {col + 1} ({header[col]})"
+        arrays[name] = _numbers(path, table[:, cols].reshape((len(table),) + shape), where)
+        columns[name] = (f"column {cols[0] + 1}" if not shape else
+                         f"columns {header[cols[0]]}..{header[cols[-1]]}")
+    return arrays, columns
+
+
+# a column that is one element of an array: NAME[i] or NAME[i, j] (what graphc predict writes),
+# NAME_i or NAMEi (grouped when two or more columns share NAME)
+_BRACKETED = re.compile(r"(.+?)\[\s*(\d+(?:\s*,\s*\d+)*)\s*\]")
+_NUMBERED = re.compile(r"(.*?[^\d_]_?)(\d+)")
+
+
+def _header_arrays(path: Path, header: list[str]) -> dict[str, tuple[list[int], tuple[int, ...]]]:
+    """The arrays a header names: each array's columns (in element order) and per-sample shape, ()
+    for a column of its own. Columns NAME[i, ...], and NAME_i or NAMEi where two or more share NAME,
+    are the elements of array NAME, numbered from 0 (or 1) on every axis, in any order in the file."""
+    seen: dict[str, int] = {}
+    for col, field in enumerate(header):
+        if not field:
+            raise DataError(f"{path}: line 1 (the header): column {col + 1} has no name")
+        if field in seen:
+            raise DataError(f"{path}: the header names column {field} twice (columns "
+                            f"{seen[field] + 1} and {col + 1})")
+        seen[field] = col
+    numbered: dict[str, list[tuple[int, int]]] = {}  # NAME_ or NAME -> (index, column) numbered after it
+    elements: list[tuple[str, tuple[int, ...], int]] = []  # (array, index, column)
+    for col, field in enumerate(header):
+        bracketed, number = _BRACKETED.fullmatch(field), _NUMBERED.fullmatch(field)
+        if bracketed:
+            elements.append((bracketed[1], tuple(int(k) for k in bracketed[2].split(",")), col))
+        elif number:
+            numbered.setdefault(number[1], []).append((int(number[2]), col))
+    for stem, members in numbered.items():
+        if len(members) > 1:
+            elements += [(stem[:-1] if stem.endswith("_") else stem, (i,), col) for i, col in members]
+    grouped = {col for _, _, col in elements}
+    out: dict[str, tuple[list[int], tuple[int, ...]]] = {
+        field: ([col], ()) for col, field in enumerate(header) if col not in grouped}
+    groups: dict[str, dict[tuple[int, ...], int]] = {}
+    for name, index, col in elements:
+        group = groups.setdefault(name, {})
+        if name in out:
+            raise DataError(f"{path}: the header's column {name} and its column {header[col]} both "
+                            f"name array {name}")
+        if index in group:
+            raise DataError(f"{path}: the header's columns {header[group[index]]} and {header[col]} "
+                            f"are the same element of array {name}")
+        group[index] = col
+    out |= {name: _grid(path, name, group, header) for name, group in groups.items()}
+    return dict(sorted(out.items(), key=lambda item: min(item[1][0])))  # in the file's order
+
+
+def _grid(path: Path, name: str, group: dict[tuple[int, ...], int],
+          header: list[str]) -> tuple[list[int], tuple[int, ...]]:
+    """A group's columns in element order and its shape: its indices must fill a grid numbered
+    from 0 (or from 1) on every axis."""
+    ranks = sorted({len(i) for i in group})
+    columns = ", ".join(header[c] for c in sorted(group.values()))
+    if len(ranks) > 1:
+        raise DataError(f"{path}: the header's columns for array {name} ({columns}) mix "
+                        f"{' and '.join(map(str, ranks))} indices")
+    first = min(min(i) for i in group)
+    shape = tuple(max(i[axis] for i in group) - first + 1 for axis in range(ranks[0]))
+    order = [tuple(k + first for k in i) for i in np.ndindex(*shape)]
+    missing = next((i for i in order if i not in group), None)
+    if first > 1 or missing is not None:
+        what = f"start at {first}" if first > 1 else f"lack element {list(missing or ())}"
+        raise DataError(f"{path}: the header's columns for array {name} ({columns}) {what}: number "
+                        "them from 0 (or 1) without gaps")
+    return [group[i] for i in order], shape
 
 
 def _numbers(path: Path, a: np.ndarray, where: Callable[[tuple[int, ...]], str]) -> np.ndarray:
@@ -363,14 +465,28 @@ def _numbers(path: Path, a: np.ndarray, where: Callable[[tuple[int, ...]], str])
     return cast
 
 
-def _read_csv(path: Path) -> tuple[np.ndarray, array]:
-    """The numbers of a CSV file, a float64 row per non-blank line, and the line of each row. Read a
-    line at a time into blocks of rows, so that memory follows the table, refused as it grows past
-    what memory holds, whatever the file decompresses to."""
+def _header(line: str) -> list[str] | None:
+    """The column names of a first line that is not all numbers (parsed as CSV: names may be
+    quoted), else None."""
+    fields = line.split(",")
+    try:
+        for f in fields:
+            float(f)
+    except ValueError:
+        return [name.strip() for name in next(csv.reader([line]))]
+    return None
+
+
+def _read_csv(path: Path) -> tuple[list[str] | None, np.ndarray, array]:
+    """A CSV file's header (its first line, if that is not all numbers), its numbers, a float64 row
+    per other non-blank line, and the line of each row. Read a line at a time into blocks of rows,
+    so that memory follows the table, refused as it grows past what memory holds, whatever the
+    file decompresses to."""
     free = _available_memory()
     limit = free // _LINE_COST if free else -1  # the longest line that memory can parse
     blocks: list[np.ndarray] = []
     lines = array("q")
+    header: list[str] | None = None
     width = per_block = first = n = 0
     with _open(path) as f:
         for chunk in iter(lambda: f.readline(limit), b""):
@@ -388,11 +504,14 @@ def _read_csv(path: Path) -> tuple[np.ndarray, array]:
                     continue
                 fields = line.split(",")
                 if not width:
-                    first, width = n, len(fields)
-                    if width < 2:
+                    header = _header(line)
+                    first, width = n, len(header or fields)
+                    if header is None and width < 2:
                         raise DataError(f"{path}: line {n}: need at least one feature and a label, "
-                                        f"found {width} field")
+                                        f"found {width} field (or a header naming the columns)")
                     per_block = max(1, _CSV_BLOCK // (8 * width))
+                    if header is not None:
+                        continue
                 if len(fields) != width:
                     raise DataError(f"{path}: line {n}: expected {width} comma-separated fields "
                                     f"(as on line {first}), found {len(fields)}")
@@ -403,13 +522,12 @@ def _read_csv(path: Path) -> tuple[np.ndarray, array]:
                 try:
                     blocks[-1][row] = fields  # numpy parses the strings
                 except ValueError as e:
-                    hint = " (CSV files must not have a header row)" if not lines else ""
-                    raise DataError(f"{path}: line {n}: non-numeric field: {e}{hint}") from None
+                    raise DataError(f"{path}: line {n}: non-numeric field: {e}") from None
                 lines.append(n)
     if not lines:
         raise DataError(f"{path}: no data rows")
     blocks[-1] = blocks[-1][: (len(lines) - 1) % per_block + 1]
-    return np.concatenate(blocks), lines
+    return header, np.concatenate(blocks), lines
 
 
 # ---- NPZ ----

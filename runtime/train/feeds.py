@@ -30,7 +30,7 @@ from graphc.frontend import Program
 from graphc.ir.graph import LR, NP_DTYPES, Graph, Input, TensorType
 from graphc.ops import REGISTRY
 from graphc.runtime.execute.step import Step
-from graphc.runtime.train.data import TEXT_VALIDATION, check_finite
+from graphc.runtime.train.data import TEXT_VALIDATION, Dataset, check_finite
 
 # an input's samples as a Feeder takes them: rows of its dtype, or bytes and their divisor
 Source = Union[np.ndarray, tuple[np.ndarray, float]]
@@ -50,20 +50,24 @@ def scales(prog: Program) -> dict[str, float]:
 
 
 def bind(prog: Program, g: Graph, arrays: dict[str, np.ndarray], mapping: dict[str, str],
-         source: str, split: str, text: bool = False) -> dict[str, Source]:
+         source: str, split: str, text: bool = False,
+         columns: dict[str, str] | None = None) -> dict[str, Source]:
     """The sources of `g`'s fed inputs (g: bound, so its dims are numbers) from `arrays`, named by
-    input; `source` and `split` name the data in errors. `text`: the arrays are streams of bytes,
-    cut into windows ("train" at every offset, other splits without overlap)."""
+    input; `source` and `split` name the data in errors, `columns` the CSV header columns an array
+    was read from (Origin.columns). `text`: the arrays are streams of bytes, cut into windows
+    ("train" at every offset, other splits without overlap)."""
     declared = {i.value.name: i for i in prog.graph.inputs}
     inputs = fed_inputs(g)
     where = f"{source} ({split} split)"
-    chosen = _resolve(prog, inputs, list(arrays), mapping, where, {} if text else _ROLES)
+    columns = columns or {}
+    named = {k: k + (f" ({columns[k]})" if k in columns else "") for k in arrays}
+    chosen = _resolve(prog, inputs, named, mapping, where, {} if text else _ROLES)
     out: dict[str, Source] = {}
     for inp in inputs:
         name = inp.value.name
         a = arrays[chosen[name]]
         out[name] = (_windows(declared[name], a, where, chosen[name], split == "train") if text
-                     else _source(inp, declared[name], a, source, chosen[name]))
+                     else _source(inp, declared[name], a, source, chosen[name], columns.get(chosen[name])))
         if inp.value.dtype == "i32":  # text's bytes are checked as the stream, not window by window
             check_labels(a if text else np.asarray(out[name]), prog.graph, declared[name], source, split)
     if text and len({declared[k].value.shape[1] for k in out}) > 1:
@@ -71,6 +75,13 @@ def bind(prog: Program, g: Graph, arrays: dict[str, np.ndarray], mapping: dict[s
         raise DataError(f"{where}: {shown}: a language model's inputs are windows of one length T "
                         "(y being x shifted by one byte)", declared[next(iter(out))].loc)
     return out
+
+
+def bind_split(prog: Program, g: Graph, data: Dataset, split: str,
+               mapping: dict[str, str]) -> dict[str, Source]:
+    """bind() for split `split` of `data`, its errors naming where that split was read."""
+    origin = data.origin(split)
+    return bind(prog, g, data.splits()[split], mapping, origin.name, split, data.text, origin.columns)
 
 
 def feeder(step: Step, sources: dict[str, Source]) -> Callable[[np.ndarray], None]:
@@ -106,10 +117,11 @@ def samples(sources: dict[str, Source]) -> int:
     return len(first[0] if isinstance(first, tuple) else first)
 
 
-def _resolve(prog: Program, inputs: list[Input], keys: list[str], mapping: dict[str, str],
+def _resolve(prog: Program, inputs: list[Input], named: dict[str, str], mapping: dict[str, str],
              where: str, roles: dict[str, str]) -> dict[str, str]:
     """The array that feeds each input: by name or mapping, then by dtype the arrays `roles` names
-    (images and labels)."""
+    (images and labels). `named`: each array's name as messages show it (with its CSV columns)."""
+    keys = list(named)
     names = [i.value.name for i in fed_inputs(prog.graph)]  # a mapping may name a label predict skips
     for name, key in mapping.items():
         if name not in names:
@@ -122,7 +134,7 @@ def _resolve(prog: Program, inputs: list[Input], keys: list[str], mapping: dict[
         if key in keys:
             chosen[name] = key
         elif name in mapping:
-            raise DataError(f"{where}: no array '{key}' to feed input {name} (arrays: {', '.join(keys)})",
+            raise DataError(f"{where}: no array '{key}' to feed input {name} (arrays: {', '.join(named.values())})",
                             prog.train.locs.get(f"data.{name}"))
     for key, role in roles.items():
         if key not in keys or key in chosen.values():
@@ -140,15 +152,17 @@ def _resolve(prog: Program, inputs: list[Input], keys: list[str], mapping: dict[
         name = inp.value.name
         if name not in chosen:
             raise DataError(f"{where}: no array feeds input {name} ({declared[name]}); it holds "
-                            f"{', '.join(keys)}", inp.loc,
+                            f"{', '.join(named.values())}", inp.loc,
                             hint=f"name an array {name}, or map one: data = \"...\" {{ {name} = \"ARRAY\" }} "
                                  f"in the train block, or --map {name}=ARRAY")
     return chosen
 
 
-def _source(inp: Input, declared: Input, a: np.ndarray, source: str, key: str) -> Source:
-    """One input's samples from array `key`: shape fitted, checked and converted (scaled if declared)."""
-    what = f"{source}: array '{key}'"
+def _source(inp: Input, declared: Input, a: np.ndarray, source: str, key: str,
+            columns: str | None) -> Source:
+    """One input's samples from array `key` (read from CSV `columns`, if named): shape fitted,
+    checked and converted (scaled if declared)."""
+    what = f"{source}: array '{key}'" + (f" ({columns})" if columns else "")
     a = _fit_shape(inp, declared.loc, a, what)
     name, t = inp.value.name, inp.value.type
     integer = a.dtype.kind in "biu"

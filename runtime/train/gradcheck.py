@@ -31,9 +31,9 @@ def _feeds(prog: Program, g: Graph, batch: int, seed: int) -> dict[str, np.ndarr
     feeds: dict[str, np.ndarray | float] = {}  # a default is a number (an np.float64)
     if prog.train.data and batch_dim(prog.graph):
         from graphc.runtime.train.data import load_dataset
-        from graphc.runtime.train.feeds import bind, rows, samples
+        from graphc.runtime.train.feeds import bind_split, rows, samples
         data = load_dataset(prog.train.data)
-        sources = bind(prog, g, data.train, prog.train.data_map, data.name, "train", data.text)
+        sources = bind_split(prog, g, data, "train", prog.train.data_map)
         if batch > samples(sources):
             raise DataError(f"{data.name}: {samples(sources)} training samples, fewer than the "
                             f"batch of {batch} to check")

@@ -18,6 +18,7 @@ from graphc.autodiff.graphs import inference_graph
 from graphc.driver import Compiled, batch_dim, compile_graph, forward
 from graphc.errors import DataError, GraphcError
 from graphc.frontend import Program
+from graphc.runtime.train.data import Origin
 from graphc.runtime.train.feeds import bind, rows, samples
 
 BATCH = 1000  # samples per native call where the model's batch is not fixed
@@ -25,10 +26,10 @@ _PROGRESS = 20  # batches from which a progress bar is shown (on a terminal)
 
 
 def predict(prog: Program, params: dict[str, np.ndarray], arrays: dict[str, np.ndarray],
-            mapping: dict[str, str] | None = None, source: str = "data", progress: bool | None = None,
-            threads: int | None = None) -> dict[str, np.ndarray]:
+            mapping: dict[str, str] | None = None, origin: Origin | None = None,
+            progress: bool | None = None, threads: int | None = None) -> dict[str, np.ndarray]:
     """Each output of the inference graph for every sample of `arrays` (raw, by input name or
-    `mapping`), [N, ...]. A model with a fixed batch runs in batches of that size, the last one
+    `mapping`; read from `origin`, which messages name), [N, ...]. A model with a fixed batch runs in batches of that size, the last one
     padded with copies of its last sample (their outputs are dropped). `progress`: a bar on stderr
     (None: when stderr is a terminal and there are many batches)."""
     fixed = batch_dim(prog.graph) is None
@@ -43,7 +44,8 @@ def predict(prog: Program, params: dict[str, np.ndarray], arrays: dict[str, np.n
     first = step(prog.train.batch if fixed else 1).schedule.graph
     if not first.inputs:
         raise GraphcError(f"model {prog.graph.name}'s prediction reads no input: there is nothing to feed")
-    sources = bind(prog, first, arrays, mapping or {}, source, "predict")
+    origin = origin or Origin("data")
+    sources = bind(prog, first, arrays, mapping or {}, origin.name, "predict", columns=origin.columns)
     n = samples(sources)
     batch = int(first.inputs[0].value.shape[0]) if fixed else min(BATCH, n)
     types = {i.value.name: i.value.dtype for i in first.inputs}

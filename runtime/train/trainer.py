@@ -35,7 +35,7 @@ from graphc.ir.graph import LR, Graph
 from graphc.ir.serialize import to_json
 from graphc.runtime.train.checkpoint import CHECKPOINT, PARAMS, Rollback, RunState, lock_run, save_arrays
 from graphc.runtime.train.data import Dataset
-from graphc.runtime.train.feeds import Source, bind, check_labels, fed_inputs, feeder, rows, samples, scales
+from graphc.runtime.train.feeds import Source, bind_split, check_labels, fed_inputs, feeder, rows, samples, scales
 
 __all__ = ["BEST", "EVAL_BATCH", "Evaluator", "TrainOptions", "TrainingInterrupted", "check_labels", "train"]
 from graphc.ir.init import init_params
@@ -216,8 +216,7 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
     g = prog.graph
     step_graph = train_graph(prog, opt.batch, opt.optimizer, opt.opt_args)
     loss_key = g.loss_name()
-    fed = {k: bind(prog, step_graph, arrays, opt.data_map, data.name, k, data.text)
-           for k, arrays in data.splits().items()}
+    fed = {k: bind_split(prog, step_graph, data, k, opt.data_map) for k in data.splits()}
     if opt.patience and "validation" not in fed:
         raise GraphcError("patience needs a validation split: validation = 0.1 (or a file) in the "
                           "train block, or --validation", prog.train.locs.get("patience"))
