@@ -176,17 +176,17 @@ def _mapping(a, prog) -> dict[str, str]:
     return mapping
 
 
-def _validation(a, prog) -> float | str | None:
-    """--validation (a fraction, or a file), else the train block's."""
-    text = getattr(a, "validation", None)
+def _held_out(a, prog, split: str) -> float | str | None:
+    """--validation or --test (`split`): a fraction or a file, else the train block's."""
+    text = getattr(a, split, None)
     if text is None:
-        return prog.train.validation
+        return getattr(prog.train, split)
     try:
         v = float(text)
     except ValueError:
         return text
     if not 0 < v < 1:
-        raise GraphcError(f"--validation {text}: give a fraction between 0 and 1, or a file")
+        raise GraphcError(f"--{split} {text}: give a fraction between 0 and 1, or a file")
     return v
 
 
@@ -198,7 +198,7 @@ def _data(a, prog):
         raise GraphcError("no data: set data in the train block or pass --data PATH",
                           prog.train.locs.get("train"))
     try:
-        return load_dataset(spec, _validation(a, prog))
+        return load_dataset(spec, _held_out(a, prog, "validation"), _held_out(a, prog, "test"))
     except DataError as e:
         if a.data:
             raise
@@ -471,6 +471,9 @@ def parser() -> argparse.ArgumentParser:
                                       "or UTF-8 text (.txt, .txt.gz) for a language model")
         s.add_argument("--map", action="append", default=[], metavar="INPUT=ARRAY",
                        help="feed INPUT from the array ARRAY (where names differ; repeatable)")
+        s.add_argument("--test", metavar="FRACTION|FILE",
+                       help="hold out this fraction of the samples, or read this file, as the test split "
+                            "(default: a fixed 20%% of arrays that name no split)")
         if name == "train":
             s.add_argument("--validation", metavar="FRACTION|FILE",
                            help="hold out this fraction of the training samples, or read this file, "

@@ -204,6 +204,40 @@ def test_npz_single_split_and_a_validation_fraction(tmp_path: Path) -> None:
     assert held.validation is not None and len(held.validation["x"]) == 5 and len(held.train["x"]) == 15
 
 
+def test_test_and_validation_splits_from_files_or_fractions(tmp_path: Path) -> None:
+    """`test` works as `validation` does: a file of that split's samples, or a fraction held out."""
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "all.npz", x=rng.normal(size=(20, 3)), y=np.arange(20) % 2)
+    np.savez(tmp_path / "t.npz", x=rng.normal(size=(7, 3)), y=np.arange(7) % 2)
+    np.savez(tmp_path / "v.npz", x=rng.normal(size=(5, 3)), y=np.arange(5) % 2)
+    ds = load_dataset(tmp_path / "all.npz", test=str(tmp_path / "t.npz"))
+    assert len(ds.train["x"]) == 20 and len(ds.test["x"]) == 7  # nothing held out: the file tests
+    assert (ds.origin("train").name, ds.origin("test").name) == ("all", "t")
+    ds = load_dataset(tmp_path / "all.npz", tmp_path / "v.npz", tmp_path / "t.npz")
+    assert ds.validation is not None and len(ds.validation["x"]) == 5 and ds.origin("validation").name == "v"
+    ds = load_dataset(tmp_path / "all.npz", 0.25, 0.5)  # the test half first, then a quarter of the rest
+    assert ds.validation is not None and [len(s["x"]) for s in ds.splits().values()] == [8, 2, 10]
+    np.savez(tmp_path / "train_only.npz", x_train=np.zeros((4, 3)), y_train=np.zeros(4))
+    assert len(load_dataset(tmp_path / "train_only.npz", test=tmp_path / "t.npz").test["y"]) == 7
+    (tmp_path / "book.txt").write_text("text validates on its last tenth " * 10)
+    with pytest.raises(DataError, match=r"drop test \(text has no test split\)"):
+        load_dataset(tmp_path / "book.txt", test=0.1)
+
+
+@pytest.mark.parametrize(("arrays", "kw", "expect"), [
+    ({"x_train": np.zeros((4, 2)), "x_test": np.zeros((2, 2))}, {"test": "t.npz"},
+     r"holds a test split \(arrays ending in _test\) already; drop test = \.\.\. or those arrays"),
+    ({"x_train": np.zeros((4, 2)), "x_test": np.zeros((2, 2)), "x_val": np.zeros((2, 2))},
+     {"validation": "t.npz"}, r"holds a validation split \(arrays ending in _val\) already"),
+    ({"x_train": np.zeros((4, 2))}, {}, r"no test split: .* or a file of test samples \(test = \"FILE\", --test FILE\)"),
+])
+def test_a_split_given_twice_or_missing_is_refused(tmp_path: Path, arrays: dict, kw: dict, expect: str) -> None:
+    np.savez(tmp_path / "d.npz", **arrays)
+    np.savez(tmp_path / "t.npz", x=np.zeros((3, 2)))
+    with pytest.raises(DataError, match=expect):
+        load_dataset(tmp_path / "d.npz", **{k: str(tmp_path / v) for k, v in kw.items()})
+
+
 @pytest.mark.parametrize(("arrays", "expect"), [
     ({"a_train": np.zeros((2, 2))}, r"no test split"),
     ({"x_train": np.zeros((2, 2)), "x_test": np.zeros((2, 2)), "y": np.zeros(2)}, r"y have no split suffix"),

@@ -223,6 +223,25 @@ def test_validation_early_stopping_and_the_best_params(tmp_path, capsys):
     assert load_arrays(tmp_path / "run/params.best.npz")[1]["epoch"] == best["epoch"]
 
 
+def test_a_test_file_in_the_train_block_is_the_test_split_and_its_errors_name_it(tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    for name, n in (("fit", 40), ("held", 9)):
+        x = rng.normal(size=(n, 3)).astype(np.float32)
+        np.savez(tmp_path / f"{name}.npz", x=x, y=x[:, :2] * 2)
+    model = tmp_path / "t.net"
+    model.write_text(REGRESSION.format(name="t") + 'train { optimizer = sgd(lr=0.05)  batch = 4  '
+                     'data = "fit.npz"  test = "held.npz" }\n')
+    out = _train(capsys, model, tmp_path / "run")
+    assert "data fit: 40 train, 9 test samples" in out and "final: test_loss" in out
+    np.savez(tmp_path / "other.npz", x=np.zeros((9, 3), np.float32))
+    code, _, err = _run(capsys, "train", str(model), "--test", str(tmp_path / "other.npz"), "--no-progress")
+    assert code == 2 and "other (test split): no array feeds input y (f32[B,2]); it holds x" in err
+    bad = tmp_path / "bad.net"
+    bad.write_text(REGRESSION.format(name="bad") + "train { test = 2 }\n")
+    code, _, err = _run(capsys, "train", str(bad), "--data", str(tmp_path / "fit.npz"))
+    assert code == 2 and "bad.net:9:16: error: test must be the fraction of the samples it holds out" in err
+
+
 def test_patience_without_a_validation_split_is_refused(tmp_path, capsys):
     np.savez(tmp_path / "r.npz", x=np.zeros((20, 3), np.float32), y=np.zeros((20, 2), np.float32))
     code, _, err = _run(capsys, "train", str(_model(tmp_path, REGRESSION, "r.npz")), "--patience", "2")

@@ -12,7 +12,7 @@ from graphc.errors import GraphcError, Loc
 from graphc.frontend import ast
 
 KEYS = ("optimizer", "schedule", "clip_norm", "batch", "epochs", "steps_per_epoch", "seed", "data",
-        "validation", "patience")
+        "validation", "test", "patience")
 
 
 @dataclass
@@ -32,6 +32,7 @@ class TrainConfig:
     # `data = "f.npz" { x = "images" }`: the array that feeds each input whose name differs
     data_map: dict[str, str] = field(default_factory=dict)
     validation: float | str | None = None  # a fraction of the training samples, or a file
+    test: float | str | None = None  # likewise (default: a fixed 20% of arrays that name no split)
     patience: int | None = None  # stop after this many epochs without a better validation loss
     # where each setting was written: "batch", "data", ..., "optimizer.lr", "schedule.warmup";
     # "train" is the block
@@ -79,8 +80,8 @@ def train_config(module: ast.Module, base: Path | None = None) -> TrainConfig:
                     raise GraphcError(f"input {name} is mapped twice", loc)
                 cfg.data_map[name] = array
                 cfg.locs[f"data.{name}"] = loc
-        elif entry.key == "validation":
-            cfg.validation = _validation(entry.value, base)
+        elif entry.key in ("validation", "test"):
+            setattr(cfg, entry.key, _held_out(entry.key, entry.value, base))
         else:
             least = 0 if entry.key == "seed" else 1
             setattr(cfg, entry.key, _whole(entry.key, entry.value, least))
@@ -181,14 +182,15 @@ def _schedule_arg_problem(name: str, v: float) -> str | None:
     return None
 
 
-def _validation(e: ast.Expr, base: Path | None) -> float | str:
-    """A fraction in (0, 1) of the training samples held out, or a quoted file."""
+def _held_out(key: str, e: ast.Expr, base: Path | None) -> float | str:
+    """A split (`key`: validation, test): the fraction in (0, 1) of the samples held out for it, or
+    a quoted file of its samples."""
     if isinstance(e, ast.Str):
         return _data(e, base)
     v = ast.literal(e)
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1:
-        raise GraphcError("validation must be a fraction of the training samples between 0 and 1 "
-                          "(validation = 0.1) or a quoted file", e.loc)
+        raise GraphcError(f"{key} must be the fraction of the samples it holds out, between 0 and 1 "
+                          f"({key} = 0.1), or a quoted file", e.loc)
     return float(v)
 
 

@@ -18,8 +18,9 @@ headerless CSV), an .npz or .npy array is named by its key or file, a CSV header
 columns (Origin.columns says which, for messages). A name ending in `_train`, `_val` or
 `_test` puts the array in that split (`x_train`, `x_test`, ...); arrays without such a suffix are
 split deterministically: a fixed permutation from np.random.default_rng(0), whose last 20% (at least
-one sample) is the test set. `validation` holds out a fraction of the training samples the same way,
-or names a file whose arrays are the validation split.
+one sample) is the test set. `test` and `validation` work alike, one mechanism for both: a fraction
+of the training samples held out the same way (the test split first, then validation from what is
+left), or a file whose arrays are that split (its messages name that file: Dataset.origins).
 
 Text is byte-level data for a language model (Dataset.text): its bytes are the tokens, the first
 90% train and the last 10% validate (there is no test split), and each split holds two streams of
@@ -82,7 +83,7 @@ _CSV_BLOCK = 1 << 20  # bytes of float64 rows parsed into one block
 _TEXT_CHUNK = 1 << 20  # bytes of text read at a time
 
 
-SPLITS = ("train", "val", "test")  # the suffixes that place an array in a split
+_SUFFIXES = {"train": "train", "validation": "val", "test": "test"}  # split -> the suffix placing an array in it
 
 
 @dataclass
@@ -115,26 +116,40 @@ class Dataset:
         return self.origins.get(split) or Origin(self.name)
 
 
-def load_dataset(spec: str | os.PathLike, validation: float | str | os.PathLike | None = None) -> Dataset:
-    """A bundled data set by name, or a directory / .csv / .csv.gz / .npz path, split; `validation`
-    is a fraction of the training samples to hold out, or a file of validation samples."""
+def load_dataset(spec: str | os.PathLike, validation: float | str | os.PathLike | None = None,
+                 test: float | str | os.PathLike | None = None) -> Dataset:
+    """A bundled data set by name, or a directory / .csv / .csv.gz / .npz path, split. `validation`
+    and `test` each give that split: a fraction of the training samples to hold out, or a file whose
+    arrays are its samples. Without `test`, arrays that name no split hold out TEST_FRACTION."""
     name, path = _locate(spec)
+    held = {"test": test, "validation": validation}
     if path.name.lower().endswith(TEXT):
-        if validation is not None:
-            raise DataError(f"{name}: text validates on its last {TEXT_VALIDATION:.0%}; drop validation")
+        given = [k for k, v in held.items() if v is not None]
+        if given:
+            raise DataError(f"{name}: text validates on its last {TEXT_VALIDATION:.0%}; drop "
+                            f"{given[0]} (text has no test split)")
         return _load_text(name, path)
     arrays, columns = _arrays(path)
     splits = _splits(str(spec), arrays)
     origins = dict.fromkeys(("train", "validation", "test"), Origin(name, columns))
-    if isinstance(validation, float):
-        if "val" in splits:
-            raise DataError(f"{name}: holds a validation split (arrays ending in _val) already; "
-                            "drop validation = ... or those arrays")
-        splits["train"], splits["val"] = _held_out(str(spec), splits["train"], validation, "validation")
-    elif validation is not None:
-        origins["validation"], splits["val"] = load_arrays(validation)
-        _count(str(validation), splits["val"])
-    return Dataset(name, splits["train"], splits["test"], splits.get("val"), origins=origins)  # named by its stem
+    if test is None and not any(_suffix(k) for k in arrays):
+        held["test"] = TEST_FRACTION
+    for split, spec_ in held.items():  # the test split first: validation is held out of what trains
+        if spec_ is None:
+            continue
+        if split in splits:
+            raise DataError(f"{name}: holds a {split} split (arrays ending in _{_SUFFIXES[split]}) "
+                            f"already; drop {split} = ... or those arrays")
+        if isinstance(spec_, float):
+            splits["train"], splits[split] = _held_out(str(spec), splits["train"], spec_, split)
+        else:
+            origins[split], splits[split] = load_arrays(spec_)
+            _count(str(spec_), splits[split])
+    if "test" not in splits:
+        raise DataError(f"{spec}: no test split: arrays ending in _train go with arrays ending in "
+                        f"_test, or a file of test samples (test = \"FILE\", --test FILE) "
+                        f"(found {', '.join(arrays)})")
+    return Dataset(name, splits["train"], splits["test"], splits.get("validation"), origins=origins)
 
 
 def load_arrays(spec: str | os.PathLike) -> tuple[Origin, dict[str, np.ndarray]]:
@@ -169,13 +184,14 @@ def _arrays(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def _splits(name: str, arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """Arrays grouped by their split suffix; unsuffixed ones split into train and test."""
+    """Arrays grouped by their split suffix ("train", "validation", "test"); unsuffixed ones all
+    train (load_dataset holds out the rest)."""
     splits: dict[str, dict[str, np.ndarray]] = {}
     plain = {}
     for key, a in arrays.items():
-        base, _, suffix = key.rpartition("_")
-        if base and suffix in SPLITS:
-            splits.setdefault(suffix, {})[base] = a
+        split = _suffix(key)
+        if split:
+            splits.setdefault(split, {})[key.rpartition("_")[0]] = a
         else:
             plain[key] = a
     if plain and splits:
@@ -183,14 +199,19 @@ def _splits(name: str, arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.
                         f"{', '.join(k for k in arrays if k not in plain)} do: name every array "
                         "NAME_train / NAME_val / NAME_test, or none (a fixed 20% is then the test split)")
     if plain:
-        splits["train"], splits["test"] = _held_out(name, plain, TEST_FRACTION, "test")
-    for split in ("train", "test"):
-        if split not in splits:
-            raise DataError(f"{name}: no {split} split: arrays ending in _train go with arrays "
-                            f"ending in _test (found {', '.join(arrays)})")
+        splits["train"] = plain
+    if "train" not in splits:
+        raise DataError(f"{name}: no train split: arrays ending in _train go with arrays ending in "
+                        f"_test (found {', '.join(arrays)})")
     for split, group in splits.items():
         _count(f"{name} ({split} split)", group)
     return splits
+
+
+def _suffix(key: str) -> str | None:
+    """The split an array's name puts it in ("train", "validation", "test"), if any."""
+    base, _, suffix = key.rpartition("_")
+    return next((split for split, s in _SUFFIXES.items() if s == suffix), None) if base else None
 
 
 def _count(where: str, arrays: dict[str, np.ndarray]) -> int:
