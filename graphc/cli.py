@@ -242,7 +242,8 @@ def _train(a) -> None:
         last = history[-1]
         split = "test" if "test_loss" in last else "val"
         shown = [f"{split}_loss"] + [k for k in last if k.startswith((f"{split}_acc", f"{split}_bpb"))]
-        print("final: " + "  ".join(f"{k} {last[k]:.4f}" for k in shown))
+        chosen = f" (best params, epoch {last['best_epoch']})" if "best_epoch" in last else ""
+        print(f"final{chosen}: " + "  ".join(f"{k} {last[k]:.4f}" for k in shown))
 
 
 def _init_from(path: str, prog, opts) -> None:

@@ -216,11 +216,46 @@ def test_validation_early_stopping_and_the_best_params(tmp_path, capsys):
     model = _model(tmp_path, REGRESSION, "v.npz")
     out = _train(capsys, model, tmp_path / "run", "--epochs", "30", "--lr", "3", "--validation", "0.2",
                  "--patience", "2", "--log", str(tmp_path / "log.jsonl"))
-    assert "early stop" in out and "val_loss" in out and "test: test_loss" in out
+    assert "early stop" in out and "val_loss" in out
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert len(records) < 31 and "test_loss" in records[-1]
     best = min(records[:-1], key=lambda r: r["val_loss"])
     assert load_arrays(tmp_path / "run/params.best.npz")[1]["epoch"] == best["epoch"]
+    # the test split is reported with the best params, and with the last ones beside them
+    last = records[-2]["epoch"]
+    assert records[-1]["best_epoch"] == best["epoch"] < last and "last_test_loss" in records[-1]
+    assert f"test, best params (epoch {best['epoch']}): test_loss" in out
+    assert f"test, last params (epoch {last}): last_test_loss" in out
+    assert f"final (best params, epoch {best['epoch']}): test_loss {records[-1]['test_loss']:.4f}" in out
+    code, evaluated, err = _run(capsys, "eval", str(model), "--params", str(tmp_path / "run/params.best.npz"))
+    assert code == 0 and evaluated.startswith(f"test_loss {records[-1]['test_loss']:.4f}"), err
+
+
+def test_the_best_params_and_patience_carry_across_a_resume(tmp_path, capsys):
+    """The best validation loss lives in the checkpoint: a run stopped after epoch 3 and resumed
+    stops early, keeps params.best.npz and tests as the uninterrupted run does (its best epoch, 2,
+    comes before the stop; epoch 4, worse, must not replace it)."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(60, 3)).astype(np.float32)
+    np.savez(tmp_path / "v.npz", x=x, y=np.repeat(x[:, :1], 2, axis=1))
+    model = tmp_path / "r.net"
+    model.write_text(REGRESSION.format(name="r") + 'train { optimizer = sgd(lr=0.05, momentum=0.9)  '
+                     'batch = 4  data = "v.npz"  validation = 0.2  patience = 2 }\n')
+    logs = {name: tmp_path / f"{name}.jsonl" for name in ("whole", "parts")}
+    whole = _train(capsys, model, tmp_path / "whole", "--epochs", "8", "--log", str(logs["whole"]))
+    _train(capsys, model, tmp_path / "parts", "--epochs", "3", "--log", str(logs["parts"]))
+    assert load_arrays(tmp_path / "parts/checkpoint.npz")[1]["best"][0] == 2
+    resumed = _train(capsys, model, tmp_path / "parts", "--epochs", "8", "--resume", str(tmp_path / "parts"),
+                     "--log", str(logs["parts"]))
+    records = {k: [{f: v for f, v in json.loads(line).items() if f != "seconds"}
+                   for line in v.read_text().splitlines()] for k, v in logs.items()}
+    assert [r["epoch"] for r in records["whole"]] == [1, 2, 3, 4, 4]  # stopped early, then the test
+    assert records["parts"][:3] + records["parts"][4:] == records["whole"]  # [3]: the first part's test
+    assert "early stop: no better validation loss for 2 epochs (best" in resumed and "at epoch 2" in resumed
+    assert whole.splitlines()[-1] == resumed.splitlines()[-1]  # final (best params, epoch 2): ...
+    for name in ("params.npz", "params.best.npz"):
+        a, b = load_arrays(tmp_path / "whole" / name), load_arrays(tmp_path / "parts" / name)
+        assert a[1] == b[1] and all(np.array_equal(a[0][k], b[0][k]) for k in a[0])
 
 
 def test_a_test_file_in_the_train_block_is_the_test_split_and_its_errors_name_it(tmp_path, capsys):

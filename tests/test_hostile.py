@@ -375,6 +375,8 @@ _TAMPERS = {
     "state missing": _array("state/fc1.W.velocity", None),
     "state inf": _array("state/fc1.W.velocity", _poke((0, 0), np.inf)),
     "array extra": lambda arrays, meta: arrays.update({"params/fc3.W": np.zeros(3, np.float32)}),
+    "best missing": _set("best", value=_DEL),
+    "best without a validation split": _set("best", value=[1, 0.5]),
 }
 
 
@@ -397,6 +399,43 @@ def test_unreadable_checkpoint_is_refused_in_one_line(digits, tmp_path, content)
     with pytest.raises(DataError) as info:
         _train(prog, data, tmp_path, resume=tmp_path)
     assert "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def validated(digits, tmp_path_factory) -> tuple:
+    """Digits with a validation split, and a run directory whose checkpoint stands after epoch 2
+    of it (its best epoch so far recorded, with that epoch's params)."""
+    prog, data = digits
+    data = data_module.load_dataset("digits", 0.1)
+    out = tmp_path_factory.mktemp("validated")
+    _train(prog, data, out, epochs=2)
+    return prog, data, out
+
+
+@pytest.mark.parametrize("tamper", [
+    _set("best", value=[3, 0.5]), _set("best", value=[0, 0.5]), _set("best", value=[1, "0.5"]),
+    _set("best", value=[1, float("nan")]), _set("best", value=[1]), _set("best", value={"epoch": 1}),
+    _array("best/fc1.W", None), _array("best/fc1.W", _poke((0, 0), np.nan)),
+    _set("config", "validation", value=_DEL),
+], ids=["future", "epoch 0", "loss text", "loss nan", "short", "object", "array missing", "array nan",
+        "no validation"])
+def test_a_tampered_best_record_is_refused_in_one_line(validated, tmp_path, tamper):
+    prog, data, out = validated
+    arrays, meta = checkpoint.load_arrays(out / CHECKPOINT)
+    assert meta["best"][0] in (1, 2) and "best/fc1.W" in arrays  # what the tampers spoil
+    tamper(arrays, meta)
+    checkpoint.save_arrays(tmp_path / CHECKPOINT, arrays, meta)
+    with pytest.raises(DataError) as info:
+        _train(prog, data, tmp_path, resume=tmp_path, epochs=3)
+    assert str(info.value).startswith(f"error: {tmp_path / CHECKPOINT}: ") and "\n" not in str(info.value)
+
+
+def test_a_finished_validated_run_rewrites_its_best_params_on_resume(validated, tmp_path):
+    prog, data, out = validated
+    shutil.copytree(out, tmp_path / "run")
+    (tmp_path / "run" / "params.best.npz").unlink()
+    _train(prog, data, tmp_path / "run", resume=tmp_path / "run", epochs=2)
+    assert _same_arrays(tmp_path / "run" / "params.best.npz", out / "params.best.npz")
 
 
 def test_resume_with_a_changed_activation_is_refused(digits, mid_epoch, tmp_path):

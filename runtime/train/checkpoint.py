@@ -18,6 +18,7 @@ import contextlib
 import functools
 import fcntl
 import json
+import math
 import os
 import secrets
 import zipfile
@@ -145,7 +146,7 @@ def _scaling(scale: dict[str, float]) -> str:
 # ---- the state of a training run ----
 
 CHECKPOINT, PARAMS, LOCK = "checkpoint.npz", "params.npz", ".lock"
-FORMAT, VERSION = "graphc-checkpoint", 2
+FORMAT, VERSION = "graphc-checkpoint", 3  # 3: the best validation loss and its params
 # config entries that fingerprint what a run trains (set by the trainer), as people call them
 FINGERPRINTS = {"graph_sha256": "the model's training graph", "data_sha256": "the training data"}
 
@@ -190,7 +191,9 @@ class RunState:
     counter) are the compiled step's own buffers, saved from and restored into in place. `rng` draws
     each epoch's sample order: a shuffled pass over the samples, or, with `draw`, that many samples
     for each step, at random (text's windows); `config` holds the settings a resumed run must share
-    with the first.
+    with the first. A run with a validation split also keeps `best_params`, a copy of the params of
+    the epoch with the lowest validation loss so far, and `best`, that (epoch, loss): a resumed run
+    keeps comparing against them (params.best.npz, patience) and tests with them at its end.
     """
 
     params: dict[str, np.ndarray]
@@ -202,6 +205,8 @@ class RunState:
     order: np.ndarray | None = None   # its sample order, drawn when it starts
     losses: np.ndarray | None = None  # its losses so far; NaN marks a skipped batch
     draw: int | None = None           # samples drawn for each step (with replacement); None: shuffled
+    best_params: dict[str, np.ndarray] | None = None  # with a validation split: the best epoch's params
+    best: tuple[int, float] | None = None  # (epoch, validation loss) of best_params, once there is one
 
     def start_epoch(self, samples: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """Draw this epoch's order, unless a resumed run is already in the middle of it; returns the
@@ -215,6 +220,16 @@ class RunState:
     def end_epoch(self) -> None:
         self.epoch, self.step, self.order, self.losses = self.epoch + 1, 0, None, None
 
+    def improve(self, epoch: int, loss: float) -> bool:
+        """Takes `epoch`'s validation loss: if it is finite and the lowest yet, copies the params
+        into best_params and returns True."""
+        if self.best_params is None or not math.isfinite(loss) or (self.best and loss >= self.best[1]):
+            return False
+        self.best = (epoch, loss)
+        for k, v in self.params.items():
+            np.copyto(self.best_params[k], v)
+        return True
+
     def save(self, directory: Path) -> Path:
         """Atomically writes the checkpoint into `directory`; returns its path."""
         directory.mkdir(parents=True, exist_ok=True)
@@ -224,7 +239,8 @@ class RunState:
                 raise InternalError("a run state with an epoch order has no losses")
             arrays |= {"order": self.order, "losses": self.losses}
         meta = {"format": FORMAT, "version": VERSION, "epoch": self.epoch, "step": self.step,
-                "rng": self.rng.bit_generator.state, "config": self.config}
+                "rng": self.rng.bit_generator.state, "config": self.config,
+                "best": list(self.best) if self.best else None}
         save_arrays(directory / CHECKPOINT, arrays, meta)
         return directory / CHECKPOINT
 
@@ -249,11 +265,13 @@ class RunState:
             np.copyto(dst, arrays[name])
         self.epoch, self.step = meta["epoch"], meta["step"]
         self.order, self.losses = arrays.get("order"), arrays.get("losses")
+        self.best = (meta["best"][0], meta["best"][1]) if meta["best"] else None
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        """The step's buffers by their names in a checkpoint."""
+        """The step's buffers (and the best params) by their names in a checkpoint."""
         return ({f"params/{k}": v for k, v in self.params.items()}
-                | {f"state/{k}": v for k, v in self.state.items()})
+                | {f"state/{k}": v for k, v in self.state.items()}
+                | {f"best/{k}": v for k, v in (self.best_params or {}).items()})
 
     def _mismatch(self, arrays: dict[str, np.ndarray], meta: dict, samples: int,
                   steps: int) -> str | None:
@@ -277,6 +295,12 @@ class RunState:
         if not (_whole(epoch) and epoch >= 1 and _whole(step) and 0 <= step <= steps):
             return (f"position epoch {epoch!r}, step {step!r} is not one of this run's (epochs "
                     f"count from 1, steps from 0 to {steps})")
+        best = meta.get("best", "missing")
+        if best is not None and (self.best_params is None or not (
+                isinstance(best, list) and len(best) == 2 and _whole(best[0]) and 1 <= best[0] < epoch
+                and type(best[1]) is float and math.isfinite(best[1]))):
+            return (f"best {best!r} is not [epoch, validation loss] of an epoch before {epoch}"
+                    + ("" if self.best_params is not None else " (and this run has no validation split)"))
         want = {name: (a.dtype, a.shape) for name, a in self._arrays().items()}
         if step:  # mid-epoch: the epoch's order and its losses so far
             want |= {"order": (np.dtype(np.int64), (samples if self.draw is None else steps * self.draw,)),

@@ -252,8 +252,12 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
         config["epochs"] = opt.epochs
     if steps:
         config["steps_per_epoch"] = steps
+    validates = "validation" in fed
+    if validates:  # what the best params were chosen on
+        config["validation"] = samples(fed["validation"])
     run = RunState(params, {k: v for k, v in step.state.items() if k not in params},
-                   np.random.default_rng(opt.seed + 1), config, draw=opt.batch if steps else None)
+                   np.random.default_rng(opt.seed + 1), config, draw=opt.batch if steps else None,
+                   best_params={k: v.copy() for k, v in params.items()} if validates else None)
     saves = _Checkpoints(run, opt.out, g.name, scales(prog))
     if opt.resume:
         run.restore(opt.resume, n_train, per_epoch)
@@ -263,8 +267,9 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
             more = ("its learning-rate schedule spans them, so it cannot train on: a longer run "
                     "starts anew" if "epochs" in config else "--epochs N trains on")
             done = f"; its {opt.epochs} epochs are done ({more})"
-            if run.step == 0:  # its final params, in case params.npz is missing or older
+            if run.step == 0:  # its final and best params, in case either file is missing or older
                 saves.params(run.epoch - 1)
+                saves.best()
         report(f"resumed from {opt.resume / CHECKPOINT} at epoch {run.epoch}, step {run.step}{done}")
     # only a run that skips bad batches pays for a copy of the step's buffers before each one
     rollback = Rollback({**run.params, **run.state}) if opt.on_nonfinite == "skip" else None
@@ -312,10 +317,12 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                 skipped = int(np.isnan(losses).sum())
                 train_loss = float(np.nanmean(losses)) if skipped < per_epoch else math.nan
                 run.end_epoch()
-                saves.save(epoch, per_epoch, finished=True)
-                split = "validation" if "validation" in fed else "test"
+                split = "validation" if validates else "test"
                 result = evaluate(fed[split], split)
-                prefix = "val" if split == "validation" else "test"
+                # evaluated before the checkpoint, which holds the best record this epoch may set
+                saves.save(epoch, per_epoch, finished=True,
+                           best=validates and run.improve(epoch, result[loss_key]))
+                prefix = "val" if validates else "test"
                 rec = {"epoch": epoch, "seconds": round(seconds, 4), "train_loss": train_loss,
                        f"{prefix}_loss": result[loss_key]}
                 rec.update({f"{prefix}_{k}": v for k, v in result.items() if k != loss_key})
@@ -334,13 +341,11 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                         raise GraphcError(f"cannot write the log {opt.log}: {e.strerror}") from None
                 if interrupted() and run.epoch <= opt.epochs:
                     raise saves.stopped()
-                if split == "validation" and _stop_early(result[loss_key], epoch, opt, saves, report):
+                if validates and _stop_early(epoch, opt, run, opt.out is not None, report):
                     break
-        if history and "validation" in fed and "test" in fed:  # the test split, once, with the final params
-            test = evaluate(fed["test"], "test")
-            final = {f"test_{k if k != loss_key else 'loss'}": v for k, v in test.items()}
+        if history and validates and "test" in fed:
+            final = _test_once(evaluate, fed["test"], run, history[-1]["epoch"], loss_key, report)
             history[-1].update(final)
-            report("test: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
             if log:
                 log.write(json.dumps({"epoch": history[-1]["epoch"], **final}).encode() + b"\n")
     finally:
@@ -349,19 +354,45 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
     return history
 
 
-def _stop_early(loss: float, epoch: int, opt: TrainOptions, saves: _Checkpoints,
+def _stop_early(epoch: int, opt: TrainOptions, run: RunState, saved: bool,
                 report: Callable[[str], None]) -> bool:
-    """After an epoch's validation: keeps the best params (params.best.npz in `out`), and says
-    whether `patience` epochs have passed without a better validation loss."""
-    if saves.best is None or loss < saves.best[1]:
-        saves.best = (epoch, loss)
-        saves.params(epoch, BEST)
+    """After an epoch's validation: whether `patience` epochs have passed without a better
+    validation loss (run.best: kept across a resume)."""
+    if not (opt.patience and run.best and epoch - run.best[0] >= opt.patience):
         return False
-    if opt.patience and epoch - saves.best[0] >= opt.patience:
-        report(f"early stop: no better validation loss for {opt.patience} epochs (best "
-               f"{saves.best[1]:.4f} at epoch {saves.best[0]}{', saved to ' + BEST if saves.out else ''})")
-        return True
-    return False
+    report(f"early stop: no better validation loss for {opt.patience} epochs (best "
+           f"{run.best[1]:.4f} at epoch {run.best[0]}{', saved to ' + BEST if saved else ''})")
+    return True
+
+
+def _test_once(evaluate: Evaluator, sources: dict[str, Source], run: RunState, last: int,
+               loss_key: str, report: Callable[[str], None]) -> dict[str, float | int]:
+    """A run with a validation split evaluates the test split once, at its end: with the best
+    params (the lowest validation loss: `test_*`, and `best_epoch`) and, where the last epoch was
+    not the best, with the last params too (`last_test_*`). Returns those figures."""
+    def figures(prefix: str) -> dict[str, float]:
+        return {f"{prefix}{'loss' if k == loss_key else k}": v for k, v in evaluate(sources, "test").items()}
+
+    if run.best is None or run.best_params is None:  # no finite validation loss to choose by
+        final = figures("test_")
+        report(f"test, last params (epoch {last}; no finite validation loss): {_shown(final)}")
+        return final
+    best = run.best[0]
+    latest = figures("last_test_") if best != last else {}
+    live = Rollback(run.params)  # the last params, put back once the best ones are tested
+    live.take()
+    for k, v in run.best_params.items():
+        np.copyto(run.params[k], v)
+    chosen = figures("test_")
+    live.undo()
+    report(f"test, best params (epoch {best}{'' if latest else ', the last'}): {_shown(chosen)}")
+    if latest:
+        report(f"test, last params (epoch {last}): {_shown(latest)}")
+    return {"best_epoch": best, **chosen, **latest}
+
+
+def _shown(figures: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in figures.items())
 
 
 @dataclass
@@ -373,28 +404,38 @@ class _Checkpoints:
     model: str
     scale: dict[str, float]  # each input's declared scaling, saved with the params
     last: tuple[int, int] | None = None  # (epoch, step) of the checkpoint on disk
-    best: tuple[int, float] | None = None  # (epoch, validation loss) of the best params so far
 
-    def save(self, epoch: int, step: int, finished: bool = False) -> None:
+    def save(self, epoch: int, step: int, finished: bool = False, best: bool = False) -> None:
         """Saves the run, just after `step` of `epoch`, after checking its params (each epoch's end,
         with or without `out`): a NaN behind a finite loss (relu maps NaN to 0) stops the run, and
-        never replaces a good checkpoint. A `finished` epoch also writes params.npz, first: killed
-        before the checkpoint follows, a resume redoes the epoch and writes both again."""
+        never replaces a good checkpoint. A `finished` epoch also writes params.npz (and, if it
+        was the `best`, params.best.npz), first: killed before the checkpoint follows, a resume
+        redoes the epoch and writes them all again."""
         bad = _nonfinite(self.run.params)
         if bad:
             raise self.nonfinite(f"param {bad} became NaN or Inf", epoch, step)
         if self.out is None:
             return
+        if best:
+            self.best()
         if finished:
             self.params(epoch)
         self.run.save(self.out)
         self.last = (self.run.epoch, self.run.step)
 
-    def params(self, epoch: int, name: str = PARAMS) -> None:
-        """Writes the params as they are after `epoch` to params.npz (or `name`)."""
+    def params(self, epoch: int) -> None:
+        """Writes the params as they are after `epoch` to params.npz."""
+        self._write(PARAMS, self.run.params, {"epoch": epoch})
+
+    def best(self) -> None:
+        """Writes the best params so far, if any, to params.best.npz."""
+        if self.run.best and self.run.best_params is not None:
+            epoch, loss = self.run.best
+            self._write(BEST, self.run.best_params, {"epoch": epoch, "val_loss": loss})
+
+    def _write(self, name: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
         if self.out is not None:
-            save_arrays(self.out / name, self.run.params,
-                        {"model": self.model, "epoch": epoch, "scale": self.scale})
+            save_arrays(self.out / name, arrays, {"model": self.model, **meta, "scale": self.scale})
 
     def nonfinite(self, what: str, epoch: int, step: int) -> GraphcError:
         kept = (f"; the last checkpoint, {self.out / CHECKPOINT} (at epoch {self.last[0]}, step "
