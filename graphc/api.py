@@ -20,11 +20,10 @@ from graphc.driver import Compiled, batch_dim, compile_graph, forward, train_gra
 from graphc.errors import DataError, GraphcError
 from graphc.frontend import Program
 from graphc.ir.graph import LR, NP_DTYPES, Graph, Input
-from graphc.ir.init import init_params
 from graphc import driver
 from graphc.runtime.train.checkpoint import load_params, save_arrays
 from graphc.runtime.train.data import Dataset, load_dataset
-from graphc.runtime.train.trainer import TrainOptions, check_labels, train
+from graphc.runtime.train.trainer import TrainingStep, TrainOptions, check_labels, model_arrays, train
 
 __all__ = ["Model", "load", "learning_rate"]
 
@@ -59,13 +58,10 @@ class Model:
         self.batch = batch or program.train.batch
         self.threads = threads
         self._train_graph = train_graph(program, self.batch)  # checks the model can be trained
-        model_state = {s.value.name for s in program.graph.state}
-        leaves = self._train_graph.params + [s for s in self._train_graph.state
-                                             if s.value.name in model_state]
         #: the params and the model's state (batch norm's running statistics) by name, as
         #: params.npz holds them: the arrays the compiled graphs read and update in place
-        self.params: dict[str, np.ndarray] = init_params(
-            leaves, program.train.seed if seed is None else seed)
+        self.params: dict[str, np.ndarray] = model_arrays(
+            program, self._train_graph, program.train.seed if seed is None else seed)
         self._compiled: dict[object, Compiled] = {}
 
     @property
@@ -82,8 +78,7 @@ class Model:
         by name with the shape the model gives it at this batch. Returns the loss and metrics as
         floats (and any other output the model declares, as an array); the params are updated in
         place. `lr` defaults to the train block's."""
-        compiled = self._compile("step", lambda: self._train_graph)
-        out = self._run(compiled, {LR: learning_rate(self.program, lr), **inputs})
+        out = self._run(self._training_step().compiled, {LR: learning_rate(self.program, lr), **inputs})
         return {k: float(v) if v.ndim == 0 else v.copy() for k, v in out.items()}
 
     def grad(self, **inputs: np.ndarray | float) -> dict[str, np.ndarray | float]:
@@ -120,19 +115,21 @@ class Model:
             callbacks: Iterable[Callable[[dict], None]] = (),
             report: Callable[[str], None] = print) -> list[dict]:
         """Train with `graphc train`'s trainer (shuffled epochs, or the train block's
-        steps_per_epoch; evaluation on the test split, or a text's validation split; `log` as JSON
-        lines, checkpoints and params.npz into `out`) starting from, and updating, these params.
-        `data` is a Dataset or what `--data` takes; each callback is called with each epoch's record
-        (epoch, train_loss, test_loss, test metrics). Returns the records."""
+        steps_per_epoch; evaluation on the test split, or the validation split the train block
+        asks for; `log` as JSON lines, checkpoints and params.npz into `out`) on the same compiled
+        step as `step`: these params and the optimizer's state carry on from it and into it.
+        `data` is a Dataset or what `--data` takes (split and mapped as the train block says); each
+        callback is called with each epoch's record (epoch, train_loss, test_loss, test metrics).
+        Returns the records."""
         t = self.program.train
         args = {k: v for k, v in t.opt_args.items() if k != LR}  # lr is the step's input
         opts = TrainOptions(epochs=epochs or t.epochs, batch=self.batch,
                             lr=learning_rate(self.program, lr), seed=t.seed if seed is None else seed,
                             optimizer=t.optimizer, opt_args=args, log=Path(log) if log else None,
                             out=Path(out) if out else None, progress=progress, threads=self.threads,
-                            params=self.params, callbacks=tuple(callbacks),
-                            steps_per_epoch=t.steps_per_epoch)
-        dataset = data if isinstance(data, Dataset) else load_dataset(data)
+                            step=self._training_step(), callbacks=tuple(callbacks),
+                            data_map=t.data_map, patience=t.patience, steps_per_epoch=t.steps_per_epoch)
+        dataset = data if isinstance(data, Dataset) else load_dataset(data, t.validation, t.test)
         return train(self.program, dataset, opts, report)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -145,6 +142,10 @@ class Model:
         g = self.program.graph
         for k, v in load_params(path, g.params + g.state).items():
             self.params[k][...] = v
+
+    def _training_step(self) -> TrainingStep:
+        """The one compiled training step `step` and `fit` both run (and its optimizer state)."""
+        return TrainingStep(self._train_graph, self._compile("step", lambda: self._train_graph), self.params)
 
     def _inference(self, n: int) -> Compiled:
         return self._compile(("predict", n), lambda: inference_graph(

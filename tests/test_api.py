@@ -12,6 +12,7 @@ import pytest
 
 import graphc
 from graphc.errors import DataError, GraphcError
+from graphc.runtime.train.data import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,6 +82,29 @@ def test_predict_takes_any_number_of_samples(small):
     assert out.shape == (11, 3)
     np.testing.assert_allclose(out[8:], small.predict(x=x[8:])["logits"], rtol=1e-6)
     np.testing.assert_allclose(out[:1], small.predict(x=x[:1])["logits"], rtol=1e-6)
+
+
+def test_fit_and_step_share_one_step_and_its_optimizer_state(tmp_path):
+    """fit trains with the very step `step` runs: the Adam moments and step counter one leaves are
+    the ones the other continues with. Model b does fit's epoch by hand, batch by batch in the
+    trainer's order, through step: the two end bit for bit alike, and so does the next step."""
+    path = tmp_path / "adam.net"
+    path.write_text(SMALL.replace("sgd(lr=0.5)", "adam(lr=0.05)"))
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(30, 6)).astype(np.float32), y=rng.integers(0, 3, 30))
+    a, b = graphc.load(path), graphc.load(path)
+    for m in (a, b):
+        m.step(x=_batch(4, seed=7)[0], y=_batch(4, seed=7)[1])  # moments that fit must carry on
+    a.fit(tmp_path / "d.npz", epochs=1, progress=False, report=lambda line: None)
+    train = load_dataset(tmp_path / "d.npz").train
+    order = np.random.default_rng(3 + 1).permutation(len(train["y"]))  # the trainer's: seed 3, plus 1
+    for i in range(len(order) // 4):
+        pick = order[4 * i:4 * i + 4]
+        b.step(x=train["x"][pick], y=train["y"][pick])
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    x, y = _batch(4, seed=8)
+    assert a.step(x=x, y=y) == b.step(x=x, y=y)  # after fit, step continues fit's optimizer state
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
 
 
 def test_save_and_load_params(small, tmp_path):

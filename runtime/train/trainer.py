@@ -37,7 +37,8 @@ from graphc.runtime.train.checkpoint import CHECKPOINT, PARAMS, Rollback, RunSta
 from graphc.runtime.train.data import Dataset
 from graphc.runtime.train.feeds import Source, bind_split, check_labels, fed_inputs, feeder, rows, samples, scales
 
-__all__ = ["BEST", "EVAL_BATCH", "Evaluator", "TrainOptions", "TrainingInterrupted", "check_labels", "train"]
+__all__ = ["BEST", "EVAL_BATCH", "Evaluator", "TrainOptions", "TrainingInterrupted", "TrainingStep",
+           "check_labels", "model_arrays", "train"]
 from graphc.ir.init import init_params
 
 EVAL_BATCH = 1000
@@ -103,6 +104,31 @@ class Evaluator:
         return result
 
 
+def model_arrays(prog: Program, step_graph: Graph, seed: int) -> dict[str, np.ndarray]:
+    """The model's arrays, drawn by their initializers: its params and its state (batch norm's
+    running statistics, dropout's step counter), which evaluation shares and params.npz holds; the
+    training step's other state (the optimizer's) lives in the compiled step."""
+    model_state = {s.value.name for s in prog.graph.state}
+    return init_params(step_graph.params + [s for s in step_graph.state if s.value.name in model_state],
+                       seed)
+
+
+@dataclass
+class TrainingStep:
+    """A compiled training step, the graph it was compiled from (what a checkpoint fingerprints) and
+    the model's arrays it trains in place; its optimizer state (momentum, Adam's moments, the step
+    counter) lives in `compiled.step.state`, so whoever runs this step continues that state."""
+
+    graph: Graph
+    compiled: Compiled
+    params: dict[str, np.ndarray]
+
+    @classmethod
+    def compile(cls, graph: Graph, params: dict[str, np.ndarray], threads: int | None = None,
+                check_bounds: bool = False) -> TrainingStep:
+        return cls(graph, compile_graph(graph, params, threads=threads, check_bounds=check_bounds), params)
+
+
 @dataclass
 class TrainOptions:
     epochs: int
@@ -120,9 +146,12 @@ class TrainOptions:
     on_nonfinite: str = "stop"  # a NaN/Inf loss: "stop" training, or "skip" (undo) the batch
     check_bounds: bool = False  # bounds-check every loop-kernel access (slower; finds codegen bugs)
     force: bool = False  # replace a run already in `out` (else refused, unless resuming it)
-    # arrays trained in place (checked shapes and dtypes): saved weights to start from, or a
-    # graphc.Model's params; the model's arrays not named here start at their initializer
+    # arrays trained in place (checked shapes and dtypes): saved weights to start from; the model's
+    # arrays not named here start at their initializer
     params: dict[str, np.ndarray] = field(default_factory=dict)
+    # the step to train with, its params and optimizer state as they are (graphc.Model's, shared
+    # with Model.step; batch and optimizer above must be its own); None: one is compiled
+    step: TrainingStep | None = None
     callbacks: tuple[Callable[[dict], None], ...] = ()  # each called with each epoch's record
     data_map: dict[str, str] = field(default_factory=dict)  # input -> the array that feeds it
     patience: int | None = None  # stop after this many epochs without a better validation loss
@@ -214,7 +243,7 @@ def data_digest(sources: dict[str, Source], picks: int = 1024) -> str:
 
 def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[str], None]) -> list[dict]:
     g = prog.graph
-    step_graph = train_graph(prog, opt.batch, opt.optimizer, opt.opt_args)
+    step_graph = opt.step.graph if opt.step else train_graph(prog, opt.batch, opt.optimizer, opt.opt_args)
     loss_key = g.loss_name()
     fed = {k: bind_split(prog, step_graph, data, k, opt.data_map) for k in data.splits()}
     if opt.patience and "validation" not in fed:
@@ -226,13 +255,9 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
         written = prog.train.locs.get("batch") if opt.batch == prog.train.batch else None
         raise DataError(f"{data.name}: {n_train} training samples, fewer than one batch of "
                         f"{opt.batch}", written)
-    # the model's arrays: its params and its state (batch norm's running statistics, dropout's step
-    # counter), shared with the evaluator and saved together
-    model_state = {s.value.name for s in g.state}
-    params = init_params(step_graph.params + [s for s in step_graph.state
-                                              if s.value.name in model_state], opt.seed)
-    params.update(opt.params)
-    compiled = compile_graph(step_graph, params, threads=opt.threads, check_bounds=opt.check_bounds)
+    trained = opt.step or TrainingStep.compile(
+        step_graph, model_arrays(prog, step_graph, opt.seed) | opt.params, opt.threads, opt.check_bounds)
+    compiled, params = trained.compiled, trained.params
     report(f"compiled {g.name} training step in {compiled.seconds:.2f} s"
            f"{' (cached)' if compiled.cache_hit else ''}: {len(compiled.schedule.kernels)} kernels, "
            f"arena {compiled.schedule.plan.arena_bytes / 1024:.0f} KiB")
