@@ -1,6 +1,15 @@
-"""Shared test set-up: a private object cache per test session, so tests never read a stale one."""
+"""Shared test set-up: a private object cache per test session, so tests never read a stale one;
+the `graphc` command the subprocess tests run (GRAPHC, imported by them)."""
+
+import sys
+from pathlib import Path
 
 import pytest
+
+# the installed command, since from the repository `python -m graphc.cli` may import the source
+# tree, where runtime/ is not yet graphc/runtime; the module only where no command is installed
+_EXE = Path(sys.executable).parent / "graphc"
+GRAPHC = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "graphc.cli"]
 
 
 @pytest.fixture(autouse=True, scope="session")

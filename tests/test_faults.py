@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import GRAPHC
 from graphc import driver
 from graphc.errors import DataError, GraphcError
 from graphc.runtime.train.checkpoint import CHECKPOINT, Rollback, load_arrays
@@ -121,9 +121,7 @@ RUN = ["models/mlp.net", "--epochs", "2", "--threads", "1", "--no-progress"]
 
 
 def start(*args: str) -> subprocess.Popen:
-    exe = Path(sys.executable).parent / "graphc"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "graphc.cli"]
-    return subprocess.Popen(cmd + ["train", *RUN, *args], cwd=ROOT, stdout=subprocess.PIPE,
+    return subprocess.Popen(GRAPHC + ["train", *RUN, *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

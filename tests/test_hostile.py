@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
+from conftest import GRAPHC
 from graphc import cli, driver
 from graphc.codegen.jit import compile_cached
 from graphc.codegen.target import host_target
@@ -36,9 +37,6 @@ from test_capi import Library as CLibrary, needs_cc
 from test_faults import digits, options  # noqa: F401 (digits is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
-# the installed command (run from the repository, `python -m graphc.cli` would import the source tree,
-# where runtime/ is not yet graphc/runtime)
-GRAPHC = [str(Path(sys.executable).parent / "graphc")]
 
 
 # --- the object cache (issue 17, items 1 and 2) ---------------------------------------------------
