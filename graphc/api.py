@@ -11,19 +11,21 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from graphc.autodiff.graphs import gradient_graph, inference_graph
-from graphc.driver import Compiled, batch_dim, compile_graph, forward, train_graph
+from graphc.autodiff.graphs import gradient_graph
+from graphc.driver import Compiled, compile_graph, forward, train_graph
 from graphc.errors import DataError, GraphcError
 from graphc.frontend import Program
-from graphc.ir.graph import LR, NP_DTYPES, Graph, Input
+from graphc.ir.graph import LR, Graph
 from graphc import driver
 from graphc.runtime.train.checkpoint import load_params, save_arrays
 from graphc.runtime.train.data import Dataset, load_dataset
-from graphc.runtime.train.trainer import TrainingStep, TrainOptions, check_labels, model_arrays, train
+from graphc.runtime.train.feeds import checked
+from graphc.runtime.train.predict import Predictor
+from graphc.runtime.train.trainer import TrainingStep, TrainOptions, model_arrays, train
 
 __all__ = ["Model", "load", "learning_rate"]
 
@@ -62,7 +64,8 @@ class Model:
         #: params.npz holds them: the arrays the compiled graphs read and update in place
         self.params: dict[str, np.ndarray] = model_arrays(
             program, self._train_graph, program.train.seed if seed is None else seed)
-        self._compiled: dict[object, Compiled] = {}
+        self._compiled: dict[str, Compiled] = {}
+        self._predictor: Predictor | None = None  # the inference graph, compiled per batch size
 
     @property
     def name(self) -> str:
@@ -91,23 +94,15 @@ class Model:
     def predict(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         """The model's outputs (its `output`s, else the prediction its loss reads) for any number
         of samples, computed in batches of `batch` by the evaluation form (no dropout, batch norm
-        on its running statistics). Inputs the prediction does not read (labels) may be left out."""
-        g = self._inference(self.batch).schedule.graph
+        on its running statistics); a model with a fixed batch pads its last one. Inputs the
+        prediction does not read (labels) may be left out."""
+        if self._predictor is None:
+            self._predictor = Predictor(self.program, self.params, self.threads)
+        g = self._predictor.graph
         model_inputs = _names(self.program.graph)
         arrays = {k: np.asarray(v) for k, v in inputs.items()
                   if k in _names(g) or k not in model_inputs}  # labels are not read: dropped
-        n = self._samples(g, arrays)
-        fixed = batch_dim(self.program.graph) is None
-        if fixed and n != self.batch:
-            raise GraphcError(f"model {self.name} has a fixed batch of {self.batch} (no `dim` "
-                              f"leads its inputs): predict takes exactly {self.batch} samples, got {n}")
-        outs: dict[str, list[np.ndarray]] = {}
-        for s in range(0, n, self.batch):
-            size = min(self.batch, n - s)
-            out = self._run(self._inference(size), {k: v[s:s + size] for k, v in arrays.items()})
-            for k, v in out.items():
-                outs.setdefault(k, []).append(v.copy())
-        return {k: np.concatenate(v) if v[0].ndim else v[0] for k, v in outs.items()}
+        return self._predictor(self._feeds(g, arrays, samples=True), self.batch)
 
     def fit(self, data: str | os.PathLike | Dataset, epochs: int | None = None,
             lr: float | None = None, seed: int | None = None, log: str | os.PathLike | None = None,
@@ -147,62 +142,47 @@ class Model:
         """The one compiled training step `step` and `fit` both run (and its optimizer state)."""
         return TrainingStep(self._train_graph, self._compile("step", lambda: self._train_graph), self.params)
 
-    def _inference(self, n: int) -> Compiled:
-        return self._compile(("predict", n), lambda: inference_graph(
-            forward(self.program, n, training=False)))
-
-    def _compile(self, key: object, build: Callable[[], Graph]) -> Compiled:
+    def _compile(self, key: str, build: Callable[[], Graph]) -> Compiled:
         if key not in self._compiled:
             self._compiled[key] = compile_graph(build(), self.params, threads=self.threads)
         return self._compiled[key]
 
-    def _samples(self, g: Graph, inputs: dict[str, np.ndarray]) -> int:
-        """The number of samples `inputs` hold for `g`, all the same (checked)."""
-        lengths = {k: len(v) if v.ndim else -1 for k, v in inputs.items() if k in _names(g)}
+    def _run(self, compiled: Compiled, feeds: dict[str, np.ndarray | float]) -> dict[str, np.ndarray]:
+        """Check `feeds` against the graph's inputs and run it."""
+        return compiled.step.run(**self._feeds(compiled.schedule.graph, feeds))
+
+    def _feeds(self, g: Graph, feeds: Mapping[str, np.ndarray | float],
+               samples: bool = False) -> dict[str, np.ndarray]:
+        """`feeds` checked against g's inputs (names, shapes, dtypes, labels): a batch of each, or
+        any number of `samples`, the same for each input. Errors are shown with the model file's
+        line and a caret, as the CLI shows them."""
+        try:
+            unknown = [k for k in feeds if k not in _names(g) and k != LR]
+            if unknown:
+                raise GraphcError(f"model {self.name} has no input {unknown[0]} here (its inputs: "
+                                  f"{', '.join(_names(g))})")
+            if samples:
+                self._samples(g, feeds)
+            out = {}
+            for inp in g.inputs:
+                name = inp.value.name
+                if name not in feeds:
+                    if inp.default is not None:
+                        continue
+                    raise GraphcError(f"input {name} ({inp.value.type}) is not given", inp.loc)
+                out[name] = checked(self.program.graph, inp, feeds[name], f"input {name}",
+                                    "predict" if samples else "batch", samples)
+            return out
+        except GraphcError as e:
+            raise e.with_source(self.program.source) from None
+
+    def _samples(self, g: Graph, inputs: Mapping[str, np.ndarray | float]) -> None:
+        """Checks that `inputs` hold samples, the same number for each of g's inputs."""
+        lengths = {k: np.shape(v)[0] if np.ndim(v) else -1 for k, v in inputs.items() if k in _names(g)}
         if not lengths or min(lengths.values()) < 0 or len(set(lengths.values())) > 1:
             shown = ", ".join(f"{k}: {n if n >= 0 else 'a scalar'}" for k, n in lengths.items())
             raise DataError(f"predict takes arrays of samples, the same number for each input "
                             f"({', '.join(_names(g))}); got {shown or 'none'}")
-        return next(iter(lengths.values()))
-
-    def _run(self, compiled: Compiled, feeds: dict[str, np.ndarray | float]) -> dict[str, np.ndarray]:
-        """Check `feeds` against the graph's inputs (names, shapes, dtypes, labels) and run it."""
-        try:
-            checked = self._feeds(compiled.schedule.graph, feeds)
-        except GraphcError as e:  # shown with the model file's line and a caret, as the CLI does
-            raise e.with_source(self.program.source) from None
-        return compiled.step.run(**checked)
-
-    def _feeds(self, g: Graph, feeds: dict[str, np.ndarray | float]) -> dict[str, np.ndarray]:
-        unknown = [k for k in feeds if k not in _names(g) and k != LR]
-        if unknown:
-            raise GraphcError(f"model {self.name} has no input {unknown[0]} here (its inputs: "
-                              f"{', '.join(_names(g))})")
-        checked = {}
-        for inp in g.inputs:
-            name = inp.value.name
-            if name not in feeds:
-                if inp.default is not None:
-                    continue
-                raise GraphcError(f"input {name} ({inp.value.type}) is not given", inp.loc)
-            checked[name] = self._checked(inp, feeds[name])
-        return checked
-
-    def _checked(self, inp: Input, value: np.ndarray | float) -> np.ndarray:
-        v, name, want = np.asarray(value), inp.value.name, tuple(inp.value.dims)
-        if v.shape != want:
-            raise DataError(f"input {name} is {inp.value.type}, given shape "
-                            f"[{', '.join(map(str, v.shape))}]", inp.loc)
-        if inp.value.dtype == "i32":
-            if v.dtype.kind not in "iu" or (v.size and (v.min() < 0 or v.max() > np.iinfo(np.int32).max)):
-                raise DataError(f"input {name} is {inp.value.type}: give non-negative integers "
-                                f"(got {v.dtype})", inp.loc)
-            declared = next(i for i in self.program.graph.inputs if i.value.name == name)
-            check_labels(v.reshape(-1), self.program.graph, declared, f"input {name}", "batch")
-        elif v.dtype.kind not in "fiub" or (v.dtype.kind == "f" and not np.isfinite(v).all()):
-            raise DataError(f"input {name} is {inp.value.type}: give finite numbers (got "
-                            f"{v.dtype}{'' if v.dtype.kind != 'f' else ' with NaN or Inf'})", inp.loc)
-        return v.astype(NP_DTYPES[inp.value.dtype], copy=False)
 
 
 def _names(g: Graph) -> list[str]:

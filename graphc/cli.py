@@ -77,9 +77,8 @@ def _values(prog, sets: list[str]) -> dict[str, np.ndarray | np.float64]:
 def _grad(a) -> None:
     from graphc import driver
     from graphc.autodiff.graphs import gradient_graph
-    from graphc.errors import DataError
-    from graphc.ir.graph import NP_DTYPES
     from graphc.ir.init import init_params
+    from graphc.runtime.train.feeds import checked
 
     prog = driver.load(a.model)
     vals = _values(prog, a.set)
@@ -87,16 +86,11 @@ def _grad(a) -> None:
                   if i.value.shape and i.value.name in vals), None)
     g = gradient_graph(driver.forward(prog, batch))
     params = init_params(g.params, a.seed)
-    for v in g.leaves():  # a number fills the value; an array must have its shape
-        given = vals.get(v.name)
-        if given is None:
-            continue
-        if given.shape and given.shape != tuple(v.shape):
-            raise DataError(f"--set {v.name}: {v.name} is {v.type}, the file holds shape "
-                            f"[{','.join(map(str, given.shape))}]")
-        if v.dtype == "i32" and not np.all((given == np.round(given)) & (np.abs(given) < 2**31)):
-            raise DataError(f"--set {v.name}: {v.name} is {v.type}: whole numbers only")
-        vals[v.name] = given.astype(NP_DTYPES[v.dtype])
+    for kind, leaves in (("input", g.inputs), ("param", g.params)):  # as graphc.Model checks inputs
+        for leaf in leaves:
+            name = leaf.value.name
+            if name in vals:
+                vals[name] = checked(prog.graph, leaf, vals[name], f"{kind} {name} (--set)")
     for p in g.params:
         if p.value.name in vals:
             params[p.value.name][...] = vals.pop(p.value.name)

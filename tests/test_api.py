@@ -122,7 +122,9 @@ def test_save_and_load_params(small, tmp_path):
 
 @pytest.mark.parametrize("feeds, message", [
     (dict(x=np.zeros((3, 6)), y=np.zeros(4, np.int32)), r"small.net:3:7: error: input x is f32\[4,6\], given shape \[3, 6\]"),
-    (dict(x=np.zeros((4, 6)), y=np.zeros(4)), r"input y is i32\[4\]: give non-negative integers \(got float64\)"),
+    (dict(x=np.zeros((4, 6)), y=np.array([0, 1.5, 2, 0])), r"input y is i32\[4\]: give non-negative whole numbers \(got 1.5\)"),
+    (dict(x=np.zeros((4, 6)), y=np.array([0, -1, 2, 0])), r"input y is i32\[4\]: give non-negative whole numbers \(got -1\)"),
+    (dict(x=np.zeros((4, 6), bool).astype(str), y=np.zeros(4, np.int32)), r"input x is f32\[4,6\]: give numbers \(got <U5\)"),
     (dict(x=np.zeros((4, 6)), y=np.array([0, 1, 3, 0])), r"small.net:9:8: error: input y: label 3 of batch sample 2 is out of range"),
     (dict(x=np.full((4, 6), np.nan), y=np.zeros(4, np.int32)), r"input x is f32\[4,6\]: give finite numbers"),
     (dict(x=np.zeros((4, 6))), r"input y \(i32\[4\]\) is not given"),
@@ -143,10 +145,19 @@ def test_predict_errors(small):
         small.step(x=_batch(4)[0], y=_batch(4)[1], lr=-1)
 
 
-def test_a_fixed_batch_predicts_exactly_that_many(tmp_path):
+def test_a_fixed_batch_predicts_any_number_padding_its_last_batch(tmp_path):
     path = tmp_path / "fixed.net"
     path.write_text(SMALL.replace("dim B\n", "").replace("[B, 6]", "[4, 6]").replace("[B]", "[4]"))
     m = graphc.load(path)
-    assert m.predict(x=_batch(4)[0])["logits"].shape == (4, 3)
-    with pytest.raises(GraphcError, match="fixed batch of 4 .*takes exactly 4 samples, got 5"):
-        m.predict(x=_batch(5)[0])
+    x = _batch(6)[0]
+    out = m.predict(x=x)["logits"]
+    assert out.shape == (6, 3)
+    np.testing.assert_allclose(out, np.tanh(x @ m.params["W1"] + m.params["b1"]) @ m.params["W2"],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_whole_numbers_and_a_number_filling_an_input_are_taken(small):
+    """Labels given as whole floats are labels, as in data files; a number fills an input."""
+    x, y = _batch(4)
+    assert small.grad(x=x, y=y.astype(np.float64))["loss"] == small.grad(x=x, y=y)["loss"]
+    assert small.grad(x=0.5, y=y)["loss"] == small.grad(x=np.full((4, 6), 0.5), y=y)["loss"]

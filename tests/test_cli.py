@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import GRAPHC
 
 pytestmark = pytest.mark.slow  # the full tier (subprocesses): README's test command runs it, `-m "not slow"` skips it
 
@@ -19,9 +20,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
 def graphc(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).parent / "graphc"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "graphc.cli"]
-    p = subprocess.run(cmd + list(args), capture_output=True, text=True, cwd=cwd or ROOT,
+    p = subprocess.run(GRAPHC + list(args), capture_output=True, text=True, cwd=cwd or ROOT,
                        env={**os.environ, "COLUMNS": "200"}, timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(f"graphc {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
@@ -86,9 +85,12 @@ def test_grad_sets_params_by_name(tmp_path):
     np.save(tmp_path / "bad.npy", np.ones((3, 5)))
     p = graphc(*base, "--set", f"fc1.W={tmp_path / 'bad.npy'}", check=False)
     assert p.returncode != 0 and "Traceback" not in p.stderr
-    assert p.stderr.strip() == "error: --set fc1.W: fc1.W is f32[784,256], the file holds shape [3,5]"
+    assert p.stderr.splitlines()[0] == "models/mlp.net:9:9: error: param fc1.W (--set) is f32[784,256], given shape [3, 5]"
     p = graphc(*base, "--set", "y=1.5", check=False)
-    assert p.returncode != 0 and "whole numbers only" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "input y (--set) is i32[1]: give non-negative whole numbers (got 1.5)" in p.stderr
+    p = graphc(*base, "--set", "y=10", check=False)  # checked as graphc.Model checks labels
+    assert p.returncode != 0 and "input y (--set): label 10 of batch sample 0 is out of range" in p.stderr
 
 
 def test_apples_text_output_and_set():

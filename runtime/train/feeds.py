@@ -20,14 +20,14 @@ ones (each byte predicted once). The windows are views of the bytes, never copie
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from typing import Callable, Mapping, Union
 
 import numpy as np
 
 from graphc.autodiff.lr_schedule import INPUTS as SCHEDULE_INPUTS
 from graphc.errors import DataError, GraphcError, Loc
 from graphc.frontend import Program
-from graphc.ir.graph import LR, NP_DTYPES, Graph, Input, TensorType
+from graphc.ir.graph import LR, NP_DTYPES, Graph, Input, Param, TensorType
 from graphc.ops import REGISTRY
 from graphc.runtime.execute.step import Step
 from graphc.runtime.train.data import TEXT_VALIDATION, Dataset, check_finite
@@ -111,7 +111,7 @@ def _pick(source: Source, dtype: np.dtype, index: slice | np.ndarray) -> np.ndar
     return source[index]
 
 
-def samples(sources: dict[str, Source]) -> int:
+def samples(sources: Mapping[str, Source]) -> int:
     """The number of samples the sources hold (the same in each: the loader checks it)."""
     first = next(iter(sources.values()))
     return len(first[0] if isinstance(first, tuple) else first)
@@ -167,14 +167,11 @@ def _source(inp: Input, declared: Input, a: np.ndarray, source: str, key: str,
     name, t = inp.value.name, inp.value.type
     integer = a.dtype.kind in "biu"
     if inp.value.dtype == "i32":
-        whole = integer or bool(np.array_equal(a, np.floor(a)))
-        bad = np.flatnonzero(~(a >= 0) | (a > _INT32_MAX)) if whole else \
-            np.flatnonzero(a.reshape(-1) != np.floor(a.reshape(-1)))
-        if bad.size:
-            value = a.reshape(-1)[bad[0]].item()
-            raise DataError(f"{what} holds {value!r} (sample {bad[0] // max(1, math.prod(a.shape[1:]))}) "
-                            f"but input {name} is {t}: labels and tokens are non-negative whole numbers",
-                            declared.loc)
+        bad = _not_index(a)
+        if bad is not None:
+            raise DataError(f"{what} holds {a.reshape(-1)[bad].item()!r} (sample "
+                            f"{bad // max(1, math.prod(a.shape[1:]))}) but input {name} is {t}: labels "
+                            "and tokens are non-negative whole numbers", declared.loc)
         return np.ascontiguousarray(a, np.int32)
     low, high = (float(a.min()), float(a.max())) if integer and a.size else (0.0, 0.0)
     if declared.scale is not None:
@@ -192,6 +189,45 @@ def _source(inp: Input, declared: Input, a: np.ndarray, source: str, key: str,
     if np.isfinite(a).all():  # the loaders refuse NaN and Inf; here, numbers the dtype cannot hold
         check_finite(source, a, out, lambda i: f"{key}[{', '.join(map(str, i))}]")
     return out
+
+
+def checked(model: Graph, leaf: Input | Param, given: np.ndarray | float, what: str,
+            split: str = "batch", samples: bool = False) -> np.ndarray:
+    """A value given for `leaf`, an input or param of a bound graph of `model`, as the leaf takes
+    it: of its shape (a number fills it; `samples`: any number of samples of its per-sample shape),
+    finite numbers for a float, non-negative whole numbers for an i32, each below the bound the
+    ops reading that input declare; converted to its dtype. Values as the model reads them, never
+    scaled (graphc.Model's inputs, graphc grad's --set). `what` names the value in messages, which
+    point at the leaf's declaration; `split` names the samples."""
+    a, v = np.asarray(given), leaf.value
+    want = (len(a),) + tuple(v.dims[1:]) if samples and a.ndim else tuple(v.dims)
+    if a.shape != want and (a.ndim or samples):
+        raise DataError(f"{what} is {v.type}, given shape [{', '.join(map(str, a.shape))}]", leaf.loc)
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{what} is {v.type}: give numbers (got {a.dtype})", leaf.loc)
+    if v.dtype == "i32":
+        bad = _not_index(a)
+        if bad is not None:
+            raise DataError(f"{what} is {v.type}: give non-negative whole numbers (got "
+                            f"{a.reshape(-1)[bad].item()!r})", leaf.loc)
+        a = a.astype(np.int64, copy=False)  # whole: a label shows as 3, not 3.0
+        declared = next((i for i in model.inputs if i.value.name == v.name), None)
+        if declared:
+            check_labels(a, model, declared, what, split)
+    elif not np.isfinite(a).all():
+        raise DataError(f"{what} is {v.type}: give finite numbers (got NaN or Inf)", leaf.loc)
+    return np.broadcast_to(a, want).astype(NP_DTYPES[v.dtype], copy=False)
+
+
+def _not_index(a: np.ndarray) -> int | None:
+    """The flat position of the first element of `a` that is no label, token or index (those are
+    non-negative whole numbers that int32 holds), if any."""
+    flat = a.reshape(-1)
+    fits = (flat >= 0) & (flat <= _INT32_MAX)
+    if a.dtype.kind == "f":
+        fits &= flat == np.floor(flat)
+    bad = np.flatnonzero(~fits)
+    return int(bad[0]) if bad.size else None
 
 
 def _windows(declared: Input, stream: np.ndarray, where: str, key: str, overlap: bool) -> np.ndarray:

@@ -35,10 +35,10 @@ from graphc.ir.graph import LR, Graph
 from graphc.ir.serialize import to_json
 from graphc.runtime.train.checkpoint import CHECKPOINT, PARAMS, Rollback, RunState, lock_run, save_arrays
 from graphc.runtime.train.data import Dataset
-from graphc.runtime.train.feeds import Source, bind_split, check_labels, fed_inputs, feeder, rows, samples, scales
+from graphc.runtime.train.feeds import Source, bind_split, fed_inputs, feeder, rows, samples, scales
 
 __all__ = ["BEST", "EVAL_BATCH", "Evaluator", "TrainOptions", "TrainingInterrupted", "TrainingStep",
-           "check_labels", "model_arrays", "train"]
+           "model_arrays", "train"]
 from graphc.ir.init import init_params
 
 EVAL_BATCH = 1000
