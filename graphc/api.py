@@ -2,7 +2,8 @@
 
 `graphc.load("models/mlp.net")` gives a Model: its params as NumPy arrays, and the compiled graphs
 that share them: the training step (`step`, one native call), the gradient graph (`grad`), the
-inference graph (`predict`) and the CLI's trainer (`fit`). Each graph is compiled on first use
+inference graph (`predict`, graphc predict's runner) and the CLI's trainer (`fit`, which runs the
+same training step as `step`, optimizer state and all). Each graph is compiled on first use
 (and cached on disk, as the CLI's are). Errors are GraphcError, positioned in the model file.
 """
 

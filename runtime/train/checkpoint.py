@@ -1,6 +1,6 @@
 """Saving and restoring training state: atomic, pickle-free files of named arrays with JSON
-metadata, the state of a whole run (RunState: params, optimizer state, RNG, position, data order)
-and the in-memory copy that undoes a bad batch (Rollback).
+metadata, the state of a whole run (RunState: params, optimizer state, RNG, position, data order,
+the best validation loss and its params) and the in-memory copy that undoes a bad batch (Rollback).
 
 The file is an ordinary .npz archive, readable by np.load(path, allow_pickle=False): one .npy
 member per array (names may contain dots, e.g. "fc1.weight") plus "__meta__", the metadata as

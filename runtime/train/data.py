@@ -134,17 +134,17 @@ def load_dataset(spec: str | os.PathLike, validation: float | str | os.PathLike 
     origins = dict.fromkeys(("train", "validation", "test"), Origin(name, columns))
     if test is None and not any(_suffix(k) for k in arrays):
         held["test"] = TEST_FRACTION
-    for split, spec_ in held.items():  # the test split first: validation is held out of what trains
-        if spec_ is None:
+    for split, source in held.items():  # the test split first: validation is held out of what trains
+        if source is None:
             continue
         if split in splits:
             raise DataError(f"{name}: holds a {split} split (arrays ending in _{_SUFFIXES[split]}) "
                             f"already; drop {split} = ... or those arrays")
-        if isinstance(spec_, float):
-            splits["train"], splits[split] = _held_out(str(spec), splits["train"], spec_, split)
+        if isinstance(source, float):
+            splits["train"], splits[split] = _held_out(str(spec), splits["train"], source, split)
         else:
-            origins[split], splits[split] = load_arrays(spec_)
-            _count(str(spec_), splits[split])
+            origins[split], splits[split] = load_arrays(source)
+            _count(str(source), splits[split])
     if "test" not in splits:
         raise DataError(f"{spec}: no test split: arrays ending in _train go with arrays ending in "
                         f"_test, or a file of test samples (test = \"FILE\", --test FILE) "

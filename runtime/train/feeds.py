@@ -11,6 +11,10 @@ Samples keep their values: a float input's data is divided by its declared `pixe
 stay bytes, converted as each batch is fed), i32 inputs (labels, tokens) are never scaled, and
 integer data that looks like pixels for a float input that declares no scaling is refused.
 
+Values given directly, as the model reads them (graphc.Model's inputs, graphc grad's --set), are
+checked by `checked` with the same rules: the declared shape, finite floats, labels and tokens
+non-negative whole numbers within the bound of the ops that read them.
+
 Text (runtime/train/data.py) holds streams of bytes, `x` and `y` (x shifted by one byte), fed by
 name like arrays (no roles: both are i32). Each feeds an i32[B, T] input, T a number in the model,
 its windows of T bytes: training samples a window at every offset, evaluation the non-overlapping

@@ -2,7 +2,12 @@
 
 Python only orders the work here: each batch is picked into the step's input buffers by the
 generated feed (runtime/execute/step.py's Feeder; text's windows by NumPy, runtime/train/feeds.py)
-and the whole training step (forward, backward, update) runs as one native call.
+and the whole training step (forward, backward, update) runs as one native call. The step is
+compiled here, or given (a TrainingStep: graphc.Model's, whose optimizer state carries on).
+
+With a validation split, each epoch's validation loss picks the best params (kept in the run state,
+so across --resume too: params.best.npz, patience), and the test split is evaluated once at the
+end, with the best params and with the last ones.
 
 An epoch is a shuffled pass over the training samples, or, with `steps_per_epoch` (text's default:
 TEXT_STEPS), that many steps whose batches are drawn at random, with replacement. Either way the
