@@ -268,6 +268,10 @@ def test_a_test_file_in_the_train_block_is_the_test_split_and_its_errors_name_it
                      'data = "fit.npz"  test = "held.npz" }\n')
     out = _train(capsys, model, tmp_path / "run")
     assert "data fit: 40 train, 9 test samples" in out and "final: test_loss" in out
+    final = out.split("final: ")[1].split()[1]
+    for more in ([], ["--test", str(tmp_path / "held.npz")]):  # eval reads the block's test file, or --test's
+        code, evaluated, err = _run(capsys, "eval", str(model), "--params", str(tmp_path / "run/params.npz"), *more)
+        assert code == 0 and evaluated.startswith(f"test_loss {final}"), err
     np.savez(tmp_path / "other.npz", x=np.zeros((9, 3), np.float32))
     code, _, err = _run(capsys, "train", str(model), "--test", str(tmp_path / "other.npz"), "--no-progress")
     assert code == 2 and "other (test split): no array feeds input y (f32[B,2]); it holds x" in err
