@@ -129,7 +129,7 @@ class TrainingStep:
     params: dict[str, np.ndarray]
 
     @classmethod
-    def compile(cls, graph: Graph, params: dict[str, np.ndarray], threads: int | None = None,
+    def build(cls, graph: Graph, params: dict[str, np.ndarray], threads: int | None = None,
                 check_bounds: bool = False) -> TrainingStep:
         return cls(graph, compile_graph(graph, params, threads=threads, check_bounds=check_bounds), params)
 
@@ -260,7 +260,7 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
         written = prog.train.locs.get("batch") if opt.batch == prog.train.batch else None
         raise DataError(f"{data.name}: {n_train} training samples, fewer than one batch of "
                         f"{opt.batch}", written)
-    trained = opt.step or TrainingStep.compile(
+    trained = opt.step or TrainingStep.build(
         step_graph, model_arrays(prog, step_graph, opt.seed) | opt.params, opt.threads, opt.check_bounds)
     compiled, params = trained.compiled, trained.params
     report(f"compiled {g.name} training step in {compiled.seconds:.2f} s"
