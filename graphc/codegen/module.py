@@ -1,17 +1,21 @@
 """Assembles a Schedule into one LLVM module: a function per kernel and one step entry point.
 
 The entry `void NAME(i8** table)` runs every kernel in order; table[i] is the base pointer of the
-plan's buffer i (inputs, params, state, outputs, arena), so no Python runs between kernels. The
+plan's buffer i (inputs, params, state, outputs, arena), so no Python runs between kernels. Each
+kernel is a function of its buffers' pointers, run through a task, task(arg, tid, nt), that unpacks
+them from a struct the step fills: the step calls it, or posts it to the worker pool. Tasks are
+never inlined into the step, and kernels with the same code (a repeated layer's) share one
+function, so LLVM's work grows with the distinct kernels, not with the model (see `_task`). The
 slots after the buffers are named by `table_slots`: the GEMMs' packing scratch (`scratch_bytes`);
 with threads > 1 the worker pool's `run` function and its state: a large kernel (GEMM or loop
-nest) becomes fn(ptrs..., tid, nt) computing thread tid's share, and the step posts it to the pool
-through one generic task that unpacks its pointers; in a profiling build an i64 array where each
-kernel adds the CPU cycles it took (`graphc profile`); where a kernel reads or writes at indices
-taken from data (a gather, a scatter), or in a bounds-checked build (`--check-bounds`, every
-loop-kernel access), `fault`: four i64 where the first bad index is reported (kernels.Fault) for the
-runtime to raise after the call; then, per external call, `extern:<slot>`: the function it calls,
-void(i8* data, i64 count, i32 dtype), bound by the runtime. The generated code keeps no state of
-its own: everything it writes is reached through the table.
+nest) becomes fn(ptrs..., tid, nt) computing thread tid's share, posted to the pool; in a
+profiling build an i64 array where each kernel adds the CPU cycles it took (`graphc profile`);
+where a kernel reads or writes at indices taken from data (a gather, a scatter), or in a
+bounds-checked build (`--check-bounds`, every loop-kernel access), `fault`: four i64 where the
+first bad index is reported (kernels.Fault) for the runtime to raise after the call; then, per
+external call, `extern:<slot>`: the function it calls, void(i8* data, i64 count, i32 dtype), bound
+by the runtime. The generated code keeps no state of its own: everything it writes is reached
+through the table.
 """
 
 from __future__ import annotations
@@ -130,6 +134,7 @@ class _Steps:
                  check_bounds: bool) -> None:
         self.m, self.target, self.threads, self.profile, self.check_bounds = m, target, threads, profile, check_bounds
         self.names = table_slots(root, threads, profile, check_bounds)
+        self.by_code: dict[str, ir.Function] = {}  # a kernel function's code (see `unique`) -> it
 
     def define(self, s: Schedule, name: str, first: int, work: int) -> ir.Function:
         """The step of `s`, whose kernels are numbered from `first` and whose loops work at byte
@@ -146,6 +151,9 @@ class _Steps:
         slot = {name: b.load(b.gep(table, [ir.Constant(I64, len(bases) + i)]))
                 for i, name in enumerate(self.names)}
         run = b.bitcast(slot["pool_run"], RUN.as_pointer()) if threads > 1 else None
+        # where the step leaves a task its pointers: one place for all, the kernels run one at a time
+        width = max((len(_distinct(k, s.plan.place)) + len(self._extra(k)) for k in s.kernels), default=0)
+        task_arg = b.alloca(I8P, width)
         cycles = None
         if self.profile:
             cycles = b.bitcast(slot["cycles"], I64.as_pointer())
@@ -168,7 +176,7 @@ class _Steps:
             elif k.kind is KernelKind.VIEW and s.plan.place[k.outputs[0]] == s.plan.place[k.inputs[0]]:
                 continue  # the view shares its source's buffer: nothing to run
             else:
-                self._kernel(b, s, k, number, pointer, slot, run)
+                self._kernel(b, s, k, number, pointer, slot, run, task_arg)
             if cycles:
                 total = b.gep(cycles, [ir.Constant(I64, number)])
                 b.store(b.add(b.load(total), b.sub(b.call(clock, []), start)), total)
@@ -177,18 +185,40 @@ class _Steps:
         b.ret_void()
         return step
 
+    def unique(self, fn: ir.Function) -> ir.Function:
+        """`fn`, or the earlier kernel function with the same code, which replaces it (`fn` is then
+        dropped from the module). The code is compared as LLVM IR text but for the name: only a
+        function that is the same instruction for instruction, arguments and attributes included,
+        is shared."""
+        code = str(fn).replace(fn.get_reference(), "@", 1)
+        if code in self.by_code:
+            del self.m.globals[fn.name]  # nothing refers to it yet
+            return self.by_code[code]
+        self.by_code[code] = fn
+        return fn
+
+    def _checked(self, k: Kernel) -> bool:
+        """Kernel `k` checks the indices of its accesses (a bounds-checked build)."""
+        return self.check_bounds and (k.kind in LOOPS or _epilogue(k) is not None)
+
+    def _extra(self, k: Kernel) -> list[str]:
+        """The table slots kernel `k`'s function takes after its buffers' pointers: the fault slot
+        where indices come from data or loops are checked, a GEMM's scratch, an extern kernel's
+        function."""
+        return ([name for name, used in (("fault", self._checked(k) or k.indexes_data),
+                                         ("scratch", k.kind is KernelKind.CONTRACT)) if used]
+                + ([_extern_slot(k)] if k.kind is KernelKind.EXTERN else []))
+
     def _kernel(self, b: ir.IRBuilder, s: Schedule, k: Kernel, number: int, pointer: Callable[[Value], ir.Value],
-                slot: dict[str, ir.Value], run: ir.Value | None) -> None:
-        """Define kernel `k`'s function and call it (or post it to the pool) from the step."""
+                slot: dict[str, ir.Value], run: ir.Value | None, task_arg: ir.Value) -> None:
+        """Define kernel `k`'s function and call it (or post it to the pool) from the step, its
+        pointers passed in `task_arg`."""
         m, target, threads = self.m, self.target, self.threads
         args = _distinct(k, s.plan.place)
         parallel = run is not None and _worth_splitting(k, target)
-        # after the buffer pointers: the fault slot where indices come from data or loops are
-        # checked, a GEMM's scratch, an extern kernel's function
-        checked = self.check_bounds and (k.kind in LOOPS or _epilogue(k) is not None)
+        checked = self._checked(k)
         faults = checked or k.indexes_data
-        extra = [slot[name] for name, used in (("fault", faults), ("scratch", k.kind is KernelKind.CONTRACT))
-                 if used] + ([slot[_extern_slot(k)]] if k.kind is KernelKind.EXTERN else [])
+        extra = [slot[name] for name in self._extra(k)]
         types = ([LLTYPES[v.dtype].as_pointer() for v in args] + [I8P] * len(extra)
                  + ([I64, I64] if parallel else []))
         fn = ir.Function(m, ir.FunctionType(ir.VoidType(), types), f"k{number}_{k.name}")
@@ -204,14 +234,17 @@ class _Steps:
         if parallel:
             assert run is not None
             _emit_share(m, fn, k, arg_of, target, threads, fault)
-            _post(b, run, slot["pool"], _task(fn), ptrs, threads)
-            if k.kind is KernelKind.CONTRACT and _k_split(k.nodes[0], target, threads):
+            k_split = k.kind is KernelKind.CONTRACT and _k_split(k.nodes[0], target, threads)
+            # on the summed C (built from fn's own arguments, before fn may give way to its twin)
+            epi = _serial_epilogue(m, fn, k, arg_of, fault) if k_split and _epilogue(k) is not None else None
+            _post(b, run, slot["pool"], _task(self.unique(fn), share=True), task_arg, ptrs, threads)
+            if k_split:
                 _add_partials(b, k.nodes[0], pointer(k.nodes[0].out), slot["scratch"], target, threads)
-                if _epilogue(k) is not None:  # on the summed C
-                    b.call(_serial_epilogue(m, fn, k, arg_of, fault), ptrs)
+                if epi is not None:
+                    _call(b, _task(self.unique(epi)), task_arg, ptrs)
         else:
             _emit_kernel(m, fn, k, arg_of, target, fault)
-            b.call(fn, ptrs)
+            _call(b, _task(self.unique(fn)), task_arg, ptrs)
 
 
 def _emit_scan(b: ir.IRBuilder, k: Kernel, body: Schedule, step: ir.Function,
@@ -537,25 +570,45 @@ def _add_partials(b: ir.IRBuilder, n, c: ir.Value, scratch: ir.Value, target: Ta
                                              b.gep(c, [i])))
 
 
-def _task(fn: ir.Function) -> ir.Function:
-    """task(arg, tid, nt) for the pool: unpack fn's pointers from `arg` and run fn's share."""
-    struct = ir.LiteralStructType(fn.function_type.args[:-2])
+def _task(fn: ir.Function, share: bool = False) -> ir.Function:
+    """The task that runs kernel function `fn`: task(arg, tid, nt) unpacks fn's pointers from `arg`
+    and calls fn (with tid and nt, for a thread's `share`). Every kernel is run through one, by the
+    pool or by the step (`_call`), and never inlined into the step: LLVM optimizes each kernel on
+    its own, once however many kernels share fn, instead of one step function of thousands of
+    kernels, whose cost grew faster than the model. fn's pointers are loaded from `arg`, never
+    passed as arguments: LLVM's loop vectorizer picks a reduction's interleaving, and so the order
+    of its sum, from the registers it counts for the loop's invariants, which count a loaded
+    pointer but not an argument (docs/perf.md, Compile time)."""
+    if f"{fn.name}_task" in fn.module.globals:
+        return fn.module.globals[f"{fn.name}_task"]
+    struct = ir.LiteralStructType(fn.function_type.args[:-2] if share else fn.function_type.args)
     task = ir.Function(fn.module, TASK.pointee, f"{fn.name}_task")
     task.linkage = "internal"
+    task.attributes.add("noinline")
     raw, tid, nt = task.args
     b = ir.IRBuilder(task.append_basic_block("entry"))
     p = b.bitcast(raw, struct.as_pointer())
     ptrs = [b.load(b.gep(p, [ir.Constant(I32, 0), ir.Constant(I32, i)])) for i in range(len(struct.elements))]
-    b.call(fn, ptrs + [tid, nt])
+    b.call(fn, ptrs + ([tid, nt] if share else []))
     b.ret_void()
     return task
 
 
-def _post(b: ir.IRBuilder, run: ir.Value, pool: ir.Value, task: ir.Function, ptrs: list[ir.Value],
-          threads: int) -> None:
-    """Pack the pointers and run `task` on the pool's `threads` threads."""
-    struct = ir.LiteralStructType([p.type for p in ptrs])
-    slot = b.alloca(struct)
+def _pack(b: ir.IRBuilder, arg: ir.Value, ptrs: list[ir.Value]) -> None:
+    """Leave `ptrs` in a task's argument `arg`, as the struct the task reads (pointers are laid out
+    as in an array)."""
     for i, v in enumerate(ptrs):
-        b.store(v, b.gep(slot, [ir.Constant(I32, 0), ir.Constant(I32, i)]))
-    b.call(run, [pool, task, b.bitcast(slot, I8P), ir.Constant(I64, threads)])
+        b.store(b.bitcast(v, I8P), b.gep(arg, [ir.Constant(I64, i)]))
+
+
+def _post(b: ir.IRBuilder, run: ir.Value, pool: ir.Value, task: ir.Function, arg: ir.Value,
+          ptrs: list[ir.Value], threads: int) -> None:
+    """Run `task` on the pool's `threads` threads, with `ptrs` in its argument `arg`."""
+    _pack(b, arg, ptrs)
+    b.call(run, [pool, task, b.bitcast(arg, I8P), ir.Constant(I64, threads)])
+
+
+def _call(b: ir.IRBuilder, task: ir.Function, arg: ir.Value, ptrs: list[ir.Value]) -> None:
+    """Run `task` on this thread, over all of its kernel's work, with `ptrs` in its argument `arg`."""
+    _pack(b, arg, ptrs)
+    b.call(task, [b.bitcast(arg, I8P), ir.Constant(I64, 0), ir.Constant(I64, 1)])

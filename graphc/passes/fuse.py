@@ -124,22 +124,56 @@ def _not_a_matrix(gemm: Kernel, n: Node, step: _Step) -> bool:
 EPILOGUE_BARS = (_not_a_matrix, _reduces, _streams_another_c, _overwrites_an_operand, _reads_only_stored_values)
 
 
+class _Reach:
+    """Which kernels each kernel depends on, transitively, kept up to date as fusion adds nodes to
+    kernels and merges them, so that asking is a bit test (walking a kernel's inputs back to the
+    step's start at each question made fusion quadratic in the model's size)."""
+
+    def __init__(self) -> None:
+        self.bit: dict[Kernel, int] = {}
+        self.before: dict[Kernel, int] = {}           # the bits of the kernels it depends on
+        self.sources: dict[Kernel, set[Kernel]] = {}  # the kernels whose values it reads
+        self.readers: dict[Kernel, set[Kernel]] = {}  # the kernels that read its values
+
+    def add(self, k: Kernel) -> None:
+        self.bit[k] = 1 << len(self.bit)  # never reused: a merged-away kernel's bit stays its own
+        self.before[k] = 0
+        self.sources[k], self.readers[k] = set(), set()
+
+    def depends(self, k: Kernel, on: Kernel) -> bool:
+        return bool(self.before[k] & self.bit[on])
+
+    def read(self, k: Kernel, p: Kernel) -> None:
+        """`k` reads a value of `p`."""
+        if p is not k and p not in self.sources[k]:
+            self.sources[k].add(p)
+            self.readers[p].add(k)
+            self._spread(k, self.before[p] | self.bit[p])
+
+    def merge(self, k: Kernel, other: Kernel) -> None:
+        """`other`'s nodes joined `k` (neither depended on the other)."""
+        for p in self.sources.pop(other):
+            self.readers[p].discard(other)
+            self.read(k, p)
+        for r in self.readers.pop(other):
+            self.sources[r].discard(other)
+            self.read(r, k)
+
+    def _spread(self, k: Kernel, bits: int) -> None:
+        """`k`, and so every kernel that depends on it, now depends on `bits` too. A kernel that
+        has them all already is where the walk stops: what depends on it has them as well."""
+        todo = [k]
+        while todo:
+            d = todo.pop()
+            if bits & ~self.before[d]:
+                self.before[d] |= bits
+                todo.extend(self.readers[d])
+
+
 def fuse(g: Graph) -> list[Kernel]:
     kernel_of: dict[Node | None, Kernel] = {}  # (a leaf's producer, None, has none)
-    kernels: list[Kernel] = []
-
-    def deps(k: Kernel) -> set[Kernel]:
-        """Kernels `k` reads from, transitively."""
-        seen: set[Kernel] = set()
-        stack = [k]
-        while stack:
-            for n in stack.pop().nodes:
-                for v in n.inputs:
-                    p = kernel_of.get(v.producer)
-                    if p is not None and p not in seen and p is not k:
-                        seen.add(p)
-                        stack.append(p)
-        return seen
+    kernels: dict[Kernel, None] = {}  # in order of creation
+    reach = _Reach()
 
     def can_join(k: Kernel, n: Node, space: tuple) -> bool:
         if k.space != space or k.kind not in (KernelKind.ELEMENTWISE, KernelKind.CONTRACT):
@@ -150,9 +184,15 @@ def fuse(g: Graph) -> list[Kernel]:
             p = kernel_of.get(v.producer)
             if p is k and not identity_access(v, m, space):
                 return False  # would read a value of this kernel before the loop has finished it
-            if p is not None and p is not k and k in deps(p):
+            if p is not None and p is not k and reach.depends(p, k):
                 return False  # k -> p -> n: joining n into k makes a cycle
         return True
+
+    def start(kind: KernelKind, space: tuple) -> Kernel:
+        k = Kernel(kind, space)
+        kernels[k] = None
+        reach.add(k)
+        return k
 
     order = {n: i for i, n in enumerate(g.nodes)}
     # written to memory whatever is fused: a step's result, or read by a node that is not elementwise
@@ -165,30 +205,31 @@ def fuse(g: Graph) -> list[Kernel]:
             space = n.inputs[0].dims if isinstance(d, Reduction) else n.out.dims
             feeders = [kernel_of[v.producer] for v, m in zip(n.inputs, input_maps(n))
                        if v.producer in kernel_of and identity_access(v, m, space)]
-            k = next((k for k in feeders if can_join(k, n, space)), None)
-            if k is None:
-                k = Kernel(KernelKind.ELEMENTWISE, space)
-                kernels.append(k)
+            k = next((k for k in feeders if can_join(k, n, space)), None) or start(KernelKind.ELEMENTWISE, space)
             for other in feeders:  # sibling producers of n's operands join too: one loop, not two
                 # (never into an epilogue: a sibling's value is as large as C, which bars n)
                 if other is not k and other in kernels and k.kind == other.kind == KernelKind.ELEMENTWISE \
-                        and can_join(other, n, space) and other not in deps(k) and k not in deps(other):
+                        and can_join(other, n, space) and not reach.depends(k, other) \
+                        and not reach.depends(other, k):
                     k.nodes = sorted(k.nodes + other.nodes, key=order.__getitem__)
                     for m in other.nodes:
                         kernel_of[m] = k
-                    kernels.remove(other)
+                    del kernels[other]
+                    reach.merge(k, other)
             if isinstance(d, Reduction):
                 k.kind = KernelKind.REDUCE  # closes the kernel: nothing joins after its reduction
         else:
-            k = next((k for k in kernels if isinstance(d, Loop) and k.kind is KernelKind.SCAN
-                      and same_loop(k.nodes[0], n)), None) or Kernel(WHOLE[type(d)], n.out.dims)
-            if k not in kernels:
-                kernels.append(k)
+            scan = next((s for s in kernels if s.kind is KernelKind.SCAN and same_loop(s.nodes[0], n)),
+                        None) if isinstance(d, Loop) else None
+            k = scan or start(WHOLE[type(d)], n.out.dims)
         k.nodes.append(n)
         kernel_of[n] = k
+        for v in n.inputs:
+            if v.producer in kernel_of:
+                reach.read(k, kernel_of[v.producer])
 
-    _connect(g, kernels, kernel_of)
-    return _order(g, kernels, kernel_of)
+    _connect(g, list(kernels), kernel_of)
+    return _order(g, list(kernels), kernel_of)
 
 
 def _results(g: Graph) -> set[int]:
@@ -226,15 +267,15 @@ def _connect(g: Graph, kernels: list[Kernel], kernel_of: dict[Node | None, Kerne
 
 def _order(g: Graph, kernels: list[Kernel], kernel_of: dict[Node | None, Kernel]) -> list[Kernel]:
     after: dict[Kernel, set[Kernel]] = {k: set() for k in kernels}
+    readers: dict[Value, list[Kernel]] = {}
     for k in kernels:
         for v in k.inputs:
+            readers.setdefault(v, []).append(k)
             if v.producer is not None:
                 after[k].add(kernel_of[v.producer])
     for target, new in g.updates:
         writer = kernel_of[new.node]
-        for k in kernels:
-            if k is not writer and target in k.inputs:
-                after[writer].add(k)
+        after[writer].update(k for k in readers.get(target, []) if k is not writer)
     position = {n: i for i, n in enumerate(g.nodes)}
     first = {k: min(position[n] for n in k.nodes) for k in kernels}
     done: list[Kernel] = []

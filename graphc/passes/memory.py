@@ -7,6 +7,9 @@ gets an offset in the arena; values whose lifetimes do not overlap share bytes.
 
 from __future__ import annotations
 
+import bisect
+import heapq
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,25 +72,55 @@ def plan_memory(g: Graph, kernels: list[Kernel]) -> Plan:
                 root[v] = v
     arena = len(buffers)
     buffers.append(Buffer("arena", "arena"))
-    free: list[tuple[int, int, int]] = []  # (offset, size, free from step)
-    live: list[tuple[int, int, int]] = []  # (offset, size, last step)
+    free = _Free()
+    live: list[tuple[int, int, int, int]] = []  # a heap of (last step, when placed, offset, size)
     top = 0
-    for v in sorted(first, key=lambda v: first[v]):
+    for placed, v in enumerate(sorted(first, key=lambda v: first[v])):
         step, size = first[v], -(-nbytes(v) // ALIGN) * ALIGN
-        free += [(o, s, e) for o, s, e in live if e < step]
-        live = [x for x in live if x[2] >= step]
-        fit = next((x for x in sorted(free, key=lambda x: x[1]) if x[1] >= size), None)
-        if fit:
-            free.remove(fit)
+        ended = []
+        while live and live[0][0] < step:
+            ended.append(heapq.heappop(live))
+        for _, _, o, s in sorted(ended, key=lambda x: x[1]):  # freed in the order they were placed
+            free.add(o, s)
+        fit = free.take(size)
+        if fit is None:
+            offset, top = top, top + size
+        else:
             offset = fit[0]
             if fit[1] > size:
-                free.append((fit[0] + size, fit[1] - size, fit[2]))
-        else:
-            offset, top = top, top + size
-        live.append((offset, size, last[v]))
+                free.add(fit[0] + size, fit[1] - size)
+        heapq.heappush(live, (last[v], placed, offset, size))
         plan.place[v] = (arena, offset)
     for v, r in root.items():
         if v not in plan.place:
             plan.place[v] = plan.place[r]
     plan.arena_bytes = top
     return plan
+
+
+class _Free:
+    """The arena's free blocks. `take` is best fit: a smallest block at least as large, the one freed
+    first among equals; each call costs a search among the distinct sizes, not among all blocks."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []                    # the distinct sizes free, ascending
+        self.blocks: dict[int, deque[int]] = {}       # size -> offsets, in the order freed
+
+    def add(self, offset: int, size: int) -> None:
+        if size not in self.blocks:
+            bisect.insort(self.sizes, size)
+            self.blocks[size] = deque()
+        self.blocks[size].append(offset)
+
+    def take(self, size: int) -> tuple[int, int] | None:
+        """(offset, size) of the block chosen for `size` bytes, no longer free; None if none fits."""
+        i = bisect.bisect_left(self.sizes, size)
+        if i == len(self.sizes):
+            return None
+        fit = self.sizes[i]
+        offsets = self.blocks[fit]
+        offset = offsets.popleft()
+        if not offsets:
+            del self.blocks[fit]
+            self.sizes.pop(i)
+        return offset, fit
