@@ -1,8 +1,10 @@
 """bench/: run.py in smoke mode, as CI runs it (every framework either gets a row or says why not),
-and netspec.py, which reads a model as the layers the peer frameworks build."""
+seq.py (the sequence models) in smoke mode, and netspec.py, which reads a model as the layers the
+peer frameworks build."""
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -45,6 +47,43 @@ def test_smoke_run_prints_a_table_with_graphc_and_numpy_and_reasons_for_skips():
     assert re.search(r"FP32 FMA peak \(generated kernel\): 1 thread \d+\.\d GFLOP/s", out), out
     assert re.search(r"^CPU: \S", out, re.M), out
     assert re.search(r"^  graphc +\d+\.\d µs", out, re.M), out  # the batch-8 latency
+
+
+SEQ_ROW = re.compile(r"^(\S+\.net b\d+)\s+(\S+)\s+(\d+\.\d+)\s+\S+\s+\S+\s+(\d+\.\d+)\s+(\d+\.\d+)%"
+                     r"\s+(\d+\.\d+)\s+(\d+\.\d+)", re.M)
+
+
+def _seq_smoke(*frameworks: str) -> tuple[str, dict[tuple[str, str], tuple[float, ...]]]:
+    """bench/seq.py --smoke with `frameworks`: its output, and (model, framework) -> (ms/step,
+    GFLOP/s, % peak, first step's loss, timed steps' loss)."""
+    p = subprocess.run([sys.executable, "bench/seq.py", "--smoke", "--frameworks", ",".join(frameworks)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = {(m[1], m[2]): tuple(float(m[i]) for i in range(3, 8)) for m in SEQ_ROW.finditer(p.stdout)}
+    return p.stdout, rows
+
+
+def test_seq_smoke_prints_a_table_for_gpt_and_lstm_with_graphc():
+    out, rows = _seq_smoke("graphc")
+    for net, gflop in (("gpt.net b32", "10.87"), ("lstm.net b32", "4.83")):
+        assert (net, "graphc") in rows, f"no graphc row for {net}:\n{out}"
+        ms, gflops, peak, first, loss = rows[net, "graphc"]
+        assert ms > 0 and gflops > 0 and peak > 0, out
+        assert abs(first - math.log(256)) < 0.05, f"{net}: first loss {first}, not ~ln 256:\n{out}"
+        assert loss < first, f"{net}: the loss did not fall:\n{out}"
+        assert re.search(rf"^{re.escape(net)}: .*, {gflop} GFLOP/step", out, re.M), out
+    assert [fw for _, fw in rows] == ["graphc", "graphc"], out  # graphc alone: no peer ran
+    assert re.search(r"FP32 FMA peak \(generated kernel\): 1 thread \d+\.\d GFLOP/s", out), out
+    assert re.search(r"^CPU: \S", out, re.M), out
+
+
+def test_seq_pytorch_twins_start_from_graphcs_weights_and_train_alike():
+    pytest.importorskip("torch")
+    out, rows = _seq_smoke("graphc", "pytorch")
+    for net in ("gpt.net b32", "lstm.net b32"):
+        g, t = rows[net, "graphc"], rows[net, "pytorch"]
+        assert abs(g[3] - t[3]) < 1e-4, f"{net}: first-step losses differ:\n{out}"  # same weights, batch
+        assert abs(g[4] - t[4]) < 1e-3, f"{net}: losses differ after 3 steps:\n{out}"
 
 
 def test_netspec_reads_lenet_as_conv_and_dense_layers_with_their_flops():
