@@ -85,11 +85,10 @@ def _aligned(n: int) -> int:
 
 @dataclass(frozen=True)
 class _Work:
-    """Where a scan kernel keeps, from its work space's start: its body's arena, two buffers per carry
-    (the step reads one and writes the other), a buffer for each per-step value no node stores, then
-    the work space of the loops in its body."""
+    """Where a scan kernel keeps, from its work space's start: its body's arena (at 0), two buffers
+    per carry (the step reads one and writes the other), a buffer for each per-step value no node
+    stores, then the work space of the loops in its body."""
 
-    arena: int
     carries: tuple[tuple[int, int], ...]
     unstored: dict[int, int]  # result index -> offset
     nested: int
@@ -110,7 +109,7 @@ def _work(k: Kernel, body: Schedule) -> _Work:
         if r not in stored:
             unstored[r] = at
             at += _aligned(nbytes(outs[r]))
-    return _Work(0, tuple(carries), unstored, at, at + _work_bytes(body))
+    return _Work(tuple(carries), unstored, at, at + _work_bytes(body))
 
 
 def _work_bytes(s: Schedule) -> int:
@@ -261,7 +260,7 @@ def _emit_scan(b: ir.IRBuilder, k: Kernel, body: Schedule, step: ir.Function,
     base = b.gep(slot["scratch"], [ir.Constant(I64, work)])
     at = lambda off: b.gep(base, [ir.Constant(I64, off)])
     stored = {n.attrs["result"]: b.bitcast(pointer(n.out), I8P) for n in k.nodes}
-    operand = [b.bitcast(pointer(v), I8P) if v.const is None else None for v in k.nodes[0].inputs]
+    operand = [b.bitcast(pointer(v), I8P) for v in k.nodes[0].inputs]  # no literal: materialized
     table = b.alloca(I8P, len(plan.buffers) + len(names))
     put = lambda i, p: b.store(p, b.gep(table, [ir.Constant(I64, i)]))
     for i, name in enumerate(names):
@@ -296,7 +295,7 @@ def _emit_scan(b: ir.IRBuilder, k: Kernel, body: Schedule, step: ir.Function,
             if buf.role == "output":
                 ptr[j] = dest[out_names.index(buf.name)]
             elif buf.role == "arena":
-                ptr[j] = at(w.arena)
+                ptr[j] = at(0)
         for j, p in ptr.items():
             put(j, p)
         b.call(step, [table])

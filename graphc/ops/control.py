@@ -11,9 +11,11 @@ is one result (`result` indexes them); the nodes of one scan share its inputs an
 runs them as one loop, so the body is compiled once whatever the sequence length.
 
 Its vjp is a scan too, running the other way: its carries are the cotangents of the forward carries
-and the gradients of the loop-invariant operands, summed over the steps; at each step it recomputes
-the body from the saved carries (the stacked ones; the frontend's body returns its new carry as a y)
-and pulls the cotangents back through it (graphc.ops.backprop).
+and the gradients of the loop-invariant operands, summed over the steps. The forward loop saves
+each step's carries and contractions (results of the same scan: the body is extended with them);
+the backward step reads them, recomputes the elementwise work between them and pulls the
+cotangents back through the body (graphc.ops.backprop). A weight's cotangent that is a contraction
+of two per-step values is summed as one contraction over all steps, after the loop.
 """
 
 from __future__ import annotations
@@ -126,23 +128,18 @@ def _vjp(b: Builder, n: Node, g: Value) -> list[Value | None]:
     # invariants. It recomputes the forward step but for the saved contractions, then pulls the
     # cotangents back through it.
     back = Graph(f"{body.name}.vjp")
-    leaf = lambda name, t: Value(name, t)
-    d_carry = [leaf(f"d.{v.name}", v.type) for v in ins[:k]]
-    prev = [leaf(v.name, v.type) for v in ins[:k]]
-    step = [leaf(v.name, v.type) for v in ins[k:k + len(seqs)]]
-    kept = [leaf(f"saved{i}", v.type) for i, v in enumerate(saved)]
-    d_y = [leaf("d.y", _step_type(g.type))] if r >= k else []
-    inv = [leaf(v.name, v.type) for v in ins[k + len(seqs):]]
+    d_carry = [Value(f"d.{v.name}", v.type) for v in ins[:k]]
+    prev = [Value(v.name, v.type) for v in ins[:k]]
+    step = [Value(v.name, v.type) for v in ins[k:k + len(seqs)]]
+    kept = [Value(f"saved{i}", v.type) for i, v in enumerate(saved)]
+    d_y = [Value("d.y", _step_type(g.type))] if r >= k else []
+    inv = [Value(v.name, v.type) for v in ins[k + len(seqs):]]
     bb = Builder(back, n.loc, n.scope)
     copies = inline(bb, body, prev + step + inv)
     fwd = [v if v.const is not None else copies[v] for v in body.outputs.values()]
-    seeds: dict[Value, Value] = {}
-    for v, d in zip(fwd, d_carry + [None] * (len(fwd) - k)):
-        if d is not None:
-            seeds[v] = bb.add(seeds[v], d) if v in seeds else d
-    if r >= k:
-        v = fwd[r]
-        seeds[v] = bb.add(seeds[v], d_y[0]) if v in seeds else d_y[0]
+    seeds: dict[Value, Value] = {}  # the new carries' cotangents, and the y's (one value may be both)
+    for v, d in [*zip(fwd, d_carry), *((fwd[r], d_y[0]) for _ in d_y)]:
+        seeds[v] = bb.add(seeds[v], d) if v in seeds else d
     trained = [j for j, c in enumerate(consts) if c.type.is_float]  # loop invariants with a gradient
     cot = backprop(back, seeds, prev + step + inv)
     # the saved contractions are read, not recomputed: no vjp reads a contraction's own result, so
@@ -156,7 +153,7 @@ def _vjp(b: Builder, n: Node, g: Value) -> list[Value | None]:
             varying.add(bn.out)
     hoisted = {j: h for j in trained if (h := _hoistable(cot[inv[j]], varying)) is not None}
     summed = [j for j in trained if j not in hoisted]
-    sums = [leaf(f"d.{inv[j].name}", consts[j].type) for j in summed]
+    sums = [Value(f"d.{inv[j].name}", consts[j].type) for j in summed]
     zeros = lambda v: bb.broadcast_to(bb.const(0.0, v.dtype), shape=v.shape)
     new_carries = [cot[v] or zeros(v) for v in prev]
     new_sums = [s if (c := cot[inv[j]]) is None else bb.add(s, c) for s, j in zip(sums, summed)]
