@@ -334,6 +334,17 @@ def test_sample_refuses_logits_of_another_vocabulary_and_an_empty_prompt(tmp_pat
         generate(lm, init_params(lm.graph.params, 0), b"", 3)
 
 
+def test_sample_refuses_a_model_that_reads_later_bytes(tmp_path):
+    """A sliding window pads the bytes not yet written: a model whose logits read them is refused."""
+    path = tmp_path / "peek.net"
+    path.write_text(TINY.format(x="x", y="y", t=T, t2=T, data="c.txt")
+                    .replace("logits = gather(E, {x}) @ W".format(x="x"),
+                             "logits = (gather(E, x) + sum(gather(E, x), axes=1, keepdims=true)) @ W"))
+    lm = language_model(driver.load(path))
+    with pytest.raises(GraphcError, match="is not causal: its logits before position 1 change"):
+        generate(lm, init_params(lm.graph.params, 0), b"hi", 3)
+
+
 # ---- README's path ----
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@ else the logits its loss reads; the evaluation form) at batch 1; `generate(lm, p
 tokens)` compiles it and runs it once per byte on a sliding window of the last T bytes, T fixed by
 the model's i32[B, T] input. A context shorter than T sits at the start of the window, the rest of
 which is zeros, and the next byte comes from the logits at its last position: a causal model's
-earlier positions never read later ones. The byte is drawn from softmax(logits / temperature) by a
+earlier positions never read later ones. That is checked, not assumed: a model whose logits at a
+position change with a later byte is refused. The byte is drawn from softmax(logits / temperature) by a
 generator seeded with `seed`; temperature 0 takes the likeliest byte.
 """
 
@@ -67,8 +68,23 @@ def generate(lm: LanguageModel, params: dict[str, np.ndarray], prompt: bytes, to
                           "from the bytes before it)")
     step = compile_graph(lm.graph, params, threads=threads).step
     window = np.zeros(step.inputs[lm.input].shape, np.int32)
-    return _continue(lambda w: step.run(**{lm.input: w})[lm.logits], window, prompt, tokens,
-                     temperature, np.random.default_rng(seed))
+    run = lambda w: step.run(**{lm.input: w})[lm.logits]
+    _check_causal(run, window.shape, lm.graph.name)
+    return _continue(run, window, prompt, tokens, temperature, np.random.default_rng(seed))
+
+
+def _check_causal(run: Callable[[np.ndarray], np.ndarray], shape: tuple[int, ...], name: str) -> None:
+    """Refuse a model whose logits at a position read a later byte: a sliding window that pads the
+    positions not yet written would feed it bytes that are not the text."""
+    rng = np.random.default_rng(0)
+    window = rng.integers(0, VOCAB, shape).astype(np.int32)
+    base = run(window).copy()
+    for p in range(1, shape[1]):
+        changed = window.copy()
+        changed[0, p] = (changed[0, p] + 1) % VOCAB
+        if not np.allclose(run(changed)[0, :p], base[0, :p], rtol=1e-5, atol=1e-6):
+            raise GraphcError(f"model {name} is not causal: its logits before position {p} change with "
+                              f"the byte at {p}, so a sliding window of generated text cannot feed it")
 
 
 def _continue(run: Callable[[np.ndarray], np.ndarray], window: np.ndarray, prompt: bytes,
