@@ -149,19 +149,22 @@ def test_extern_call_runs_a_bound_callback_inside_the_one_native_call():
     np.testing.assert_array_equal(out["d.x"], r)  # the gradient passes straight through the callee
 
 
-def test_extern_call_takes_a_c_function_address_and_reraises_a_callback_error():
+def test_extern_call_takes_a_c_function_address_and_its_user_pointer_and_reraises_a_callback_error():
     step = compile_graph(bind(scale_graph(), {}, "f64"), threads=1).step
+    calls = ctypes.c_int64(0)
 
     @EXTERN
-    def negate(data, count, dtype):
+    def negate(user, data, count, dtype):
         assert dtype == 1  # f64
+        ctypes.c_int64.from_address(user).value += 1
         values = (ctypes.c_double * count).from_address(data)
         for j in range(count):
             values[j] = -values[j]
 
-    step.bind_extern("scale", ctypes.cast(negate, ctypes.c_void_p).value)
+    step.bind_extern("scale", ctypes.cast(negate, ctypes.c_void_p).value, ctypes.addressof(calls))
     x, r = np.ones((3, 5)), np.ones((3, 5))
     assert step.run(x=x, r=r)["loss"] == -30.0
+    assert calls.value == 1
     step.bind_extern("scale", lambda values: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         step.run(x=x, r=r)

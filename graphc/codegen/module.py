@@ -13,8 +13,8 @@ profiling build an i64 array where each kernel adds the CPU cycles it took (`gra
 where a kernel reads or writes at indices taken from data (a gather, a scatter), or in a
 bounds-checked build (`--check-bounds`, every loop-kernel access), `fault`: four i64 where the
 first bad index is reported (kernels.Fault) for the runtime to raise after the call; then, per
-external call, `extern:<slot>`: the function it calls, void(i8* data, i64 count, i32 dtype), bound
-by the runtime. The generated code keeps no state of its own: everything it writes is reached
+external call, `extern:<slot>`: the address of a pair {fn, user} the runtime binds, and the kernel
+calls fn(user, data, count, dtype) (EXTERN_FN). The generated code keeps no state of its own: everything it writes is reached
 through the table.
 """
 
@@ -42,7 +42,8 @@ from graphc.passes.pipeline import Schedule, loop
 
 I8P = ir.IntType(8).as_pointer()
 I64, I32 = ir.IntType(64), ir.IntType(32)
-EXTERN_FN = ir.FunctionType(ir.VoidType(), [I8P, I64, I32])  # (data, element count, dtype's index in DTYPES)
+# (user, data, element count, dtype's index in DTYPES)
+EXTERN_FN = ir.FunctionType(ir.VoidType(), [I8P, I8P, I64, I32])
 LINE_BYTES = 64  # a scatter's column shares are whole cache lines: threads never write one line
 
 
@@ -353,9 +354,11 @@ def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target:
     src, dst, count = arg_of[n.inputs[0]], arg_of[n.out], math.prod(n.out.shape)
     if src is not dst:
         for_range(b, count, lambda i: b.store(b.load(b.gep(src, [i])), b.gep(dst, [i])))
-    if k.kind is KernelKind.EXTERN:
-        b.call(b.bitcast(fn.args[-1], EXTERN_FN.as_pointer()),
-               [b.bitcast(dst, I8P), ir.Constant(I64, count), ir.Constant(I32, DTYPES.index(n.out.dtype))])
+    if k.kind is KernelKind.EXTERN:  # the slot points to {fn, user}
+        pair = b.bitcast(fn.args[-1], I8P.as_pointer())
+        callee = b.bitcast(b.load(pair), EXTERN_FN.as_pointer())
+        b.call(callee, [b.load(b.gep(pair, [ir.Constant(I64, 1)])), b.bitcast(dst, I8P),
+                        ir.Constant(I64, count), ir.Constant(I32, DTYPES.index(n.out.dtype))])
     b.ret_void()
 
 

@@ -27,7 +27,13 @@ from graphc.runtime.execute.pool import Pool
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p))
 _RUN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 _TASK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
-EXTERN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32)  # module.EXTERN_FN
+# module.EXTERN_FN: fn(user, data, element count, dtype's index in DTYPES)
+EXTERN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32)
+
+
+class _Extern(ctypes.Structure):
+    """What an extern slot points to: the function and the pointer it is given first."""
+    _fields_ = [("fn", ctypes.c_void_p), ("user", ctypes.c_void_p)]
 
 
 class _Source(ctypes.Structure):
@@ -126,11 +132,11 @@ class Step:
                  "pool_run": pool.run_address if pool else None, "pool": pool.state_address if pool else None,
                  "cycles": self.cycles is not None and self.cycles.ctypes.data,
                  "fault": self.fault is not None and self.fault.ctypes.data}
+        # extern_call slot -> the {fn, user} its table slot points to; the functions bound (kept alive here)
+        self._externs = {n.removeprefix("extern:"): _Extern() for n in names if n.startswith("extern:")}
+        extra |= {f"extern:{k}": ctypes.addressof(pair) for k, pair in self._externs.items()}
         slots = [a.ctypes.data for a in buffers] + [extra.get(n) for n in names]
         self._table = (ctypes.c_void_p * len(slots))(*slots)
-        # extern_call slot -> its table index; the functions bound to them (kept alive here)
-        self._externs = {n.removeprefix("extern:"): len(buffers) + i
-                         for i, n in enumerate(names) if n.startswith("extern:")}
         self._bound: dict[str, object] = {}
         self._callback_error: BaseException | None = None
         self._fn = _ENTRY(native.address(entry))
@@ -165,11 +171,11 @@ class Step:
         """The slots of the step's extern_call nodes, each to be bound before it runs."""
         return tuple(self._externs)
 
-    def bind_extern(self, slot: str, fn: Callable[[np.ndarray], None] | int) -> None:
+    def bind_extern(self, slot: str, fn: Callable[[np.ndarray], None] | int, user: int = 0) -> None:
         """Bind the function `extern_call(x, slot=...)` calls during the step: the address of a C
-        function void(void *data, int64_t count, int32_t dtype) (dtype: 0, 1, 2 for f32, f64, i32;
-        the caller keeps it alive), or a Python callable given the values as a flat NumPy array to
-        update in place (an exception it raises is raised by `run`)."""
+        function void(void *user, void *data, int64_t count, int32_t dtype) (dtype: 0, 1, 2 for
+        f32, f64, i32; the caller keeps it and `user` alive), or a Python callable given the values
+        as a flat NumPy array to update in place (an exception it raises is raised by `run`)."""
         if slot not in self._externs:
             raise KeyError(f"no extern_call slot {slot} (slots: {', '.join(self._externs) or 'none'})")
         if callable(fn):
@@ -177,9 +183,9 @@ class Step:
             self._bound[slot], address = wrapped, ctypes.cast(wrapped, ctypes.c_void_p).value
         else:
             self._bound[slot], address = fn, fn
-        self._table[self._externs[slot]] = address
+        self._externs[slot].fn, self._externs[slot].user = address, user
 
-    def _callback(self, fn: Callable[[np.ndarray], None], data: int, count: int, dtype: int) -> None:
+    def _callback(self, fn: Callable[[np.ndarray], None], user: int, data: int, count: int, dtype: int) -> None:
         dt = np.dtype(NP_DTYPES[DTYPES[dtype]])
         try:
             fn(np.ctypeslib.as_array((ctypes.c_byte * (count * dt.itemsize)).from_address(data)).view(dt))
