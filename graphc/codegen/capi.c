@@ -20,7 +20,8 @@ void graphc_pool_run(void *pool, gc_task task, void *arg, int64_t nt);
 void graphc_pool_stop(void *pool);
 
 enum gc_init { GC_ZERO, GC_FILL, GC_NORMAL, GC_UNIFORM, GC_TRUNCATED_NORMAL, GC_ORTHOGONAL };
-enum { GC_SLOT_POOL_RUN = -1, GC_SLOT_POOL = -2, GC_SLOT_FAULT = -3 }; /* table slots that are not buffers */
+/* table slots that are not buffers; extern slot j (gc_model.externs[j]) is GC_SLOT_EXTERN - j */
+enum { GC_SLOT_POOL_RUN = -1, GC_SLOT_POOL = -2, GC_SLOT_FAULT = -3, GC_SLOT_EXTERN = -4 };
 enum { GC_TRAIN, GC_INFER };
 #define GC_TRUNCATE 2.0 /* truncated normal's bound in std (graphc.ir.init.TRUNCATE) */
 
@@ -56,6 +57,13 @@ typedef struct gc_step {
     const gc_site *sites;
 } gc_step;
 
+/* What an extern slot's table entry points to: the generated code calls fn(user, data, count,
+ * dtype) (graphc.codegen.module.EXTERN_FN). */
+typedef struct gc_extern {
+    graphc_extern_fn fn; /* NULL: unbound, and a step that calls it refuses to run */
+    void *user;
+} gc_extern;
+
 typedef struct gc_names {
     int n;
     const graphc_tensor_info *info;
@@ -63,10 +71,14 @@ typedef struct gc_names {
 } gc_names;
 
 typedef struct gc_model {
+    const char *name; /* the prefix of the exported functions, for messages */
     int nbuffers;
     const gc_buffer *buffers;
     gc_step steps[2];           /* GC_TRAIN, GC_INFER */
     gc_names inputs, outputs, params;
+    int nexterns;
+    const char *const *externs; /* the extern slots' names: both steps' slots, by name */
+    const char *extern_list;    /* the names for messages: "allreduce, hook", or "none" */
     int lr_buffer, loss_buffer; /* the training step's learning-rate input and loss output */
     int threads;
     int64_t pool_bytes;
@@ -83,11 +95,12 @@ typedef struct gc_ctx {
     void **own;     /* what the context allocated, per buffer */
     void **buf;     /* what the steps read, per buffer: own, or a bound input */
     void **tables[2];
+    gc_extern *externs; /* per gc_model.externs, bound with <model>_set_extern */
     void *pool;
     gc_worker *workers;
     int started;    /* workers running */
     int64_t fault[4]; /* the first bad index a step's kernels met: kernel + 1, site, index, bound */
-    char error[512];  /* why the last step failed ("" after one that did not) */
+    char error[512];  /* why the last step or set_extern failed ("" after one that did not) */
 } gc_ctx;
 
 static const int64_t GC_ALIGN = 64;
@@ -197,6 +210,7 @@ static void gc_tables(gc_ctx *c) {
             int slot = st->slots[k];
             if (slot == GC_SLOT_POOL_RUN) memcpy(&c->tables[s][k], &run, sizeof run); /* ISO C: no cast */
             else if (slot == GC_SLOT_FAULT) c->tables[s][k] = c->fault;
+            else if (slot <= GC_SLOT_EXTERN) c->tables[s][k] = &c->externs[GC_SLOT_EXTERN - slot];
             else c->tables[s][k] = slot == GC_SLOT_POOL ? c->pool : c->buf[slot];
         }
     }
@@ -219,6 +233,7 @@ static void gc_destroy(gc_ctx *c) {
     free(c->buf);
     free(c->tables[0]);
     free(c->tables[1]);
+    free(c->externs);
     free(c->pool);
     free(c->workers);
     free(c);
@@ -233,9 +248,10 @@ static gc_ctx *gc_create(const gc_model *m, uint64_t seed) {
     c->buf = calloc((size_t)m->nbuffers, sizeof(void *));
     c->tables[0] = calloc((size_t)m->steps[0].nslots, sizeof(void *));
     c->tables[1] = calloc((size_t)m->steps[1].nslots, sizeof(void *));
+    c->externs = calloc((size_t)(m->nexterns > 0 ? m->nexterns : 1), sizeof(gc_extern));
     c->pool = gc_alloc(m->pool_bytes);
     c->workers = calloc((size_t)(nw > 0 ? nw : 1), sizeof(gc_worker));
-    if (!c->own || !c->buf || !c->tables[0] || !c->tables[1] || !c->pool || !c->workers) {
+    if (!c->own || !c->buf || !c->tables[0] || !c->tables[1] || !c->externs || !c->pool || !c->workers) {
         gc_destroy(c);
         return NULL;
     }
@@ -317,6 +333,19 @@ static int gc_set_lr(gc_ctx *c, double lr) {
     return GRAPHC_OK;
 }
 
+/* Binds extern slot `slot` to fn(user, ...); fn NULL unbinds it. An unknown slot is named in c->error. */
+static int gc_set_extern(gc_ctx *c, const char *slot, graphc_extern_fn fn, void *user) {
+    if (!c) return GRAPHC_EINVAL;
+    for (int j = 0; slot && j < c->m->nexterns; j++)
+        if (!strcmp(c->m->externs[j], slot)) {
+            c->externs[j] = (gc_extern){fn, user};
+            c->error[0] = '\0';
+            return GRAPHC_OK;
+        }
+    snprintf(c->error, sizeof c->error, "no extern slot %s (slots: %s)", slot ? slot : "NULL", c->m->extern_list);
+    return GRAPHC_EINVAL;
+}
+
 /* The first bad index step st's kernels reported, as c->error says it; the fault words are
  * cleared for the next step. */
 static int gc_fault(gc_ctx *c, const gc_step *st) {
@@ -329,14 +358,22 @@ static int gc_fault(gc_ctx *c, const gc_step *st) {
     return GRAPHC_EINDEX;
 }
 
-/* Runs step s if the integer inputs it indexes with are in range (a label past the classes would
- * match none: a loss of -0 and wrong gradients, no error). An index the step computes itself (a
- * gather's inside a scan) is checked by the kernel reading it, which reports it in c->fault. */
+/* Runs step s if every extern slot it calls is bound (the generated code would call NULL) and the
+ * integer inputs it indexes with are in range (a label past the classes would match none: a loss
+ * of -0 and wrong gradients, no error). An index the step computes itself (a gather's inside a
+ * scan) is checked by the kernel reading it, which reports it in c->fault. */
 static int gc_run(gc_ctx *c, int s) {
     if (!c) return GRAPHC_EINVAL;
     const gc_step *st = &c->m->steps[s];
     const gc_names *in = &c->m->inputs;
     c->error[0] = '\0';
+    for (int k = 0; k < st->nslots; k++)
+        if (st->slots[k] <= GC_SLOT_EXTERN && !c->externs[GC_SLOT_EXTERN - st->slots[k]].fn) {
+            const char *slot = c->m->externs[GC_SLOT_EXTERN - st->slots[k]];
+            snprintf(c->error, sizeof c->error, "extern slot %s has no function: %s_set_extern(ctx, \"%s\", "
+                     "fn, user) first; nothing ran", slot, c->m->name, slot);
+            return GRAPHC_EINVAL;
+        }
     for (int k = 0; k < st->nchecks; k++) {
         int i = st->checks[k].input;
         const int32_t *v = c->buf[in->buffer[i]];

@@ -7,7 +7,9 @@ reports an index from data out of range (which the glue turns into a status and 
 generated code keeps no state of its own, so contexts are independent. Both steps' pointer
 tables index one list of context buffers: leaves (inputs, params, state) and outputs are shared
 by name, so the inference step reads the params the training step updates, and a bound input
-feeds both.
+feeds both. An extern_call's slot (`extern:NAME`) points to the context's {fn, user} pair for NAME,
+one per name for both steps, which the host binds with `<model>_set_extern` (an allreduce of the
+gradients over MPI ranks, say); a step refuses to run while one of its slots is unbound.
 
 The glue is C rather than LLVM IR: it is bookkeeping (allocation, initializers, name lookup,
 threads) that reads best as C, and linking a shared library needs the C toolchain anyway. Its
@@ -66,7 +68,8 @@ class _Context:
 
     buffers: list[_Buffer] = field(default_factory=list)
     index: dict[tuple[str, str], int] = field(default_factory=dict)
-    tables: list[list[int | str]] = field(default_factory=list)  # an index, or a _SLOT name
+    tables: list[list[int | str]] = field(default_factory=list)  # an index, a _SLOT name or extern:NAME
+    externs: list[str] = field(default_factory=list)  # the extern slots' NAMEs, in both steps' order
 
     def add(self, key: tuple[str, str], buf: _Buffer) -> int:
         """The buffer for `key`, added if new; the arena and scratch grow to the largest asked."""
@@ -120,8 +123,8 @@ def build_library(name: str, train: Schedule, infer: Schedule, batch: int | None
     ranges = {named["inputs"][i][0]: f"values 0..{bound - 1}, checked by each step" for i, bound in
               sorted(set(checks[0] + checks[1]))}
     header = _header(name, named, ranges, {k: ", ".join(w) for k, w in writers.items()},
-                     {p.value.name: f"{p.init}()" for p in t.params + t.state}, batch, threads, lr, source,
-                     target.cpu)
+                     {p.value.name: f"{p.init}()" for p in t.params + t.state}, ctx.externs, batch, threads,
+                     lr, source, target.cpu)
     return Library(name, modules, glue, header)
 
 
@@ -144,13 +147,10 @@ def _table(ctx: _Context, sched: Schedule, inits: Mapping[str, Init], target: Ta
         if slot == "scratch":
             row.append(ctx.add(("work", "scratch"),
                                _Buffer("scratch", "f32", scratch_bytes(sched, target, threads), None)))
-        elif slot in _SLOT:
+        else:  # a _SLOT, or extern:NAME, pointing to the context's {fn, user} for NAME
+            if slot not in _SLOT and slot.removeprefix("extern:") not in ctx.externs:
+                ctx.externs.append(slot.removeprefix("extern:"))
             row.append(slot)
-        else:  # an extern_call's function, which only the Python runtime binds
-            raise GraphcError(f"the C library cannot hold a step with an extern_call (slot "
-                              f"{slot.removeprefix('extern:')!r}): its function is bound at run time from "
-                              f"Python (Step.bind_extern); train the model with graphc's Python runtime, or "
-                              f"compile it without the extern_call")
     return row
 
 
@@ -204,8 +204,10 @@ def _source(name: str, ctx: _Context, named: dict[str, list[tuple[str, Value, in
     bufs = [f"{{{json.dumps(b.name)}, {b.bytes}, {_DTYPE[b.dtype]}, {_INIT[b.init and b.init[0]]}, "
             f"{b.init[1] if b.init else 0.0!r}, {b.init[2] if b.init else 0.0!r}}}" for b in ctx.buffers]
     out.append(f"static const gc_buffer GC_BUFFERS[] = {_c_list(bufs)};")
+    out.append(f"static const char *const GC_EXTERNS[] = {_c_list([json.dumps(e) for e in ctx.externs])};")
     for step, table, step_checks, step_sites in zip(("TRAIN", "INFER"), ctx.tables, checks, sites):
-        slots = [_SLOT[s] if isinstance(s, str) else str(s) for s in table]
+        slots = [str(s) if isinstance(s, int) else _SLOT.get(s) or
+                 f"GC_SLOT_EXTERN - {ctx.externs.index(s.removeprefix('extern:'))}" for s in table]
         out.append(f"static const int GC_{step}_SLOTS[] = {_c_list(slots, 8)};")
         out.append(f"static const gc_check GC_{step}_CHECKS[] = "
                    f"{_c_list([f'{{{i}, {b}}}' for i, b in step_checks])};")
@@ -213,7 +215,7 @@ def _source(name: str, ctx: _Context, named: dict[str, list[tuple[str, Value, in
                    f"{_c_list([f'{{{k}, {j}, {json.dumps(what)}}}' for k, j, what in step_sites])};")
     out += [f"void {TRAIN_ENTRY}(void **table);", f"void {INFER_ENTRY}(void **table);", f"""
 static const gc_model GC_MODEL = {{
-    {len(ctx.buffers)}, GC_BUFFERS,
+    "{name}", {len(ctx.buffers)}, GC_BUFFERS,
     {{{{{TRAIN_ENTRY}, {len(ctx.tables[0])}, GC_TRAIN_SLOTS, {len(checks[0])}, GC_TRAIN_CHECKS,
       {len(sites[0])}, GC_TRAIN_SITES}},
      {{{INFER_ENTRY}, {len(ctx.tables[1])}, GC_INFER_SLOTS, {len(checks[1])}, GC_INFER_CHECKS,
@@ -221,6 +223,7 @@ static const gc_model GC_MODEL = {{
     {{{len(named['inputs'])}, GC_INPUTS, GC_INPUTS_BUFFER}},
     {{{len(named['outputs'])}, GC_OUTPUTS, GC_OUTPUTS_BUFFER}},
     {{{len(named['params'])}, GC_PARAMS, GC_PARAMS_BUFFER}},
+    {len(ctx.externs)}, GC_EXTERNS, {json.dumps(', '.join(ctx.externs) or 'none')},
     {lr_buffer}, {loss_buffer}, {threads}, {pool_bytes}
 }};
 
@@ -248,6 +251,9 @@ GC_API int {name}_bind_input({name}_ctx *ctx, const char *name, void *data) {{
 GC_API int {name}_set_lr({name}_ctx *ctx, double lr) {{ return gc_set_lr(GC(ctx), lr); }}
 GC_API int {name}_train_step({name}_ctx *ctx, double *loss) {{ return gc_train_step(GC(ctx), loss); }}
 GC_API int {name}_infer({name}_ctx *ctx) {{ return gc_run(GC(ctx), GC_INFER); }}
+GC_API int {name}_set_extern({name}_ctx *ctx, const char *slot, graphc_extern_fn fn, void *user) {{
+    return gc_set_extern(GC(ctx), slot, fn, user);
+}}
 GC_API const char *{name}_error({name}_ctx *ctx) {{ return ctx ? GC(ctx)->error : NULL; }}
 GC_API const void *{name}_output({name}_ctx *ctx, const char *name) {{
     return gc_lookup(GC(ctx), &GC_MODEL.outputs, name);
@@ -269,9 +275,8 @@ def _listing(items: list[tuple[str, Value, int]], note: dict[str, str]) -> list[
 
 
 def _header(name: str, named: dict[str, list[tuple[str, Value, int]]], ranges: dict[str, str],
-            written_by: dict[str, str],
-            init: dict[str, str], batch: int | None, threads: int, lr: float, source: str,
-            cpu: str) -> str:
+            written_by: dict[str, str], init: dict[str, str], externs: list[str], batch: int | None,
+            threads: int, lr: float, source: str, cpu: str) -> str:
     up = name.upper()
     ctx = f"{name}_ctx"
     listing = ([" * Inputs (every one is read by the training step; the inference step reads those it needs):"]
@@ -281,7 +286,10 @@ def _header(name: str, named: dict[str, list[tuple[str, Value, int]]], ranges: d
                + [" * Params, then the training state (optimizer moments, running statistics, counters):",
                   " * all read and written by name with get_param / set_param, so a host can checkpoint",
                   " * a run; each starts at its initializer:"]
-               + _listing(named["params"], init))
+               + _listing(named["params"], init)
+               + [f" * (the learning rate, an input of the training step too, is set with {name}_set_lr)"]
+               + [" * Extern slots (functions the host binds with set_extern before a step calls them):",
+                  f" *   {', '.join(externs)}"] * bool(externs))
     return f"""/* {name}.h: the C interface of lib{name}, the graphc model `{name}` ({source}).
  * Generated by graphc {__version__}; do not edit.
  *
@@ -297,13 +305,12 @@ def _header(name: str, named: dict[str, list[tuple[str, Value, int]]], ranges: d
  * The library has no global state: contexts are independent, and different contexts may be used
  * from different threads at once; one context must be used by one thread at a time.
  *
- * Functions that can fail return an enum graphc_status (0 is success) or NULL; when a step fails,
- * {name}_error says why. A NULL context is refused (GRAPHC_EINVAL or NULL; ignored by destroy); a
- * context used after {name}_destroy, or destroyed twice, cannot be told from a live one: that is
- * undefined behaviour, as with free().
+ * Functions that can fail return an enum graphc_status (0 is success) or NULL; when a step (or
+ * set_extern) fails, {name}_error says why. A NULL context is refused (GRAPHC_EINVAL or NULL;
+ * ignored by destroy); a context used after {name}_destroy, or destroyed twice, cannot be told
+ * from a live one: that is undefined behaviour, as with free().
  *
 {chr(10).join(listing)}
- * (the learning rate, an input of the training step too, is set with {name}_set_lr)
  *
  * Build a program against it: cc app.c -I DIR -L DIR -l{name} -Wl,-rpath,DIR
  */
@@ -334,11 +341,20 @@ typedef struct graphc_tensor_info {{
 #define GRAPHC_STATUS /* shared by the headers of all graphc libraries */
 enum graphc_status {{
     GRAPHC_OK = 0,
-    GRAPHC_EINVAL = -1, /* a NULL context or pointer, an unknown name, a learning rate not finite */
+    GRAPHC_EINVAL = -1, /* a NULL context or pointer, an unknown name, a learning rate not finite,
+                         * a step calling an extern slot with no function bound: nothing ran */
     GRAPHC_ERANGE = -2, /* an integer input (labels, tokens) holds a value outside its range: nothing ran */
     GRAPHC_EINDEX = -3  /* an index the step computed (a gather's inside a scan) was outside its range:
                          * the step ran on, reading row 0 for it, so its outputs and update are wrong */
 }};
+#endif
+
+#ifndef GRAPHC_EXTERN_FN
+#define GRAPHC_EXTERN_FN /* shared by the headers of all graphc libraries */
+/* A function a step calls at an extern_call (bound with <model>_set_extern): it updates the count
+ * values at data, of dtype enum graphc_dtype, in place, e.g. MPI_Allreduce(MPI_IN_PLACE, ...);
+ * user is the pointer given with it. It runs on the thread that called the step. */
+typedef void (*graphc_extern_fn)(void *user, void *data, int64_t count, int32_t dtype);
 #endif
 
 #define {up}_BATCH {batch or 1} /* samples per step (compiled in{'' if batch else ': the model has no batch dim'}) */
@@ -389,7 +405,8 @@ int {name}_set_lr({ctx} *ctx, double lr);
  * holds a value outside its range (listed above: a label that names no class, a token past the
  * embedding's rows), and then nothing runs and the params are unchanged; or GRAPHC_EINDEX when a
  * gather or scatter met an index out of range that no input check could see coming (one computed
- * inside a scan). {name}_error names the input or op, and the index. */
+ * inside a scan). {name}_error names the input or op, and the index. A step that calls an extern
+ * slot left unbound returns GRAPHC_EINVAL, and nothing runs. */
 int {name}_train_step({ctx} *ctx, double *loss);
 
 /* Runs the forward pass for inference on the current inputs (with the params as they are) and
@@ -398,10 +415,15 @@ int {name}_train_step({ctx} *ctx, double *loss);
  * prediction depends on that row only unless the model itself mixes samples across the batch. */
 int {name}_infer({ctx} *ctx);
 
-/* Why the last {name}_train_step or {name}_infer on ctx failed, as one line ("" after one that
- * succeeded): "input y: element 3 is 12, out of range [0, 10); nothing ran", or
+/* Binds extern slot `slot` ({'listed above' if externs else 'this model has none'}) to fn and user: each step that calls it calls
+ * fn(user, data, count, dtype) there; fn NULL unbinds it. Returns GRAPHC_OK, or GRAPHC_EINVAL for
+ * an unknown slot, which {name}_error names. */
+int {name}_set_extern({ctx} *ctx, const char *slot, graphc_extern_fn fn, void *user);
+
+/* Why the last {name}_train_step, {name}_infer or {name}_set_extern on ctx failed, as one line
+ * ("" after one that succeeded): "input y: element 3 is 12, out of range [0, 10); nothing ran", or
  * "model.net:9:15: gather of t: index 9 out of range [0, 7)". Owned by the context and valid
- * until its next step; NULL for a NULL context. */
+ * until its next such call; NULL for a NULL context. */
 const char *{name}_error({ctx} *ctx);
 
 /* Output `name` as the step that writes it last left it (see the list above), or NULL for an
