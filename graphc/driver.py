@@ -13,6 +13,7 @@ import numpy as np
 from graphc.autodiff.graphs import training_graph
 from graphc.codegen.backend import Build, CpuBackend
 from graphc.codegen.target import Target
+from graphc.errors import GraphcError
 from graphc.frontend import Program, load
 from graphc.ir.bind import bind
 from graphc.ir.graph import Graph
@@ -43,13 +44,19 @@ def forward(prog: Program, batch: int | None = None, dtype: str | None = None,
 
 
 def train_graph(prog: Program, batch: int | None = None, optimizer: str | None = None,
-                opt_args: dict[str, float] | None = None) -> Graph:
+                opt_args: dict[str, float] | None = None, ranks: int = 1) -> Graph:
     """The training step of `prog` (its train block's optimizer unless `optimizer`/`opt_args` are
-    given; always its schedule and gradient clipping)."""
+    given; always its schedule and gradient clipping). With `ranks` > 1: one rank's step of
+    data-parallel training, on its `batch / ranks` rows of each global batch
+    (graphc.autodiff.data_parallel; `for_rank` then gives a rank its own dropout masks)."""
     t = prog.train
     args = dict(t.opt_args if opt_args is None else opt_args)
-    return training_graph(forward(prog, batch), optimizer or t.optimizer, args, t.schedule,
-                          t.schedule_args, t.clip_norm)
+    batch = t.batch if batch is None else batch
+    if batch % ranks:
+        raise GraphcError(f"a batch of {batch} does not split evenly over {ranks} ranks",
+                          t.locs.get("batch"), hint=f"use a batch that is a multiple of {ranks}")
+    return training_graph(forward(prog, batch // ranks), optimizer or t.optimizer, args, t.schedule,
+                          t.schedule_args, t.clip_norm, ranks)
 
 
 @dataclass

@@ -81,6 +81,8 @@ CASES = {
     "scatter_add": [((F(4, 3), I(4)), {"rows": 5}), ((F(2, 3, 4), I(2, 3)), {"rows": 6}),
                     ((F(3, 2), I(3, 2)), {"rows": 4})],
     "extern_call": [((F(3, 5),), {"slot": "cb"})],
+    "pack": [((F(3, 5), F(4), F()), {}), ((F(2, 3, 4),), {})],
+    "unpack": [((F(23),), {"offset": 4, "shape": (3, 5)}), ((F(7),), {"offset": 0, "shape": (7,)})],
     "gelu": [((F(3, 5),), {}), ((F(2, 3, 4),), {"tanh": True})],
     # each result: a final carry, per-step values (one the carry itself), forwards and backwards
     "scan": [(SCAN, {"body": CELL, "carries": 2, "result": r, "reverse": rev}) for r in range(4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from graphc.autodiff.data_parallel import allreduce
 from graphc.autodiff.grad import grad
 from graphc.autodiff.optim import clip_by_global_norm, emit_optimizer
 from graphc.autodiff.lr_schedule import scheduled_lr
@@ -14,11 +15,14 @@ from graphc.passes.reorder import reorder
 
 
 def training_graph(fwd: Graph, optimizer: str, args: dict[str, float], schedule: str = "constant",
-                   schedule_args: dict[str, float] | None = None, clip_norm: float | None = None) -> Graph:
+                   schedule_args: dict[str, float] | None = None, clip_norm: float | None = None,
+                   ranks: int = 1) -> Graph:
     """Forward + backward + optimizer update, one graph. `fwd` must be bound (concrete dims).
 
     The gradients are clipped to global norm `clip_norm` when given; the optimizer steps with the
-    learning rate of `schedule` (see graphc.autodiff.lr_schedule)."""
+    learning rate of `schedule` (see graphc.autodiff.lr_schedule). With `ranks` > 1, `fwd` is one
+    rank's share of the batch and the gradients, loss and metrics are averaged over the ranks
+    first (graphc.autodiff.data_parallel)."""
     g = _copy(fwd, "step")
     dtype = g.loss_value().dtype
     lr = Value(LR, TensorType(dtype, ()))
@@ -26,6 +30,8 @@ def training_graph(fwd: Graph, optimizer: str, args: dict[str, float], schedule:
     params = [p.value for p in g.params]
     grads = grad(g, params)
     pairs = [(p, grads[p]) for p in params]
+    if ranks > 1:
+        pairs = allreduce(g, pairs, ranks)
     if clip_norm:
         pairs = clip_by_global_norm(Builder(g, scope="clip"), pairs, clip_norm)
     emit_optimizer(g, pairs, optimizer, args, scheduled_lr(g, lr, schedule, schedule_args or {}))

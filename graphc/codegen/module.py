@@ -34,10 +34,10 @@ from graphc.codegen.kernels import Fault, emit_loop_kernel, emit_scatter, for_ra
 from graphc.codegen.scalar import LLTYPES
 from graphc.codegen.target import Target
 from graphc.ir.graph import DTYPES, Node, Value
-from graphc.ops.lowering import Contraction, Extern
+from graphc.ops.lowering import Contraction, Extern, View
 from graphc.ops.registry import lowered
 from graphc.passes.fuse import LOOPS, Kernel, KernelKind
-from graphc.passes.memory import nbytes
+from graphc.passes.memory import Plan, nbytes, pack_offsets
 from graphc.passes.pipeline import Schedule, loop
 
 I8P = ir.IntType(8).as_pointer()
@@ -173,7 +173,7 @@ class _Steps:
                 fn = self.define(body, f"{name}_loop{i}", nested, work + _work(k, body).nested)
                 nested += len(body.every_kernel())
                 _emit_scan(b, k, body, fn, pointer, slot, self.names, work)
-            elif k.kind is KernelKind.VIEW and s.plan.place[k.outputs[0]] == s.plan.place[k.inputs[0]]:
+            elif k.kind is KernelKind.VIEW and k.outputs[0] in s.plan.aliased:
                 continue  # the view shares its source's buffer: nothing to run
             else:
                 self._kernel(b, s, k, number, pointer, slot, run, task_arg)
@@ -226,7 +226,7 @@ class _Steps:
         shared = {p for p in (s.plan.place[v] for v in k.inputs + k.outputs)
                   if sum(s.plan.place[v] == p for v in set(k.inputs + k.outputs)) > 1}
         for a, v in zip(fn.args, args):
-            if s.plan.place[v] not in shared:
+            if s.plan.place[v] not in shared and k.kind is not KernelKind.PACK:  # a pack's operands may lie in its output
                 a.add_attribute("noalias")
         arg_of = {v: fn.args[args.index(_first(args, v, s.plan.place))] for v in k.inputs + k.outputs}
         ptrs = [pointer(v) for v in args] + extra
@@ -243,7 +243,7 @@ class _Steps:
                 if epi is not None:
                     _call(b, _task(self.unique(epi)), task_arg, ptrs)
         else:
-            _emit_kernel(m, fn, k, arg_of, target, fault)
+            _emit_kernel(m, fn, k, arg_of, target, fault, s.plan)
             _call(b, _task(self.unique(fn)), task_arg, ptrs)
 
 
@@ -333,7 +333,7 @@ def _distinct(k: Kernel, place: dict) -> list[Value]:
 
 
 def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target,
-                 fault: Fault | None = None) -> None:
+                 fault: Fault | None, plan: Plan) -> None:
     if k.kind in LOOPS:
         emit_loop_kernel(fn, k, arg_of, fault=fault)
         return
@@ -350,8 +350,19 @@ def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target:
                       lambda args: b.call(gemm, args + [ir.Constant(I32, 0), fn.args[-1]]))
         _then_epilogue(b, fn, k, arg_of, {}, fault)
         return
+    if k.kind is KernelKind.PACK:  # the operands the memory plan could not put in place
+        buf, at = plan.place[n.out]
+        for v, offset in zip(n.inputs, pack_offsets(k)):
+            if plan.place[v] != (buf, at + offset):
+                _copy(b, b.bitcast(arg_of[v], I8P), b.gep(b.bitcast(arg_of[n.out], I8P), [ir.Constant(I64, offset)]),
+                      nbytes(v))
+        b.ret_void()
+        return
     # a view whose result lives elsewhere (a graph output), or an external call's copy to update
     src, dst, count = arg_of[n.inputs[0]], arg_of[n.out], math.prod(n.out.shape)
+    view = lowered(n)
+    if isinstance(view, View) and view.offset:
+        src = b.gep(src, [ir.Constant(I64, view.offset)])
     if src is not dst:
         for_range(b, count, lambda i: b.store(b.load(b.gep(src, [i])), b.gep(dst, [i])))
     if k.kind is KernelKind.EXTERN:  # the slot points to {fn, user}

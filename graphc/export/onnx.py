@@ -226,10 +226,11 @@ EMITTERS: dict[str, Emitter] = {
 
 # ops with no ONNX form, and why: the inference graph has no losses or metrics and no dropout (its
 # evaluation form), window/fold/fold_taps exist only inside graphc's lowering of convolutions and
-# pooling, an external call is a function the runtime binds, and a scan would need its body exported
-# as an ONNX Loop subgraph, which this exporter does not write yet
+# pooling, an external call is a function the runtime binds (pack and unpack gather what it moves:
+# only data-parallel training steps have them), and a scan would need its body exported as an ONNX
+# Loop subgraph, which this exporter does not write yet
 NOT_EXPORTABLE = {"softmax_cross_entropy", "mse", "mae", "accuracy", "dropout", "window", "fold", "fold_taps",
-                  "extern_call", "scan"}
+                  "extern_call", "pack", "unpack", "scan"}
 
 
 def to_onnx(fwd: Graph, arrays: dict[str, np.ndarray]) -> "onnx.ModelProto":

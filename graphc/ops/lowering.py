@@ -21,7 +21,10 @@ everything codegen needs (codegen reads no op attributes):
     count and dtype code (its index in DTYPES), to update it in place (an allreduce, a callback).
   - `Loop(body, carries, xs, reverse)`: a scan (ops/control.py): the body graph run once per step of
     its sequences, compiled once whatever their length.
-- `View()`: the output aliases the input's buffer (reshape).
+- `View(offset)`: the output aliases the input's buffer from element `offset` on (reshape: 0).
+- `Pack()`: the operands, flattened, one after another in the output. The memory plan places an
+  operand whose producer can write it there inside the output (gradients gathered for one
+  allreduce cost no copy); the kernel copies the others.
 - `Decompose(fn)`: the op is rewritten into other ops before scheduling; `fn(b, *inputs, **attrs)`
   emits them with a Builder and returns the result value. It has no descriptor.
 
@@ -208,17 +211,25 @@ class Loop:
 @dataclass(frozen=True)
 class Described:
     """The rule of an op whose node states its own descriptor: `describe(node)` (a contraction,
-    a scatter, an external call, a loop)."""
+    a scatter, an external call, a loop, a view at an offset)."""
 
-    describe: Callable[[Node], "Contraction | Scatter | Extern | Loop"]
+    describe: Callable[[Node], "Contraction | Scatter | Extern | Loop | View"]
 
-    def at(self, n: Node) -> "Contraction | Scatter | Extern | Loop":
+    def at(self, n: Node) -> "Contraction | Scatter | Extern | Loop | View":
         return self.describe(n)
 
 
 @dataclass(frozen=True)
 class View:
+    offset: int = 0  # in elements
+
     def at(self, n: Node) -> "View":
+        return self
+
+
+@dataclass(frozen=True)
+class Pack:
+    def at(self, n: Node) -> "Pack":
         return self
 
 
@@ -227,8 +238,8 @@ class Decompose:
     fn: Callable[..., Any]
 
 
-Lowering = Elementwise | Reduce | Described | View | Decompose  # an op's rule
-Lowered = Pointwise | Reduction | Contraction | Scatter | Extern | Loop | View           # a node's descriptor
+Lowering = Elementwise | Reduce | Described | View | Pack | Decompose  # an op's rule
+Lowered = Pointwise | Reduction | Contraction | Scatter | Extern | Loop | View | Pack  # a node's descriptor
 
 
 def broadcast_maps(in_types: list, out_type: Any, attrs: dict) -> list[Map]:

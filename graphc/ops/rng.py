@@ -34,6 +34,11 @@ def _mix_int(x: int) -> int:
     return x ^ (x >> 16)
 
 
+def mix_seed(seed: int, rank: int) -> int:
+    """A seed for rank `rank` of a data-parallel run: distinct ranks draw distinct numbers."""
+    return _mix_int((seed ^ _mix_int(rank + 1)) & 0xFFFFFFFF)
+
+
 def uniform(s: Any, step: Any, index: Any, seed: int) -> Any:
     """A float in [0, 1) per element: hash(hash(seed) ^ step) ^ position, hashed again."""
     key = _mix(s, s.ixor(s.to_u32(step), s.u32(_mix_int(seed & 0xFFFFFFFF))))

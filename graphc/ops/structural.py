@@ -1,14 +1,15 @@
 """Ops that move or relabel elements: broadcast_to, transpose, reshape, flatten, slice, pad, concat,
-iota, onehot."""
+pack, unpack, iota, onehot."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 
 from graphc.ir.graph import TensorType
-from graphc.ops.lowering import Affine, Decompose, Elementwise, View
+from graphc.ops.lowering import Affine, Decompose, Described, Elementwise, Pack, View
 from graphc.ops.registry import (OpDef, broadcast_shapes, is_int, register, require, shape_attr, show,
                                   sum_to)
 
@@ -90,6 +91,45 @@ register(OpDef(
     lambda b, n, g: [b.reshape(g, shape=n.inputs[0].shape)],
     lambda x: x.reshape(x.shape[0], -1),
     View(), {}, "x: T[n, d1, ..., dk] -> T[n, d1*...*dk]"))
+
+
+def _pack_shape(ts, attrs):
+    require(len(ts) > 0, "pack needs at least one operand")
+    require(all(t.dtype == ts[0].dtype for t in ts), f"pack's operands must share a dtype, got "
+            f"{', '.join(str(t) for t in ts)}")
+    require(all(isinstance(d, int) for t in ts for d in t.shape), "pack's operands must have known dims")
+    return TensorType(ts[0].dtype, (sum(t.size() for t in ts),))
+
+
+def _pack_vjp(b, n, g):
+    offsets = itertools.accumulate((v.type.size() for v in n.inputs), initial=0)
+    return [b.unpack(g, offset=o, shape=v.shape) for o, v in zip(offsets, n.inputs)]
+
+
+register(OpDef(
+    "pack", 0, _pack_shape, _pack_vjp,
+    lambda *xs: np.concatenate([x.ravel() for x in xs]),
+    Pack(), {}, "x1: T[s1], x2: T[s2], ... -> T[n], their elements one after another (n: the sum of "
+                "their sizes), in one buffer: what one call moves (an allreduce of every gradient)"))
+
+
+def _unpack_shape(ts, attrs):
+    t, shape, offset = ts[0], shape_attr(attrs["shape"]), attrs["offset"]
+    require(t.rank == 1 and isinstance(t.shape[0], int), f"unpack reads a 1-D tensor of known size, got {t}")
+    require(all(isinstance(d, int) for d in shape), f"unpack: shape {show(shape)} must be known")
+    size = math.prod(shape)
+    require(is_int(offset) and 0 <= offset and offset + size <= t.shape[0],
+            f"unpack: elements [{show(offset)}, {show(offset)} + {size}) are not inside {t}")
+    return TensorType(t.dtype, tuple(shape))
+
+
+register(OpDef(
+    "unpack", 1, _unpack_shape,
+    lambda b, n, g: [b.pad(b.reshape(g, shape=(-1,)), axis=0, before=n.attrs["offset"],
+                           after=n.inputs[0].shape[0] - n.attrs["offset"] - n.out.type.size())],
+    lambda x, offset, shape: x[offset:offset + math.prod(shape)].reshape(shape),
+    Described(lambda n: View(n.attrs["offset"])), {},
+    "x: T[n], offset, shape -> T[shape], the elements from offset on, in place (pack's inverse)"))
 
 
 def _axis(t, attrs) -> int:

@@ -8,7 +8,7 @@
   as its epilogue (bias, activation): each thread runs them on its block of C while that block is
   in cache, with no second pass. `EPILOGUE_BARS` names the nodes that stay out, each with its
   reason (the measurements are in docs/perf.md).
-- A scatter-add, an external call and a view are kernels of their own (they read their inputs
+- A scatter-add, an external call, a pack and a view are kernels of their own (they read their inputs
   whole; a scatter writes rows its indices pick). So is a scan: one kernel for all of its result
   nodes, a loop that runs its body's own schedule (passes/pipeline.py) once per step.
 Joining is refused when it would make the kernel depend on itself through another kernel.
@@ -24,7 +24,7 @@ from enum import Enum
 
 from graphc.errors import InternalError
 from graphc.ir.graph import Graph, Node, Value
-from graphc.ops.lowering import Contraction, Extern, Indexed, Loop, Map, Pointwise, Reduction, Scatter, View
+from graphc.ops.lowering import Contraction, Extern, Indexed, Loop, Map, Pack, Pointwise, Reduction, Scatter, View
 from graphc.ops.registry import lowered
 
 
@@ -34,12 +34,13 @@ class KernelKind(Enum):
     CONTRACT = "contract"  # a GEMM and its elementwise epilogue
     SCATTER = "scatter"    # rows added into a zeroed output at data-dependent indices
     EXTERN = "extern"      # a copy, then a call through the step's table
+    PACK = "pack"          # operands gathered into one buffer (those the memory plan put there: no copy)
     SCAN = "scan"          # a loop running a body graph's kernels once per step
     VIEW = "view"
 
 
 WHOLE = {Contraction: KernelKind.CONTRACT, Scatter: KernelKind.SCATTER, Extern: KernelKind.EXTERN,
-         Loop: KernelKind.SCAN, View: KernelKind.VIEW}  # the kernel a node of each descriptor starts, reading its inputs whole
+         Loop: KernelKind.SCAN, View: KernelKind.VIEW, Pack: KernelKind.PACK}  # the kernel a node of each descriptor starts, reading its inputs whole
 
 
 LOOPS = (KernelKind.ELEMENTWISE, KernelKind.REDUCE)  # the kernels that are one loop nest
