@@ -84,12 +84,13 @@ class _Context:
 
 
 def build_library(name: str, train: Schedule, infer: Schedule, batch: int | None, inits: Mapping[str, Init],
-                  lr: float, target: Target, threads: int, source: str) -> Library:
+                  lr: float, target: Target, threads: int, source: str, ranks: int = 1) -> Library:
     """The library of a model `name` from its training and inference schedules, both at `batch`
     (None: the model has no batch dim).
 
     `inits`: how each param and state value starts; `lr`: the learning rate a context starts
-    with; `source`: the model file, named in the header."""
+    with; `source`: the model file, named in the header; `ranks`: the processes a data-parallel
+    training step was built for (graphc.autodiff.data_parallel), told to the host in the header."""
     if not name.isidentifier() or name == "gc":
         raise GraphcError(f"model name {name!r} cannot prefix C symbols (it must be an identifier, "
                           f"and gc_ is the glue's own prefix): rename the net")
@@ -124,7 +125,7 @@ def build_library(name: str, train: Schedule, infer: Schedule, batch: int | None
               sorted(set(checks[0] + checks[1]))}
     header = _header(name, named, ranges, {k: ", ".join(w) for k, w in writers.items()},
                      {p.value.name: f"{p.init}()" for p in t.params + t.state}, ctx.externs, batch, threads,
-                     lr, source, target.cpu)
+                     lr, source, target.cpu, ranks)
     return Library(name, modules, glue, header)
 
 
@@ -276,7 +277,7 @@ def _listing(items: list[tuple[str, Value, int]], note: dict[str, str]) -> list[
 
 def _header(name: str, named: dict[str, list[tuple[str, Value, int]]], ranges: dict[str, str],
             written_by: dict[str, str], init: dict[str, str], externs: list[str], batch: int | None,
-            threads: int, lr: float, source: str, cpu: str) -> str:
+            threads: int, lr: float, source: str, cpu: str, ranks: int) -> str:
     up = name.upper()
     ctx = f"{name}_ctx"
     listing = ([" * Inputs (every one is read by the training step; the inference step reads those it needs):"]
@@ -359,6 +360,9 @@ typedef void (*graphc_extern_fn)(void *user, void *data, int64_t count, int32_t 
 
 #define {up}_BATCH {batch or 1} /* samples per step (compiled in{'' if batch else ': the model has no batch dim'}) */
 #define {up}_THREADS {threads} /* threads a context computes with (compiled in) */
+/* Processes that train together (graphc compile --ranks, compiled in): with more than one, each
+ * feeds {up}_BATCH rows of every global batch and binds slot allreduce to a sum over them all. */
+#define {up}_RANKS {ranks}
 
 typedef struct {ctx} {ctx}; /* a model instance: all its buffers and threads */
 
