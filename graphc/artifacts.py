@@ -32,22 +32,24 @@ SHARED_SUFFIX = {"darwin": ".dylib", "win32": ".dll"}.get(sys.platform, ".so")
 
 
 def write_artifacts(prog: Program, out: Path, batch: int | None = None,
-                    threads: int | None = None) -> list[str]:
+                    threads: int | None = None, ranks: int = 1) -> list[str]:
     """Compile `prog`'s training and inference steps and write the artifacts into `out`; returns
     report lines. Raises GraphcError (after writing the rest) when no C compiler can link the
-    shared library."""
+    shared library. With `ranks` > 1 the training step is one rank's of data-parallel training
+    (its share of `batch`, gradients summed through the extern slot `allreduce`), and both steps
+    take that share."""
     t0 = time.perf_counter()
     target = host_target()
     threads = thread_count(threads)
-    step = driver.train_graph(prog, batch)
+    step = driver.train_graph(prog, batch, ranks=ranks)
+    dim = driver.batch_dim(prog.graph)
     sched = schedule(step)
-    infer = schedule(inference_graph(driver.forward(prog, batch, training=False)))
+    infer = schedule(inference_graph(driver.forward(prog, step.dims[dim] if dim else None, training=False)))
     name = prog.graph.name
     inits = {p.value.name: distribution(p) for p in step.params + step.state}
     lr = prog.train.opt_args.get("lr", 0.0)
-    dim = driver.batch_dim(prog.graph)
     lib = build_library(name, sched, infer, step.dims[dim] if dim else None, inits, lr,
-                        target, threads, prog.path)
+                        target, threads, prog.path, ranks)
     linked = link(lib.modules)
     ll = str(linked)  # before emit optimizes it in place
     obj = emit(linked, target, shared=True)
@@ -68,7 +70,8 @@ def write_artifacts(prog: Program, out: Path, batch: int | None = None,
     (out / f"{name}.o").write_bytes(obj)
     shared = f"lib{name}{SHARED_SUFFIX}"
     _link_shared(out / shared, out / f"{name}_capi.c", out / f"{name}.o")
-    lines = [f"compiled {name} training and inference steps (batch {step.dims or 'none'}, {threads} "
+    share = f" per rank of {ranks}" if ranks > 1 else ""
+    lines = [f"compiled {name} training and inference steps (batch {step.dims or 'none'}{share}, {threads} "
              f"thread{'s' if threads > 1 else ''}) in {seconds:.2f} s: {len(sched.kernels)} + "
              f"{len(infer.kernels)} kernels"]
     lines += [f"  {out / f}" for f in [*files, f"{name}.o", shared]]

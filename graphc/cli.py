@@ -123,7 +123,7 @@ def _compile(a) -> None:
     except OSError as e:
         raise GraphcError(f"-o {out}: cannot make a directory there ({e.strerror})") from None
     try:
-        lines = write_artifacts(prog, out, a.batch, a.threads)
+        lines = write_artifacts(prog, out, a.batch, a.threads, a.ranks)
     except OSError as e:
         raise GraphcError(f"cannot write {e.filename or out}: {e.strerror or e}") from None
     for line in lines:
@@ -156,7 +156,7 @@ def _opts(a, prog):
                         checkpoint_every=a.checkpoint_every, on_nonfinite=a.on_nonfinite,
                         check_bounds=a.check_bounds, force=a.force, data_map=_mapping(a, prog),
                         patience=a.patience or t.patience,
-                        steps_per_epoch=a.steps_per_epoch or t.steps_per_epoch)
+                        steps_per_epoch=a.steps_per_epoch or t.steps_per_epoch, ranks=a.mpi)
 
 
 def _mapping(a, prog) -> dict[str, str]:
@@ -430,6 +430,9 @@ def parser() -> argparse.ArgumentParser:
                    help="samples per step, fixed in the library (default: the train block's)")
     s.add_argument("--threads", type=_whole(1),
                    help="threads a library context computes with (default: all cores)")
+    s.add_argument("--ranks", type=_whole(1), default=1,
+                   help="data-parallel over N processes: the training step takes batch/N rows and sums "
+                        "its gradients through the extern slot `allreduce` (examples/c)")
     s.set_defaults(fn=_compile)
 
     s = sub.add_parser("export", help="write the inference graph as ONNX (needs graphc[onnx])")
@@ -531,32 +534,57 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
+    a.mpi = None
     try:
+        if a.fn is _train:
+            from graphc.runtime.train.distributed import launched
+            a.mpi = launched()
+            if a.mpi and a.mpi.rank:
+                sys.stdout = open(os.devnull, "w")  # rank 0 reports
         a.fn(a)
-    except GraphcError as e:
+    except BaseException as e:
+        if a.mpi is None:
+            code, message = _failure(a, e)
+            if message:
+                print(message, file=sys.stderr)
+            return code
+        from graphc.runtime.train.distributed import collective, reports
+        try:
+            code, message = _failure(a, e)
+        except BaseException:  # not an error a user can cause: its traceback, and the job ends
+            traceback.print_exc()
+            code, message = 1, ""
+        if message and reports(e, a.mpi.rank):
+            print(f"rank {a.mpi.rank} of {a.mpi.size}: {message}" if a.mpi.rank else message,
+                  file=sys.stderr, flush=True)
+        if not collective(e):  # this rank failed alone: the others would wait for it forever
+            a.mpi.abort(code)
+        return code
+    return 0
+
+
+def _failure(a, e: BaseException) -> tuple[int, str]:
+    """The exit code of error `e` and the message to print (raises what is not an error to report)."""
+    if isinstance(e, GraphcError):
         if a.debug:
             traceback.print_exc()
         source = _source(e)  # None: no file to quote, and the error prints without its line
-        print(str(e.with_source(source) if source is not None else e), file=sys.stderr)
-        return 2
-    except InternalError as e:
+        return 2, str(e.with_source(source) if source is not None else e)
+    if isinstance(e, InternalError):
         if a.debug:
             traceback.print_exc()
-        print(str(e), file=sys.stderr)
-        return 3
-    except MemoryError:
+        return 3, str(e)
+    if isinstance(e, MemoryError):
         if a.debug:
             traceback.print_exc()
-        print("error: out of memory: the model's tensors (times the batch) do not fit in this "
-              "machine's memory", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `graphc ir ... | head`: the reader has what it wanted
+        return 2, ("error: out of memory: the model's tensors (times the batch) do not fit in this "
+                   "machine's memory")
+    if isinstance(e, BrokenPipeError):  # `graphc ir ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        return 0
-    except KeyboardInterrupt as e:  # the trainer's says where it stopped and what it saved
-        print(str(e) or "interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return 0, ""
+    if isinstance(e, KeyboardInterrupt):  # the trainer's says where it stopped and what it saved
+        return 130, str(e) or "interrupted"
+    raise e
 
 
 if __name__ == "__main__":

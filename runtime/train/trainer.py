@@ -19,7 +19,9 @@ its validation loss in bits per byte (`bpb`: nats / ln 2).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import os
 import json
 import math
 import signal
@@ -32,6 +34,7 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from graphc.autodiff.data_parallel import SLOT, VOTE, VOTES, for_rank
 from graphc.driver import Compiled, batch_dim, compile_graph, forward, train_graph
 from graphc.errors import DataError, GraphcError
 from graphc.autodiff.lr_schedule import horizon
@@ -40,6 +43,7 @@ from graphc.ir.graph import LR, Graph
 from graphc.ir.serialize import to_json
 from graphc.runtime.train.checkpoint import CHECKPOINT, PARAMS, Rollback, RunState, lock_run, save_arrays
 from graphc.runtime.train.data import Dataset
+from graphc.runtime.train.distributed import Ranks
 from graphc.runtime.train.feeds import Source, bind_split, fed_inputs, feeder, rows, samples, scales
 
 __all__ = ["BEST", "EVAL_BATCH", "Evaluator", "TrainOptions", "TrainingInterrupted", "TrainingStep",
@@ -69,6 +73,7 @@ class Evaluator:
     noted: set[str] = field(default_factory=set)  # the splits whose left-out remainder was noted
     batch: int | None = None
     text: bool = False
+    ranks: Ranks | None = None  # data-parallel: each rank evaluates every size-th batch
 
     def step(self, n: int) -> Compiled:
         if n not in self.steps:
@@ -98,11 +103,14 @@ class Evaluator:
             self.note(f"note: {n - used} of {n} {split} samples left out of evaluation: the model's "
                       f"batch is fixed at {fixed} (declare `dim B` to use them all)")
         types = {i.value.name: i.value.dtype for i in g.inputs}
-        for s in range(0, used, batch):
+        starts = range(0, used, batch)
+        for s in starts[self.ranks.rank::self.ranks.size] if self.ranks else starts:
             e = min(s + batch, used)
             out = self.step(e - s).step(**{k: rows(src, types[k], s, e) for k, src in sources.items()})
             for k in names:
                 total[k] += float(out[k]) * (e - s)
+        if self.ranks:
+            total = dict(zip(names, (float(x) for x in self.ranks.sum(np.array(list(total.values()))))))
         result = {k: v / used for k, v in total.items()}
         if self.text:  # a byte per token: the loss in nats per byte, in bits
             result["bpb"] = result[names[0]] / math.log(2)
@@ -130,8 +138,14 @@ class TrainingStep:
 
     @classmethod
     def build(cls, graph: Graph, params: dict[str, np.ndarray], threads: int | None = None,
-                check_bounds: bool = False) -> TrainingStep:
-        return cls(graph, compile_graph(graph, params, threads=threads, check_bounds=check_bounds), params)
+              check_bounds: bool = False, ranks: Ranks | None = None) -> TrainingStep:
+        """Compiles `graph`; a data-parallel step (train_graph(ranks=N)) is compiled for this
+        process's rank, its allreduce bound to MPI's."""
+        compiled = compile_graph(for_rank(graph, ranks.rank) if ranks else graph, params, threads=threads,
+                                 check_bounds=check_bounds)
+        if ranks:
+            compiled.step.bind_extern(SLOT, ranks.allreduce_in_place)
+        return cls(graph, compiled, params)
 
 
 @dataclass
@@ -162,10 +176,23 @@ class TrainOptions:
     patience: int | None = None  # stop after this many epochs without a better validation loss
     # an epoch of this many steps, each drawing its batch at random; None: a shuffled pass (text: TEXT_STEPS)
     steps_per_epoch: int | None = None
+    # data-parallel over these processes (runtime/train/distributed.py): each takes its share of
+    # every batch; rank 0 alone reports, logs and writes; threads default to the cores per process
+    ranks: Ranks | None = None
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C, taken between two batches; the message says where and what was saved."""
+    """Ctrl-C, taken between two batches; the message says where and what was saved. A
+    data-parallel run's ranks vote on it inside the step, so every rank stops after the same one."""
+
+    collective = True
+
+
+class NonFinite(GraphcError):
+    """A NaN or Inf loss or param: the run stops. Data-parallel, every rank sees the same (the loss
+    is the global one, the params are equal)."""
+
+    collective = True
 
 
 @contextlib.contextmanager
@@ -199,12 +226,26 @@ def train(prog: Program, data: Dataset, opt: TrainOptions,
           report: Callable[[str], None] = print) -> list[dict]:
     """Train `prog` on `data`; returns one metrics record per epoch. The run directory `opt.out` is
     held for the whole run (checkpoint.lock_run), and a run already in it is kept unless this run
-    resumes it or `opt.force` replaces it."""
-    if opt.out is None:
+    resumes it or `opt.force` replaces it. Data-parallel (`opt.ranks`), rank 0 alone reports,
+    holds the run directory and writes to it."""
+    if opt.ranks and opt.ranks.rank:
+        opt = dataclasses.replace(opt, out=None, log=None, progress=False)
+        report = _silent
+    with contextlib.ExitStack() as held:
+        with _together(opt.ranks):
+            if opt.out is not None:
+                held.enter_context(lock_run(opt.out))
+                _claim(opt, opt.out)
         return _train(prog, data, opt, report)
-    with lock_run(opt.out):
-        _claim(opt, opt.out)
-        return _train(prog, data, opt, report)
+
+
+def _silent(line: str) -> None:
+    """The report of a rank other than 0."""
+
+
+def _together(ranks: Ranks | None) -> contextlib.AbstractContextManager[None]:
+    """A stretch of setup every rank goes through, failing together (Ranks.together)."""
+    return ranks.together() if ranks else contextlib.nullcontext()
 
 
 def _claim(opt: TrainOptions, out: Path) -> None:
@@ -247,68 +288,76 @@ def data_digest(sources: dict[str, Source], picks: int = 1024) -> str:
 
 
 def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[str], None]) -> list[dict]:
-    g = prog.graph
-    step_graph = opt.step.graph if opt.step else train_graph(prog, opt.batch, opt.optimizer, opt.opt_args)
-    loss_key = g.loss_name()
-    fed = {k: bind_split(prog, step_graph, data, k, opt.data_map) for k in data.splits()}
-    if opt.patience and "validation" not in fed:
-        raise GraphcError("patience needs a validation split: validation = 0.1 (or a file) in the "
-                          "train block, or --validation", prog.train.locs.get("patience"))
-    n_train = samples(fed["train"])
-    steps = opt.steps_per_epoch or (TEXT_STEPS if data.text else None)
-    if steps is None and n_train < opt.batch:
-        written = prog.train.locs.get("batch") if opt.batch == prog.train.batch else None
-        raise DataError(f"{data.name}: {n_train} training samples, fewer than one batch of "
-                        f"{opt.batch}", written)
-    trained = opt.step or TrainingStep.build(
-        step_graph, model_arrays(prog, step_graph, opt.seed) | opt.params, opt.threads, opt.check_bounds)
-    compiled, params = trained.compiled, trained.params
-    report(f"compiled {g.name} training step in {compiled.seconds:.2f} s"
-           f"{' (cached)' if compiled.cache_hit else ''}: {len(compiled.schedule.kernels)} kernels, "
-           f"arena {compiled.schedule.plan.arena_bytes / 1024:.0f} KiB")
-    step = compiled.step
-    evaluate = Evaluator(prog, params, opt.threads, opt.check_bounds, note=report,
-                         batch=opt.batch if data.text else None, text=data.text)
-    feed = feeder(step, fed["train"])
-    per_epoch = steps or n_train // opt.batch  # a pass drops the remainder; shuffling covers it
-    for name, v in {LR: opt.lr, **horizon(per_epoch, opt.epochs)}.items():
-        if name in step.inputs:  # a schedule has the run's length as inputs when it needs it
-            step.inputs[name][...] = v
-    config = {"model": g.name, "batch": opt.batch, "lr": opt.lr, "seed": opt.seed,
-              "optimizer": opt.optimizer, "opt_args": opt.opt_args, "data": data.name,
-              "samples": n_train, "graph_sha256": graph_digest(step_graph),
-              "data_sha256": data_digest(fed["train"]), "scale": scales(prog)}
-    if "total_steps" in step.inputs:  # a schedule over the run's length: it must not change
-        config["epochs"] = opt.epochs
-    if steps:
-        config["steps_per_epoch"] = steps
-    validates = "validation" in fed
-    if validates:  # what the best params were chosen on
-        config["validation"] = samples(fed["validation"])
-    run = RunState(params, {k: v for k, v in step.state.items() if k not in params},
-                   np.random.default_rng(opt.seed + 1), config, draw=opt.batch if steps else None,
-                   best_params={k: v.copy() for k, v in params.items()} if validates else None)
-    saves = _Checkpoints(run, opt.out, g.name, scales(prog))
-    if opt.resume:
-        run.restore(opt.resume, n_train, per_epoch)
-        saves.last = (run.epoch, run.step)
-        done = ""
-        if run.epoch > opt.epochs:  # a schedule's horizon is part of config: it cannot grow
-            more = ("its learning-rate schedule spans them, so it cannot train on: a longer run "
-                    "starts anew" if "epochs" in config else "--epochs N trains on")
-            done = f"; its {opt.epochs} epochs are done ({more})"
-            if run.step == 0:  # its final and best params, in case either file is missing or older
-                saves.params(run.epoch - 1)
-                saves.best()
-        report(f"resumed from {opt.resume / CHECKPOINT} at epoch {run.epoch}, step {run.step}{done}")
-    # only a run that skips bad batches pays for a copy of the step's buffers before each one
-    rollback = Rollback({**run.params, **run.state}) if opt.on_nonfinite == "skip" else None
-    every = opt.checkpoint_every or 0
-    history: list[dict] = []
-    try:  # unbuffered: a failed write (a full disk) is reported once, where it happens
-        log = open(opt.log, "ab", buffering=0) if opt.log else None
-    except OSError as e:
-        raise GraphcError(f"cannot open the log {opt.log}: {e.strerror}") from None
+    g, ranks = prog.graph, opt.ranks
+    with _together(ranks):  # every rank sets up, and fails together
+        step_graph = opt.step.graph if opt.step else train_graph(prog, opt.batch, opt.optimizer, opt.opt_args,
+                                                                 ranks.size if ranks else 1)
+        loss_key = g.loss_name()
+        fed = {k: bind_split(prog, step_graph, data, k, opt.data_map) for k in data.splits()}
+        if opt.patience and "validation" not in fed:
+            raise GraphcError("patience needs a validation split: validation = 0.1 (or a file) in the "
+                              "train block, or --validation", prog.train.locs.get("patience"))
+        n_train = samples(fed["train"])
+        steps = opt.steps_per_epoch or (TEXT_STEPS if data.text else None)
+        if steps is None and n_train < opt.batch:
+            written = prog.train.locs.get("batch") if opt.batch == prog.train.batch else None
+            raise DataError(f"{data.name}: {n_train} training samples, fewer than one batch of "
+                            f"{opt.batch}", written)
+        # data-parallel, the processes on one machine share its cores
+        threads = opt.threads or (max(1, (os.cpu_count() or 1) // ranks.local_size) if ranks else None)
+        trained = opt.step or TrainingStep.build(
+            step_graph, model_arrays(prog, step_graph, opt.seed) | opt.params, threads, opt.check_bounds, ranks)
+        compiled, params = trained.compiled, trained.params
+        report(f"compiled {g.name} training step in {compiled.seconds:.2f} s"
+               f"{' (cached)' if compiled.cache_hit else ''}: {len(compiled.schedule.kernels)} kernels, "
+               f"arena {compiled.schedule.plan.arena_bytes / 1024:.0f} KiB")
+        step = compiled.step
+        evaluate = Evaluator(prog, params, threads, opt.check_bounds, note=report,
+                             batch=opt.batch if data.text else None, text=data.text, ranks=ranks)
+        # a rank's rows of each global batch
+        rows_per, first = (opt.batch // ranks.size, opt.batch // ranks.size * ranks.rank) if ranks else (opt.batch, 0)
+        feed = feeder(step, fed["train"])
+        per_epoch = steps or n_train // opt.batch  # a pass drops the remainder; shuffling covers it
+        for name, v in {LR: opt.lr, **horizon(per_epoch, opt.epochs)}.items():
+            if name in step.inputs:  # a schedule has the run's length as inputs when it needs it
+                step.inputs[name][...] = v
+        config = {"model": g.name, "batch": opt.batch, "lr": opt.lr, "seed": opt.seed,
+                  "optimizer": opt.optimizer, "opt_args": opt.opt_args, "data": data.name,
+                  "samples": n_train, "graph_sha256": graph_digest(step_graph),
+                  "data_sha256": data_digest(fed["train"]), "scale": scales(prog)}
+        if "total_steps" in step.inputs:  # a schedule over the run's length: it must not change
+            config["epochs"] = opt.epochs
+        if steps:
+            config["steps_per_epoch"] = steps
+        if ranks:  # the dropout masks depend on it
+            config["ranks"] = ranks.size
+        validates = "validation" in fed
+        if validates:  # what the best params were chosen on
+            config["validation"] = samples(fed["validation"])
+        run = RunState(params, {k: v for k, v in step.state.items() if k not in params},
+                       np.random.default_rng(opt.seed + 1), config, draw=opt.batch if steps else None,
+                       best_params={k: v.copy() for k, v in params.items()} if validates else None)
+        saves = _Checkpoints(run, opt.out, g.name, scales(prog))
+        if opt.resume:
+            run.restore(opt.resume, n_train, per_epoch)
+            saves.last = (run.epoch, run.step)
+            done = ""
+            if run.epoch > opt.epochs:  # a schedule's horizon is part of config: it cannot grow
+                more = ("its learning-rate schedule spans them, so it cannot train on: a longer run "
+                        "starts anew" if "epochs" in config else "--epochs N trains on")
+                done = f"; its {opt.epochs} epochs are done ({more})"
+                if run.step == 0:  # its final and best params, in case either file is missing or older
+                    saves.params(run.epoch - 1)
+                    saves.best()
+            report(f"resumed from {opt.resume / CHECKPOINT} at epoch {run.epoch}, step {run.step}{done}")
+        # only a run that skips bad batches pays for a copy of the step's buffers before each one
+        rollback = Rollback({**run.params, **run.state}) if opt.on_nonfinite == "skip" else None
+        every = opt.checkpoint_every or 0
+        history: list[dict] = []
+        try:  # unbuffered: a failed write (a full disk) is reported once, where it happens
+            log = open(opt.log, "ab", buffering=0) if opt.log else None
+        except OSError as e:
+            raise GraphcError(f"cannot open the log {opt.log}: {e.strerror}") from None
     try:
         with _interrupts() as interrupted:
             while run.epoch <= opt.epochs:
@@ -324,10 +373,13 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                 last = "".join(f"  {k} {v:.4f}" for k, v in history[-1].items()
                                if k.startswith(("val_", "test_"))) if history else ""
                 for i in bar:
-                    feed(order[i * opt.batch:(i + 1) * opt.batch])
+                    feed(order[i * opt.batch + first:i * opt.batch + first + rows_per])
                     if rollback:
                         rollback.take()
-                    loss = float(step.run()[loss_key])
+                    if ranks:
+                        step.inputs[VOTE][...] = interrupted()
+                    out = step.run()
+                    loss = float(out[loss_key])
                     if rollback and not (math.isfinite(loss) and _nonfinite(rollback.live) is None):
                         rollback.undo()  # skipped: its loss stays NaN in run.losses
                     elif not math.isfinite(loss):
@@ -337,7 +389,7 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                         total, count = total + loss, count + 1
                         bar.set_postfix_str(f"loss {total / count:.4f}{last}", refresh=False)
                     run.step = i + 1
-                    if interrupted():
+                    if out[VOTES] > 0 if ranks else interrupted():
                         saves.save(epoch, run.step)
                         raise saves.stopped()
                     # the epoch's last step is saved by the epoch's end, just below
@@ -348,6 +400,8 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                 train_loss = float(np.nanmean(losses)) if skipped < per_epoch else math.nan
                 run.end_epoch()
                 split = "validation" if validates else "test"
+                if ranks:  # each rank's batch norm statistics are its own: all evaluate with rank 0's
+                    ranks.share({s.value.name: params[s.value.name] for s in g.state})
                 result = evaluate(fed[split], split)
                 # evaluated before the checkpoint, which holds the best record this epoch may set
                 saves.save(epoch, per_epoch, finished=True,
@@ -369,7 +423,7 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
                         log.write(json.dumps(rec).encode() + b"\n")
                     except OSError as e:  # a full disk: with --out, the epoch is checkpointed already
                         raise GraphcError(f"cannot write the log {opt.log}: {e.strerror}") from None
-                if interrupted() and run.epoch <= opt.epochs:
+                if (ranks.any(interrupted()) if ranks else interrupted()) and run.epoch <= opt.epochs:
                     raise saves.stopped()
                 if validates and _stop_early(epoch, opt, run, opt.out is not None, report):
                     break
@@ -467,10 +521,10 @@ class _Checkpoints:
         if self.out is not None:
             save_arrays(self.out / name, arrays, {"model": self.model, **meta, "scale": self.scale})
 
-    def nonfinite(self, what: str, epoch: int, step: int) -> GraphcError:
+    def nonfinite(self, what: str, epoch: int, step: int) -> NonFinite:
         kept = (f"; the last checkpoint, {self.out / CHECKPOINT} (at epoch {self.last[0]}, step "
                 f"{self.last[1]}), is good: continue with --resume {self.out}" if self.last and self.out else "")
-        return GraphcError(f"{what} at epoch {epoch}, step {step}; training stopped{kept}",
+        return NonFinite(f"{what} at epoch {epoch}, step {step}; training stopped{kept}",
                            hint="try a smaller learning rate, or --on-nonfinite skip to skip such batches")
 
     def stopped(self) -> TrainingInterrupted:
