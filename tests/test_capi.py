@@ -433,20 +433,58 @@ def _has_zlib(tmp: Path) -> bool:
     return subprocess.run([*CC, str(probe), "-o", str(tmp / "probe"), "-lz"], capture_output=True).returncode == 0
 
 
+def example(tmp: Path, cc: list[str], *flags: str) -> Path:
+    """examples/c/train_mnist.c built by `cc` against the library in `tmp`."""
+    exe = tmp / "train_mnist"
+    subprocess.run([*cc, "-O2", "-Wall", "-Werror", *flags, f"-I{tmp}", "-o", str(exe),
+                    str(ROOT / "examples/c/train_mnist.c"), f"-L{tmp}", "-lmlp", "-lz", "-lm",
+                    f"-Wl,-rpath,{tmp}"], check=True)
+    return exe
+
+
+def accuracy(out: str) -> float:
+    return float(re.search(r"epoch 1: .*test_accuracy ([0-9.]+)", out).group(1))
+
+
 @needs_cc
 def test_c_example_trains_mnist_like_graphc_train(tmp_path, capsys):
     if not _has_zlib(tmp_path):
         pytest.skip("zlib (zlib.h, -lz) is not installed: the example reads MNIST through it")
     build(tmp_path, 128, threads=1)
-    exe = tmp_path / "train_mnist"
-    subprocess.run([*CC, "-O2", "-Wall", "-Werror", f"-I{tmp_path}", "-o", str(exe),
-                    str(ROOT / "examples/c/train_mnist.c"), f"-L{tmp_path}", "-lmlp", "-lz", "-lm",
-                    f"-Wl,-rpath,{tmp_path}"], check=True)
-    run = subprocess.run([str(exe), str(ROOT / "data/mnist"), "1", "0"], capture_output=True, text=True,
-                         check=True, timeout=300)
-    c_acc = float(re.search(r"epoch 1: .*test_accuracy ([0-9.]+)", run.stdout).group(1))
+    run = subprocess.run([str(example(tmp_path, CC)), str(ROOT / "data/mnist"), "1", "0"], capture_output=True,
+                         text=True, check=True, timeout=300)
+    c_acc = accuracy(run.stdout)
     assert main(["train", str(ROOT / "models/mlp.net"), "--epochs", "1", "--seed", "0", "--no-progress",
                  "--threads", "1"]) == 0
-    py_acc = float(re.search(r"epoch 1: .*test_accuracy ([0-9.]+)", capsys.readouterr().out).group(1))
+    py_acc = accuracy(capsys.readouterr().out)
     assert c_acc >= 0.95 and py_acc >= 0.95
     assert abs(c_acc - py_acc) <= 0.015, (c_acc, py_acc)
+
+
+@needs_cc
+@pytest.mark.skipif(not (shutil.which("mpicc") and shutil.which("mpirun")),
+                    reason="no MPI (mpicc and mpirun, from Open MPI or MPICH) to build and run the example with")
+def test_c_example_trains_data_parallel_with_mpi_like_one_process(tmp_path):
+    """The example built with -DGRAPHC_MPI, on 2 ranks of a library compiled with --ranks 2, binds
+    the allreduce slot to MPI_Allreduce: its epoch is the single-process one on the same global
+    batches up to the order of summation, and both ranks end with the same params."""
+    if not _has_zlib(tmp_path):
+        pytest.skip("zlib (zlib.h, -lz) is not installed: the example reads MNIST through it")
+    one, two = tmp_path / "one", tmp_path / "two"
+    build(one, 128, threads=1)
+    assert main(["compile", str(ROOT / "models/mlp.net"), "-o", str(two), "--ranks", "2", "--threads", "1"]) == 0
+    assert "#define MLP_BATCH 64 " in (two / "mlp.h").read_text()
+    args = [str(ROOT / "data/mnist"), "1", "0"]
+    alone = subprocess.run([str(example(one, CC)), *args], capture_output=True, text=True, check=True, timeout=300)
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}  # as root, in CI
+    mpirun = ["mpirun", "-np", "2"] + (["--oversubscribe"] if "Open MPI" in subprocess.run(
+        ["mpirun", "--version"], capture_output=True, text=True).stdout else [])
+    ranks = subprocess.run([*mpirun, str(example(two, ["mpicc"], "-DGRAPHC_MPI")), *args], capture_output=True,
+                           text=True, env=env, timeout=300)
+    assert ranks.returncode == 0, ranks.stdout + ranks.stderr
+    hashes = dict(re.findall(r"rank (\d): params hash (\w+)", ranks.stdout))
+    assert set(hashes) == {"0", "1"} and hashes["0"] == hashes["1"], ranks.stdout
+    loss = lambda out: float(re.search(r"epoch 1: .*train_loss ([0-9.]+)", out).group(1))
+    assert loss(ranks.stdout) == pytest.approx(loss(alone.stdout), abs=0.005)
+    assert accuracy(ranks.stdout) >= 0.95
+    assert abs(accuracy(ranks.stdout) - accuracy(alone.stdout)) <= 0.01, (ranks.stdout, alone.stdout)

@@ -2,9 +2,16 @@
  *
  * Reads the four MNIST IDX files itself (gzip'ed or plain, through zlib), runs one training step
  * per shuffled batch of MLP_BATCH images, then predicts the test set with mlp_infer and prints the
- * epoch's mean training loss, the test loss and the test accuracy.
+ * epoch's mean training loss, the test loss and the test accuracy, and at the end a hash of the
+ * params and training state.
+ *
+ * Built with -DGRAPHC_MPI (mpicc) against a library compiled with `graphc compile --ranks N`, it
+ * trains data-parallel: run by N MPI processes, each feeds its MLP_BATCH rows of every global
+ * batch of N * MLP_BATCH, and the step's "allreduce" slot sums their gradients, loss and metrics
+ * with MPI_Allreduce, so every rank applies the same update. Rank 0 evaluates and prints.
  *
  * usage: train_mnist DATA_DIR [EPOCHS [SEED]]   (DATA_DIR: graphc's data/mnist)
+ *        mpirun -np N train_mnist_mpi DATA_DIR [EPOCHS [SEED]]
  */
 #include <math.h>
 #include <stdint.h>
@@ -15,6 +22,18 @@
 #include <zlib.h>
 
 #include "mlp.h"
+
+#ifdef GRAPHC_MPI
+#include <mpi.h>
+
+/* The step's "allreduce" slot: sums the count values at data in place over the ranks of the
+ * communicator `user` points to (the step then divides them by its rank count). The MLP's one
+ * call sends about 270k values; a model past 2^31 would send them in pieces. */
+static void allreduce(void *user, void *data, int64_t count, int32_t dtype) {
+    MPI_Datatype type = dtype == GRAPHC_F32 ? MPI_FLOAT : dtype == GRAPHC_F64 ? MPI_DOUBLE : MPI_INT32_T;
+    MPI_Allreduce(MPI_IN_PLACE, data, (int)count, type, MPI_SUM, *(MPI_Comm *)user);
+}
+#endif
 
 typedef struct {
     int64_t n;      /* samples */
@@ -113,10 +132,36 @@ static void check_model(int64_t width) {
         die("libmlp is not an MNIST classifier with inputs x, y and output logits", NULL);
 }
 
+/* FNV-1a over the bytes of every param and training state value: equal on every rank. */
+static uint64_t params_hash(mlp_ctx *ctx) {
+    uint64_t h = 0xCBF29CE484222325ull;
+    for (int i = 0; i < mlp_num_params(); i++) {
+        const graphc_tensor_info *p = mlp_param_info(i);
+        size_t bytes = (size_t)p->size * (p->dtype == GRAPHC_F64 ? 8 : 4);
+        uint8_t *v = malloc(bytes);
+        if (!v || mlp_get_param(ctx, p->name, v) != GRAPHC_OK) die("mlp_get_param", p->name);
+        for (size_t j = 0; j < bytes; j++) h = (h ^ v[j]) * 0x100000001B3ull;
+        free(v);
+    }
+    return h;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s DATA_DIR [EPOCHS [SEED]]\n", argv[0]);
         return 2;
+    }
+    int rank = 0, ranks = 1; /* this process feeds rows [rank, rank + 1) * MLP_BATCH of each global batch */
+#ifdef GRAPHC_MPI
+    MPI_Init(&argc, &argv);
+    MPI_Comm comm = MPI_COMM_WORLD;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &ranks);
+#endif
+    if (ranks != MLP_RANKS) { /* the step divides the sums by MLP_RANKS */
+        char why[128];
+        snprintf(why, sizeof why, "compiled for %d (graphc compile --ranks), run by %d", MLP_RANKS, ranks);
+        die("libmlp's rank count is not this run's", why);
     }
     int epochs = argc > 2 ? atoi(argv[2]) : 1;
     uint64_t seed = argc > 3 ? strtoull(argv[3], NULL, 10) : 0;
@@ -125,17 +170,20 @@ int main(int argc, char **argv) {
     idx_data xte = load_idx(argv[1], "t10k-images-idx3-ubyte", 3);
     idx_data yte = load_idx(argv[1], "t10k-labels-idx1-ubyte", 1);
     if (xtr.n != ytr.n || xte.n != yte.n) die("image and label counts differ", argv[1]);
-    printf("data %s: %lld train, %lld test samples\n", argv[1], (long long)xtr.n, (long long)xte.n);
+    if (rank == 0) printf("data %s: %lld train, %lld test samples\n", argv[1], (long long)xtr.n, (long long)xte.n);
     check_model(xtr.width);
 
-    mlp_ctx *ctx = mlp_create(seed);
+    mlp_ctx *ctx = mlp_create(seed); /* the same seed on every rank: the same params, nothing to send */
     if (!ctx) die("mlp_create failed", NULL);
+#ifdef GRAPHC_MPI
+    if (mlp_set_extern(ctx, "allreduce", allreduce, &comm) != GRAPHC_OK) die("mlp_set_extern", mlp_error(ctx));
+#endif
     float *x = mlp_input(ctx, "x"); /* fill the context's own input buffers in place */
     int32_t *y = mlp_input(ctx, "y");
     const float *logits = mlp_output(ctx, "logits");
     int64_t n = xtr.n > xte.n ? xtr.n : xte.n;
     int64_t *order = malloc(sizeof(int64_t) * (size_t)n);
-    uint64_t rng = seed + 1;
+    uint64_t rng = seed + 1; /* every rank draws the same order, and takes its own rows of it */
 
     for (int epoch = 1; epoch <= epochs; epoch++) {
         for (int64_t i = 0; i < xtr.n; i++) order[i] = i;
@@ -144,15 +192,16 @@ int main(int argc, char **argv) {
             order[i] = order[j];
             order[j] = t;
         }
-        int64_t steps = xtr.n / MLP_BATCH; /* the remainder is dropped, as graphc train does */
+        int64_t steps = xtr.n / (ranks * MLP_BATCH); /* the remainder is dropped, as graphc train does */
         double loss = 0.0, t0 = now();
         for (int64_t s = 0; s < steps; s++) {
-            fill_batch(x, y, &xtr, &ytr, order + s * MLP_BATCH, MLP_BATCH);
-            double step_loss;
+            fill_batch(x, y, &xtr, &ytr, order + (s * ranks + rank) * MLP_BATCH, MLP_BATCH);
+            double step_loss; /* the global batch's: the same on every rank */
             if (mlp_train_step(ctx, &step_loss) != GRAPHC_OK) die("mlp_train_step", mlp_error(ctx));
             loss += step_loss;
         }
         double seconds = now() - t0;
+        if (rank != 0) continue; /* its params are rank 0's */
 
         /* test set: whole batches, the last one zero-padded; each row's logits are its own */
         double test_loss = 0.0;
@@ -175,8 +224,12 @@ int main(int argc, char **argv) {
         printf("epoch %d: seconds %.4f  train_loss %.4f  test_loss %.4f  test_accuracy %.4f\n", epoch,
                seconds, loss / (double)steps, test_loss / (double)xte.n, (double)correct / (double)xte.n);
     }
+    printf("rank %d: params hash %016llx\n", rank, (unsigned long long)params_hash(ctx));
     mlp_destroy(ctx);
     free(order);
     free(xtr.data); free(ytr.data); free(xte.data); free(yte.data);
+#ifdef GRAPHC_MPI
+    MPI_Finalize();
+#endif
     return 0;
 }
