@@ -283,9 +283,14 @@ class RunState:
         saved = meta.get("config")
         if not isinstance(saved, dict):
             return "its run settings (config) are missing"
-        for key in [*self.config, *(k for k in saved if k not in self.config)]:
+        # the processes first: a data-parallel run's graph differs from one process's
+        keys = sorted([*self.config, *(k for k in saved if k not in self.config)], key=lambda k: k != "ranks")
+        for key in keys:
             have, want = saved.get(key), self.config.get(key)
             if json.dumps(have, sort_keys=True) != json.dumps(want, sort_keys=True):  # 32.0 is not 32
+                if key == "ranks":  # absent: one process
+                    return (f"written by a run of {have or 1} processes, but this run has {want or 1}; "
+                            f"resume with as many (mpirun -np {have or 1})")
                 if key in FINGERPRINTS:
                     return (f"{FINGERPRINTS[key]} differs from the one this run was trained on; "
                             "resume with the same model and data")

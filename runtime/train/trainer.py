@@ -197,8 +197,9 @@ class NonFinite(GraphcError):
 
 @contextlib.contextmanager
 def _interrupts() -> Iterator[Callable[[], bool]]:
-    """Turns Ctrl-C into a flag the loop reads between batches, so the run stops at a point it
-    can be saved and resumed from exactly; a second Ctrl-C interrupts at once."""
+    """Turns Ctrl-C, and SIGTERM (what mpirun sends every rank on a Ctrl-C, and a batch scheduler
+    before it stops a job), into a flag the loop reads between batches, so the run stops at a
+    point it can be saved and resumed from exactly; a second signal interrupts at once."""
     hits: list[int] = []
 
     def handler(signum: int, frame) -> None:
@@ -207,14 +208,15 @@ def _interrupts() -> Iterator[Callable[[], bool]]:
         hits.append(signum)
 
     try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: Ctrl-C is not ours to handle
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals are not ours to handle
         yield lambda: False
         return
     try:
         yield lambda: bool(hits)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, was in previous.items():
+            signal.signal(sig, was)
 
 
 def _nonfinite(arrays: dict[str, np.ndarray]) -> str | None:
