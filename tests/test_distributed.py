@@ -167,9 +167,9 @@ def _mpi_missing() -> str | None:
     if shutil.which("mpirun") is None:
         return "Open MPI's mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)"
     try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "mpi4py is not installed (pip install 'graphc[mpi]')"
+        from mpi4py import MPI  # noqa: F401
+    except ImportError as e:
+        return f"mpi4py cannot be imported ({e}; pip install 'graphc[mpi]')"
     return None
 
 
