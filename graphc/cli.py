@@ -228,7 +228,7 @@ def _train(a) -> None:
     history = train(prog, data, opts)
     if opts.out:
         print(f"params saved to {opts.out / 'params.npz'}")
-    if plots and history:
+    if plots and history and not (a.mpi and a.mpi.rank):  # rank 0 draws them
         write_curves(history, plots, f"{prog.graph.name}: {opts.optimizer} lr {opts.lr:g}, batch {opts.batch}")
         for path in plots:
             print(f"curves plotted to {path}")
