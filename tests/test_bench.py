@@ -1,6 +1,6 @@
 """bench/: run.py in smoke mode, as CI runs it (every framework either gets a row or says why not),
-seq.py (the sequence models) in smoke mode, and netspec.py, which reads a model as the layers the
-peer frameworks build."""
+seq.py (the sequence models) in smoke mode, dist.py (data-parallel over MPI, and the cost model) in
+smoke mode, and netspec.py, which reads a model as the layers the peer frameworks build."""
 
 from __future__ import annotations
 
@@ -108,3 +108,45 @@ def test_netspec_names_the_model_line_it_cannot_express(tmp_path):
                      "loss = softmax_cross_entropy(tanh(x @ W + b), y)\n")
     with pytest.raises(SystemExit, match=r"tanhnet\.net:7: tanh: .*dense and stride-1 conv layers"):
         netspec.read_spec(forward(load(model), 4))
+
+
+# network, configuration, s per round, s per MNIST epoch, speed vs 1 process, loss; for ranks: bytes,
+# us per step in the allreduce, its % of the step, us alone, GB/s alone
+DIST_ROW = re.compile(r"^(\S+\.net b\d+)\s+(\d+ ranks x 1 thread|1 process x \d+ threads?)"
+                      r"\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)"
+                      r"(?:\s+(\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)%\s+(\d+\.\d+)\s+(\d+\.\d+))?$", re.M)
+COST_ROW = re.compile(r"^(\S+\.net)\s+(\d+)((?:\s+\d+\.\d+)+)\s+(\d+)$", re.M)
+# the data-parallel step's packed buffer: every param's gradient, the loss, the accuracy and the
+# stop vote, 4 bytes each
+PACKED = {"mlp.net b128": 4 * (269322 + 3), "lenet.net b64": 4 * (61706 + 3)}
+SCALING_ROW = re.compile(r"^(\S+\.net)((?:\s+\d+\.\d+%\s+\d+\.\d+ms){6})$", re.M)
+
+
+def test_dist_smoke_prints_ranks_against_threads_and_the_cost_model():
+    p = subprocess.run([sys.executable, "bench/dist.py", "--smoke"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = p.stdout
+    assert re.search(r"^CPU: \S", out, re.M), out
+    rows = {(m[1], m[2]): m for m in DIST_ROW.finditer(out)}
+    for net in ("mlp.net b128", "lenet.net b64"):
+        single = rows.get((net, "1 process x 1 thread"))
+        assert single and float(single[3]) > 0 and float(single[4]) > 0, f"no 1-process row for {net}:\n{out}"
+        ranked = rows.get((net, "2 ranks x 1 thread"))
+        if ranked is None:  # MPI missing: the row says why
+            assert re.search(rf"^skipped {re.escape(net)} 2 ranks x 1 thread: \S", out, re.M), out
+            continue
+        s, epoch, _, loss, nbytes, us, share, alone, gbs = (float(x) for x in ranked.groups()[2:])
+        assert min(s, epoch, nbytes, us, share, alone, gbs) > 0, f"{net}: {ranked[0]}\n{out}"
+        assert nbytes == PACKED[net], f"{net}: {nbytes} bytes per step:\n{out}"
+        # the same weights and batches: the global loss is one process's, up to summation order
+        assert abs(loss - float(single[6])) < 1e-3, f"{net}: 2 ranks' loss {loss} vs {single[6]}:\n{out}"
+    costs = {m[1]: m for m in COST_ROW.finditer(out)}
+    assert set(costs) == {"mlp.net", "lenet.net"}, out
+    for m in costs.values():
+        assert all(float(x) > 0 for x in m[3].split()), f"{m[0]}\n{out}"
+        assert int(m[4]) == PACKED[f"{m[1]} b{m[2]}"], f"{m[0]}\n{out}"
+    scaling = {m[1]: [float(x) for x in re.findall(r"(\d+\.\d+)%", m[2])] for m in SCALING_ROW.finditer(out)}
+    assert set(scaling) == {"mlp.net", "lenet.net"}, out
+    for eff in scaling.values():  # 10 then 100 Gb/s, at 2, 8, 64 nodes: falls with N, rises with bandwidth
+        assert all(0 < e <= 100 for e in eff) and eff[0] >= eff[1] >= eff[2] and eff[3] >= eff[0], out
