@@ -11,12 +11,15 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from graphc import driver  # noqa: E402
+from graphc.api import Model  # noqa: E402
 from graphc.autodiff.graphs import inference_graph  # noqa: E402
 from graphc.errors import GraphcError  # noqa: E402
 from graphc.export.onnx import EMITTERS, NOT_EXPORTABLE, OPSET, to_onnx  # noqa: E402
 from graphc.frontend import load_source  # noqa: E402
 from graphc.ir.bind import bind  # noqa: E402
+from graphc.ir.graph import Builder, Graph, Input, TensorType, Value  # noqa: E402
 from graphc.ops import REGISTRY  # noqa: E402
+from graphc.ops.reference import evaluate  # noqa: E402
 from graphc.runtime.train.checkpoint import save_arrays  # noqa: E402
 from graphc.ir.init import init_params  # noqa: E402
 from test_cli import graphc  # noqa: E402
@@ -107,6 +110,68 @@ def test_transformer_block_runs_alike_in_onnxruntime():
     (changed,) = run(exported, tok=later)
     np.testing.assert_array_equal(changed[:, :4], got[:, :4])
     assert not np.allclose(changed[:, 4:], got[:, 4:])
+
+
+def _rnn_scans() -> Graph:
+    """Every result of two scans of one RNN cell over a batch of B: carries h [B, 4] and a running
+    sum [4], a step x [B, 3], the weights w [3, 4] (a loop invariant); per-step values h and h times
+    the h before. One scan runs forwards, one backwards; the sum starts from a literal, a new one for
+    each result (as the frontend and rewrites make them), and the cell clips h at a literal [B, 4]."""
+    F = lambda *s: TensorType("f32", s)
+    cell = Graph("cell")
+    h, acc, x, w = (Value(n, t) for n, t in (("h", F("B", 4)), ("acc", F(4)), ("x", F("B", 3)), ("w", F(3, 4))))
+    cell.inputs = [Input(v) for v in (h, acc, x, w)]
+    b = Builder(cell)
+    new = b.maximum(b.tanh(b.add(b.mul(h, 0.5), b.matmul(x, w))), b.const(-0.9, "f32", ("B", 4)))
+    cell.outputs = {"h": new, "acc": b.add(acc, b.sum(new, axes=0)), "y0": new, "y1": b.mul(new, h)}
+    g = Graph("scans")
+    h0, xs, w = Value("h0", F("B", 4)), Value("xs", F(5, "B", 3)), Value("w", F(3, 4))
+    g.inputs = [Input(v) for v in (h0, xs, w)]
+    b = Builder(g)
+    g.outputs = {f"{way}{r}": b.op("scan", h0, b.const(0.0, "f32", (4,)), xs, w, body=cell, carries=2,
+                                   reverse=way == "back", result=r)
+                 for way in ("fwd", "back") for r in range(4)}
+    return g
+
+
+def test_scan_results_are_one_onnx_scan():
+    g = _rnn_scans()
+    exported = to_onnx(g, {})
+    scans = [n for n in exported.graph.node if n.op_type == "Scan"]
+    assert [len(n.output) for n in scans] == [4, 4]  # 2 final carries, 2 stacked per-step values
+    rng = np.random.default_rng(0)
+    feeds = {"h0": rng.normal(size=(3, 4)), "xs": rng.normal(size=(5, 3, 3)), "w": rng.normal(size=(3, 4))}
+    feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+    got = dict(zip(g.outputs, run(exported, **feeds)))
+    want = dict(zip(g.outputs, evaluate(bind(g, {"B": 3}), list(feeds.values()))))
+    compiled = driver.compile_graph(inference_graph(bind(g, {"B": 3}))).step.run(**feeds)
+    assert not np.allclose(want["fwd2"], want["back2"])  # the directions differ
+    for k in g.outputs:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(got[k], compiled[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    # the batch dim is symbolic inside the body too
+    two = run(exported, h0=feeds["h0"][:2], xs=feeds["xs"][:, :2], w=feeds["w"])
+    np.testing.assert_allclose(two[2], want["fwd2"][:, :2], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_lstm_exports_and_runs_alike_in_onnxruntime(tmp_path):
+    """models/lstm.net (an embedding, a scan of an LSTM cell over 64 bytes, the output layer), as
+    `graphc export` writes it, against graphc's predictions."""
+    m = Model(driver.load(MODELS / "lstm.net"), batch=4, seed=0)
+    for k, v in perturbed_arrays(m.program).items():
+        m.params[k][...] = v
+    m.save(tmp_path / "params.npz")
+    graphc("export", "models/lstm.net", "--params", str(tmp_path / "params.npz"), "-o", str(tmp_path / "lstm.onnx"))
+    exported = onnx.load(tmp_path / "lstm.onnx")
+    assert [n.op_type for n in exported.graph.node].count("Scan") == 1
+    x = np.random.default_rng(1).integers(0, 256, (6, 64)).astype(np.int32)
+    want = m.predict(x=x)["logits"]
+    (got,) = run(exported, x=x)
+    assert got.shape == (6, 64, 256)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    (two,) = run(exported, x=x[:2])
+    np.testing.assert_allclose(two, want[:2], rtol=1e-4, atol=1e-4)
 
 
 def test_signature_is_the_inference_graph():

@@ -7,19 +7,23 @@ no entry: it is built from primitives, and
 its evaluation form reads the running statistics, exported as initializers. The batch dim stays
 symbolic, the inputs are what the model reads (samples in its input shape, pixels scaled to [0, 1]
 as graphc's data loaders do), and the outputs are its predictions (the logits).
+
+A graph and a scan's body are written by the same walk over their nodes (OnnxBuilder.graph): a
+scan becomes one ONNX Scan node whose body is a subgraph, with one output per result of the scan.
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
 from graphc.about import __version__
 from graphc.autodiff.graphs import inference_graph
 from graphc.errors import GraphcError
-from graphc.ir.graph import NP_DTYPES, Builder, Dim, Graph, Node, Value
+from graphc.ir.graph import NP_DTYPES, Builder, Dim, Graph, Node, TensorType, Value
 from graphc.ops import REGISTRY
 from graphc.ops.conv import geometry, pool_window
 from graphc.ops.lowering import Decompose
@@ -41,21 +45,32 @@ def _onnx():
 
 
 class OnnxBuilder:
-    """Collects ONNX nodes and initializers for one graph; each graphc value maps to an ONNX name."""
+    """Collects ONNX nodes and initializers for one graph (a model's, or a scan body's: a child of
+    the builder of the graph holding the scan); each graphc value maps to an ONNX name."""
 
-    def __init__(self, g: Graph) -> None:
+    def __init__(self, model: str, parent: OnnxBuilder | None = None) -> None:
         self.onnx = _onnx()
+        self.model = model  # what an error names
         self.nodes: list["onnx.NodeProto"] = []
         self.inits: list["onnx.TensorProto"] = []
-        self.names: dict[int, str] = {}
-        self._count = 0
-        # where each symbolic dim can be read at run time: (input name, axis) of the first input with it
-        self.dim_source = {d: (i.value.name, a) for i in reversed(g.inputs)
-                           for a, d in enumerate(i.value.shape) if isinstance(d, str)}
+        self.names: dict[Value, str] = {}
+        self.literals: dict[tuple[float, TensorType], str] = {}
+        self.loops: dict[tuple[int, bool, tuple[str, ...]], list[str]] = {}  # a scan's ONNX outputs
+        # one counter for a model and its bodies: ONNX wants names unique across all its graphs
+        self._count: Iterator[int] = parent._count if parent else itertools.count(1)
+        # where each symbolic dim can be read at run time: (ONNX name, axis); a body sees the outer
+        # graph's values, so it reads them where its parent does
+        self.dim_source: dict[str, tuple[str, int]] = dict(parent.dim_source) if parent else {}
+
+    def bind(self, v: Value, name: str) -> None:
+        """Value v is ONNX name `name`; the first one bound with a symbolic dim is where it is read."""
+        self.names[v] = name
+        for axis, d in enumerate(v.shape):
+            if isinstance(d, str):
+                self.dim_source.setdefault(d, (name, axis))
 
     def fresh(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
+        return f"{hint}_{next(self._count)}"
 
     def elem(self, dtype: str) -> int:
         return self.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(NP_DTYPES[dtype]))
@@ -69,9 +84,13 @@ class OnnxBuilder:
         return self.const(np.array(values, np.int64), "ints")
 
     def node(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
-        out = self.fresh(op_type.lower())
-        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [out], name=out, **attrs))
-        return out
+        return self.multi(op_type, inputs, 1, **attrs)[0]
+
+    def multi(self, op_type: str, inputs: list[str], count: int, **attrs: Any) -> list[str]:
+        """A node with `count` outputs; returns their names."""
+        outs = [self.fresh(op_type.lower()) for _ in range(count)]
+        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, outs, name=outs[0], **attrs))
+        return outs
 
     def shape(self, dims: tuple[Dim, ...]) -> str:
         """An int64 shape tensor; symbolic dims are read from the input that has them."""
@@ -87,11 +106,37 @@ class OnnxBuilder:
         return self.node("Concat", parts, axis=0)
 
     def ref(self, v: Value) -> str:
-        """The ONNX name of a value; a literal becomes a constant (every element equal)."""
+        """The ONNX name of a value; a literal becomes a constant (every element equal), one per
+        number and type, so equal literals are one name (a scan's results group by their names)."""
         if v.const is None:
-            return self.names[id(v)]
-        scalar = self.const(np.array(v.const, NP_DTYPES[v.dtype]), "literal")
-        return self.node("Expand", [scalar, self.shape(v.shape)]) if v.shape else scalar
+            return self.names[v]
+        key = (v.const, v.type)
+        if key not in self.literals:
+            scalar = self.const(np.array(v.const, NP_DTYPES[v.dtype]), "literal")
+            self.literals[key] = self.node("Expand", [scalar, self.shape(v.shape)]) if v.shape else scalar
+        return self.literals[key]
+
+    def emit(self, nodes: list[Node]) -> None:
+        """Each node as its EMITTERS entry writes it, in order."""
+        for n in nodes:
+            rule = EMITTERS.get(n.op)
+            if rule is None:
+                raise GraphcError(f"op {n.op} has no ONNX mapping, so {self.model} cannot be exported", n.loc)
+            self.names[n.out] = rule(self, n, [self.ref(v) for v in n.inputs])
+
+    def graph(self, g: Graph, inputs: dict[str, Value], outputs: dict[str, Value],
+              input_doc: str = "") -> "onnx.GraphProto":
+        """g's nodes as an ONNX graph with these inputs and outputs (ONNX name -> value); values
+        bound before (params, a body's loop invariants) are read by their names."""
+        helper = self.onnx.helper
+        for name, v in inputs.items():
+            self.bind(v, name)
+        self.emit(g.nodes)
+        for name, v in outputs.items():
+            self.nodes.append(helper.make_node("Identity", [self.ref(v)], [name], name=name))
+        info = lambda name, v, doc="": helper.make_tensor_value_info(name, self.elem(v.dtype), list(v.shape), doc)
+        return helper.make_graph(self.nodes, g.name, [info(k, v, input_doc) for k, v in inputs.items()],
+                                 [info(k, v) for k, v in outputs.items()], initializer=self.inits)
 
 
 Emitter = Callable[[OnnxBuilder, Node, list[str]], str]
@@ -184,12 +229,33 @@ def _decomposed(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
     assert isinstance(rule, Decompose)
     g = Graph(n.op)
     operands = [Value(f"x{i}", v.type) for i, v in enumerate(n.inputs)]
-    names = {id(v): x for v, x in zip(operands, xs)}
+    e.names.update(zip(operands, xs))
     out = rule.fn(Builder(g, n.loc, n.scope), *operands, **n.attrs)
-    for m in g.nodes:
-        names[id(m.out)] = EMITTERS[m.op](e, m, [e.ref(v) if v.const is not None else names[id(v)]
-                                                 for v in m.inputs])
-    return names[id(out)]
+    e.emit(g.nodes)
+    return e.ref(out)
+
+
+def _scan(e: OnnxBuilder, n: Node, xs: list[str]) -> str:
+    """All results of one scan are one ONNX Scan node (written at its first result): ONNX Scan's
+    state variables, scan inputs (read along axis 0, backwards by scan_input_directions) and
+    stacked scan outputs (scan_output_directions puts a reverse scan's step t at index t) are
+    graphc's carries, xs and ys one for one. Scan has no loop-invariant inputs: the body reads
+    them from the outer graph by name, as an ONNX subgraph may. Loop would need a trip count, a
+    Gather of xs[t] per step and, running backwards, a flip of its stacked outputs."""
+    body, k, m = n.attrs["body"], n.attrs["carries"], n.attrs["xs"]
+    rev = int(n.attrs["reverse"])
+    key = (id(body), n.attrs["reverse"], tuple(xs))  # fuse.same_loop, by ONNX name (a literal has one)
+    if key not in e.loops:
+        sub = OnnxBuilder(e.model, e)
+        ins = [i.value for i in body.inputs]
+        sub.names.update(zip(ins[k + m:], xs[k + m:]))
+        graph = sub.graph(body, {e.fresh(v.name): v for v in ins[:k + m]},
+                          {e.fresh(name): v for name, v in body.outputs.items()})
+        ys = len(body.outputs) - k
+        directions = {"scan_input_directions": [rev] * m, "scan_output_directions": [rev] * ys}
+        e.loops[key] = e.multi("Scan", xs[:k + m], k + ys, body=graph, num_scan_inputs=m,
+                               **{a: d for a, d in directions.items() if d})  # helper cannot type []
+    return e.loops[key][n.attrs["result"]]
 
 
 EMITTERS: dict[str, Emitter] = {
@@ -200,6 +266,7 @@ EMITTERS: dict[str, Emitter] = {
     "sin": _op("Sin"), "cos": _op("Cos"), "floor": _op("Floor"), "erf": _op("Erf"),
     "leaky_relu": lambda e, n, xs: e.node("LeakyRelu", xs, alpha=float(n.attrs["alpha"])),
     "gelu": _decomposed,
+    "scan": _scan,
     "broadcast_to": lambda e, n, xs: e.node("Expand", [xs[0], e.shape(n.out.shape)]),
     "transpose": _transpose,
     "reshape": lambda e, n, xs: e.node("Reshape", [xs[0], e.shape(n.out.shape)]),
@@ -227,10 +294,9 @@ EMITTERS: dict[str, Emitter] = {
 # ops with no ONNX form, and why: the inference graph has no losses or metrics and no dropout (its
 # evaluation form), window/fold/fold_taps exist only inside graphc's lowering of convolutions and
 # pooling, an external call is a function the runtime binds (pack and unpack gather what it moves:
-# only data-parallel training steps have them), and a scan would need its body exported as an ONNX
-# Loop subgraph, which this exporter does not write yet
+# only data-parallel training steps have them)
 NOT_EXPORTABLE = {"softmax_cross_entropy", "mse", "mae", "accuracy", "dropout", "window", "fold", "fold_taps",
-                  "extern_call", "pack", "unpack", "scan"}
+                  "extern_call", "pack", "unpack"}
 
 
 def to_onnx(fwd: Graph, arrays: dict[str, np.ndarray]) -> "onnx.ModelProto":
@@ -238,28 +304,16 @@ def to_onnx(fwd: Graph, arrays: dict[str, np.ndarray]) -> "onnx.ModelProto":
     evaluation form) as an ONNX model; `arrays` (params and state by name) become initializers."""
     onnx = _onnx()
     g = inference_graph(fwd)
-    e = OnnxBuilder(g)
+    e = OnnxBuilder(fwd.name)
     helper = onnx.helper
-    for i in g.inputs:
-        e.names[id(i.value)] = i.value.name
     for p in g.params + g.state:  # state: batch norm's running statistics
         if p.value.name not in arrays:
             raise GraphcError(f"no array for {p.value.name} {p.value.type}: export needs the trained "
                               f"params and state", p.loc)
-        e.names[id(p.value)] = p.value.name
+        e.bind(p.value, p.value.name)
         e.inits.append(onnx.numpy_helper.from_array(
             np.asarray(arrays[p.value.name], NP_DTYPES[p.value.dtype]), p.value.name))
-    for n in g.nodes:
-        emit = EMITTERS.get(n.op)
-        if emit is None:
-            raise GraphcError(f"op {n.op} has no ONNX mapping, so {fwd.name} cannot be exported", n.loc)
-        e.names[id(n.out)] = emit(e, n, [e.ref(v) for v in n.inputs])
-    for k, v in g.outputs.items():
-        e.nodes.append(helper.make_node("Identity", [e.ref(v)], [k], name=k))
-    info = lambda name, v, doc="": helper.make_tensor_value_info(name, e.elem(v.dtype), list(v.shape), doc)
-    graph = helper.make_graph(
-        e.nodes, g.name, [info(i.value.name, i.value, _INPUT_DOC) for i in g.inputs],
-        [info(k, v) for k, v in g.outputs.items()], initializer=e.inits)
+    graph = e.graph(g, {i.value.name: i.value for i in g.inputs}, g.outputs, _INPUT_DOC)
     opset = [helper.make_opsetid("", OPSET)]
     model = helper.make_model(graph, opset_imports=opset, producer_name="graphc",
                               producer_version=__version__,
