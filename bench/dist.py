@@ -56,7 +56,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 STEPS = 200          # steps per timed round
 REPS = 7             # rounds per configuration
