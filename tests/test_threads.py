@@ -131,3 +131,29 @@ def test_gemm_epilogues_fuse_and_split(tmp_path):
     np.testing.assert_allclose(l2, l1, rtol=1e-5)
     for name in p1:
         np.testing.assert_allclose(p2[name], p1[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("shape,axes", [((300, 70), "0"), ((6, 50, 96), "[0, 1]")])
+def test_a_column_sum_splits_its_columns_and_matches_one_thread(shape, axes):
+    """A sum whose innermost axis is kept (a bias gradient) has no kept loop outside to split:
+    threads take whole cache lines of its columns (an uneven share at 70), each summing every row
+    in the same order, so the bits are one thread's."""
+    from graphc.autodiff.graphs import inference_graph
+    from graphc.codegen.module import _worth_splitting
+    from graphc.codegen.target import host_target
+    from graphc.frontend import load_source
+    dims = ", ".join(map(str, shape))
+    prog = load_source(f"net colsum\ninput x : f32[{dims}]\ninput y : f32[{dims}]\n"
+                       f"output s = sum(x * y, axes={axes})\nloss = mean(s)\n", "colsum.net")
+    g = inference_graph(driver.forward(prog))
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
+    outs = []
+    for threads in (1, 2):
+        c = driver.compile_graph(g, threads=threads)
+        (k,) = c.schedule.kernels
+        assert _worth_splitting(k, host_target())
+        outs.append(c.step(x=x, y=y)["s"].copy())
+    np.testing.assert_array_equal(outs[1], outs[0])
+    np.testing.assert_allclose(outs[0], (x.astype(np.float64) * y).sum(axis=tuple(range(len(shape) - 1))),
+                               rtol=1e-4, atol=1e-4)

@@ -260,7 +260,8 @@ class Loops:
     in a register, and threads can split the outer loop) unless its innermost axis is kept (a column
     sum, or col2im's sum over taps): then that innermost kept loop stays innermost and whole rows
     accumulate in the output, vectorized, with the reduced loops around it and the other kept ones
-    outermost (threads split those, each zeroing and filling its own rows of the output). Adjacent
+    outermost (threads split those, each zeroing and filling its own rows of the output; with none,
+    they split the innermost loop's columns, `columns`). Adjacent
     axes merge into one loop wherever every memory access walks them as one (a whole elementwise
     chain: one flat loop).
 
@@ -275,6 +276,12 @@ class Loops:
     kept: int                            # leading loops over kept axes (threads split the first)
     in_memory: bool = False              # a reduction accumulates in its output, in memory order
     unrolled: int = 0                    # trailing loops emitted unrolled (see above)
+
+    @property
+    def columns(self) -> bool:
+        """An in-memory reduction with no kept loop outside (a column sum: a bias gradient): threads
+        split its innermost loop instead, each zeroing and filling its own columns of the output."""
+        return self.in_memory and self.kept == 0
 
     def squash(self, coef: list[int]) -> list[int]:
         """Per-axis strides -> per-loop strides (a merged group moves like its innermost axis)."""
@@ -339,9 +346,9 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
                      fault: Fault | None = None, merge: bool = True) -> None:
     """The body of an elementwise or reduce kernel; `arg_of` maps stored/loaded values to pointers;
     `ranges` restricts the outermost loops of `loops(k, merge)` (a thread's share; for a reduction,
-    its kept loops). Rows read at indices from data are checked, reported to `fault` (which such a
-    kernel needs); with `fault.check_bounds` every access is: an offset outside its value is not
-    made, and reported."""
+    its kept loops; for one of `Loops.columns`, its one range is the innermost loop's). Rows read
+    at indices from data are checked, reported to `fault` (which such a kernel needs); with
+    `fault.check_bounds` every access is: an offset outside its value is not made, and reported."""
     _LoopNest(fn, k, arg_of, fault, merge).emit(ranges)
 
 
@@ -522,6 +529,11 @@ def _reduce(b, k, lp, red, dtype, run, out_at, ranges, vectorize) -> None:
             base = offset(b, oidx, out_coef[:lp.kept])
             for_range(b, slice_size, lambda i: b.store(identity, out_at(b.add(base, i))))
             run(lp.space[lp.kept:], oidx, accumulate)
+        if lp.columns and ranges:  # this thread's columns: the innermost loop's range
+            (lo, hi), = ranges
+            for_range(b, hi, lambda i: b.store(identity, out_at(i)), lo)
+            run(lp.space, [], accumulate, (None,) * (len(lp.space) - 1) + ((lo, hi),))
+            return
         nest(b, lp.space[:lp.kept], fill, ranges=ranges)
         return
     with b.goto_entry_block():

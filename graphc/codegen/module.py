@@ -416,9 +416,11 @@ def _worth_splitting(k: Kernel, target: Target) -> bool:
     if k.kind is KernelKind.SCATTER:  # threads split the columns, each at least a cache line
         d = scatter(k)
         return d.positions * d.width >= tune.parallel_iterations and d.width >= 2 * _line(k)
-    # loop kernels split their outermost loop (for a reduction, a kept one: outputs stay disjoint)
-    return (k.kind in LOOPS and math.prod(k.space) >= tune.parallel_iterations
-            and loops(k).kept > 0)
+    # loop kernels split their outermost loop (for a reduction, a kept one: outputs stay disjoint),
+    # a column sum its columns, each thread whole cache lines of them
+    lp = loops(k) if k.kind in LOOPS else None
+    return (lp is not None and math.prod(k.space) >= tune.parallel_iterations
+            and (lp.kept > 0 or lp.columns and lp.space[-1] >= 2 * _line(k)))
 
 
 def _line(k: Kernel) -> int:
@@ -437,9 +439,11 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     if k.kind is KernelKind.SCATTER:  # columns, never index positions: no two threads add into one element
         assert fault is not None
         emit_scatter(fn, k, arg_of, fault, share(b, ir.Constant(I64, scatter(k).width), tid, nt, _line(k)))
-    else:  # the outermost loop (for a reduction, a kept one: outputs stay disjoint)
-        emit_loop_kernel(fn, k, arg_of, ranges=(share(b, ir.Constant(I64, loops(k).space[0]), tid, nt),),
-                         fault=fault)
+    else:  # the outermost loop (for a reduction, a kept one: outputs stay disjoint), or a column sum's columns
+        lp = loops(k)
+        ranges = (share(b, ir.Constant(I64, lp.space[-1]), tid, nt, _line(k)) if lp.columns
+                  else share(b, ir.Constant(I64, lp.space[0]), tid, nt),)
+        emit_loop_kernel(fn, k, arg_of, ranges=ranges, fault=fault)
     b.position_at_end(b.block)  # after any alloca the loop nest hoisted into this block
     b.branch(fn.blocks[1])  # into the loop nest's own entry block
 
