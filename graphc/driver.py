@@ -54,7 +54,8 @@ def train_graph(prog: Program, batch: int | None = None, optimizer: str | None =
     batch = t.batch if batch is None else batch
     if batch % ranks:
         raise GraphcError(f"a batch of {batch} does not split evenly over {ranks} ranks",
-                          t.locs.get("batch"), hint=f"use a batch that is a multiple of {ranks}")
+                          t.locs.get("batch") if batch == t.batch else None,  # else --batch gave it
+                          hint=f"use a batch that is a multiple of {ranks}")
     return training_graph(forward(prog, batch // ranks), optimizer or t.optimizer, args, t.schedule,
                           t.schedule_args, t.clip_norm, ranks)
 
