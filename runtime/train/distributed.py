@@ -59,11 +59,13 @@ class Ranks:
     def size(self) -> int:
         return int(self.comm.Get_size())
 
-    @property
-    def local_size(self) -> int:
-        """The processes of this job on this machine (they share its cores)."""
+    def threads(self) -> int:
+        """The threads this rank computes with: its machine's cores shared among the job's
+        processes there, and no more than the cores it is bound to (mpirun binds each rank to one
+        by default)."""
         from mpi4py import MPI
-        return int(self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
+        local = int(self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
+        return max(1, min(len(os.sched_getaffinity(0)), (os.cpu_count() or 1) // local))
 
     def allreduce_in_place(self, values: np.ndarray) -> None:
         """Sums `values` over the ranks, in place: the function a step's `allreduce` slot calls."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import os
 import json
 import math
 import signal
@@ -305,10 +304,7 @@ def _train(prog: Program, data: Dataset, opt: TrainOptions, report: Callable[[st
             written = prog.train.locs.get("batch") if opt.batch == prog.train.batch else None
             raise DataError(f"{data.name}: {n_train} training samples, fewer than one batch of "
                             f"{opt.batch}", written)
-        # data-parallel, the processes on one machine share its cores, and a rank bound to some
-        # (mpirun binds each to one by default) stays on them
-        threads = opt.threads or (max(1, min(len(os.sched_getaffinity(0)), (os.cpu_count() or 1) // ranks.local_size))
-                                  if ranks else None)
+        threads = opt.threads or (ranks.threads() if ranks else None)
         trained = opt.step or TrainingStep.build(
             step_graph, model_arrays(prog, step_graph, opt.seed) | opt.params, threads, opt.check_bounds, ranks)
         compiled, params = trained.compiled, trained.params
