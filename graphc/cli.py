@@ -534,7 +534,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
-    a.mpi = None
+    a.mpi = None  # the ranks of a data-parallel `graphc train` under mpirun
     try:
         if a.fn is _train:
             from graphc.runtime.train.distributed import launched
@@ -543,17 +543,18 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout = open(os.devnull, "w")  # rank 0 reports
         a.fn(a)
     except BaseException as e:
-        if a.mpi is None:
+        try:
             code, message = _failure(a, e)
+        except BaseException:
+            if a.mpi is None:
+                raise
+            traceback.print_exc()  # not an error a user can cause: its traceback, and the job ends
+            code, message = 1, ""
+        if a.mpi is None:
             if message:
                 print(message, file=sys.stderr)
             return code
         from graphc.runtime.train.distributed import collective, reports
-        try:
-            code, message = _failure(a, e)
-        except BaseException:  # not an error a user can cause: its traceback, and the job ends
-            traceback.print_exc()
-            code, message = 1, ""
         if message and reports(e, a.mpi.rank):
             print(f"rank {a.mpi.rank} of {a.mpi.size}: {message}" if a.mpi.rank else message,
                   file=sys.stderr, flush=True)
@@ -565,18 +566,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _failure(a, e: BaseException) -> tuple[int, str]:
     """The exit code of error `e` and the message to print (raises what is not an error to report)."""
+    if a.debug and isinstance(e, (GraphcError, InternalError, MemoryError)):
+        traceback.print_exc()
     if isinstance(e, GraphcError):
-        if a.debug:
-            traceback.print_exc()
         source = _source(e)  # None: no file to quote, and the error prints without its line
         return 2, str(e.with_source(source) if source is not None else e)
     if isinstance(e, InternalError):
-        if a.debug:
-            traceback.print_exc()
         return 3, str(e)
     if isinstance(e, MemoryError):
-        if a.debug:
-            traceback.print_exc()
         return 2, ("error: out of memory: the model's tensors (times the batch) do not fit in this "
                    "machine's memory")
     if isinstance(e, BrokenPipeError):  # `graphc ir ... | head`: the reader has what it wanted
