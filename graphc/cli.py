@@ -36,7 +36,7 @@ def _ir(a) -> None:
     elif stage == "forward" or a.eval:  # --eval --stage fused: what evaluation compiles
         g = driver.forward(prog, a.batch, training=not a.eval)
     else:
-        g = driver.train_graph(prog, a.batch)
+        g = driver.train_graph(prog, a.batch, ranks=a.ranks)
     if stage in ("forward", "grad"):
         print(dumps(g) if a.json else print_graph(g))
         return
@@ -398,6 +398,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=_whole(1), help="bind the batch dim (default: the train block's)")
     s.add_argument("--eval", action="store_true",
                    help="the evaluation form (no dropout, batch norm on running statistics)")
+    s.add_argument("--ranks", type=_whole(1), default=1,
+                   help="the training step of one of N data-parallel ranks (its gradients packed and summed)")
     s.set_defaults(fn=_ir)
 
     s = sub.add_parser("grad", help="evaluate once; print outputs and gradients of every input and param")

@@ -315,3 +315,11 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint(tmp_path,
     assert "checkpoint saved" in err and "continue with --resume" in err
     resumed = _mpirun(2, "train", *args, "--resume", str(run))
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr
+
+
+def test_graphc_ir_shows_one_ranks_step(capsys):
+    from graphc.cli import main
+    assert main(["ir", str(ROOT / "models/mlp.net"), "--grad", "--ranks", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "graph mlp.step[B=64](x: f32[64,784]" in out  # batch 128 over 2 ranks
+    assert re.search(r"= pack d\.fc1\.W, .*stop_vote", out) and "extern_call" in out and "[slot=allreduce]" in out
