@@ -196,6 +196,23 @@ def test_compiled_kernel_matches_ref(name, i, case, dtype):
     np.testing.assert_allclose(out["y"], want, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("axes", [1, 0])  # along rows (in a register), down columns (in memory)
+def test_max_is_nan_wherever_its_slice_holds_one(dtype, axes):
+    """A NaN first, in the middle or last of the reduced slice: the max is NaN, as NumPy's."""
+    x = np.arange(5 * 37, dtype=NP_DTYPES[dtype]).reshape(5, 37) % 11
+    if axes:
+        x[1, 0] = x[2, 18] = x[3, 36] = np.nan
+    else:
+        x[0, 1] = x[2, 18] = x[4, 36] = np.nan
+    g = Graph("m")
+    b = Builder(g)
+    g.inputs = [Input(Value("x", TensorType(dtype, x.shape)))]
+    g.outputs["y"] = b.max(g.inputs[0].value, axes=axes)
+    out = compile_graph(g).step(x=x)["y"]
+    np.testing.assert_array_equal(out, np.max(x, axis=axes))
+
+
 GRAD = [(n, i, c) for n, i, c in ALL if REGISTRY[n].vjp is not None]
 
 

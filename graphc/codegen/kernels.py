@@ -492,6 +492,11 @@ class _LoopNest:
         nest(b, dims[:-1], lambda idx: self.innermost(idx, lo, hi, store_reduce), tuple(prefix), ranges)
 
 
+def _maximum(m: ir.Module, t: ir.Type, dtype: str) -> ir.Function:
+    name = f"llvm.maximum.{dtype}"
+    return m.globals.get(name) or ir.Function(m, ir.FunctionType(t, [t, t]), name)
+
+
 def _reduce(b, k, lp, red, dtype, run, out_at, ranges, vectorize) -> None:
     """Kept loops outside, reduced loops inside: accumulate in a register, store each output once
     (or, for `in_memory` loops, zero each leading iteration's slice of the output and accumulate
@@ -508,7 +513,9 @@ def _reduce(b, k, lp, red, dtype, run, out_at, ranges, vectorize) -> None:
             if not lp.in_memory:
                 total.flags.append("reassoc")
             return total
-        return b.select(b.fcmp_unordered(">", x, acc), x, acc)  # NaN propagates
+        # IEEE maximum: a NaN anywhere in the slice is the result, and the loop vectorizer knows it
+        # as a reduction (a compare and select through the accumulator it leaves scalar)
+        return b.call(_maximum(b.module, t, dtype), [acc, x])
 
     # the output's stride along each loop (0 along reduced ones): kept axes in order, row-major
     rank = len(k.space)
