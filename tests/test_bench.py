@@ -16,7 +16,11 @@ from graphc.driver import forward, load
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ("pytorch", "torch.compile", "jax")  # optional: run when installed, else skipped with a reason
-MLPS = ("mlp.net b128", "twolayer.net b100", "mlp.net b8")
+MLPS = ("mlp.net b128", "twolayer.net b100", "mlp.net b8", "mlp_wide.net b256")
+CONVS = ("lenet.net b64", "cnn_wide.net b128")  # NumPy's baseline is an MLP: it skips these
+# a network's line in the per-kernel report: step time, then GEMMs' and loop kernels' shares and rates
+KERNEL_SUMMARY = (r"^{}: \d+\.\d+ ms/step \(\d+ steps\); GEMMs (\d+\.\d)% of it at (\d+\.\d)% of peak; "
+                  r"memory-bound (\d+\.\d)% at (\d+\.\d)% of bandwidth")
 sys.path.insert(0, str(ROOT / "bench"))  # bench/ is a folder of scripts, not a package
 import netspec  # noqa: E402
 
@@ -31,11 +35,17 @@ def test_smoke_run_prints_a_table_with_graphc_and_numpy_and_reasons_for_skips():
     rows, losses = {}, {}  # (network, framework) -> s/epoch, and -> mean loss of the timed epoch
     for m in re.finditer(r"^(\S+\.net b\d+)\s+(\S+)\s+(\d+\.\d+)\s+\d+\.\d+\s+\S+\s+\S+%\s+(\S+)", out, re.M):
         rows[m[1], m[2]], losses[m[1], m[2]] = float(m[3]), float(m[4])
-    for net in MLPS + ("lenet.net b64",):
+    for net in MLPS + CONVS:
         assert rows.get((net, "graphc"), 0) > 0, f"no positive s/epoch for graphc on {net}:\n{out}"
+        summary = re.search(KERNEL_SUMMARY.format(re.escape(net)), out, re.M)
+        assert summary, f"no per-kernel summary for {net}:\n{out}"
+        gemm_share, gemm_peak, loop_share, loop_bw = (float(x) for x in summary.groups())
+        assert gemm_share > 0 and gemm_peak > 0 and loop_share > 0 and loop_bw > 0, summary[0]
+        assert gemm_share + loop_share <= 100.1, summary[0]
     for net in MLPS:
         assert rows.get((net, "numpy"), 0) > 0, f"no positive s/epoch for numpy on {net}:\n{out}"
-    assert re.search(r"^skipped numpy on lenet\.net b64: \S", out, re.M), out
+    for net in CONVS:
+        assert re.search(rf"^skipped numpy on {re.escape(net)}: \S", out, re.M), out
     # same initial weights, batches and optimizer: every framework ends the epoch at graphc's loss
     # (within 0.01: on tied maxima graphc's max_pool2d gradient differs from PyTorch's and JAX's)
     for (net, fw), loss in losses.items():
@@ -45,6 +55,7 @@ def test_smoke_run_prints_a_table_with_graphc_and_numpy_and_reasons_for_skips():
         reason = re.search(rf"^skipped {re.escape(fw)}: \S.*$", out, re.M)
         assert ran or reason, f"{fw} neither ran nor said why it was skipped:\n{out}"
     assert re.search(r"FP32 FMA peak \(generated kernel\): 1 thread \d+\.\d GFLOP/s", out), out
+    assert re.search(r"^memory bandwidth \(generated triad .*\): 1 thread \d+\.\d GB/s", out, re.M), out
     assert re.search(r"^CPU: \S", out, re.M), out
     assert re.search(r"^  graphc +\d+\.\d µs", out, re.M), out  # the batch-8 latency
 
