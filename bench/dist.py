@@ -214,13 +214,16 @@ class Worker:
 
     def _answer(self) -> dict[str, Any]:
         assert self.p.stdout is not None
+        said = []  # what else it printed (mpirun's own notices go to either stream)
         while True:
             line = self.p.stdout.readline()
             if not line:
                 self.err.seek(0)
-                raise RuntimeError(f"{self.cfg.label} ended (exit {self.p.wait()}):\n{self.err.read()[-3000:]}")
+                raise RuntimeError(f"{self.cfg.label} ended (exit {self.p.wait()}): "
+                                   f"{(''.join(said) + self.err.read())[-3000:].strip() or 'nothing printed'}")
             if line.startswith("{"):
                 return json.loads(line)
+            said.append(line)
 
     def ask(self, *cmd: object) -> dict[str, Any]:
         assert self.p.stdin is not None
@@ -291,7 +294,8 @@ def bench_net(net: str, configs: list[Config], a: argparse.Namespace) -> list[di
     return rows
 
 
-def print_dist(rows: list[dict[str, Any]], skipped: str | None, n: int, a: argparse.Namespace) -> None:
+def print_dist(rows: list[dict[str, Any]], skipped: str | None, failed: dict[str, str], n: int,
+               a: argparse.Namespace) -> None:
     print(f"\ndata-parallel on this machine: median of {a.reps} round{'s' * (a.reps > 1)} of {a.steps} "
           f"steps, configurations alternating; s/MNIST epoch = s/step x 60000 // batch; allreduce: "
           f"bytes per step (the packed buffer), us per step inside MPI's Allreduce (mean over the ranks, "
@@ -313,8 +317,9 @@ def print_dist(rows: list[dict[str, Any]], skipped: str | None, n: int, a: argpa
                         f"{r['alone_us']:>9.1f} {gbs:>6.2f}")
             print(f"{net:14} {r['config']:20} {r['seconds']:>12.4f} {r['epoch']:>14.2f} "
                   f"{base['seconds'] / r['seconds']:>9.2f} {r['loss']:>7.4f}{tail}")
-        if skipped:
-            print(f"skipped {net} {n} ranks x 1 thread: {skipped}")
+        why = skipped or next((v for k, v in failed.items() if net.startswith(Path(k).name)), None)
+        if why:
+            print(f"skipped {net} {n} ranks x 1 thread: {why}")
     print("x 1 proc: the speed relative to 1 process x N threads (above 1: faster)")
 
 
@@ -440,15 +445,20 @@ def main() -> None:
     configs = ([] if skipped else [Config(f"{n} ranks x 1 thread", n, 1)]) + [
         Config(f"1 process x {n} threads", 1, n), Config("1 process x 1 thread", 1, 1)]
     rows = []
+    failed: dict[str, str] = {}  # network -> why its ranks did not run
     for net in nets:
         print(f"{NETS[net]}: {', '.join(c.label for c in configs)} ...", flush=True)
         try:
             rows += bench_net(net, configs, a)
-        except RuntimeError as e:  # once: on this shared machine an mpirun job once ended unexplained
-            print(f"{NETS[net]}: again, after {str(e).splitlines()[0]}", flush=True)
-            rows += bench_net(net, configs, a)
+        except RuntimeError as e:  # on this shared machine an mpirun job has ended unexplained: again,
+            print(f"{NETS[net]}: again, after {e}", flush=True)  # then without the ranks, saying why
+            try:
+                rows += bench_net(net, configs, a)
+            except RuntimeError as again:
+                failed[NETS[net]] = str(again).replace("\n", " ")
+                rows += bench_net(net, [c for c in configs if c.ranks == 1], a)
     if nets:
-        print_dist(rows, skipped, n, a)
+        print_dist(rows, skipped, failed, n, a)
 
     threads = sorted({1, cores()})
     costs = []
