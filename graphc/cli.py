@@ -462,8 +462,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--clear", action="store_true", help="remove graphc's entries")
     s.set_defaults(fn=_cache)
 
-    for name, fn, helptext in (("train", _train, "train a model"), ("eval", _eval, "evaluate saved params")):
-        s = sub.add_parser(name, help=helptext)
+    for name, fn, helptext in (("train", _train, "train a model (under `mpirun -np N`: data-parallel on N processes)"),
+                               ("eval", _eval, "evaluate saved params")):
+        s = sub.add_parser(name, help=helptext, description=helptext + (
+            "; see docs/distributed.md" if name == "train" else ""))
         s.add_argument("model")
         s.add_argument("--data", help="bundled name, MNIST IDX directory, directory of .npy files, "
                                       "CSV(.gz) (a header names its arrays; without one, the label "
