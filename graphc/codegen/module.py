@@ -223,10 +223,9 @@ class _Steps:
                  + ([I64, I64] if parallel else []))
         fn = ir.Function(m, ir.FunctionType(ir.VoidType(), types), f"k{number}_{k.name}")
         fn.linkage = "internal"
-        shared = {p for p in (s.plan.place[v] for v in k.inputs + k.outputs)
-                  if sum(s.plan.place[v] == p for v in set(k.inputs + k.outputs)) > 1}
+        apart = _apart(k, s.plan.place)
         for a, v in zip(fn.args, args):
-            if s.plan.place[v] not in shared and k.kind is not KernelKind.PACK:  # a pack's operands may lie in its output
+            if v in apart:
                 a.add_attribute("noalias")
         arg_of = {v: fn.args[args.index(_first(args, v, s.plan.place))] for v in k.inputs + k.outputs}
         ptrs = [pointer(v) for v in args] + extra
@@ -317,6 +316,15 @@ def _emit_scan(b: ir.IRBuilder, k: Kernel, body: Schedule, step: ir.Function,
 def _copy(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, size: int) -> None:
     memcpy = b.module.declare_intrinsic("llvm.memcpy", [I8P, I8P, I64])
     b.call(memcpy, [dst, src, ir.Constant(I64, size), ir.Constant(ir.IntType(1), 0)])
+
+
+def _apart(k: Kernel, place: dict) -> set[Value]:
+    """The values of kernel `k` whose bytes no other of its values touches (at the same place, or
+    overlapping: a pack's operands lie inside its output): their pointers are noalias."""
+    vs = set(k.inputs + k.outputs)
+    span = {v: (place[v][0], place[v][1], place[v][1] + nbytes(v)) for v in vs}
+    return {v for v in vs if not any(u is not v and span[u][0] == span[v][0] and span[u][1] < span[v][2]
+                                     and span[v][1] < span[u][2] for u in vs)}
 
 
 def _first(args: list[Value], v: Value, place: dict) -> Value:
