@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -133,12 +134,42 @@ def test_gemm_epilogues_fuse_and_split(tmp_path):
         np.testing.assert_allclose(p2[name], p1[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize("shape,axes", [((300, 70), "0"), ((6, 50, 96), "[0, 1]")])
-def test_a_column_sum_splits_its_columns_and_matches_one_thread(shape, axes):
-    """A sum whose innermost axis is kept (a bias gradient) has no kept loop outside to split:
-    threads take whole cache lines of its columns (an uneven share at 70), each summing every row
-    in the same order, so the bits are one thread's."""
+@pytest.mark.parametrize("shape,units", [((2, 300, 40), 48), ((2, 3, 500), 300)])
+def test_an_epilogue_over_folded_rows_splits_by_rows_or_columns(shape, units):
+    """x @ W over x: [B, T, D] is one GEMM whose rows are B·T: its bias and tanh join it as an
+    epilogue, one loop over those rows and one over the columns, which a thread's share restricts
+    (by rows: 600 rows of 48 columns; by columns: 6 rows of 300). An operand that does not walk the
+    rows as one ([B, 1, N]) stays out. One thread and two compute what NumPy does."""
     from graphc.autodiff.graphs import inference_graph
+    from graphc.frontend import load_source
+    dims = ", ".join(map(str, shape))
+    b, t, d = shape
+    prog = load_source(f"net folded\ninput x : f32[{dims}]\ninput g : f32[{b}, 1, {units}]\n"
+                       f"param W : f32[{d}, {units}] = normal(std=0.1)\nparam c : f32[{units}] = normal(std=0.1)\n"
+                       f"h = tanh(x @ W + c)\noutput y = h * g\nloss = mean(y)\n", "folded.net")
+    g = inference_graph(driver.forward(prog))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    gate = rng.standard_normal((b, 1, units), dtype=np.float32)
+    outs = []
+    for threads in (1, 2):
+        params = init_params(g.params, 0)
+        c = driver.compile_graph(g, params, threads=threads)
+        assert [[n.op for n in k.nodes] for k in c.schedule.kernels] == [["matmul", "add", "tanh"], ["mul"]]
+        outs.append(c.step(x=x, g=gate)["y"].copy())
+    np.testing.assert_array_equal(outs[1], outs[0])
+    ref = np.tanh(x.astype(np.float64) @ params["W"] + params["c"]) * gate
+    np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "max"])
+@pytest.mark.parametrize("shape,axes", [((300, 70), "0"), ((6, 50, 96), "[0, 1]"), ((37, 5), "0")])
+def test_a_column_sum_sums_blocks_of_rows_and_matches_one_thread(shape, axes, reduce):
+    """A sum whose innermost axis is kept (a bias gradient) has no kept loop outside to split: its
+    rows are summed in blocks (uneven at 300 and 37 rows), each into a partial row, and the
+    partials combined in block order, so threads take whole blocks and the bits are one thread's."""
+    from graphc.autodiff.graphs import inference_graph
+    from graphc.codegen.kernels import loops
     from graphc.codegen.module import _worth_splitting
     from graphc.codegen.target import Target, host_target
     from graphc.frontend import load_source
@@ -146,16 +177,20 @@ def test_a_column_sum_splits_its_columns_and_matches_one_thread(shape, axes):
     targets = [host] + [Target(host.triple, cpu, "", bits) for cpu, bits in TUNINGS]
     dims = ", ".join(map(str, shape))
     prog = load_source(f"net colsum\ninput x : f32[{dims}]\ninput y : f32[{dims}]\n"
-                       f"output s = sum(x * y, axes={axes})\nloss = mean(s)\n", "colsum.net")
+                       f"output s = {reduce}(x * y, axes={axes})\nloss = mean(s)\n", "colsum.net")
     g = inference_graph(driver.forward(prog))
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
+    x[-1, ..., 3] = np.nan  # in the last block: a NaN reaches the output through the partials
     outs = []
     for threads in (1, 2):
         c = driver.compile_graph(g, threads=threads)
         (k,) = c.schedule.kernels
-        assert all(_worth_splitting(k, t) for t in targets)
+        rows = math.prod(shape[:-1])
+        assert loops(k).chunks == min(8, rows // 16)
+        assert all(_worth_splitting(k, t) for t in targets) == (rows * shape[-1] >= 1 << 14)
         outs.append(c.step(x=x, y=y)["s"].copy())
     np.testing.assert_array_equal(outs[1], outs[0])
-    np.testing.assert_allclose(outs[0], (x.astype(np.float64) * y).sum(axis=tuple(range(len(shape) - 1))),
-                               rtol=1e-4, atol=1e-4)
+    ref = getattr(x.astype(np.float64) * y, reduce)(axis=tuple(range(len(shape) - 1)))
+    assert np.isnan(outs[0][3]) and np.isnan(ref[3])
+    np.testing.assert_allclose(outs[0], ref, rtol=1e-4, atol=1e-4)

@@ -19,9 +19,13 @@ from graphc.codegen.scalar import FTYPES, LLTYPES, LLVMScalar
 from graphc.ir.graph import Value
 from graphc.ops.lowering import Affine, Indexed, Pointwise, ReduceKind, Reduction, Scatter
 from graphc.ops.registry import lowered
-from graphc.passes.fuse import Kernel, KernelKind, identity_access, input_maps
+from graphc.passes.fuse import Kernel, KernelKind, access, identity_access, input_maps, strides
 
 I64 = ir.IntType(64)
+# A column sum's rows are summed in blocks, each into a partial row of its own (the first into the
+# output), and the partials added in order: threads take whole blocks of the rows they wrote, and
+# the bits do not depend on how many there are. At most CHUNKS blocks of at least CHUNK_ROWS rows.
+CHUNKS, CHUNK_ROWS = 8, 16
 
 
 def _i64(x: int | ir.Value) -> ir.Value:
@@ -78,6 +82,7 @@ def _loop_id(m: ir.Module, vectorize: bool) -> ir.MDValue:
 TINY = 4  # iterations of a loop that may be unrolled (see Loops.unrolled)
 
 Ranges = tuple  # per loop from the outermost, (lo, hi) restricting it (a thread's share) or None
+Partials = tuple[ir.Value, int] | None  # a scratch pointer (i8*) and the byte offset of a column sum's partial rows
 
 
 def nest(b: ir.IRBuilder, dims: tuple[int, ...], body: Callable[[list[ir.Value]], None],
@@ -94,30 +99,12 @@ def nest(b: ir.IRBuilder, dims: tuple[int, ...], body: Callable[[list[ir.Value]]
               vectorize if len(dims) == unroll + 1 else None)
 
 
-def strides(shape: tuple[int, ...]) -> list[int]:
-    out, s = [], 1
-    for d in reversed(shape):
-        out.append(s)
-        s *= d
-    return out[::-1]
-
-
 def offset(b: ir.IRBuilder, idx: list[ir.Value], coef: list[int]) -> ir.Value:
     total = ir.Constant(I64, 0)
     for i, c in zip(idx, coef):
         if c:
             total = b.add(total, b.mul(i, ir.Constant(I64, c)))
     return total
-
-
-def access(v: Value, m: tuple, rank: int) -> list[int]:
-    """Per iteration axis: the element stride of `v` along it (0 where v is broadcast, or only
-    reached through an index read from data)."""
-    coef = [0] * rank
-    for axis, s in zip(m, strides(v.dims)):
-        if isinstance(axis, int):
-            coef[axis] += s
-    return coef
 
 
 @dataclass(frozen=True)
@@ -261,7 +248,7 @@ class Loops:
     sum, or col2im's sum over taps): then that innermost kept loop stays innermost and whole rows
     accumulate in the output, vectorized, with the reduced loops around it and the other kept ones
     outermost (threads split those, each zeroing and filling its own rows of the output; with none,
-    they split the innermost loop's columns, `columns`). Adjacent
+    a column sum, its rows are summed in blocks, `chunks`). Adjacent
     axes merge into one loop wherever every memory access walks them as one (a whole elementwise
     chain: one flat loop).
 
@@ -279,9 +266,13 @@ class Loops:
 
     @property
     def columns(self) -> bool:
-        """An in-memory reduction with no kept loop outside (a column sum: a bias gradient): threads
-        split its innermost loop instead, each zeroing and filling its own columns of the output."""
+        """An in-memory reduction with no kept loop outside (a column sum: a bias gradient)."""
         return self.in_memory and self.kept == 0
+
+    @property
+    def chunks(self) -> int:
+        """The blocks a column sum's outermost (reduced) loop is summed in (see CHUNKS); else 1."""
+        return max(1, min(CHUNKS, self.space[0] // CHUNK_ROWS)) if self.columns else 1
 
     def squash(self, coef: list[int]) -> list[int]:
         """Per-axis strides -> per-loop strides (a merged group moves like its innermost axis)."""
@@ -299,8 +290,9 @@ class Loops:
         return out
 
 
-def loops(k: Kernel, merge: bool = True) -> Loops:
-    """The loop nest of `k`; `merge=False` keeps a loop per axis (a GEMM epilogue over a block)."""
+def loops(k: Kernel, epilogue: bool = False) -> Loops:
+    """The loop nest of `k`; for a GEMM's `epilogue`, one loop over C's rows and one over its columns
+    (its last axis), which a thread's block restricts (fusion admits no node that would need more)."""
     rank = len(k.space)
     coefs, pinned, gathers = [strides(k.space)], set(), False
     for n in k.nodes:
@@ -317,7 +309,8 @@ def loops(k: Kernel, merge: bool = True) -> Loops:
     axes = [a for a in range(rank) if k.space[a] > 1]  # a size-1 axis is always at 0: no loop
     before = {a: p for p, a in zip(axes, axes[1:])}
     inner_kept = bool(reduced & set(axes)) and axes[-1] not in reduced
-    mergeable = lambda p, a: merge and not {p, a} & pinned and all(c[p] == c[a] * k.space[a] for c in coefs)
+    mergeable = lambda p, a: not (epilogue and a == rank - 1) and not {p, a} & pinned \
+        and all(c[p] == c[a] * k.space[a] for c in coefs)
     tail = [axes[-1]] if inner_kept else []  # in memory: the innermost kept loop, vectorized
     while tail and tail[0] in before and before[tail[0]] not in reduced and mergeable(before[tail[0]], tail[0]):
         tail.insert(0, before[tail[0]])
@@ -343,29 +336,32 @@ def loops(k: Kernel, merge: bool = True) -> Loops:
 
 
 def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], ranges: Ranges = (),
-                     fault: Fault | None = None, merge: bool = True) -> None:
+                     fault: Fault | None = None, epilogue: bool = False, partials: Partials = None) -> None:
     """The body of an elementwise or reduce kernel; `arg_of` maps stored/loaded values to pointers;
-    `ranges` restricts the outermost loops of `loops(k, merge)` (a thread's share; for a reduction,
-    its kept loops; for one of `Loops.columns`, its one range is the innermost loop's). Rows read
-    at indices from data are checked, reported to `fault` (which such a kernel needs); with
+    `ranges` restricts the outermost loops of `loops(k, epilogue)` (a thread's share; for a reduction,
+    its kept loops; for a column sum in `Loops.chunks` blocks, its one range is of blocks, and
+    `partials` is where the blocks after the first leave their rows: `add_chunks` adds them in).
+    Rows read at indices from data are checked, reported to `fault` (which such a kernel needs); with
     `fault.check_bounds` every access is: an offset outside its value is not made, and reported."""
-    _LoopNest(fn, k, arg_of, fault, merge).emit(ranges)
+    _LoopNest(fn, k, arg_of, fault, epilogue, partials).emit(ranges)
 
 
 class _LoopNest:
     """One loop kernel being emitted: its loops, how each operand is read, and the body."""
 
     def __init__(self, fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], fault: Fault | None,
-                 merge: bool) -> None:
+                 epilogue: bool, partials: Partials) -> None:
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.k, self.arg_of, self.fault = k, arg_of, fault
         self.dtype = compute_dtype(k)
+        self.partials = partials and self.b.bitcast(self.b.gep(partials[0], [ir.Constant(I64, partials[1])]),
+                                                    FTYPES[self.dtype].as_pointer())
         self.members = set(k.nodes)
         self.maps = {n: input_maps(n) for n in k.nodes}
         self.point = {n: d for n in k.nodes if isinstance(d := lowered(n), Pointwise)}
         self.rank = len(k.space)
         self.red = k.nodes[-1] if k.kind is KernelKind.REDUCE else None
-        self.lp = loops(k, merge)
+        self.lp = loops(k, epilogue)
         reads = [(v, m) for n in k.nodes for v, m in zip(n.inputs, self.maps[n])]
         # a constant reads like any value of its shape: through its map, `fill` outside it
         self.gathered = {(v, m) for v, m in reads if any(isinstance(a, Affine) for a in m)}
@@ -389,8 +385,8 @@ class _LoopNest:
             self.run(lp.space, [], None, ranges)
         else:
             red = self.red
-            _reduce(b, self.k, lp, red, self.dtype, self.run,
-                    lambda off: self.at(self.arg_of[red.out], off, red.out), ranges, self.vector)
+            _reduce(b, self.k, lp, red, self.dtype, self.run, self.arg_of[red.out],
+                    lambda row, off: self.at(row, off, red.out), ranges, self.vector, self.partials)
         b.ret_void()
 
     def at(self, ptr: ir.Value, off: ir.Value, v: Value) -> ir.Value:
@@ -497,25 +493,46 @@ def _maximum(m: ir.Module, t: ir.Type, dtype: str) -> ir.Function:
     return m.globals.get(name) or ir.Function(m, ir.FunctionType(t, [t, t]), name)
 
 
-def _reduce(b, k, lp, red, dtype, run, out_at, ranges, vectorize) -> None:
+def _combine(b: ir.IRBuilder, kind: ReduceKind, dtype: str, acc: ir.Value, x: ir.Value,
+             reassoc: bool = False) -> ir.Value:
+    """acc combined with x by a reduction of `kind`."""
+    if kind is ReduceKind.SUM:
+        total = b.fadd(acc, x)
+        if reassoc:
+            total.flags.append("reassoc")
+        return total
+    # IEEE maximum: a NaN anywhere in the slice is the result, and the loop vectorizer knows it
+    # as a reduction (a compare and select through the accumulator it leaves scalar)
+    return b.call(_maximum(b.module, acc.type, dtype), [acc, x])
+
+
+def chunk_elements(k: Kernel) -> int:
+    """Elements of partial rows a column sum in blocks needs beside its output (else 0)."""
+    lp = loops(k) if k.kind is KernelKind.REDUCE else None
+    return (lp.chunks - 1) * lp.space[-1] if lp and lp.chunks > 1 else 0
+
+
+def add_chunks(b: ir.IRBuilder, k: Kernel, out: ir.Value, partials: ir.Value) -> None:
+    """A column sum in blocks: its output (the first block's row) combined with the other blocks'
+    partial rows, in block order, once every block is done."""
+    lp, red = loops(k), _reduction(k)
+    for c in range(1, lp.chunks):
+        row = b.gep(partials, [ir.Constant(I64, (c - 1) * lp.space[-1])])
+        for_range(b, lp.space[-1], lambda i: b.store(
+            _combine(b, red.kind, compute_dtype(k), b.load(b.gep(out, [i])), b.load(b.gep(row, [i]))),
+            b.gep(out, [i])))
+
+
+def _reduce(b, k, lp, red, dtype, run, out, at, ranges, vectorize, partials) -> None:
     """Kept loops outside, reduced loops inside: accumulate in a register, store each output once
     (or, for `in_memory` loops, zero each leading iteration's slice of the output and accumulate
-    into it)."""
+    into it; a column sum, block by block, into its output or a partial row)."""
     t = FTYPES[dtype]
     kind, axes = _reduction(k).kind, _reduction(k).axes
     identity = ir.Constant(t, 0.0 if kind is ReduceKind.SUM else -math.inf)
-
-    def combine(acc, x):
-        if kind is ReduceKind.SUM:
-            total = b.fadd(acc, x)
-            # a register sum may be reassociated, so the loop vectorizer can keep partial sums in
-            # lanes (the order is fixed by the compiled code: every run gives the same bits)
-            if not lp.in_memory:
-                total.flags.append("reassoc")
-            return total
-        # IEEE maximum: a NaN anywhere in the slice is the result, and the loop vectorizer knows it
-        # as a reduction (a compare and select through the accumulator it leaves scalar)
-        return b.call(_maximum(b.module, t, dtype), [acc, x])
+    # a register sum may be reassociated, so the loop vectorizer can keep partial sums in lanes
+    # (the order is fixed by the compiled code: every run gives the same bits)
+    combine = lambda acc, x: _combine(b, kind, dtype, acc, x, reassoc=not lp.in_memory)
 
     # the output's stride along each loop (0 along reduced ones): kept axes in order, row-major
     rank = len(k.space)
@@ -524,23 +541,36 @@ def _reduce(b, k, lp, red, dtype, run, out_at, ranges, vectorize) -> None:
     for a, st in zip(kept_axes, strides(tuple(k.space[a] for a in kept_axes))):
         coef[a] = st
     out_coef = lp.squash(coef)
+    if lp.columns:  # blocks of rows [lo, hi), each into the output (the first) or a partial row
+        chunks, rows, width = lp.chunks, lp.space[0], lp.space[-1]
+        lo, hi = ranges[0] if ranges else (0, chunks)
+        assert chunks == 1 or partials is not None
+        const = lambda x: ir.Constant(I64, x)
+
+        def block(c: ir.Value) -> None:
+            row = out if chunks == 1 else b.select(b.icmp_signed("==", c, const(0)), out, b.gep(
+                partials, [b.mul(b.sub(c, const(1)), const(width))]))
+            for_range(b, width, lambda i: b.store(identity, at(row, i)))
+            r0, r1 = (b.udiv(b.mul(x, const(rows)), const(chunks)) for x in (c, b.add(c, const(1))))
+
+            def accumulate(idx, x):
+                p = at(row, offset(b, idx, out_coef))
+                b.store(combine(b.load(p), x), p)
+            run(lp.space, [], accumulate, ((r0, r1),) + (None,) * (len(lp.space) - 1))
+        for_range(b, hi, block, lo, vectorize=False)
+        return
     if lp.in_memory:
         leading = {a for g in lp.groups[:lp.kept] for a in g}
         slice_size = math.prod(k.space[a] for a in kept_axes if a not in leading)
 
         def accumulate(idx, x):
-            p = out_at(offset(b, idx, out_coef))
+            p = at(out, offset(b, idx, out_coef))
             b.store(combine(b.load(p), x), p)
 
         def fill(oidx):
             base = offset(b, oidx, out_coef[:lp.kept])
-            for_range(b, slice_size, lambda i: b.store(identity, out_at(b.add(base, i))))
+            for_range(b, slice_size, lambda i: b.store(identity, at(out, b.add(base, i))))
             run(lp.space[lp.kept:], oidx, accumulate)
-        if lp.columns and ranges:  # this thread's columns: the innermost loop's range
-            (lo, hi), = ranges
-            for_range(b, hi, lambda i: b.store(identity, out_at(i)), lo)
-            run(lp.space, [], accumulate, (None,) * (len(lp.space) - 1) + ((lo, hi),))
-            return
         nest(b, lp.space[:lp.kept], fill, ranges=ranges)
         return
     with b.goto_entry_block():
@@ -549,7 +579,7 @@ def _reduce(b, k, lp, red, dtype, run, out_at, ranges, vectorize) -> None:
     def kept(oidx):
         b.store(identity, acc)
         run(lp.space[lp.kept:], oidx, lambda idx, x: b.store(combine(b.load(acc), x), acc))
-        b.store(b.load(acc), out_at(offset(b, oidx, out_coef[:lp.kept])))
+        b.store(b.load(acc), at(out, offset(b, oidx, out_coef[:lp.kept])))
     nest(b, lp.space[:lp.kept], kept, ranges=ranges, vectorize=vectorize)
 
 

@@ -30,7 +30,8 @@ from llvmlite import ir
 from graphc.codegen.gemm import (ELEMENT_BYTES, define_gemm, gemm_blocking,
                                  scratch_bytes as gemm_scratch_bytes)
 from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_fp_control, share
-from graphc.codegen.kernels import Fault, emit_loop_kernel, emit_scatter, for_range, loops, scatter
+from graphc.codegen.kernels import (Fault, Partials, add_chunks, chunk_elements, emit_loop_kernel, emit_scatter,
+                                    for_range, loops, scatter)
 from graphc.codegen.scalar import LLTYPES
 from graphc.codegen.target import Target
 from graphc.ir.graph import DTYPES, Node, Value
@@ -44,6 +45,8 @@ I8P = ir.IntType(8).as_pointer()
 I64, I32 = ir.IntType(64), ir.IntType(32)
 # (user, data, element count, dtype's index in DTYPES)
 EXTERN_FN = ir.FunctionType(ir.VoidType(), [I8P, I8P, I64, I32])
+# a block of C: (lo, hi) of its rows (C's leading axes as one), of its columns; None where whole
+Block = tuple[tuple[ir.Value, ir.Value] | None, tuple[ir.Value, ir.Value] | None]
 LINE_BYTES = 64  # a scatter's column shares are whole cache lines: threads never write one line
 
 
@@ -67,8 +70,15 @@ def _extern_slot(k: Kernel) -> str:
 
 def scratch_bytes(s: Schedule, target: Target, threads: int) -> int:
     """Bytes the table's "scratch" slot must point to (64-byte aligned): a slot per thread for GEMM
-    packing and a partial C, then the work space of the loops (`_Work`)."""
-    return _gemm_bytes(s, target, threads) + _work_bytes(s)
+    packing and a partial C, the partial rows of a column sum in blocks, then the work space of the
+    loops (`_Work`)."""
+    return _fixed_bytes(s, target, threads) + _work_bytes(s)
+
+
+def _fixed_bytes(s: Schedule, target: Target, threads: int) -> int:
+    """The scratch before the loops' work space: the GEMMs' slots, then the column sums' partial rows."""
+    return _gemm_bytes(s, target, threads) + _aligned(max(
+        (chunk_elements(k) * ELEMENT_BYTES[k.nodes[-1].out.dtype] for k in s.every_kernel()), default=0))
 
 
 def _gemm_bytes(s: Schedule, target: Target, threads: int) -> int:
@@ -122,7 +132,7 @@ def build_module(s: Schedule, target: Target, entry: str = "graphc_step", thread
                  profile: bool = False, check_bounds: bool = False) -> ir.Module:
     m = ir.Module(name=s.graph.name)
     m.triple = target.triple
-    _Steps(m, s, target, threads, profile, check_bounds).define(s, entry, 0, _gemm_bytes(s, target, threads))
+    _Steps(m, s, target, threads, profile, check_bounds).define(s, entry, 0, _fixed_bytes(s, target, threads))
     return m
 
 
@@ -134,6 +144,7 @@ class _Steps:
                  check_bounds: bool) -> None:
         self.m, self.target, self.threads, self.profile, self.check_bounds = m, target, threads, profile, check_bounds
         self.names = table_slots(root, threads, profile, check_bounds)
+        self.partials = _gemm_bytes(root, target, threads)  # where in the scratch a column sum's partial rows go
         self.by_code: dict[str, ir.Function] = {}  # a kernel function's code (see `unique`) -> it
 
     def define(self, s: Schedule, name: str, first: int, work: int) -> ir.Function:
@@ -206,7 +217,8 @@ class _Steps:
         where indices come from data or loops are checked, a GEMM's scratch, an extern kernel's
         function."""
         return ([name for name, used in (("fault", self._checked(k) or k.indexes_data),
-                                         ("scratch", k.kind is KernelKind.CONTRACT)) if used]
+                                         ("scratch", k.kind is KernelKind.CONTRACT or chunk_elements(k) > 0))
+                 if used]
                 + ([_extern_slot(k)] if k.kind is KernelKind.EXTERN else []))
 
     def _kernel(self, b: ir.IRBuilder, s: Schedule, k: Kernel, number: int, pointer: Callable[[Value], ir.Value],
@@ -230,9 +242,11 @@ class _Steps:
         arg_of = {v: fn.args[args.index(_first(args, v, s.plan.place))] for v in k.inputs + k.outputs}
         ptrs = [pointer(v) for v in args] + extra
         fault = Fault(fn.args[len(args)], number, checked) if faults else None
+        # a column sum in blocks: where in the scratch its partial rows go
+        partials = (fn.args[len(args) + self._extra(k).index("scratch")], self.partials) if chunk_elements(k) else None
         if parallel:
             assert run is not None
-            _emit_share(m, fn, k, arg_of, target, threads, fault)
+            _emit_share(m, fn, k, arg_of, target, threads, fault, partials)
             k_split = k.kind is KernelKind.CONTRACT and _k_split(k.nodes[0], target, threads)
             # on the summed C (built from fn's own arguments, before fn may give way to its twin)
             epi = _serial_epilogue(m, fn, k, arg_of, fault) if k_split and _epilogue(k) is not None else None
@@ -242,8 +256,12 @@ class _Steps:
                 if epi is not None:
                     _call(b, _task(self.unique(epi)), task_arg, ptrs)
         else:
-            _emit_kernel(m, fn, k, arg_of, target, fault, s.plan)
+            _emit_kernel(m, fn, k, arg_of, target, fault, s.plan, partials)
             _call(b, _task(self.unique(fn)), task_arg, ptrs)
+        if partials:
+            out = k.nodes[-1].out
+            add_chunks(b, k, pointer(out), b.bitcast(b.gep(slot["scratch"], [ir.Constant(I64, self.partials)]),
+                                                      LLTYPES[out.dtype].as_pointer()))
 
 
 def _emit_scan(b: ir.IRBuilder, k: Kernel, body: Schedule, step: ir.Function,
@@ -341,9 +359,9 @@ def _distinct(k: Kernel, place: dict) -> list[Value]:
 
 
 def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target,
-                 fault: Fault | None, plan: Plan) -> None:
+                 fault: Fault | None, plan: Plan, partials: Partials) -> None:
     if k.kind in LOOPS:
-        emit_loop_kernel(fn, k, arg_of, fault=fault)
+        emit_loop_kernel(fn, k, arg_of, fault=fault, partials=partials)
         return
     if k.kind is KernelKind.SCATTER:
         assert fault is not None
@@ -356,7 +374,7 @@ def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target:
         gemm = define_gemm(m, target, n.out.dtype, c.ta, c.tb, (c.m, c.n), c.k)
         _each_product(b, c, _gemm_args(n, arg_of), 0, c.count,
                       lambda args: b.call(gemm, args + [ir.Constant(I32, 0), fn.args[-1]]))
-        _then_epilogue(b, fn, k, arg_of, {}, fault)
+        _then_epilogue(b, fn, k, arg_of, (None, None), fault)
         return
     if k.kind is KernelKind.PACK:  # the operands the memory plan could not put in place
         buf, at = plan.place[n.out]
@@ -425,10 +443,10 @@ def _worth_splitting(k: Kernel, target: Target) -> bool:
         d = scatter(k)
         return d.positions * d.width >= tune.parallel_iterations and d.width >= 2 * _line(k)
     # loop kernels split their outermost loop (for a reduction, a kept one: outputs stay disjoint),
-    # a column sum its columns, each thread whole cache lines of them
+    # a column sum its blocks of rows
     lp = loops(k) if k.kind in LOOPS else None
     return (lp is not None and math.prod(k.space) >= tune.parallel_iterations
-            and (lp.kept > 0 or lp.columns and lp.space[-1] >= 2 * _line(k)))
+            and (lp.kept > 0 or lp.chunks > 1))
 
 
 def _line(k: Kernel) -> int:
@@ -437,7 +455,7 @@ def _line(k: Kernel) -> int:
 
 
 def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target,
-                threads: int, fault: Fault | None = None) -> None:
+                threads: int, fault: Fault | None = None, partials: Partials = None) -> None:
     """The body of a split kernel fn(ptrs..., [scratch,] tid, nt): thread tid's share of the work."""
     tid, nt = fn.args[-2:]
     if k.kind is KernelKind.CONTRACT:
@@ -447,11 +465,10 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     if k.kind is KernelKind.SCATTER:  # columns, never index positions: no two threads add into one element
         assert fault is not None
         emit_scatter(fn, k, arg_of, fault, share(b, ir.Constant(I64, scatter(k).width), tid, nt, _line(k)))
-    else:  # the outermost loop (for a reduction, a kept one: outputs stay disjoint), or a column sum's columns
+    else:  # the outermost loop (for a reduction, a kept one: outputs stay disjoint), or a column sum's blocks
         lp = loops(k)
-        ranges = (share(b, ir.Constant(I64, lp.space[-1]), tid, nt, _line(k)) if lp.columns
-                  else share(b, ir.Constant(I64, lp.space[0]), tid, nt),)
-        emit_loop_kernel(fn, k, arg_of, ranges=ranges, fault=fault)
+        ranges = (share(b, ir.Constant(I64, lp.chunks if lp.columns else lp.space[0]), tid, nt),)
+        emit_loop_kernel(fn, k, arg_of, ranges=ranges, fault=fault, partials=partials)
     b.position_at_end(b.block)  # after any alloca the loop nest hoisted into this block
     b.branch(fn.blocks[1])  # into the loop nest's own entry block
 
@@ -510,17 +527,17 @@ class _GemmShare:
         b.call(self.rng, [M, N, b.sub(k1, k0), a0, lda, b0, ldb, c, ldc, ir.Constant(I32, 0), ir.Constant(I64, 0),
                           N, self.scratch])
 
-    def column_share(self) -> dict:
-        """Whole NR strips of columns; returns the block of C it wrote (axis -> range)."""
+    def column_share(self) -> Block:
+        """Whole NR strips of columns; returns the block of C it wrote."""
         b = self.b
         M, N, K, A, lda, B, ldb, C, ldc = self.args
         n0, n1 = share(b, N, self.tid, self.nt, self.blk.nr)
         with b.if_then(b.icmp_signed("<", n0, n1)):
             b.call(self.rng, [M, N, K, A, lda, B, ldb, C, ldc, ir.Constant(I32, 0), n0, n1, self.scratch])
-        return {1: (n0, n1)}
+        return None, (n0, n1)
 
-    def row_share(self) -> dict:
-        """Rows of C; returns the block of C it wrote (axis -> range)."""
+    def row_share(self) -> Block:
+        """Rows of C; returns the block of C it wrote."""
         b = self.b
         M, N, K, A, lda, B, ldb, C, ldc = self.args
         m0, m1 = share(b, M, self.tid, self.nt)
@@ -528,7 +545,7 @@ class _GemmShare:
         with b.if_then(b.icmp_signed("<", m0, m1)):
             b.call(self.rng, [b.sub(m1, m0), N, K, a0, lda, B, ldb, b.gep(C, [b.mul(m0, ldc)]), ldc,
                               ir.Constant(I32, 0), ir.Constant(I64, 0), N, self.scratch])
-        return {0: (m0, m1)}
+        return (m0, m1), None
 
 
 def _epilogue(k: Kernel) -> Kernel | None:
@@ -539,17 +556,18 @@ def _epilogue(k: Kernel) -> Kernel | None:
     return Kernel(KernelKind.ELEMENTWISE, k.space, k.nodes[1:], k.inputs + [c], [v for v in k.outputs if v is not c])
 
 
-def _then_epilogue(b: ir.IRBuilder, fn: ir.Function, k: Kernel, arg_of: dict, block: dict,
+def _then_epilogue(b: ir.IRBuilder, fn: ir.Function, k: Kernel, arg_of: dict, block: Block,
                    fault: Fault | None) -> None:
-    """Ends the GEMM code in `b`: the kernel's epilogue over the `block` of C (axis -> (lo, hi); an
-    axis not in it, whole) while it is in cache, then return."""
+    """Ends the GEMM code in `b`: the kernel's epilogue over the `block` of C while it is in cache,
+    then return."""
     epi = _epilogue(k)
     if epi is None:
         b.ret_void()
         return
     first = len(fn.blocks)
-    lp = loops(epi, merge=False)  # a loop per axis, so a column share restricts the inner one
-    emit_loop_kernel(fn, epi, arg_of, tuple(block.get(g[0]) for g in lp.groups), fault, merge=False)
+    rows, columns = block
+    ranges = tuple(columns if g[-1] == len(k.space) - 1 else rows for g in loops(epi, epilogue=True).groups)
+    emit_loop_kernel(fn, epi, arg_of, ranges, fault, epilogue=True)
     b.branch(fn.blocks[first])
 
 
@@ -565,7 +583,7 @@ def _serial_epilogue(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, fau
     body = _epilogue(k)
     assert body is not None  # called for a GEMM with an epilogue
     emit_loop_kernel(epi, body, {v: same[a] for v, a in arg_of.items()},
-                     fault=fault and dataclasses.replace(fault, ptr=same[fault.ptr]), merge=False)
+                     fault=fault and dataclasses.replace(fault, ptr=same[fault.ptr]), epilogue=True)
     return epi
 
 

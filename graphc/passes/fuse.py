@@ -80,6 +80,24 @@ def input_maps(n: Node) -> tuple[Map, ...]:
     return d.maps
 
 
+def strides(shape: tuple[int, ...]) -> list[int]:
+    out, s = [], 1
+    for d in reversed(shape):
+        out.append(s)
+        s *= d
+    return out[::-1]
+
+
+def access(v: Value, m: tuple, rank: int) -> list[int]:
+    """Per iteration axis: the element stride of `v` along it (0 where v is broadcast, or only
+    reached through an index read from data)."""
+    coef = [0] * rank
+    for axis, s in zip(m, strides(v.dims)):
+        if isinstance(axis, int):
+            coef[axis] += s
+    return coef
+
+
 def identity_access(v: Value, m: tuple, space: tuple) -> bool:
     return tuple(v.shape) == tuple(space) and m == tuple(range(len(space)))
 
@@ -116,13 +134,20 @@ def _reads_only_stored_values(gemm: Kernel, n: Node, step: _Step) -> bool:
                    for v in n.inputs)
 
 
-def _not_a_matrix(gemm: Kernel, n: Node, step: _Step) -> bool:
-    """C has batch axes: a thread's block of it is not the block of rows or columns an epilogue
-    loop over C's axes can follow."""
-    return len(gemm.space) > 2
+def _not_rows_and_columns(gemm: Kernel, n: Node, step: _Step) -> bool:
+    """An epilogue is a loop over C's rows (its leading axes as one) and one over its columns, which
+    a thread's block of C restricts: C has batch axes (a thread's share is whole products), or `n`
+    reads an operand that does not walk C's leading axes as one (a [B, 1, N] one of a [B, T, N] C)."""
+    c = lowered(gemm.nodes[0])
+    assert isinstance(c, Contraction)
+    rows = [a for a in range(len(gemm.space) - 1) if gemm.space[a] > 1]
+    return bool(c.batch) or any(
+        not all(isinstance(a, int) for a in m)
+        or any(coef[p] != coef[a] * gemm.space[a] for coef in [access(v, m, len(gemm.space))] for p, a in zip(rows, rows[1:]))
+        for v, m in zip(n.inputs, input_maps(n)) if v.const is None)
 
 
-EPILOGUE_BARS = (_not_a_matrix, _reduces, _streams_another_c, _overwrites_an_operand, _reads_only_stored_values)
+EPILOGUE_BARS = (_not_rows_and_columns, _reduces, _streams_another_c, _overwrites_an_operand, _reads_only_stored_values)
 
 
 class _Reach:
