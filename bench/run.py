@@ -757,7 +757,7 @@ def _kernel_cost(k: Any, t: KernelTime, updated: set[int]) -> KernelCost:
     if k.kind in LOOPS:
         moved = {id(v): nbytes(v) for v in (*k.inputs, *k.outputs)}
         group = ("update" if any(id(v) in updated for v in k.outputs)
-                 else "reduce" if k.kind is KernelKind.REDUCE else "elementwise")
+                 else "reduce" if k.kind in (KernelKind.REDUCE, KernelKind.ROWS) else "elementwise")
         what = f"{'x'.join(map(str, k.space))} {ops}"
         return KernelCost(t.index, "loop", group, what, t.seconds, bytes=float(sum(moved.values())))
     return KernelCost(t.index, "other", k.kind.value, f"{'x'.join(map(str, k.space))} {ops}", t.seconds)

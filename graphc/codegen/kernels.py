@@ -16,10 +16,10 @@ from typing import Callable
 from llvmlite import ir
 
 from graphc.codegen.scalar import FTYPES, LLTYPES, LLVMScalar
-from graphc.ir.graph import Value
+from graphc.ir.graph import Node, Value
 from graphc.ops.lowering import Affine, Indexed, Pointwise, ReduceKind, Reduction, Scatter
 from graphc.ops.registry import lowered
-from graphc.passes.fuse import Kernel, KernelKind, access, identity_access, input_maps, strides
+from graphc.passes.fuse import Kernel, KernelKind, access, identity_access, input_maps, rows_of, strides
 
 I64 = ir.IntType(64)
 # A column sum's rows are summed in blocks, each into a partial row of its own (the first into the
@@ -305,7 +305,7 @@ def loops(k: Kernel, epilogue: bool = False) -> Loops:
                 pinned |= {ax for a in m if isinstance(a, Affine) for ax, _ in a.terms}
             elif v.const is None:
                 coefs.append(access(v, m, rank))
-    reduced = set(_reduction(k).axes) if k.kind is KernelKind.REDUCE else set()
+    reduced = set(_reduction(k).axes) if k.kind is KernelKind.REDUCE else {rank - 1} if k.kind is KernelKind.ROWS else set()
     axes = [a for a in range(rank) if k.space[a] > 1]  # a size-1 axis is always at 0: no loop
     before = {a: p for p, a in zip(axes, axes[1:])}
     inner_kept = bool(reduced & set(axes)) and axes[-1] not in reduced
@@ -330,7 +330,7 @@ def loops(k: Kernel, epilogue: bool = False) -> Loops:
     while (tiny < len(space) - 1 and space[-1 - tiny] <= TINY
            and math.prod(space[len(space) - 1 - tiny:]) <= 16):
         tiny += 1
-    if gathers or inner_kept or (reduced and tiny != len(space) - kept):
+    if gathers or inner_kept or k.kind is KernelKind.ROWS or (reduced and tiny != len(space) - kept):
         tiny = 0
     return Loops(tuple(map(tuple, groups)), space, kept, inner_kept, tiny)
 
@@ -344,6 +344,10 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
     Rows read at indices from data are checked, reported to `fault` (which such a kernel needs); with
     `fault.check_bounds` every access is: an offset outside its value is not made, and reported."""
     _LoopNest(fn, k, arg_of, fault, epilogue, partials).emit(ranges)
+
+
+# a pass over a row of a ROWS kernel (see _LoopNest._passes), with the row's values known
+_Part = tuple["set[Node] | list[Node]", "list[Value]", "list[Value]", "list[Value]", "dict[Value, ir.Value]"]
 
 
 class _LoopNest:
@@ -361,6 +365,10 @@ class _LoopNest:
         self.point = {n: d for n in k.nodes if isinstance(d := lowered(n), Pointwise)}
         self.rank = len(k.space)
         self.red = k.nodes[-1] if k.kind is KernelKind.REDUCE else None
+        self.part: _Part | None = None
+        self.passes = self._passes() if k.kind is KernelKind.ROWS else []
+        # a row buffer for each value one pass over a row leaves to a later one
+        self.buffers = {v: self.b.alloca(LLTYPES[v.dtype], k.space[-1]) for *_, writes in self.passes for v in writes}
         self.lp = loops(k, epilogue)
         reads = [(v, m) for n in k.nodes for v, m in zip(n.inputs, self.maps[n])]
         # a constant reads like any value of its shape: through its map, `fill` outside it
@@ -381,7 +389,9 @@ class _LoopNest:
         # thread's range covers them, and not forced where bounds checks branch (LLVM would refuse)
         self.unrolled = lp.unrolled if len(ranges) <= len(lp.space) - lp.unrolled else 0
         self.vector = True if self.unrolled and self.fault is None else None
-        if self.red is None:
+        if self.k.kind is KernelKind.ROWS:
+            nest(b, lp.space[:lp.kept], lambda oidx: self.rows(oidx), ranges=ranges)
+        elif self.red is None:
             self.run(lp.space, [], None, ranges)
         else:
             red = self.red
@@ -414,17 +424,92 @@ class _LoopNest:
                 lin = b.add(lin, b.mul(b.select(ok, i, ir.Constant(I64, 0)), ir.Constant(I64, stride)))
         return element(v, v.const) if v.const is not None else b.load(self.at(self.arg_of[v], lin, v))
 
+    def rows(self, oidx: list[ir.Value]) -> None:
+        """One row of a ROWS kernel: its nodes in order, a reduction as a pass over the row (see
+        `_passes`), a node over rows once the values it reads are known; then a last pass storing
+        the elementwise values other kernels read. Values per row they read are stored when known."""
+        b, k, lp = self.b, self.k, self.lp
+        row_space = rows_of(k.space)
+        at_row = lambda v: self.at(self.arg_of[v], offset(b, oidx + [_i64(0)], lp.squash(strides(row_space))), v)
+        known: dict[Value, ir.Value] = {}
+        s = LLVMScalar(b, self.dtype, lp.originals(b, oidx + [_i64(0)], k.space), row_space)
+        t = FTYPES[self.dtype]
+        passes = iter(self.passes)
+        for n in k.nodes:
+            if tuple(n.out.dims) == tuple(k.space):
+                continue  # computed in the passes that need it
+            if n in self.point:
+                ops = [s.const(v.const) if v.const is not None and v.type.is_float else
+                       element(v, v.const) if v.const is not None else known[v] if v in known else
+                       b.load(at_row(v)) for v in n.inputs]
+                known[n.out] = self.point[n].expr(s, *ops)
+            else:
+                red = lowered(n)
+                assert isinstance(red, Reduction)
+                with b.goto_entry_block():
+                    acc = b.alloca(t)
+                b.store(ir.Constant(t, 0.0 if red.kind is ReduceKind.SUM else -math.inf), acc)
+                self.part = next(passes) + (known,)
+                self.run(lp.space[lp.kept:], oidx, lambda idx, x, kind=red.kind: b.store(
+                    _combine(b, kind, self.dtype, b.load(acc), x, reassoc=True), acc))
+                known[n.out] = b.load(acc)
+            if n.out in k.outputs:
+                b.store(known[n.out], at_row(n.out))
+        last = next(passes, None)
+        if last is not None:
+            self.part = last + (known,)
+            self.run(lp.space[lp.kept:], oidx, None)
+        self.part = None
+
+    def _passes(self) -> list[tuple[set[Node], list[Value], list[Value], list[Value]]]:
+        """The passes over a row of a ROWS kernel, one per reduction and a last one if it stores
+        values of its space: the elementwise nodes each computes (those its reduction's operand or
+        its stores need, but what an earlier pass computed), with the reduction; the values it
+        stores; the values it reads from a row buffer, and those it writes to one: a value computed
+        in one pass that a later one reads stays in a buffer (in L1), not computed again."""
+        k, full = self.k, lambda v: tuple(v.dims) == tuple(self.k.space)
+        targets = [([n], n.inputs) for n in k.nodes if n not in self.point]
+        stored = [v for v in k.outputs if full(v)]
+        if stored:
+            targets.append(([], stored))
+        done: set[Value] = set()
+        plans = []
+        for extra, wanted in targets:
+            nodes: set[Node] = set()
+            todo = [v for v in wanted if v not in done]
+            while todo:
+                n = todo.pop().producer
+                if n in self.point and n not in nodes and full(n.out):
+                    nodes.add(n)
+                    todo.extend(v for v in n.inputs if v not in done)
+            reads = sorted({v for n in nodes | set(extra) for v in n.inputs if v in done} | (set(wanted) & done),
+                           key=lambda v: v.name)
+            plans.append((nodes | set(extra), stored if not extra else [], reads, nodes))
+            done |= {n.out for n in nodes}
+        later = [set(r) for _, _, r, _ in plans]
+        return [(nodes, st, reads, sorted({n.out for n in computed} & set().union(*later[i + 1:]), key=lambda v: v.name))
+                for i, (nodes, st, reads, computed) in enumerate(plans)]
+
     def body(self, idx: list[ir.Value], store_reduce: Callable | None, checked: bool) -> None:
-        """One iteration: load what the nodes read, compute them in order, store the outputs."""
+        """One iteration: load what the nodes read, compute them in order, store the outputs (in a
+        pass over a row of a ROWS kernel, `part`: the nodes the pass computes, the row's values
+        known, the values it stores)."""
         b, k, lp = self.b, self.k, self.lp
         orig = lp.originals(b, idx, k.space)
         s = LLVMScalar(b, self.dtype, orig, k.space)
         loads: dict = {}
-        vals: dict = {}
+        nodes, stores, reads, writes, known = self.part or (
+            k.nodes, [v for v in k.outputs if v is not (self.red and self.red.out)], [], [], {})
+        vals = dict(known)
+        for v in reads:  # idx[-1]: the position in the row
+            vals[v] = b.load(b.gep(self.buffers[v], [idx[-1]]))
         for n in k.nodes:  # loads first
+            if n not in nodes:
+                continue
             for v, m in zip(n.inputs, self.maps[n]):
                 key = (v, m)
-                if key in loads or key in self.indexed or v.producer in self.members and identity_access(v, m, k.space):
+                if key in loads or key in self.indexed or v.producer in self.members and (
+                        identity_access(v, m, k.space) or self.part is not None):
                     continue
                 if key in self.gathered:
                     fill = element(v, self.point[n].fill)
@@ -444,17 +529,20 @@ class _LoopNest:
             return vals[v]
 
         for site, n in enumerate(k.nodes, 1):
+            if n not in nodes:
+                continue
             ops = [operand(v, m) for v, m in zip(n.inputs, self.maps[n])]
             ops = [self.row(v, m, ops, site, idx) if x is None else x
                    for x, v, m in zip(ops, n.inputs, self.maps[n])]
-            if n is self.red:
+            if n in self.point:
+                vals[n.out] = self.point[n].expr(s, *ops)
+            else:
                 assert store_reduce is not None
                 store_reduce(idx, ops[0])
-            else:
-                vals[n.out] = self.point[n].expr(s, *ops)
-        for v in k.outputs:
-            if v is not (self.red.out if self.red else None):
-                b.store(vals[v], self.at(self.arg_of[v], offset(b, idx, lp.squash(strides(k.space))), v))
+        for v in writes:
+            b.store(vals[v], b.gep(self.buffers[v], [idx[-1]]))
+        for v in stores:
+            b.store(vals[v], self.at(self.arg_of[v], offset(b, idx, lp.squash(strides(k.space))), v))
 
     def innermost(self, idx: list[ir.Value], lo, hi, store_reduce: Callable | None) -> None:
         """The innermost loop over [lo, hi), split as __init__ says."""

@@ -173,5 +173,6 @@ def sum_to(b: Builder, g: Value, shape: tuple[Dim, ...]) -> Value:
     lead = g.type.rank - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape)
                                       if d == 1 and g.shape[lead + i] != 1)
-    s = b.sum(g, axes=axes, keepdims=False)
+    # with no leading axes, the size-1 axes stay (no reshape between a row sum and its broadcast)
+    s = b.sum(g, axes=axes, keepdims=not lead)
     return s if tuple(s.shape) == tuple(shape) else b.reshape(s, shape=tuple(shape))

@@ -3,7 +3,13 @@
 - An elementwise node joins the kernel of a producer it reads element for element (same iteration
   space, identity index map), so elementwise chains become one loop; values used only inside the
   kernel never touch memory. Independent kernels that feed the same node that way merge into it.
-- A reduction closes the elementwise kernel that computes its input (its prologue).
+- A reduction closes the elementwise kernel that computes its input (its prologue), unless it
+  reduces the kernel's rows (its innermost axis, kept as size 1): then the kernel stays open to a row
+  at a time (a ROWS kernel, the way layer norm and softmax are written by hand): further row
+  reductions of its space, elementwise nodes over its space that read a row's value for the whole
+  row, and elementwise nodes over its rows. Codegen makes a pass over each row per reduction,
+  computing again what the pass needs, in L1 after the first, so only what other kernels read is
+  stored.
 - A contraction (GEMM) starts a kernel of its own, and elementwise nodes over its output join it
   as its epilogue (bias, activation): each thread runs them on its block of C while that block is
   in cache, with no second pass. `EPILOGUE_BARS` names the nodes that stay out, each with its
@@ -31,6 +37,7 @@ from graphc.ops.registry import lowered
 class KernelKind(Enum):
     ELEMENTWISE = "elementwise"
     REDUCE = "reduce"      # an elementwise prologue closed by a reduction
+    ROWS = "rows"          # reductions along its rows and the elementwise work around them, a row at a time
     CONTRACT = "contract"  # a GEMM and its elementwise epilogue
     SCATTER = "scatter"    # rows added into a zeroed output at data-dependent indices
     EXTERN = "extern"      # a copy, then a call through the step's table
@@ -43,7 +50,7 @@ WHOLE = {Contraction: KernelKind.CONTRACT, Scatter: KernelKind.SCATTER, Extern: 
          Loop: KernelKind.SCAN, View: KernelKind.VIEW, Pack: KernelKind.PACK}  # the kernel a node of each descriptor starts, reading its inputs whole
 
 
-LOOPS = (KernelKind.ELEMENTWISE, KernelKind.REDUCE)  # the kernels that are one loop nest
+LOOPS = (KernelKind.ELEMENTWISE, KernelKind.REDUCE, KernelKind.ROWS)  # the kernels that are one loop nest
 
 
 @dataclass(eq=False)
@@ -100,6 +107,46 @@ def access(v: Value, m: tuple, rank: int) -> list[int]:
 
 def identity_access(v: Value, m: tuple, space: tuple) -> bool:
     return tuple(v.shape) == tuple(space) and m == tuple(range(len(space)))
+
+
+def rows_of(space: tuple) -> tuple:
+    """The shape of a value per row of `space` (its innermost axis reduced, kept as size 1)."""
+    return tuple(space[:-1]) + (1,)
+
+
+ROW_MAX = 2048  # elements of a row a ROWS kernel takes: its passes find it in L1, its buffers on the stack
+
+
+def row_reduction(n: Node, space: tuple) -> bool:
+    """`n` reduces a value of `space` along its rows (of at most ROW_MAX), keeping them as size 1."""
+    return isinstance(lowered(n), Reduction) and tuple(n.inputs[0].dims) == tuple(space) \
+        and tuple(n.out.dims) == rows_of(space) and 1 < space[-1] <= ROW_MAX
+
+
+def _row_access(v: Value, m: tuple, space: tuple) -> bool:
+    """`v` holds a value per row of `space`, read at every element of its row."""
+    return tuple(v.dims) == rows_of(space) and m == tuple(range(len(space) - 1)) + (None,)
+
+
+def joins_rows(k: Kernel, n: Node) -> bool:
+    """`n` can join `k`, a kernel whose reductions all reduce its rows: a row reduction of its space,
+    an elementwise node over its space reading the kernel's values element for element or a row's
+    value for the whole row (and any other value as it reads it), or an elementwise node over its
+    rows reading values of them."""
+    if k.kind not in (KernelKind.REDUCE, KernelKind.ROWS) or \
+            not all(row_reduction(r, k.space) for r in k.nodes if isinstance(lowered(r), Reduction)):
+        return False
+    rows = rows_of(k.space)
+    d = lowered(n)
+    reads = [(v, m) for v, m in zip(n.inputs, input_maps(n)) if v.const is None]
+    if isinstance(d, Reduction):
+        return row_reduction(n, k.space)
+    if not isinstance(d, Pointwise):
+        return False
+    if tuple(n.out.dims) == tuple(k.space):
+        return all(identity_access(v, m, k.space) or _row_access(v, m, k.space) for v, m in reads
+                   if v.producer in k.nodes)
+    return tuple(n.out.dims) == rows and all(identity_access(v, m, rows) for v, m in reads)
 
 
 @dataclass(frozen=True)
@@ -231,7 +278,13 @@ def fuse(g: Graph) -> list[Kernel]:
             space = n.inputs[0].dims if isinstance(d, Reduction) else n.out.dims
             feeders = [kernel_of[v.producer] for v, m in zip(n.inputs, input_maps(n))
                        if v.producer in kernel_of and identity_access(v, m, space)]
-            k = next((k for k in feeders if can_join(k, n, space)), None) or start(KernelKind.ELEMENTWISE, space)
+            k = next((k for k in feeders if can_join(k, n, space)), None) or next(
+                (k for k in dict.fromkeys(kernel_of[v.producer] for v in n.inputs if v.producer in kernel_of)
+                 if joins_rows(k, n) and not any(reach.depends(kernel_of[v.producer], k) for v in n.inputs
+                                                 if v.producer in kernel_of and kernel_of[v.producer] is not k)),
+                None) or start(KernelKind.ELEMENTWISE, space)
+            if k.kind is KernelKind.REDUCE:  # a row kernel now: n joined it past its reduction
+                k.kind = KernelKind.ROWS
             for other in feeders:  # sibling producers of n's operands join too: one loop, not two
                 # (never into an epilogue: a sibling's value is as large as C, which bars n)
                 if other is not k and other in kernels and k.kind == other.kind == KernelKind.ELEMENTWISE \
@@ -242,8 +295,8 @@ def fuse(g: Graph) -> list[Kernel]:
                         kernel_of[m] = k
                     del kernels[other]
                     reach.merge(k, other)
-            if isinstance(d, Reduction):
-                k.kind = KernelKind.REDUCE  # closes the kernel: nothing joins after its reduction
+            if isinstance(d, Reduction) and k.kind is KernelKind.ELEMENTWISE:
+                k.kind = KernelKind.REDUCE  # closes the kernel, unless a row joins it after its reduction
         else:
             scan = next((s for s in kernels if s.kind is KernelKind.SCAN and same_loop(s.nodes[0], n)),
                         None) if isinstance(d, Loop) else None
@@ -272,7 +325,9 @@ def _connect(g: Graph, kernels: list[Kernel], kernel_of: dict[Node | None, Kerne
             whole = k.kind not in LOOPS and (n is k.nodes[0] or k.kind is KernelKind.SCAN)
             maps = (None,) * len(n.inputs) if whole else input_maps(n)
             for v, m in zip(n.inputs, maps):
-                internal = v.producer in inside and m is not None and identity_access(v, m, k.space)
+                # inside a row kernel, a row's value is kept for its row too
+                internal = v.producer in inside and m is not None and (
+                    identity_access(v, m, k.space) or k.kind is KernelKind.ROWS)
                 if v.const is None and not internal and v not in k.inputs:
                     k.inputs.append(v)
                 if v.producer is not None and v.producer not in inside:
