@@ -98,15 +98,23 @@ class Target:
     def tuning(self) -> Tuning:
         return TUNINGS.get(self.cpu) or (_WIDE if self.vector_bits == 512 else _NARROW)
 
+    @property
+    def llvm_features(self) -> str:
+        """The features LLVM generates code with: the CPU's, and with 512-bit vectors, loops
+        vectorized at that width too (LLVM's tuning for Intel cores prefers 256-bit loops; the
+        GEMMs use 512 bits anyway, and loop kernels measured faster at 512: docs/perf.md)."""
+        wide = self.vector_bits == 512 and self.triple.startswith("x86_64")
+        return ",".join(f for f in (self.features, "-prefer-256-bit" if wide else "") if f)
+
     def key(self) -> str:
         """A string identifying generated code's target, for cache keys."""
-        return f"{self.triple}|{self.cpu}|{self.features}"
+        return f"{self.triple}|{self.cpu}|{self.llvm_features}"
 
     def target_machine(self, reloc: str = "default") -> llvm.TargetMachine:
         # llvmlite's default code model ("jitdefault", large on x86-64) is kept: with the small
         # one MCJIT aborts on 32-bit relocations to globals placed beyond 2 GiB.
         return llvm.Target.from_triple(self.triple).create_target_machine(
-            cpu=self.cpu, features=self.features, opt=3, reloc=reloc
+            cpu=self.cpu, features=self.llvm_features, opt=3, reloc=reloc
         )
 
 
