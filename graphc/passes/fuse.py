@@ -7,9 +7,9 @@
   reduces the kernel's rows (its innermost axis, kept as size 1): then the kernel stays open to a row
   at a time (a ROWS kernel, the way layer norm and softmax are written by hand): further row
   reductions of its space, elementwise nodes over its space that read a row's value for the whole
-  row, and elementwise nodes over its rows. Codegen makes a pass over each row per reduction,
-  computing again what the pass needs, in L1 after the first, so only what other kernels read is
-  stored.
+  row, and elementwise nodes over its rows. Codegen makes a pass over each row per reduction (the
+  row is in L1 after the first; what a later pass reads waits in a row buffer), so only what other
+  kernels read is stored.
 - A contraction (GEMM) starts a kernel of its own, and elementwise nodes over its output join it
   as its epilogue (bias, activation): each thread runs them on its block of C while that block is
   in cache, with no second pass. `EPILOGUE_BARS` names the nodes that stay out, each with its
@@ -30,7 +30,8 @@ from enum import Enum
 
 from graphc.errors import InternalError
 from graphc.ir.graph import Graph, Node, Value
-from graphc.ops.lowering import Contraction, Extern, Indexed, Loop, Map, Pack, Pointwise, Reduction, Scatter, View
+from graphc.ops.lowering import (Affine, Contraction, Extern, Indexed, Loop, Map, Pack, Pointwise, Reduction, Scatter,
+                                 View)
 from graphc.ops.registry import lowered
 
 
@@ -188,10 +189,13 @@ def _not_rows_and_columns(gemm: Kernel, n: Node, step: _Step) -> bool:
     c = lowered(gemm.nodes[0])
     assert isinstance(c, Contraction)
     rows = [a for a in range(len(gemm.space) - 1) if gemm.space[a] > 1]
-    return bool(c.batch) or any(
-        not all(isinstance(a, int) for a in m)
-        or any(coef[p] != coef[a] * gemm.space[a] for coef in [access(v, m, len(gemm.space))] for p, a in zip(rows, rows[1:]))
-        for v, m in zip(n.inputs, input_maps(n)) if v.const is None)
+
+    def apart(v: Value, m: Map) -> bool:
+        if any(isinstance(a, (Affine, Indexed)) for a in m):
+            return True
+        coef = access(v, m, len(gemm.space))
+        return any(coef[p] != coef[a] * gemm.space[a] for p, a in zip(rows, rows[1:]))
+    return bool(c.batch) or any(apart(v, m) for v, m in zip(n.inputs, input_maps(n)) if v.const is None)
 
 
 EPILOGUE_BARS = (_not_rows_and_columns, _reduces, _streams_another_c, _overwrites_an_operand, _reads_only_stored_values)
@@ -261,6 +265,12 @@ def fuse(g: Graph) -> list[Kernel]:
                 return False  # k -> p -> n: joining n into k makes a cycle
         return True
 
+    def row_kernel(n: Node) -> Kernel | None:
+        """The kernel of an operand of `n` that `n` joins as a row kernel's node (see `joins_rows`)."""
+        producers = dict.fromkeys(kernel_of[v.producer] for v in n.inputs if v.producer in kernel_of)
+        return next((k for k in producers if joins_rows(k, n)
+                     and not any(reach.depends(p, k) for p in producers if p is not k)), None)
+
     def start(kind: KernelKind, space: tuple) -> Kernel:
         k = Kernel(kind, space)
         kernels[k] = None
@@ -278,11 +288,8 @@ def fuse(g: Graph) -> list[Kernel]:
             space = n.inputs[0].dims if isinstance(d, Reduction) else n.out.dims
             feeders = [kernel_of[v.producer] for v, m in zip(n.inputs, input_maps(n))
                        if v.producer in kernel_of and identity_access(v, m, space)]
-            k = next((k for k in feeders if can_join(k, n, space)), None) or next(
-                (k for k in dict.fromkeys(kernel_of[v.producer] for v in n.inputs if v.producer in kernel_of)
-                 if joins_rows(k, n) and not any(reach.depends(kernel_of[v.producer], k) for v in n.inputs
-                                                 if v.producer in kernel_of and kernel_of[v.producer] is not k)),
-                None) or start(KernelKind.ELEMENTWISE, space)
+            k = next((k for k in feeders if can_join(k, n, space)), None) or row_kernel(n) \
+                or start(KernelKind.ELEMENTWISE, space)
             if k.kind is KernelKind.REDUCE:  # a row kernel now: n joined it past its reduction
                 k.kind = KernelKind.ROWS
             for other in feeders:  # sibling producers of n's operands join too: one loop, not two
