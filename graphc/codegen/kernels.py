@@ -290,10 +290,9 @@ class Loops:
         return out
 
 
-def _reach(vm: tuple[Value, tuple], rank: int) -> list[int]:
-    """Per iteration axis: how far a step along it moves in the operand read through the map
-    (an index computed from several axes, as col2im's, counts for each of them)."""
-    v, m = vm
+def _reach(v: Value, m: tuple, rank: int) -> list[int]:
+    """Per iteration axis: how far a step along it moves in `v` read through map `m` (an index
+    computed from several axes, as col2im's, counts for each of them)."""
     out = [0] * rank
     for a, st in zip(m, strides(v.dims)):
         for axis, coef in ((a, 1),) if isinstance(a, int) else a.terms if isinstance(a, Affine) else ():
@@ -328,9 +327,10 @@ def loops(k: Kernel, epilogue: bool = False) -> Loops:
     # kept axes outside, then reduced ones; for an in-memory sum the innermost kept loop comes last,
     # so each output row takes every reduced term while it is in L1
     outer = [a for a in axes if a not in reduced and a not in tail]
-    if reduced:  # a reduction's kept loops walk the largest array it reads in its layout's order
-        outer.sort(key=lambda a: -_reach(max(((v, m) for n in k.nodes for v, m in zip(n.inputs, input_maps(n))
-                                              if v.const is None), key=lambda vm: vm[0].type.size()), rank)[a])
+    reads = [(v, m) for n in k.nodes for v, m in zip(n.inputs, input_maps(n)) if v.const is None]
+    if reduced and reads:  # a reduction's kept loops walk the largest array it reads in its layout's order
+        step = _reach(*max(reads, key=lambda vm: vm[0].type.size()), rank)
+        outer.sort(key=lambda a: -step[a])
     order = outer + [a for a in axes if a in reduced] + tail
     groups: list[list[int]] = []
     for a in order:
