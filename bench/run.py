@@ -110,7 +110,6 @@ from graphc.runtime.train.profile import KernelTime, profile_step  # noqa: E402
 from graphc.ops.lowering import Contraction  # noqa: E402
 from graphc.ops.registry import lowered  # noqa: E402
 from graphc.passes.fuse import LOOPS, KernelKind  # noqa: E402
-from graphc.passes.memory import nbytes  # noqa: E402
 from graphc.passes.pipeline import schedule  # noqa: E402
 
 MOMENTUM = 0.9
@@ -753,13 +752,12 @@ def _kernel_cost(k: Any, t: KernelTime, updated: set[int]) -> KernelCost:
         layout = "Aᵀ·B" if c.ta else "A·Bᵀ" if c.tb else "A·B"
         batch = f"{c.count} x " if c.batch else ""
         what = f"{batch}{c.m}x{c.n}x{c.k} {layout} -> {k.nodes[0].out.name} ({ops})"
-        return KernelCost(t.index, "gemm", gemm_class(c), what, t.seconds, flops=2.0 * c.macs)
+        return KernelCost(t.index, "gemm", gemm_class(c), what, t.seconds, flops=t.flops)
     if k.kind in LOOPS:
-        moved = {id(v): nbytes(v) for v in (*k.inputs, *k.outputs)}
         group = ("update" if any(id(v) in updated for v in k.outputs)
                  else "reduce" if k.kind in (KernelKind.REDUCE, KernelKind.ROWS) else "elementwise")
         what = f"{'x'.join(map(str, k.space))} {ops}"
-        return KernelCost(t.index, "loop", group, what, t.seconds, bytes=float(sum(moved.values())))
+        return KernelCost(t.index, "loop", group, what, t.seconds, bytes=t.bytes)
     return KernelCost(t.index, "other", k.kind.value, f"{'x'.join(map(str, k.space))} {ops}", t.seconds)
 
 

@@ -23,6 +23,12 @@ def test_kernel_times_account_for_the_step(capsys):
     _, kernels = profile_step(driver.load("models/mlp.net"), batch=512, steps=3, threads=1)
     gemm = sum(k.seconds for k in kernels if k.kind == "contract")
     assert gemm > 0.6 * sum(k.seconds for k in kernels), kernels
+    # each kernel's work, for its rate: a GEMM's FLOPs (x·W1: 2·512·784·256), a loop kernel's bytes
+    assert all((k.flops > 0) == (k.kind == "contract") and (k.bytes > 0) == (k.kind != "contract") for k in kernels)
+    assert 2.0 * 512 * 784 * 256 in {k.flops for k in kernels}
+    update = next(k for k in kernels if k.kind == "elementwise" and k.space == (784, 256))
+    assert update.bytes >= 3 * 784 * 256 * 4  # reads W and dW, writes W (momentum: more)
     assert main(["profile", "models/mlp.net", "--batch", "9", "--steps", "2", "--top", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("mlp: ") and len(out) == 2 + 3 and "matmul" in "".join(out)
+    assert "GEMMs" in out[0] and "GFLOP/s" in out[0] and "GB/s" in out[0] and "GFLOP/s" in out[2]
