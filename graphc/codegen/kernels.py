@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from llvmlite import ir
@@ -361,8 +361,16 @@ def emit_loop_kernel(fn: ir.Function, k: Kernel, arg_of: dict[Value, ir.Value], 
     _LoopNest(fn, k, arg_of, fault, epilogue, partials).emit(ranges)
 
 
-# a pass over a row of a ROWS kernel (see _LoopNest._passes), with the row's values known
-_Part = tuple["set[Node] | list[Node]", "list[Value]", "list[Value]", "list[Value]", "dict[Value, ir.Value]"]
+@dataclass
+class _Pass:
+    """A pass over a row of a ROWS kernel (see `_LoopNest._passes`), or the one iteration of any
+    other loop kernel: the nodes it computes, the values it stores, and those it reads from row
+    buffers and writes to them."""
+
+    nodes: set[Node] | list[Node]
+    stores: list[Value]
+    reads: list[Value] = field(default_factory=list)
+    writes: list[Value] = field(default_factory=list)
 
 
 class _LoopNest:
@@ -380,10 +388,10 @@ class _LoopNest:
         self.point = {n: d for n in k.nodes if isinstance(d := lowered(n), Pointwise)}
         self.rank = len(k.space)
         self.red = k.nodes[-1] if k.kind is KernelKind.REDUCE else None
-        self.part: _Part | None = None
+        self.part: tuple[_Pass, dict[Value, ir.Value]] | None = None  # a ROWS pass, the row's values known
         self.passes = self._passes() if k.kind is KernelKind.ROWS else []
         # a row buffer for each value one pass over a row leaves to a later one
-        self.buffers = {v: self.b.alloca(LLTYPES[v.dtype], k.space[-1]) for *_, writes in self.passes for v in writes}
+        self.buffers = {v: self.b.alloca(LLTYPES[v.dtype], k.space[-1]) for p in self.passes for v in p.writes}
         self.lp = loops(k, epilogue)
         reads = [(v, m) for n in k.nodes for v, m in zip(n.inputs, self.maps[n])]
         # a constant reads like any value of its shape: through its map, `fill` outside it
@@ -464,7 +472,7 @@ class _LoopNest:
                 with b.goto_entry_block():
                     acc = b.alloca(t)
                 b.store(ir.Constant(t, 0.0 if red.kind is ReduceKind.SUM else -math.inf), acc)
-                self.part = next(passes) + (known,)
+                self.part = next(passes), known
                 self.run(lp.space[lp.kept:], oidx, lambda idx, x, kind=red.kind: b.store(
                     _combine(b, kind, self.dtype, b.load(acc), x, reassoc=True), acc))
                 known[n.out] = b.load(acc)
@@ -472,24 +480,21 @@ class _LoopNest:
                 b.store(known[n.out], at_row(n.out))
         last = next(passes, None)
         if last is not None:
-            self.part = last + (known,)
+            self.part = last, known
             self.run(lp.space[lp.kept:], oidx, None)
         self.part = None
 
-    def _passes(self) -> list[tuple[set[Node], list[Value], list[Value], list[Value]]]:
-        """The passes over a row of a ROWS kernel, one per reduction and a last one if it stores
-        values of its space: the elementwise nodes each computes (those its reduction's operand or
-        its stores need, but what an earlier pass computed), with the reduction; the values it
-        stores; the values it reads from a row buffer, and those it writes to one: a value computed
-        in one pass that a later one reads stays in a buffer (in L1), not computed again."""
+    def _passes(self) -> list[_Pass]:
+        """The passes over a row of a ROWS kernel: one per reduction, computing it and the
+        elementwise nodes its operand needs, then one for the values of its space that it stores.
+        A value an earlier pass computed is not computed again: that pass leaves it in a row buffer."""
         k, full = self.k, lambda v: tuple(v.dims) == tuple(self.k.space)
-        targets = [([n], n.inputs) for n in k.nodes if n not in self.point]
+        by_name = lambda vs: sorted(vs, key=lambda v: v.name)
         stored = [v for v in k.outputs if full(v)]
-        if stored:
-            targets.append(([], stored))
+        targets = [([n], list(n.inputs)) for n in k.nodes if n not in self.point] + ([([], stored)] if stored else [])
+        passes: list[_Pass] = []
         done: set[Value] = set()
-        plans = []
-        for extra, wanted in targets:
+        for reduction, wanted in targets:
             nodes: set[Node] = set()
             todo = [v for v in wanted if v not in done]
             while todo:
@@ -497,26 +502,25 @@ class _LoopNest:
                 if n in self.point and n not in nodes and full(n.out):
                     nodes.add(n)
                     todo.extend(v for v in n.inputs if v not in done)
-            reads = sorted({v for n in nodes | set(extra) for v in n.inputs if v in done} | (set(wanted) & done),
-                           key=lambda v: v.name)
-            plans.append((nodes | set(extra), stored if not extra else [], reads, nodes))
+            reads = {v for n in nodes | set(reduction) for v in n.inputs if v in done} | (set(wanted) & done)
+            passes.append(_Pass(nodes | set(reduction), [] if reduction else stored, by_name(reads)))
             done |= {n.out for n in nodes}
-        later = [set(r) for _, _, r, _ in plans]
-        return [(nodes, st, reads, sorted({n.out for n in computed} & set().union(*later[i + 1:]), key=lambda v: v.name))
-                for i, (nodes, st, reads, computed) in enumerate(plans)]
+        for i, p in enumerate(passes):
+            later = set().union(*(q.reads for q in passes[i + 1:]))
+            p.writes = by_name({n.out for n in p.nodes} & later)
+        return passes
 
     def body(self, idx: list[ir.Value], store_reduce: Callable | None, checked: bool) -> None:
         """One iteration: load what the nodes read, compute them in order, store the outputs (in a
-        pass over a row of a ROWS kernel, `part`: the nodes the pass computes, the row's values
-        known, the values it stores)."""
+        pass over a row of a ROWS kernel, those of the pass, with the row's values known)."""
         b, k, lp = self.b, self.k, self.lp
         orig = lp.originals(b, idx, k.space)
         s = LLVMScalar(b, self.dtype, orig, k.space)
         loads: dict = {}
-        nodes, stores, reads, writes, known = self.part or (
-            k.nodes, [v for v in k.outputs if v is not (self.red and self.red.out)], [], [], {})
+        step, known = self.part or (_Pass(k.nodes, [v for v in k.outputs if v is not (self.red and self.red.out)]), {})
+        nodes = step.nodes
         vals = dict(known)
-        for v in reads:  # idx[-1]: the position in the row
+        for v in step.reads:  # idx[-1]: the position in the row
             vals[v] = b.load(b.gep(self.buffers[v], [idx[-1]]))
         for n in k.nodes:  # loads first
             if n not in nodes:
@@ -554,9 +558,9 @@ class _LoopNest:
             else:
                 assert store_reduce is not None
                 store_reduce(idx, ops[0])
-        for v in writes:
+        for v in step.writes:
             b.store(vals[v], b.gep(self.buffers[v], [idx[-1]]))
-        for v in stores:
+        for v in step.stores:
             b.store(vals[v], self.at(self.arg_of[v], offset(b, idx, lp.squash(strides(k.space))), v))
 
     def innermost(self, idx: list[ir.Value], lo, hi, store_reduce: Callable | None) -> None:
