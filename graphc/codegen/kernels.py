@@ -622,12 +622,18 @@ def chunk_elements(k: Kernel) -> int:
 def add_chunks(b: ir.IRBuilder, k: Kernel, out: ir.Value, partials: ir.Value) -> None:
     """A column sum in blocks: its output (the first block's row) combined with the other blocks'
     partial rows, in block order, once every block is done."""
-    lp, red = loops(k), _reduction(k)
-    for c in range(1, lp.chunks):
-        row = b.gep(partials, [ir.Constant(I64, (c - 1) * lp.space[-1])])
-        for_range(b, lp.space[-1], lambda i: b.store(
-            _combine(b, red.kind, compute_dtype(k), b.load(b.gep(out, [i])), b.load(b.gep(row, [i]))),
-            b.gep(out, [i])))
+    lp = loops(k)
+    fold(b, out, partials, lp.chunks, lp.space[-1], _reduction(k).kind, compute_dtype(k))
+
+
+def fold(b: ir.IRBuilder, out: ir.Value, partials: ir.Value, blocks: int, size: int, kind: ReduceKind,
+         dtype: str) -> None:
+    """out (the first block's result, `size` elements) combined with the other blocks' results,
+    which lie one after another at `partials`, in block order: the same sums whoever computed them."""
+    for c in range(1, blocks):
+        part = b.gep(partials, [ir.Constant(I64, (c - 1) * size)])
+        for_range(b, size, lambda i: b.store(
+            _combine(b, kind, dtype, b.load(b.gep(out, [i])), b.load(b.gep(part, [i]))), b.gep(out, [i])))
 
 
 def _reduce(b, k, lp, red, dtype, run, out, at, ranges, vectorize, partials) -> None:

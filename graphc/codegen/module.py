@@ -31,11 +31,11 @@ from graphc.codegen.gemm import (ELEMENT_BYTES, define_gemm, gemm_blocking,
                                  scratch_bytes as gemm_scratch_bytes)
 from graphc.codegen.pool import RUN, TASK, flush_denormals, restore_fp_control, share
 from graphc.codegen.kernels import (Fault, Partials, add_chunks, chunk_elements, emit_loop_kernel, emit_scatter,
-                                    for_range, loops, scatter)
+                                    fold, for_range, loops, scatter)
 from graphc.codegen.scalar import LLTYPES
 from graphc.codegen.target import Target
 from graphc.ir.graph import DTYPES, Node, Value
-from graphc.ops.lowering import Contraction, Extern, View
+from graphc.ops.lowering import Contraction, Extern, ReduceKind, View
 from graphc.ops.registry import lowered
 from graphc.passes.fuse import LOOPS, Kernel, KernelKind
 from graphc.passes.memory import Plan, nbytes, pack_offsets
@@ -70,24 +70,29 @@ def _extern_slot(k: Kernel) -> str:
 
 def scratch_bytes(s: Schedule, target: Target, threads: int) -> int:
     """Bytes the table's "scratch" slot must point to (64-byte aligned): a slot per thread for GEMM
-    packing and a partial C, the partial rows of a column sum in blocks, then the work space of the
-    loops (`_Work`)."""
+    packing, the partial results of a kernel summed in blocks, then the work space of the loops
+    (`_Work`)."""
     return _fixed_bytes(s, target, threads) + _work_bytes(s)
 
 
 def _fixed_bytes(s: Schedule, target: Target, threads: int) -> int:
-    """The scratch before the loops' work space: the GEMMs' slots, then the column sums' partial rows."""
-    return _gemm_bytes(s, target, threads) + _aligned(max(
-        (chunk_elements(k) * ELEMENT_BYTES[k.nodes[-1].out.dtype] for k in s.every_kernel()), default=0))
+    """The scratch before the loops' work space: the GEMMs' slots, then the partial results."""
+    return _gemm_bytes(s, target, threads) + _aligned(max((_partial_bytes(k, target) for k in s.every_kernel()),
+                                                          default=0))
 
 
 def _gemm_bytes(s: Schedule, target: Target, threads: int) -> int:
-    return _aligned(threads * max((_slot_bytes(target, k.nodes[0].out.dtype)
+    return _aligned(threads * max((gemm_scratch_bytes(target, k.nodes[0].out.dtype)
                                    for k in s.every_kernel() if k.kind is KernelKind.CONTRACT), default=0))
 
 
-def _slot_bytes(target: Target, dtype: str) -> int:
-    return gemm_scratch_bytes(target, dtype) + target.tuning.partial_max * ELEMENT_BYTES[dtype]
+def _partial_bytes(k: Kernel, target: Target) -> int:
+    """Bytes of the partial results kernel `k` leaves beside its output when it sums in blocks: a
+    GEMM's K blocks (`_k_blocks`), a column sum's row blocks (`Loops.chunks`)."""
+    if k.kind is KernelKind.CONTRACT:
+        c = _gemm(k.nodes[0])
+        return (_k_blocks(k.nodes[0], target) - 1) * c.m * c.n * ELEMENT_BYTES[k.nodes[0].out.dtype]
+    return chunk_elements(k) * ELEMENT_BYTES[k.nodes[-1].out.dtype]
 
 
 def _aligned(n: int) -> int:
@@ -242,26 +247,29 @@ class _Steps:
         arg_of = {v: fn.args[args.index(_first(args, v, s.plan.place))] for v in k.inputs + k.outputs}
         ptrs = [pointer(v) for v in args] + extra
         fault = Fault(fn.args[len(args)], number, checked) if faults else None
-        # a column sum in blocks: where in the scratch its partial rows go
-        partials = (fn.args[len(args) + self._extra(k).index("scratch")], self.partials) if chunk_elements(k) else None
+        # a kernel summed in blocks: where in the scratch the blocks after the first leave theirs
+        blocks = _k_blocks(k.nodes[0], target) if k.kind is KernelKind.CONTRACT else 1
+        summed = blocks > 1 or chunk_elements(k) > 0
+        partials = (fn.args[len(args) + self._extra(k).index("scratch")], self.partials) if summed else None
+        # a GEMM in K blocks runs its epilogue on the summed C (built from fn's own arguments, before
+        # fn may give way to its twin)
+        epi = _serial_epilogue(m, fn, k, arg_of, fault, parallel) if blocks > 1 and _epilogue(k) is not None else None
         if parallel:
             assert run is not None
             _emit_share(m, fn, k, arg_of, target, threads, fault, partials)
-            k_split = k.kind is KernelKind.CONTRACT and _k_split(k.nodes[0], target, threads)
-            # on the summed C (built from fn's own arguments, before fn may give way to its twin)
-            epi = _serial_epilogue(m, fn, k, arg_of, fault) if k_split and _epilogue(k) is not None else None
             _post(b, run, slot["pool"], _task(self.unique(fn), share=True), task_arg, ptrs, threads)
-            if k_split:
-                _add_partials(b, k.nodes[0], pointer(k.nodes[0].out), slot["scratch"], target, threads)
-                if epi is not None:
-                    _call(b, _task(self.unique(epi)), task_arg, ptrs)
         else:
             _emit_kernel(m, fn, k, arg_of, target, fault, s.plan, partials)
             _call(b, _task(self.unique(fn)), task_arg, ptrs)
-        if partials:
-            out = k.nodes[-1].out
-            add_chunks(b, k, pointer(out), b.bitcast(b.gep(slot["scratch"], [ir.Constant(I64, self.partials)]),
-                                                      LLTYPES[out.dtype].as_pointer()))
+        if summed:
+            out = k.nodes[0 if blocks > 1 else -1].out
+            parts = b.bitcast(b.gep(slot["scratch"], [ir.Constant(I64, self.partials)]), LLTYPES[out.dtype].as_pointer())
+            if blocks > 1:
+                fold(b, pointer(out), parts, blocks, math.prod(out.dims), ReduceKind.SUM, out.dtype)
+            else:
+                add_chunks(b, k, pointer(out), parts)
+        if epi is not None:
+            _call(b, _task(self.unique(epi)), task_arg, ptrs)
 
 
 def _emit_scan(b: ir.IRBuilder, k: Kernel, body: Schedule, step: ir.Function,
@@ -372,8 +380,15 @@ def _emit_kernel(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target:
     if k.kind is KernelKind.CONTRACT:
         c = _gemm(n)
         gemm = define_gemm(m, target, n.out.dtype, c.ta, c.tb, (c.m, c.n), c.k)
-        _each_product(b, c, _gemm_args(n, arg_of), 0, c.count,
-                      lambda args: b.call(gemm, args + [ir.Constant(I32, 0), fn.args[-1]]))
+        call = lambda args: b.call(gemm, args + [ir.Constant(I32, 0), fn.args[-1]])
+        blocks = _k_blocks(n, target)
+        if blocks > 1:  # every block, one after another; the epilogue runs on the summed C
+            assert partials is not None
+            _k_block_range(b, n, target, _gemm_args(n, arg_of), partials, ir.Constant(I64, 0),
+                           ir.Constant(I64, blocks), call)
+            b.ret_void()
+            return
+        _each_product(b, c, _gemm_args(n, arg_of), 0, c.count, call)
         _then_epilogue(b, fn, k, arg_of, (None, None), fault)
         return
     if k.kind is KernelKind.PACK:  # the operands the memory plan could not put in place
@@ -459,7 +474,7 @@ def _emit_share(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: 
     """The body of a split kernel fn(ptrs..., [scratch,] tid, nt): thread tid's share of the work."""
     tid, nt = fn.args[-2:]
     if k.kind is KernelKind.CONTRACT:
-        _GemmShare(m, fn, k, arg_of, target, threads).emit(fault)
+        _GemmShare(m, fn, k, arg_of, target, threads, partials).emit(fault)
         return
     b = ir.IRBuilder(fn.append_basic_block("share"))
     if k.kind is KernelKind.SCATTER:  # columns, never index positions: no two threads add into one element
@@ -479,8 +494,9 @@ class _GemmShare:
     when C is small both ways, K is shared instead."""
 
     def __init__(self, m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target,
-                 threads: int) -> None:
+                 threads: int, partials: Partials) -> None:
         self.fn, self.k, self.arg_of, self.target, self.threads = fn, k, arg_of, target, threads
+        self.partials = partials
         self.n, self.g = k.nodes[0], _gemm(k.nodes[0])
         self.args = _gemm_args(self.n, arg_of)
         self.dtype = self.n.out.dtype
@@ -489,16 +505,21 @@ class _GemmShare:
         self.blk = _blocking(self.n, target)
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.tid, self.nt = fn.args[-2:]
-        self.scratch = self.b.gep(fn.args[-3], [self.b.mul(self.tid, ir.Constant(I64, _slot_bytes(target, self.dtype)))])
+        self.scratch = self.b.gep(fn.args[-3], [self.b.mul(self.tid, ir.Constant(I64, gemm_scratch_bytes(target, self.dtype)))])
 
     def emit(self, fault: Fault | None) -> None:
         if self.g.batch:
             self.product_share()
             self.b.ret_void()  # a batched GEMM has no epilogue (fusion keeps C's blocks whole)
             return
-        if _k_split(self.n, self.target, self.threads):
-            self.k_share()
-            self.b.ret_void()  # the epilogue runs on the summed C, after the split
+        blocks = _k_blocks(self.n, self.target)
+        if blocks > 1:  # whole blocks of K; the epilogue runs on the summed C, after the split
+            assert self.partials is not None
+            lo, hi = share(self.b, ir.Constant(I64, blocks), self.tid, self.nt)
+            _k_block_range(self.b, self.n, self.target, self.args, self.partials, lo, hi,
+                           lambda args: self.b.call(self.rng, args + [ir.Constant(I32, 0), ir.Constant(I64, 0),
+                                                                      args[1], self.scratch]))
+            self.b.ret_void()
             return
         M, N = self.args[0], self.args[1]
         wide = N.constant >= self.blk.nr * self.threads and N.constant >= M.constant
@@ -512,20 +533,6 @@ class _GemmShare:
         _each_product(b, self.g, self.args, lo, hi,
                       lambda args: b.call(self.rng, args + [ir.Constant(I32, 0), ir.Constant(I64, 0), args[1],
                                                              self.scratch]))
-
-    def k_share(self) -> None:
-        """Whole KC blocks of K (vectors, for the dot kernel): thread 0 writes C, the others a partial
-        C in their scratch slot, added in after the split."""
-        b, blk = self.b, self.blk
-        M, N, K, A, lda, B, ldb, C, ldc = self.args
-        k0, k1 = share(b, K, self.tid, self.nt, blk.lanes if blk.dot else blk.kc)
-        partial = b.bitcast(b.gep(self.scratch, [ir.Constant(I64, gemm_scratch_bytes(self.target, self.dtype))]),
-                            C.type)
-        c = b.select(b.icmp_signed("==", self.tid, ir.Constant(I64, 0)), C, partial)
-        a0 = b.gep(A, [b.mul(k0, lda) if self.g.ta else k0])
-        b0 = b.gep(B, [k0 if self.g.tb else b.mul(k0, ldb)])
-        b.call(self.rng, [M, N, b.sub(k1, k0), a0, lda, b0, ldb, c, ldc, ir.Constant(I32, 0), ir.Constant(I64, 0),
-                          N, self.scratch])
 
     def column_share(self) -> Block:
         """Whole NR strips of columns; returns the block of C it wrote."""
@@ -571,10 +578,12 @@ def _then_epilogue(b: ir.IRBuilder, fn: ir.Function, k: Kernel, arg_of: dict, bl
     b.branch(fn.blocks[first])
 
 
-def _serial_epilogue(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, fault: Fault | None) -> ir.Function:
-    """fn's epilogue alone, over all of C, taking fn's arguments but (tid, nt): a GEMM that splits
-    K runs it once the partial Cs are summed."""
-    epi = ir.Function(m, ir.FunctionType(ir.VoidType(), fn.function_type.args[:-2]), f"{fn.name}_epilogue")
+def _serial_epilogue(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, fault: Fault | None,
+                     shared: bool) -> ir.Function:
+    """fn's epilogue alone, over all of C, taking fn's arguments (but (tid, nt) where fn is a
+    thread's share): a GEMM that splits K runs it once the partial Cs are summed."""
+    args = fn.function_type.args[:-2] if shared else fn.function_type.args
+    epi = ir.Function(m, ir.FunctionType(ir.VoidType(), args), f"{fn.name}_epilogue")
     epi.linkage = "internal"
     for a, e in zip(fn.args, epi.args):
         for attr in a.attributes:
@@ -593,24 +602,46 @@ def _blocking(n: Node, target: Target):
     return gemm_blocking(target, n.out.dtype, c.ta, c.tb, (c.m, c.n), c.k)
 
 
-def _k_split(n, target: Target, threads: int) -> bool:
-    """Split K: C is too narrow for column shares and too short for row shares (each thread would
-    pack all of the long operands), or the dot-product kernel's (each would read all of A or B,
-    in uneven shares of a small C), and K gives every thread whole KC blocks."""
+K_BLOCKS = 4  # at most, of K for a GEMM that splits it (see _k_blocks; the measurement: docs/perf.md)
+
+
+def _k_blocks(n: Node, target: Target) -> int:
+    """The blocks of K a GEMM sums apart (1: none), each into a partial C (the first into C), added
+    in block order: threads take whole blocks, and the bits do not depend on how many there are.
+    K is split where C is too narrow for column shares and too short for row shares of two threads
+    (each would pack all of the long operands), or it is the dot-product kernel's (each would read
+    all of A or B, in uneven shares of a small C), into blocks of whole KC blocks."""
     c, blk = _gemm(n), _blocking(n, target)
-    return not c.batch and (blk.dot or c.n < blk.nr * threads and c.m < 2 * blk.mr * threads) and c.m * c.n <= target.tuning.partial_max \
-        and c.k >= blk.kc * threads
+    narrow = c.n < 2 * blk.nr and c.m < 4 * blk.mr
+    if c.batch or c.m * c.n > target.tuning.partial_max or not (blk.dot or narrow) or c.k < 2 * blk.kc:
+        return 1
+    return min(K_BLOCKS, c.k // blk.kc)
 
 
-def _add_partials(b: ir.IRBuilder, n, c: ir.Value, scratch: ir.Value, target: Target, threads: int) -> None:
-    """C += the partial C of each thread but the first (in thread order: the same sums every run)."""
-    dtype = n.out.dtype
-    size = math.prod(n.out.shape)
-    for t in range(1, threads):
-        at = t * _slot_bytes(target, dtype) + gemm_scratch_bytes(target, dtype)
-        part = b.bitcast(b.gep(scratch, [ir.Constant(I64, at)]), c.type)
-        for_range(b, size, lambda i: b.store(b.fadd(b.load(b.gep(c, [i])), b.load(b.gep(part, [i]))),
-                                             b.gep(c, [i])))
+def _k_block_range(b: ir.IRBuilder, n: Node, target: Target, args: list[ir.Value], partials: Partials,
+                   lo: ir.Value, hi: ir.Value, call: Callable[[list[ir.Value]], object]) -> None:
+    """call(GEMM args) for K blocks [lo, hi) of contraction node `n` (`_k_blocks`): A and B from the
+    block's first k, into C (block 0) or the block's partial C; blocks start at whole vectors (the
+    dot kernel) or whole KC blocks."""
+    c, blk = _gemm(n), _blocking(n, target)
+    blocks, unit = _k_blocks(n, target), blk.lanes if blk.dot else blk.kc
+    units = -(-c.k // unit)
+    M, N, K, A, lda, B, ldb, C, ldc = args
+    assert partials is not None
+    scratch, at = partials
+    parts = b.bitcast(b.gep(scratch, [ir.Constant(I64, at)]), C.type)
+    const = lambda x: ir.Constant(I64, x)
+
+    def block(i: ir.Value) -> None:
+        start = lambda j: b.mul(b.udiv(b.mul(j, const(units)), const(blocks)), const(unit))
+        k0, end = start(i), start(b.add(i, const(1)))
+        k1 = b.select(b.icmp_signed("<", end, K), end, K)
+        dest = b.select(b.icmp_signed("==", i, const(0)), C,
+                        b.gep(parts, [b.mul(b.sub(i, const(1)), const(c.m * c.n))]))
+        a0 = b.gep(A, [b.mul(k0, lda) if c.ta else k0])
+        b0 = b.gep(B, [k0 if c.tb else b.mul(k0, ldb)])
+        call([M, N, b.sub(k1, k0), a0, lda, b0, ldb, dest, ldc])
+    for_range(b, hi, block, lo, vectorize=False)
 
 
 def _task(fn: ir.Function, share: bool = False) -> ir.Function:
