@@ -82,7 +82,7 @@ def _loop_id(m: ir.Module, vectorize: bool) -> ir.MDValue:
 TINY = 4  # iterations of a loop that may be unrolled (see Loops.unrolled)
 
 Ranges = tuple  # per loop from the outermost, (lo, hi) restricting it (a thread's share) or None
-Partials = tuple[ir.Value, int] | None  # a scratch pointer (i8*) and the byte offset of a column sum's partial rows
+Partials = tuple[ir.Value, int] | None  # a scratch pointer (i8*) and the byte offset of a kernel's partial results
 
 
 def nest(b: ir.IRBuilder, dims: tuple[int, ...], body: Callable[[list[ir.Value]], None],
@@ -293,9 +293,9 @@ class Loops:
 def _reach(v: Value, m: tuple, rank: int) -> list[int]:
     """Per iteration axis: how far a step along it moves in `v` read through map `m` (an index
     computed from several axes, as col2im's, counts for each of them)."""
-    out = [0] * rank
+    out = access(v, m, rank)
     for a, st in zip(m, strides(v.dims)):
-        for axis, coef in ((a, 1),) if isinstance(a, int) else a.terms if isinstance(a, Affine) else ():
+        for axis, coef in a.terms if isinstance(a, Affine) else ():
             out[axis] += abs(coef) * st
     return out
 
@@ -367,7 +367,7 @@ class _Pass:
     other loop kernel: the nodes it computes, the values it stores, and those it reads from row
     buffers and writes to them."""
 
-    nodes: set[Node] | list[Node]
+    nodes: set[Node]
     stores: list[Value]
     reads: list[Value] = field(default_factory=list)
     writes: list[Value] = field(default_factory=list)
@@ -398,8 +398,9 @@ class _LoopNest:
         self.gathered = {(v, m) for v, m in reads if any(isinstance(a, Affine) for a in m)}
         # read at a node's turn, once the index operands it needs are known
         self.indexed = {(v, m) for v, m in reads if any(isinstance(a, Indexed) for a in m)}
-        self.accesses = list(dict.fromkeys((a, size) for v, m in self.gathered for a, size in zip(m, v.dims)
-                                           if isinstance(a, Affine)))
+        # in the order the nodes read them (not the set's, which varies run to run: the code would too)
+        self.accesses = list(dict.fromkeys((a, size) for v, m in reads if (v, m) in self.gathered
+                                           for a, size in zip(m, v.dims) if isinstance(a, Affine)))
         # the innermost loop runs the stretch where every gather is inside its value unchecked (a
         # plain strided loop) and the edges checked, scalar, if edges are short; else it is one
         # checked loop (where a gather is a masked load, for short rows cheaper than three loops)
@@ -471,7 +472,7 @@ class _LoopNest:
                 assert isinstance(red, Reduction)
                 with b.goto_entry_block():
                     acc = b.alloca(t)
-                b.store(ir.Constant(t, 0.0 if red.kind is ReduceKind.SUM else -math.inf), acc)
+                b.store(_identity(red.kind, t), acc)
                 self.part = next(passes), known
                 self.run(lp.space[lp.kept:], oidx, lambda idx, x, kind=red.kind: b.store(
                     _combine(b, kind, self.dtype, b.load(acc), x, reassoc=True), acc))
@@ -517,7 +518,7 @@ class _LoopNest:
         orig = lp.originals(b, idx, k.space)
         s = LLVMScalar(b, self.dtype, orig, k.space)
         loads: dict = {}
-        step, known = self.part or (_Pass(k.nodes, [v for v in k.outputs if v is not (self.red and self.red.out)]), {})
+        step, known = self.part or (_Pass(self.members, [v for v in k.outputs if v is not (self.red and self.red.out)]), {})
         nodes = step.nodes
         vals = dict(known)
         for v in step.reads:  # idx[-1]: the position in the row
@@ -600,6 +601,11 @@ def _maximum(m: ir.Module, t: ir.Type, dtype: str) -> ir.Function:
     return m.globals.get(name) or ir.Function(m, ir.FunctionType(t, [t, t]), name)
 
 
+def _identity(kind: ReduceKind, t: ir.Type) -> ir.Constant:
+    """What a reduction of `kind` starts from."""
+    return ir.Constant(t, 0.0 if kind is ReduceKind.SUM else -math.inf)
+
+
 def _combine(b: ir.IRBuilder, kind: ReduceKind, dtype: str, acc: ir.Value, x: ir.Value,
              reassoc: bool = False) -> ir.Value:
     """acc combined with x by a reduction of `kind`."""
@@ -642,7 +648,7 @@ def _reduce(b, k, lp, red, dtype, run, out, at, ranges, vectorize, partials) -> 
     into it; a column sum, block by block, into its output or a partial row)."""
     t = FTYPES[dtype]
     kind, axes = _reduction(k).kind, _reduction(k).axes
-    identity = ir.Constant(t, 0.0 if kind is ReduceKind.SUM else -math.inf)
+    identity = _identity(kind, t)
     # a register sum may be reassociated, so the loop vectorizer can keep partial sums in lanes
     # (the order is fixed by the compiled code: every run gives the same bits)
     combine = lambda acc, x: _combine(b, kind, dtype, acc, x, reassoc=not lp.in_memory)

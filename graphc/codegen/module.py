@@ -149,7 +149,7 @@ class _Steps:
                  check_bounds: bool) -> None:
         self.m, self.target, self.threads, self.profile, self.check_bounds = m, target, threads, profile, check_bounds
         self.names = table_slots(root, threads, profile, check_bounds)
-        self.partials = _gemm_bytes(root, target, threads)  # where in the scratch a column sum's partial rows go
+        self.partials = _gemm_bytes(root, target, threads)  # where in the scratch partial results go
         self.by_code: dict[str, ir.Function] = {}  # a kernel function's code (see `unique`) -> it
 
     def define(self, s: Schedule, name: str, first: int, work: int) -> ir.Function:
@@ -249,7 +249,7 @@ class _Steps:
         fault = Fault(fn.args[len(args)], number, checked) if faults else None
         # a kernel summed in blocks: where in the scratch the blocks after the first leave theirs
         blocks = _k_blocks(k.nodes[0], target) if k.kind is KernelKind.CONTRACT else 1
-        summed = blocks > 1 or chunk_elements(k) > 0
+        summed = _partial_bytes(k, target) > 0
         partials = (fn.args[len(args) + self._extra(k).index("scratch")], self.partials) if summed else None
         # a GEMM in K blocks runs its epilogue on the summed C (built from fn's own arguments, before
         # fn may give way to its twin)
