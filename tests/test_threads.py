@@ -82,27 +82,31 @@ TUNINGS = [("znver4", 512), ("znver5", 512), ("rocketlake", 512), ("x86-64-v3", 
 KSPLIT_NET = """
 net ksplit
 dim B
-input x : f32[B, 4096]
+input x : f32[B, {width}]
 input y : i32[B] nograd
-layer dense(h: f32[B, I], units: int, act: fn = relu) -> f32[B, units] {
+layer dense(h: f32[B, I], units: int, act: fn = relu) -> f32[B, units] {{
   param W : f32[I, units] = he_normal()
   param b : f32[units]    = zeros()
   return act(h @ W + b)
-}
-h      = dense(x, units=12) as fc
+}}
+h      = dense(x, units={units}) as fc
 logits = dense(h, units=10, act=id) as out
 loss   = softmax_cross_entropy(logits, y)
-train { optimizer = sgd(lr=0.1, momentum=0.9)  batch = 8  epochs = 1  seed = 0  data = mnist }
+train {{ optimizer = sgd(lr=0.1, momentum=0.9)  batch = 8  epochs = 1  seed = 0  data = mnist }}
 """
 
 
-def test_gemm_epilogues_fuse_and_split(tmp_path):
+# K split in blocks: x·W of an 8x12 C over K = 4096 (too small for shares of C), with its epilogue
+# on the summed C; fc's weight gradient xᵀ·dY, a 96x80 C over the K = 1024 rows of the batch (each
+# share of C would pack all of x)
+@pytest.mark.parametrize("batch,width,units,split", [(8, 4096, 12, (8, 12, 4096)), (1024, 96, 80, (96, 80, 1024))])
+def test_gemm_epilogues_fuse_and_split(tmp_path, batch, width, units, split):
     """Bias and relu join the forward GEMM's kernel; the momentum update, which streams weights and
     velocities as large as C, stays a loop kernel, and so does relu's mask, gt(relu(x), 0), which
     reads only the stored relu: the backward loop that uses it computes it. Split across threads by rows, by
-    columns (mlp.net), or by K (x·W, an 8x12 C over K = 4096: split on every target's tuning), with
-    the epilogue on the summed C, a step computes what one thread computes."""
-    from graphc.codegen.module import _k_blocks
+    columns (mlp.net), or by K (`split`: the GEMM's M, N and K; on every target's tuning), a
+    step computes what one thread computes."""
+    from graphc.codegen.module import _gemm, _k_blocks
     from graphc.codegen.target import Target, host_target
     from graphc.passes.pipeline import schedule
     ops = lambda k: [n.op for n in k.nodes]
@@ -110,21 +114,23 @@ def test_gemm_epilogues_fuse_and_split(tmp_path):
     contracts = [ops(k) for k in kernels if k.kind.value == "contract"]
     assert ["matmul", "add", "relu"] in contracts and all("sub" not in c and "gt" not in c for c in contracts)
     assert ["gt", "mul", "sum"] in [ops(k) for k in kernels if k.kind.value == "reduce"]
-    (tmp_path / "ksplit.net").write_text(KSPLIT_NET)
+    (tmp_path / "ksplit.net").write_text(KSPLIT_NET.format(width=width, units=units))
     prog = driver.load(tmp_path / "ksplit.net")
     rng = np.random.default_rng(0)
-    x = rng.random((8, 4096), dtype=np.float32)
-    y = rng.integers(0, 10, 8).astype(np.int32)
+    x = rng.random((batch, width), dtype=np.float32)
+    y = rng.integers(0, 10, batch).astype(np.int32)
     host = host_target()
     targets = [host] + [Target(host.triple, cpu, "", bits) for cpu, bits in TUNINGS]
     params = []
     for threads in (1, 2):
-        g = driver.train_graph(prog, 8)
+        g = driver.train_graph(prog, batch)
         p = init_params(g.params, 0)
         step = driver.compile_graph(g, p, threads=threads).step
-        first = step.schedule.kernels[0]
-        assert ops(first) == ["matmul", "add", "relu"]
-        assert all(_k_blocks(first.nodes[0], t) > 1 for t in targets)
+        assert ops(step.schedule.kernels[0]) == ["matmul", "add", "relu"]
+        gemms = [k.nodes[0] for k in step.schedule.kernels if k.kind.value == "contract"]
+        shape = lambda n: (_gemm(n).m, _gemm(n).n, _gemm(n).k)
+        assert all(_k_blocks(n, t) > 1 for n in gemms if shape(n) == split for t in targets)
+        assert split in map(shape, gemms)
         losses = [float(step(x=x, y=y, lr=0.005)["loss"]) for _ in range(3)]
         params.append((losses, p))
     (l1, p1), (l2, p2) = params

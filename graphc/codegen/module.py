@@ -608,12 +608,15 @@ K_BLOCKS = 4  # at most, of K for a GEMM that splits it (see _k_blocks; the meas
 def _k_blocks(n: Node, target: Target) -> int:
     """The blocks of K a GEMM sums apart (1: none), each into a partial C (the first into C), added
     in block order: threads take whole blocks, and the bits do not depend on how many there are.
-    K is split where C is too narrow for column shares and too short for row shares of two threads
-    (each would pack all of the long operands), or it is the dot-product kernel's (each would read
-    all of A or B, in uneven shares of a small C), into blocks of whole KC blocks."""
+    K is split, into blocks of whole KC blocks, where shares of C would each pack all of a long
+    operand: C too narrow for column shares and too short for row shares of two threads, or small
+    beside K (a weight gradient over the batch's rows: each thread would pack all of one operand
+    for half of C's columns), or it is the dot-product kernel's (each would read all of A or B, in
+    uneven shares of a small C)."""
     c, blk = _gemm(n), _blocking(n, target)
     narrow = c.n < 2 * blk.nr and c.m < 4 * blk.mr
-    if c.batch or c.m * c.n > target.tuning.partial_max or not (blk.dot or narrow) or c.k < 2 * blk.kc:
+    small = c.k >= 4 * max(c.m, c.n)
+    if c.batch or c.m * c.n > target.tuning.partial_max or not (blk.dot or narrow or small) or c.k < 2 * blk.kc:
         return 1
     return min(K_BLOCKS, c.k // blk.kc)
 

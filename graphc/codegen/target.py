@@ -64,7 +64,7 @@ class Tuning:
     dot_block_bytes: int = 1 << 19      # rows of A and B the dot kernel sweeps per K block
     parallel_macs: int = 1 << 18        # multiply-adds from which a GEMM splits across threads
     parallel_iterations: int = 1 << 14  # iterations from which a loop kernel splits across threads
-    partial_max: int = 1 << 14          # elements of C up to which a GEMM may split K
+    partial_max: int = 1 << 16          # elements of C up to which a GEMM may split K
     spins: int = 20000                  # polls before an idle pool worker sleeps on the futex
     yield_after: int = 256              # polls before each further poll also yields the core
     prefetch_rows: int = 4              # rows the batch feed prefetches ahead
