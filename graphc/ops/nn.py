@@ -31,7 +31,7 @@ def _np_log_softmax(x, axis):
 
 def _softmax(b, x, axis):
     e = b.exp(b.sub(x, b.max(x, axes=axis, keepdims=True)))
-    return b.div(e, b.sum(e, axes=axis, keepdims=True))
+    return b.mul(e, b.div(1.0, b.sum(e, axes=axis, keepdims=True)))  # a division per row, not per element
 
 
 def _log_softmax(b, x, axis):
