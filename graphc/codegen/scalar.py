@@ -49,6 +49,10 @@ class LLVMScalar:
         fn = m.globals.get(fname) or ir.Function(m, ir.FunctionType(self.t, [self.t] * len(args)), fname)
         return self.b.call(fn, args)
 
+    def _muladd(self, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
+        """a·b + c, one fused multiply-add where the target has one (a polynomial's Horner step)."""
+        return self._intrinsic("fmuladd", a, b, c)
+
     def const(self, x: float) -> ir.Value:
         return ir.Constant(self.t, float(x))
 
@@ -77,11 +81,11 @@ class LLVMScalar:
         lo, hi = -87.3, 88.7228  # e^lo is about the smallest normal float, e^hi the largest float
         x = self.max(self.const(lo), b.select(b.fcmp_ordered(">", a, self.const(hi)), self.const(hi), a))
         n = self._intrinsic("rint", self.mul(x, self.const(1.4426950408889634)))
-        r = self.sub(self.sub(x, self.mul(n, self.const(0.693145751953125))),
-                     self.mul(n, self.const(1.428606765330187e-06)))  # ln 2 = hi + lo, hi exact in f32
+        # ln 2 = hi + lo, hi exact in f32
+        r = self._muladd(n, self.const(-1.428606765330187e-06), self._muladd(n, self.const(-0.693145751953125), x))
         p = self.const(1 / 720)
         for c in (1 / 120, 1 / 24, 1 / 6, 0.5, 1.0, 1.0):
-            p = self.add(self.mul(p, r), self.const(c))
+            p = self._muladd(p, r, self.const(c))
         k = b.fptosi(n, I32)
         half = b.ashr(k, I32(1))
         for e in (half, b.sub(k, half)):  # each in [-63, 64]: a normal float
@@ -128,7 +132,7 @@ class LLVMScalar:
         """sum of coeffs[k]·t^k, by Horner's rule."""
         acc = self.const(coeffs[-1])
         for c in reversed(coeffs[:-1]):
-            acc = self.add(self.mul(acc, t), self.const(c))
+            acc = self._muladd(acc, t, self.const(c))
         return acc
 
     def max(self, a, b):
