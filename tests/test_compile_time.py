@@ -39,3 +39,17 @@ def test_repeated_layers_share_kernel_functions():
         more_kernels, same_functions = _kernels_and_functions(16, threads)
         assert more_kernels > 3 * kernels
         assert same_functions == functions
+
+
+def test_the_step_is_a_list_of_calls():
+    """Work after a kernel's threads are done (the blocks of a column sum or of a K split added
+    up, a K-split GEMM's epilogue) runs in a function of its own, shared by twins: the step stays
+    one basic block of calls, whose size LLVM's time would grow with faster than linearly (it
+    did: gpt.net with 16 blocks took 64 s in LLVM when those sums were loops in the step)."""
+    layers = "\n".join(f"h{i + 1} = dense(h{i}, units=80) as fc{i + 1}" for i in range(3))
+    prog = load_source(DENSE.replace("f32[B, 16]", "f32[B, 96]").format(layers=layers, last=3))
+    s = schedule(driver.train_graph(prog, 1024))
+    for threads in (1, 2):
+        m = build_module(s, host_target(), threads=threads)
+        assert len(m.get_global("graphc_step").blocks) == 1
+        assert any(f.name.endswith("_finish") for f in m.functions if f.blocks)  # the bias gradients' sums

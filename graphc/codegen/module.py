@@ -248,12 +248,10 @@ class _Steps:
         ptrs = [pointer(v) for v in args] + extra
         fault = Fault(fn.args[len(args)], number, checked) if faults else None
         # a kernel summed in blocks: where in the scratch the blocks after the first leave theirs
-        blocks = _k_blocks(k.nodes[0], target) if k.kind is KernelKind.CONTRACT else 1
         summed = _partial_bytes(k, target) > 0
         partials = (fn.args[len(args) + self._extra(k).index("scratch")], self.partials) if summed else None
-        # a GEMM in K blocks runs its epilogue on the summed C (built from fn's own arguments, before
-        # fn may give way to its twin)
-        epi = _serial_epilogue(m, fn, k, arg_of, fault, parallel) if blocks > 1 and _epilogue(k) is not None else None
+        # built from fn's own arguments, before fn may give way to its twin
+        finish = _finish(m, fn, k, arg_of, target, fault, parallel, partials)
         if parallel:
             assert run is not None
             _emit_share(m, fn, k, arg_of, target, threads, fault, partials)
@@ -261,15 +259,8 @@ class _Steps:
         else:
             _emit_kernel(m, fn, k, arg_of, target, fault, s.plan, partials)
             _call(b, _task(self.unique(fn)), task_arg, ptrs)
-        if summed:
-            out = k.nodes[0 if blocks > 1 else -1].out
-            parts = b.bitcast(b.gep(slot["scratch"], [ir.Constant(I64, self.partials)]), LLTYPES[out.dtype].as_pointer())
-            if blocks > 1:
-                fold(b, pointer(out), parts, blocks, math.prod(out.dims), ReduceKind.SUM, out.dtype)
-            else:
-                add_chunks(b, k, pointer(out), parts)
-        if epi is not None:
-            _call(b, _task(self.unique(epi)), task_arg, ptrs)
+        if finish is not None:
+            _call(b, _task(self.unique(finish)), task_arg, ptrs)
 
 
 def _emit_scan(b: ir.IRBuilder, k: Kernel, body: Schedule, step: ir.Function,
@@ -578,22 +569,41 @@ def _then_epilogue(b: ir.IRBuilder, fn: ir.Function, k: Kernel, arg_of: dict, bl
     b.branch(fn.blocks[first])
 
 
-def _serial_epilogue(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, fault: Fault | None,
-                     shared: bool) -> ir.Function:
-    """fn's epilogue alone, over all of C, taking fn's arguments (but (tid, nt) where fn is a
-    thread's share): a GEMM that splits K runs it once the partial Cs are summed."""
+def _finish(m: ir.Module, fn: ir.Function, k: Kernel, arg_of: dict, target: Target, fault: Fault | None,
+            shared: bool, partials: Partials) -> ir.Function | None:
+    """What runs once every block of kernel fn is done, taking fn's arguments (but (tid, nt) where
+    fn is a thread's share): the partial results of a kernel summed in blocks added into its output
+    in block order, then the epilogue of a GEMM that splits K, on the summed C. None if nothing.
+    A function of its own (a task), not code in the step: twins share it, and the step stays a
+    list of calls (LLVM's time grows faster than linearly with a function's size)."""
+    blocks = _k_blocks(k.nodes[0], target) if k.kind is KernelKind.CONTRACT else 1
+    epilogue = _epilogue(k) if blocks > 1 else None
+    if partials is None and epilogue is None:
+        return None
     args = fn.function_type.args[:-2] if shared else fn.function_type.args
-    epi = ir.Function(m, ir.FunctionType(ir.VoidType(), args), f"{fn.name}_epilogue")
-    epi.linkage = "internal"
-    for a, e in zip(fn.args, epi.args):
+    fin = ir.Function(m, ir.FunctionType(ir.VoidType(), args), f"{fn.name}_finish")
+    fin.linkage = "internal"
+    for a, e in zip(fn.args, fin.args):
         for attr in a.attributes:
             e.add_attribute(attr)
-    same = dict(zip(fn.args, epi.args))
-    body = _epilogue(k)
-    assert body is not None  # called for a GEMM with an epilogue
-    emit_loop_kernel(epi, body, {v: same[a] for v, a in arg_of.items()},
+    same = dict(zip(fn.args, fin.args))
+    b = ir.IRBuilder(fin.append_basic_block("fold"))
+    if partials is not None:
+        scratch, at = partials
+        out = k.nodes[0 if blocks > 1 else -1].out
+        parts = b.bitcast(b.gep(same[scratch], [ir.Constant(I64, at)]), LLTYPES[out.dtype].as_pointer())
+        if blocks > 1:
+            fold(b, same[arg_of[out]], parts, blocks, math.prod(out.dims), ReduceKind.SUM, out.dtype)
+        else:
+            add_chunks(b, k, same[arg_of[out]], parts)
+    if epilogue is None:
+        b.ret_void()
+        return fin
+    first = len(fin.blocks)
+    emit_loop_kernel(fin, epilogue, {v: same[a] for v, a in arg_of.items()},
                      fault=fault and dataclasses.replace(fault, ptr=same[fault.ptr]), epilogue=True)
-    return epi
+    b.branch(fin.blocks[first])
+    return fin
 
 
 def _blocking(n: Node, target: Target):
