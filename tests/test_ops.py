@@ -213,6 +213,23 @@ def test_max_is_nan_wherever_its_slice_holds_one(dtype, axes):
     np.testing.assert_array_equal(out, np.max(x, axis=axes))
 
 
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_max_pool_is_nan_wherever_its_patch_holds_one(dtype):
+    """2x2 pooling (a reduction unrolled over each patch, vectorized across the row): a NaN in any
+    tap makes its patch's max NaN; a patch of -inf pools to -inf."""
+    x = (np.arange(2 * 3 * 4 * 6, dtype=NP_DTYPES[dtype]).reshape(2, 3, 4, 6) % 7) - 3
+    x[0, 0, 0, 0] = x[0, 1, 1, 3] = x[1, 2, 3, 5] = x[1, 0, 2, 1] = np.nan
+    x[1, 1, 2:4, 2:4] = -np.inf
+    g = Graph("p")
+    b = Builder(g)
+    g.inputs = [Input(Value("x", TensorType(dtype, x.shape)))]
+    g.outputs["y"] = b.op("max_pool2d", g.inputs[0].value, kernel=2)
+    out = compile_graph(g).step(x=x)["y"]
+    want = x.reshape(2, 3, 2, 2, 3, 2).max(axis=(3, 5))
+    assert np.isnan(want).sum() == 4 and np.isneginf(want).sum() == 1
+    np.testing.assert_array_equal(out, want)
+
+
 GRAD = [(n, i, c) for n, i, c in ALL if REGISTRY[n].vjp is not None]
 
 

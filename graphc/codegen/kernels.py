@@ -457,7 +457,6 @@ class _LoopNest:
         at_row = lambda v: self.at(self.arg_of[v], offset(b, oidx + [_i64(0)], lp.squash(strides(row_space))), v)
         known: dict[Value, ir.Value] = {}
         s = LLVMScalar(b, self.dtype, lp.originals(b, oidx + [_i64(0)], k.space), row_space)
-        t = FTYPES[self.dtype]
         passes = iter(self.passes)
         for n in k.nodes:
             if tuple(n.out.dims) == tuple(k.space):
@@ -470,13 +469,10 @@ class _LoopNest:
             else:
                 red = lowered(n)
                 assert isinstance(red, Reduction)
-                with b.goto_entry_block():
-                    acc = b.alloca(t)
-                b.store(_identity(red.kind, t), acc)
+                acc = _Register(b, red.kind, self.dtype)
                 self.part = next(passes), known
-                self.run(lp.space[lp.kept:], oidx, lambda idx, x, kind=red.kind: b.store(
-                    _combine(b, kind, self.dtype, b.load(acc), x, reassoc=True), acc))
-                known[n.out] = b.load(acc)
+                self.run(lp.space[lp.kept:], oidx, lambda idx, x, acc=acc: acc.add(x))
+                known[n.out] = acc.value()
             if n.out in k.outputs:
                 b.store(known[n.out], at_row(n.out))
         last = next(passes, None)
@@ -606,17 +602,50 @@ def _identity(kind: ReduceKind, t: ir.Type) -> ir.Constant:
     return ir.Constant(t, 0.0 if kind is ReduceKind.SUM else -math.inf)
 
 
-def _combine(b: ir.IRBuilder, kind: ReduceKind, dtype: str, acc: ir.Value, x: ir.Value,
-             reassoc: bool = False) -> ir.Value:
-    """acc combined with x by a reduction of `kind`."""
+def _combine(b: ir.IRBuilder, kind: ReduceKind, dtype: str, acc: ir.Value, x: ir.Value) -> ir.Value:
+    """acc combined with x by a reduction of `kind`, in memory order (an in-memory reduction's
+    element, a block's partial result): a max is IEEE maximum, a NaN in either is the result."""
     if kind is ReduceKind.SUM:
-        total = b.fadd(acc, x)
-        if reassoc:
-            total.flags.append("reassoc")
-        return total
-    # IEEE maximum: a NaN anywhere in the slice is the result, and the loop vectorizer knows it
-    # as a reduction (a compare and select through the accumulator it leaves scalar)
+        return b.fadd(acc, x)
     return b.call(_maximum(b.module, acc.type, dtype), [acc, x])
+
+
+class _Register:
+    """A reduction's accumulator in a register (allocas LLVM promotes), started where it is made.
+    A sum may be reassociated, so the loop vectorizer keeps partial sums in lanes (the order is
+    fixed by the compiled code: every run gives the same bits). A max is two: maxnum of the values,
+    free to ignore NaNs and the sign of zero (nnan, nsz: one vmaxps a vector, which the vectorizer
+    reduces in lanes; IEEE maximum costs six dependent instructions), and whether any value was a
+    NaN, which the max then is: a NaN anywhere in the slice is the result."""
+
+    def __init__(self, b: ir.IRBuilder, kind: ReduceKind, dtype: str) -> None:
+        self.b, self.kind, self.t = b, kind, FTYPES[dtype]
+        self.maxnum = f"llvm.maxnum.{dtype}"
+        with b.goto_entry_block():
+            self.acc = b.alloca(self.t)
+            self.nan = b.alloca(ir.IntType(1)) if kind is ReduceKind.MAX else None
+        self.start()
+
+    def start(self) -> None:
+        self.b.store(_identity(self.kind, self.t), self.acc)
+        if self.nan is not None:
+            self.b.store(ir.Constant(ir.IntType(1), 0), self.nan)
+
+    def add(self, x: ir.Value) -> None:
+        b, acc = self.b, self.b.load(self.acc)
+        if self.nan is None:
+            total = b.fadd(acc, x)
+            total.flags.append("reassoc")
+            b.store(total, self.acc)
+            return
+        m = b.module
+        fn = m.globals.get(self.maxnum) or ir.Function(m, ir.FunctionType(self.t, [self.t, self.t]), self.maxnum)
+        b.store(b.call(fn, [acc, x], fastmath=("nnan", "nsz")), self.acc)
+        b.store(b.or_(b.load(self.nan), b.fcmp_unordered("uno", x, x)), self.nan)
+
+    def value(self) -> ir.Value:
+        v = self.b.load(self.acc)
+        return v if self.nan is None else self.b.select(self.b.load(self.nan), ir.Constant(self.t, math.nan), v)
 
 
 def chunk_elements(k: Kernel) -> int:
@@ -649,9 +678,7 @@ def _reduce(b, k, lp, red, dtype, run, out, at, ranges, vectorize, partials) -> 
     t = FTYPES[dtype]
     kind, axes = _reduction(k).kind, _reduction(k).axes
     identity = _identity(kind, t)
-    # a register sum may be reassociated, so the loop vectorizer can keep partial sums in lanes
-    # (the order is fixed by the compiled code: every run gives the same bits)
-    combine = lambda acc, x: _combine(b, kind, dtype, acc, x, reassoc=not lp.in_memory)
+    combine = lambda acc, x: _combine(b, kind, dtype, acc, x)
 
     # the output's stride along each loop (0 along reduced ones): kept axes in order, row-major
     rank = len(k.space)
@@ -692,13 +719,12 @@ def _reduce(b, k, lp, red, dtype, run, out, at, ranges, vectorize, partials) -> 
             run(lp.space[lp.kept:], oidx, accumulate)
         nest(b, lp.space[:lp.kept], fill, ranges=ranges)
         return
-    with b.goto_entry_block():
-        acc = b.alloca(t)
+    acc = _Register(b, kind, dtype)
 
     def kept(oidx):
-        b.store(identity, acc)
-        run(lp.space[lp.kept:], oidx, lambda idx, x: b.store(combine(b.load(acc), x), acc))
-        b.store(b.load(acc), at(out, offset(b, oidx, out_coef[:lp.kept])))
+        acc.start()
+        run(lp.space[lp.kept:], oidx, lambda idx, x: acc.add(x))
+        b.store(acc.value(), at(out, offset(b, oidx, out_coef[:lp.kept])))
     nest(b, lp.space[:lp.kept], kept, ranges=ranges, vectorize=vectorize)
 
 
